@@ -1,0 +1,82 @@
+//! The [`Task`] trait and the argument conversions the compiler checks.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A function marked `#[task]`, seen through its generated handle.
+///
+/// `#[task] fn power(x: u64, n: u32) -> u64` generates a zero-sized handle
+/// `PowerTask` implementing this trait; `task!(power)` names it. Users never
+/// implement it by hand.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a task handle",
+    label = "expected a task handle here",
+    note = "mark the function with #[task] and pass `task!(path::to::function)`"
+)]
+pub trait Task: Copy + Send + Sync + 'static {
+    /// The function's full path, `crate::module::function`.
+    const NAME: &'static str;
+    /// A stable 64-bit id derived at compile time from [`Task::NAME`].
+    const ID: u64;
+    /// How many arguments the function takes.
+    const ARITY: usize;
+    /// The generated argument struct (`PowerArgs { x, n }`).
+    type Args: Serialize + DeserializeOwned + Send + 'static;
+    /// The function's return type.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Runs the function on already-decoded arguments.
+    fn call(args: Self::Args) -> Self::Output;
+}
+
+/// Marks tasks that take exactly one argument, the ones `map` and `imap` accept.
+#[diagnostic::on_unimplemented(
+    message = "`map` and `imap` take a one-argument task, but `{Self}` takes several arguments",
+    label = "this task takes more than one argument",
+    note = "use `starmap` (or `istarmap`) with one tuple of arguments per call"
+)]
+pub trait UnaryTask: Task {}
+
+/// The values a call may pass as the arguments of task `T`.
+///
+/// `#[task] fn power(x: u64, n: u32)` implements it for `(u64, u32)` and for
+/// `PowerArgs`; a one-argument task also accepts its bare argument. Borrowed
+/// parameters (`&str`, `&[T]`, `&T`) accept the borrowed form and are copied
+/// into the owned argument struct.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a valid argument list for the task `{T}`",
+    label = "wrong argument types or number of arguments for this task",
+    note = "pass one tuple per call with the task's parameter types, in order, e.g. `(2u64, 3u32)` for `fn power(x: u64, n: u32)`"
+)]
+pub trait IntoArgs<T: Task> {
+    /// Converts into the task's argument struct.
+    fn into_args(self) -> T::Args;
+}
+
+/// The stable id of a task: 64-bit FNV-1a of its full path.
+///
+/// Evaluated at compile time, so the parent and its workers (the same binary)
+/// always agree, and no address or load order enters it.
+pub const fn task_id(path: &str) -> u64 {
+    let bytes = path.as_bytes();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        i += 1;
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_id;
+
+    #[test]
+    fn ids_differ_by_path_and_are_stable() {
+        assert_ne!(task_id("a::power"), task_id("b::power"));
+        // FNV-1a of the empty string is its offset basis.
+        assert_eq!(task_id(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(task_id("a::power"), task_id("a::power"));
+    }
+}

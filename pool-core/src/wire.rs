@@ -1,0 +1,388 @@
+//! The wire protocol between a pool and its workers.
+//!
+//! Every message is a *frame*: a little-endian `u32` length `N`, then `N`
+//! bytes made of a postcard-encoded header ([`ToWorker`] or [`FromWorker`])
+//! followed by a raw body. The length is checked against a limit before any
+//! buffer is allocated.
+//!
+//! Bodies carry items, so that a chunk of a thousand calls is one frame:
+//!
+//! - an arguments body is a sequence of `u32 length ++ postcard(Args)`;
+//! - a results body is a sequence of `u8 tag ++ u32 length ++ bytes`, where
+//!   tag [`ITEM_OK`] carries `postcard(Output)` and tag [`ITEM_FAILED`] a
+//!   `postcard(TaskFailure)`.
+
+use std::io::{self, IoSlice, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ProtocolError, TaskFailure};
+
+/// The version both sides must speak; checked in the handshake.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The default maximum frame size: 1 GiB.
+pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
+
+/// Tag of an item that succeeded.
+pub const ITEM_OK: u8 = 0;
+/// Tag of an item that failed.
+pub const ITEM_FAILED: u8 = 1;
+
+/// Frames a pool sends to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// First frame: the worker answers [`FromWorker::Ready`].
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the parent (the first field, in every version).
+        protocol: u32,
+        /// The parent's registry fingerprint.
+        fingerprint: u64,
+        /// The largest frame the worker may send or accept.
+        max_frame: u64,
+    },
+    /// Run `items` calls of task `task`; the body holds their arguments.
+    Run {
+        /// Chunk id, echoed in the results.
+        chunk: u64,
+        /// [`crate::Task::ID`].
+        task: u64,
+        /// Number of items in the body.
+        items: u32,
+    },
+    /// Run the initializer `task` once; the body holds one item.
+    Init {
+        /// [`crate::Task::ID`].
+        task: u64,
+    },
+    /// Exit cleanly.
+    Exit,
+}
+
+/// Frames a worker sends to its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Answer to [`ToWorker::Hello`].
+    Ready {
+        /// [`PROTOCOL_VERSION`] of the worker.
+        protocol: u32,
+        /// The worker's registry fingerprint.
+        fingerprint: u64,
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// Results of items `first .. first + count` of chunk `chunk`; the body
+    /// holds them. A chunk's results may come in several frames.
+    Results {
+        /// Chunk id.
+        chunk: u64,
+        /// Index within the chunk of the first result in the body.
+        first: u32,
+        /// Number of results in the body.
+        count: u32,
+    },
+    /// The initializer ran.
+    InitDone {
+        /// Why it failed, if it did.
+        failure: Option<TaskFailure>,
+    },
+}
+
+/// A postcard flavor appending to a borrowed `Vec<u8>`.
+pub struct VecFlavor<'a>(pub &'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encodes a frame header.
+pub fn encode_header<H: Serialize>(header: &H) -> Vec<u8> {
+    // Headers are plain enums of integers: encoding cannot fail.
+    postcard::to_stdvec(header).unwrap_or_default()
+}
+
+/// Writes one frame (header then body) with as few system calls as possible.
+pub fn write_frame(
+    out: &mut impl Write,
+    header: &[u8],
+    body: &[u8],
+    max: usize,
+) -> Result<(), ProtocolError> {
+    let size = header.len() + body.len();
+    if size > max || size > u32::MAX as usize {
+        return Err(ProtocolError::TooLarge {
+            size,
+            limit: max.min(u32::MAX as usize),
+        });
+    }
+    let len = (size as u32).to_le_bytes();
+    let mut parts = [IoSlice::new(&len), IoSlice::new(header), IoSlice::new(body)];
+    let mut parts: &mut [IoSlice<'_>] = &mut parts;
+    while !parts.is_empty() {
+        match out.write_vectored(parts) {
+            Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => IoSlice::advance_slices(&mut parts, n),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ProtocolError::Io(err)),
+        }
+    }
+    Ok(())
+}
+
+/// Reads one frame into `buf` (replacing its contents).
+///
+/// The announced length is checked against `max` before `buf` grows.
+pub fn read_frame(
+    input: &mut impl Read,
+    max: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    let mut len = [0u8; 4];
+    let got = read_full(input, &mut len)?;
+    if got == 0 {
+        return Err(ProtocolError::Closed);
+    }
+    if got < len.len() {
+        return Err(ProtocolError::Truncated {
+            expected: len.len(),
+            got,
+        });
+    }
+    let size = u32::from_le_bytes(len) as usize;
+    if size > max {
+        return Err(ProtocolError::TooLarge { size, limit: max });
+    }
+    buf.clear();
+    buf.resize(size, 0);
+    let got = read_full(input, buf)?;
+    if got < size {
+        return Err(ProtocolError::Truncated {
+            expected: size,
+            got,
+        });
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(input: &mut impl Read, buf: &mut [u8]) -> Result<usize, ProtocolError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match input.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ProtocolError::Io(err)),
+        }
+    }
+    Ok(done)
+}
+
+/// Splits a frame into its decoded header and its body.
+pub fn split_frame<'a, H: Deserialize<'a>>(
+    frame: &'a [u8],
+) -> Result<(H, &'a [u8]), ProtocolError> {
+    postcard::take_from_bytes(frame)
+        .map_err(|err| ProtocolError::Malformed(format!("bad header: {err}")))
+}
+
+/// Appends one item to an arguments body: `u32 length ++ postcard(value)`.
+pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> postcard::Result<()> {
+    let mark = body.len();
+    body.extend_from_slice(&[0; 4]);
+    match postcard::serialize_with_flavor(value, VecFlavor(body)) {
+        Ok(()) => {
+            let len = (body.len() - mark - 4) as u32;
+            body[mark..mark + 4].copy_from_slice(&len.to_le_bytes());
+            Ok(())
+        }
+        Err(err) => {
+            body.truncate(mark);
+            Err(err)
+        }
+    }
+}
+
+/// Starts a result item in a results body; returns the mark to pass to
+/// [`finish_result`] once the payload was appended.
+pub fn begin_result(body: &mut Vec<u8>) -> usize {
+    let mark = body.len();
+    body.extend_from_slice(&[ITEM_OK, 0, 0, 0, 0]);
+    mark
+}
+
+/// Completes a result item begun at `mark` with `tag`.
+pub fn finish_result(body: &mut Vec<u8>, mark: usize, tag: u8) {
+    let len = (body.len() - mark - 5) as u32;
+    body[mark] = tag;
+    body[mark + 1..mark + 5].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends a failed result item.
+pub fn push_failure(body: &mut Vec<u8>, failure: &TaskFailure) {
+    let mark = begin_result(body);
+    // TaskFailure holds strings and options only: encoding cannot fail.
+    let _ = postcard::serialize_with_flavor(failure, VecFlavor(body));
+    finish_result(body, mark, ITEM_FAILED);
+}
+
+/// Iterates the items of an arguments body.
+pub struct Items<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Items<'a> {
+    /// Reads the items of `body`.
+    pub fn new(body: &'a [u8]) -> Self {
+        Items { rest: body }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
+        if self.rest.len() < n {
+            let left = self.rest.len();
+            self.rest = &[];
+            return Err(ProtocolError::Malformed(format!(
+                "an item of {n} bytes overruns its body ({left} left)"
+            )));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    /// The next argument item.
+    pub fn next_arg(&mut self) -> Result<&'a [u8], ProtocolError> {
+        let len = self.take(4)?;
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        self.take(len)
+    }
+
+    /// The next result item: `Ok(output bytes)` or the decoded failure.
+    pub fn next_result(&mut self) -> Result<Result<&'a [u8], TaskFailure>, ProtocolError> {
+        let head = self.take(5)?;
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let data = self.take(len)?;
+        match head[0] {
+            ITEM_OK => Ok(Ok(data)),
+            ITEM_FAILED => postcard::from_bytes(data)
+                .map(Err)
+                .map_err(|err| ProtocolError::Malformed(format!("bad failure record: {err}"))),
+            tag => Err(ProtocolError::Malformed(format!(
+                "unknown result tag {tag}"
+            ))),
+        }
+    }
+
+    /// Whether every byte was consumed.
+    pub fn is_empty(&self) -> bool {
+        self.rest.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(header: &ToWorker, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_frame(&mut out, &encode_header(header), body, DEFAULT_MAX_FRAME)
+            .expect("write to a Vec");
+        out
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let mut body = Vec::new();
+        push_arg(&mut body, &(2u64, 3u32)).expect("encode");
+        push_arg(&mut body, &(4u64, 1u32)).expect("encode");
+        let header = ToWorker::Run {
+            chunk: 7,
+            task: 9,
+            items: 2,
+        };
+        let bytes = frame(&header, &body);
+        let mut buf = Vec::new();
+        read_frame(&mut &bytes[..], DEFAULT_MAX_FRAME, &mut buf).expect("read");
+        let (got, rest): (ToWorker, &[u8]) = split_frame(&buf).expect("split");
+        assert_eq!(got, header);
+        let mut items = Items::new(rest);
+        let a: (u64, u32) = postcard::from_bytes(items.next_arg().expect("item")).expect("decode");
+        let b: (u64, u32) = postcard::from_bytes(items.next_arg().expect("item")).expect("decode");
+        assert_eq!((a, b), ((2, 3), (4, 1)));
+        assert!(items.is_empty());
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_before_allocating() {
+        let bytes = u32::MAX.to_le_bytes();
+        let mut buf = Vec::new();
+        let err = read_frame(&mut &bytes[..], 1024, &mut buf).expect_err("too large");
+        assert!(
+            matches!(err, ProtocolError::TooLarge { size, limit: 1024 } if size == u32::MAX as usize)
+        );
+        assert_eq!(buf.capacity(), 0);
+    }
+
+    #[test]
+    fn truncated_and_closed_streams_are_errors() {
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_frame(&mut &[][..], 64, &mut buf),
+            Err(ProtocolError::Closed)
+        ));
+        assert!(matches!(
+            read_frame(&mut &[5u8, 0][..], 64, &mut buf),
+            Err(ProtocolError::Truncated {
+                expected: 4,
+                got: 2
+            })
+        ));
+        assert!(matches!(
+            read_frame(&mut &[5u8, 0, 0, 0, 1][..], 64, &mut buf),
+            Err(ProtocolError::Truncated {
+                expected: 5,
+                got: 1
+            })
+        ));
+    }
+
+    #[test]
+    fn garbage_bodies_are_errors() {
+        let mut items = Items::new(&[200, 0, 0, 0, 1]);
+        assert!(items.next_arg().is_err());
+        let mut results = Items::new(&[9, 0, 0, 0, 0]);
+        assert!(results.next_result().is_err());
+        assert!(split_frame::<ToWorker>(&[250, 250, 250]).is_err());
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let mut body = Vec::new();
+        let mark = begin_result(&mut body);
+        postcard::serialize_with_flavor(&42u64, VecFlavor(&mut body)).expect("encode");
+        finish_result(&mut body, mark, ITEM_OK);
+        let failure = TaskFailure::UnknownTask { id: 3 };
+        push_failure(&mut body, &failure);
+        let mut items = Items::new(&body);
+        let ok = items.next_result().expect("well formed").expect("ok item");
+        assert_eq!(postcard::from_bytes::<u64>(ok).expect("decode"), 42);
+        assert_eq!(items.next_result().expect("well formed"), Err(failure));
+        assert!(items.is_empty());
+    }
+}

@@ -1,0 +1,456 @@
+//! The checked model of a `#[task]` function, and its expansion.
+//!
+//! Every rule lives in [`TaskFn::from_syn`]; [`TaskFn::generate`] reads the
+//! checked model only and cannot fail.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+
+use crate::errors::Errors;
+
+/// The handle type's name: `power` → `PowerTask`, with the span of `power`.
+pub(crate) fn handle_ident(func: &syn::Ident) -> syn::Ident {
+    format_ident!("{}Task", camel(func), span = func.span())
+}
+
+fn camel(ident: &syn::Ident) -> String {
+    let name = ident.unraw().to_string();
+    let mut out = String::with_capacity(name.len());
+    for part in name.split('_').filter(|p| !p.is_empty()) {
+        let mut chars = part.chars();
+        if let Some(first) = chars.next() {
+            out.extend(first.to_uppercase());
+            out.push_str(chars.as_str());
+        }
+    }
+    if out.is_empty() {
+        "Unnamed".to_owned()
+    } else {
+        out
+    }
+}
+
+/// One parameter of the task function.
+struct Param {
+    name: syn::Ident,
+    /// The type as written (`u64`, `&str`).
+    ty: syn::Type,
+    /// For `&T`: `T`.
+    borrowed: Option<syn::Type>,
+}
+
+impl Param {
+    /// The owned type stored in the argument struct.
+    fn owned(&self) -> TokenStream {
+        let Some(inner) = &self.borrowed else {
+            return self.ty.to_token_stream();
+        };
+        let span = self.ty.span();
+        match inner {
+            syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("str") => {
+                quote_spanned!(span=> ::std::string::String)
+            }
+            syn::Type::Slice(s) => {
+                let elem = &s.elem;
+                quote_spanned!(span=> ::std::vec::Vec<#elem>)
+            }
+            other => quote_spanned!(span=> <#other as ::std::borrow::ToOwned>::Owned),
+        }
+    }
+
+    /// The type a caller passes for this parameter in an argument tuple.
+    fn passed(&self, lifetime: &syn::Lifetime) -> TokenStream {
+        match &self.borrowed {
+            Some(inner) => quote!(&#lifetime #inner),
+            None => self.ty.to_token_stream(),
+        }
+    }
+
+    /// Whether the owned type is `Vec<u8>`, encoded as bytes in one copy.
+    fn is_bytes(&self) -> bool {
+        match &self.borrowed {
+            Some(syn::Type::Slice(s)) => is_u8(&s.elem),
+            Some(_) => false,
+            None => match &self.ty {
+                syn::Type::Path(p) if p.qself.is_none() => {
+                    let Some(last) = p.path.segments.last() else {
+                        return false;
+                    };
+                    if last.ident != "Vec" {
+                        return false;
+                    }
+                    match &last.arguments {
+                        syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => {
+                            matches!(&a.args[0], syn::GenericArgument::Type(t) if is_u8(t))
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+fn is_u8(ty: &syn::Type) -> bool {
+    matches!(ty, syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("u8"))
+}
+
+/// Finds what a type must not contain.
+#[derive(Default)]
+struct TypeScan {
+    impl_trait: Option<Span>,
+    reference: Option<Span>,
+}
+
+impl<'ast> Visit<'ast> for TypeScan {
+    fn visit_type_impl_trait(&mut self, node: &'ast syn::TypeImplTrait) {
+        self.impl_trait.get_or_insert(node.span());
+    }
+    fn visit_type_reference(&mut self, node: &'ast syn::TypeReference) {
+        self.reference.get_or_insert(node.span());
+        syn::visit::visit_type_reference(self, node);
+    }
+}
+
+/// A `#[task]` function that passed every check.
+pub(crate) struct TaskFn<'a> {
+    func: &'a syn::ItemFn,
+    krate: syn::Path,
+    params: Vec<Param>,
+    output: syn::Type,
+}
+
+impl<'a> TaskFn<'a> {
+    /// Checks the attribute's options and the function's signature,
+    /// reporting every problem at once.
+    pub(crate) fn from_syn(args: TokenStream, func: &'a syn::ItemFn) -> syn::Result<Self> {
+        let mut errors = Errors::default();
+        let mut krate: syn::Path = syn::parse_quote!(::pool_runtime);
+        if !args.is_empty() {
+            let parser = syn::meta::parser(|meta| {
+                if meta.path.is_ident("crate") {
+                    krate = meta.value()?.parse()?;
+                    Ok(())
+                } else {
+                    Err(meta.error(format!(
+                        "unknown #[task] option `{}`; expected `crate = path`",
+                        meta.path.to_token_stream().to_string().replace(' ', "")
+                    )))
+                }
+            });
+            if let Err(err) = syn::parse::Parser::parse2(parser, args) {
+                errors.at(err.to_compile_error(), err);
+            }
+        }
+
+        let sig = &func.sig;
+        if let Some(token) = &sig.asyncness {
+            errors.at(token, "#[task] functions cannot be `async`: a worker runs them to completion; make it a plain `fn`");
+        }
+        if let Some(token) = &sig.unsafety {
+            errors.at(token, "#[task] functions cannot be `unsafe fn`: no caller in another process can uphold its contract");
+        }
+        if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+            errors.at(
+                &sig.generics,
+                "#[task] functions cannot be generic: a worker must know the concrete argument and return types; write a non-generic wrapper",
+            );
+        }
+        if let Some(variadic) = &sig.variadic {
+            errors.at(variadic, "#[task] functions cannot be variadic");
+        }
+
+        let mut params = Vec::new();
+        for input in &sig.inputs {
+            match input {
+                syn::FnArg::Receiver(receiver) => errors.at(
+                    receiver,
+                    "#[task] cannot be a method: a worker has no `self`; make it a free function that takes the value as an argument",
+                ),
+                syn::FnArg::Typed(pat_type) => {
+                    if let Some(param) = check_param(pat_type, &mut errors) {
+                        params.push(param);
+                    }
+                }
+            }
+        }
+
+        let output = match &sig.output {
+            syn::ReturnType::Default => syn::parse_quote!(()),
+            syn::ReturnType::Type(_, ty) => {
+                let mut scan = TypeScan::default();
+                scan.visit_type(ty);
+                if scan.impl_trait.is_some() {
+                    errors.at(ty, "#[task] functions cannot return `impl Trait`: name a concrete type the parent can decode");
+                } else if scan.reference.is_some() {
+                    errors.at(ty, "#[task] functions cannot return a reference: results cross a process boundary; return an owned type");
+                }
+                (**ty).clone()
+            }
+        };
+
+        errors.finish()?;
+        Ok(TaskFn {
+            func,
+            krate,
+            params,
+            output,
+        })
+    }
+
+    /// Emits the function unchanged plus its argument struct, handle,
+    /// conversions and registry row.
+    pub(crate) fn generate(&self) -> TokenStream {
+        let func = self.func;
+        let krate = &self.krate;
+        let private = quote!(#krate::__private);
+        let vis = &func.vis;
+        let fn_ident = &func.sig.ident;
+        let fn_name = fn_ident.unraw().to_string();
+        let sig_span = func.sig.span();
+        let args_ident = format_ident!("{}Args", camel(fn_ident), span = fn_ident.span());
+        let handle = handle_ident(fn_ident);
+        let handle_path = quote!(#fn_ident::#handle);
+        let inner_vis = nested_vis(vis);
+        let arity = self.params.len();
+
+        let names: Vec<&syn::Ident> = self.params.iter().map(|p| &p.name).collect();
+        let owned: Vec<TokenStream> = self.params.iter().map(Param::owned).collect();
+        let bytes_with = format!(
+            "{}::__private::bytes",
+            krate.to_token_stream().to_string().replace(' ', "")
+        );
+        let field_attrs: Vec<TokenStream> = self
+            .params
+            .iter()
+            .map(|p| {
+                if p.is_bytes() {
+                    quote!(#[serde(with = #bytes_with)])
+                } else {
+                    quote!()
+                }
+            })
+            .collect();
+        let serde_crate = format!(
+            "{}::__private::serde",
+            krate.to_token_stream().to_string().replace(' ', "")
+        );
+
+        let call_args: Vec<TokenStream> = self
+            .params
+            .iter()
+            .map(|p| {
+                let name = &p.name;
+                if p.borrowed.is_some() {
+                    quote!(::core::borrow::Borrow::borrow(&args.#name))
+                } else {
+                    quote!(args.#name)
+                }
+            })
+            .collect();
+
+        let any_borrowed = self.params.iter().any(|p| p.borrowed.is_some());
+        let lifetime = syn::Lifetime::new("'arg", Span::call_site());
+        let impl_generics = if any_borrowed {
+            quote!(<#lifetime>)
+        } else {
+            quote!()
+        };
+        let passed: Vec<TokenStream> = self.params.iter().map(|p| p.passed(&lifetime)).collect();
+        let convert = |value: TokenStream, p: &Param| {
+            if p.borrowed.is_some() {
+                quote!(::std::borrow::ToOwned::to_owned(#value))
+            } else {
+                value
+            }
+        };
+        let tuple_fields: Vec<TokenStream> = self
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let index = syn::Index::from(i);
+                let name = &p.name;
+                let value = convert(quote!(self.#index), p);
+                quote!(#name: #value)
+            })
+            .collect();
+
+        let unary = if arity == 1 {
+            let p = &self.params[0];
+            let ty = &passed[0];
+            let name = &p.name;
+            let value = convert(quote!(self), p);
+            quote_spanned! {sig_span=>
+                impl #private::UnaryTask for #handle_path {}
+                impl #impl_generics #private::IntoArgs<#handle_path> for #ty {
+                    #[inline]
+                    fn into_args(self) -> #args_ident {
+                        #args_ident { #name: #value }
+                    }
+                }
+                impl #impl_generics ::core::convert::From<#ty> for #args_ident {
+                    #[inline]
+                    fn from(value: #ty) -> Self {
+                        #private::IntoArgs::<#handle_path>::into_args(value)
+                    }
+                }
+            }
+        } else {
+            quote!()
+        };
+
+        let output = &self.output;
+        let output_span = output.span();
+        let output_decl = quote_spanned!(output_span=> type Output = #output;);
+        let args_doc = format!(
+            "The arguments of the task [`{fn_name}()`], as they cross the process boundary."
+        );
+        let handle_doc = format!(
+            "The handle of the task [`{fn_name}()`](super::{fn_name}); name it with `task!({fn_name})`."
+        );
+
+        quote! {
+            #func
+
+            #[doc = #args_doc]
+            #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
+            #[serde(crate = #serde_crate)]
+            #vis struct #args_ident {
+                #(
+                    #[allow(missing_docs)]
+                    #field_attrs
+                    #vis #names: #owned,
+                )*
+            }
+
+            #[doc(hidden)]
+            #vis mod #fn_ident {
+                #[doc = #handle_doc]
+                #[derive(::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::default::Default)]
+                #inner_vis struct #handle;
+            }
+
+            impl #private::Task for #handle_path {
+                const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", #fn_name);
+                const ID: u64 = #private::task_id(<Self as #private::Task>::NAME);
+                const ARITY: usize = #arity;
+                type Args = #args_ident;
+                #output_decl
+                #[inline]
+                fn call(args: #args_ident) -> #output {
+                    #fn_ident(#(#call_args),*)
+                }
+            }
+
+            #unary
+
+            impl #impl_generics #private::IntoArgs<#handle_path> for (#(#passed,)*) {
+                #[inline]
+                fn into_args(self) -> #args_ident {
+                    #args_ident { #(#tuple_fields),* }
+                }
+            }
+
+            impl #impl_generics ::core::convert::From<(#(#passed,)*)> for #args_ident {
+                #[inline]
+                fn from(value: (#(#passed,)*)) -> Self {
+                    #private::IntoArgs::<#handle_path>::into_args(value)
+                }
+            }
+
+            impl #private::IntoArgs<#handle_path> for #args_ident {
+                #[inline]
+                fn into_args(self) -> #args_ident {
+                    self
+                }
+            }
+
+            const _: () = {
+                #private::inventory::submit! {
+                    #private::TaskEntry::of::<#handle_path>()
+                }
+            };
+        }
+    }
+}
+
+fn check_param(pat_type: &syn::PatType, errors: &mut Errors) -> Option<Param> {
+    let name = match &*pat_type.pat {
+        syn::Pat::Ident(p) if p.by_ref.is_none() && p.subpat.is_none() => p.ident.clone(),
+        other => {
+            errors.at(
+                other,
+                "#[task] arguments must be plain names (`x: u64`): patterns are not supported; destructure inside the function",
+            );
+            return None;
+        }
+    };
+    let ty = (*pat_type.ty).clone();
+    let mut borrowed = None;
+    let mut inner_ty = &ty;
+    if let syn::Type::Reference(r) = &ty {
+        if let Some(token) = &r.mutability {
+            errors.at(
+                token,
+                "#[task] arguments cannot be `&mut`: changes made in a worker cannot reach the caller; take the value and return the new one",
+            );
+            return None;
+        }
+        if let Some(lt) = &r.lifetime
+            && lt.ident != "_"
+        {
+            errors.at(
+                lt,
+                "#[task] borrowed arguments cannot name a lifetime: the worker rebuilds them from an owned copy; write `&T` or take an owned type",
+            );
+            return None;
+        }
+        borrowed = Some((*r.elem).clone());
+        inner_ty = &r.elem;
+    }
+    let mut scan = TypeScan::default();
+    scan.visit_type(inner_ty);
+    if let Some(span) = scan.impl_trait {
+        errors.at(
+            quote_spanned!(span=> impl),
+            "#[task] arguments cannot be `impl Trait`: a worker must know the concrete type; name it",
+        );
+        return None;
+    }
+    if scan.reference.is_some() {
+        errors.at(
+            inner_ty,
+            "#[task] argument types cannot contain references (only a top-level `&T` is copied into an owned value); use an owned type such as `String` or `Vec<T>`",
+        );
+        return None;
+    }
+    Some(Param { name, ty, borrowed })
+}
+
+/// The visibility, seen from inside the generated `mod`, that matches `vis`
+/// seen from outside it.
+fn nested_vis(vis: &syn::Visibility) -> TokenStream {
+    match vis {
+        syn::Visibility::Public(_) => quote!(pub),
+        syn::Visibility::Inherited => quote!(pub(super)),
+        syn::Visibility::Restricted(r) => {
+            let path = &r.path;
+            let first = path.segments.first().map(|s| s.ident.to_string());
+            match first.as_deref() {
+                Some("crate") if path.segments.len() == 1 => quote!(pub(crate)),
+                Some("self") if path.segments.len() == 1 => quote!(pub(super)),
+                Some("self") => {
+                    let rest = path.segments.iter().skip(1);
+                    quote!(pub(in super #(::#rest)*))
+                }
+                Some("super") => quote!(pub(in super::#path)),
+                _ => quote!(pub(in #path)),
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! [`Error`]: why a pool operation failed.
+
+use std::fmt;
+use std::time::Duration;
+
+pub use pool_core::{ProtocolError, RegistryError, TaskFailure};
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExitCause {
+    /// It exited with this code (`std::process::exit(3)` gives `Code(3)`).
+    Code(i32),
+    /// It was killed by this signal (`9` for `SIGKILL`, `6` for an abort).
+    Signal(i32),
+    /// Its status could not be read.
+    Unknown,
+}
+
+impl ExitCause {
+    /// The signal's name (`"SIGKILL"`), for a death by signal.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        let ExitCause::Signal(sig) = *self else {
+            return None;
+        };
+        Some(match sig {
+            libc::SIGHUP => "SIGHUP",
+            libc::SIGINT => "SIGINT",
+            libc::SIGQUIT => "SIGQUIT",
+            libc::SIGILL => "SIGILL",
+            libc::SIGTRAP => "SIGTRAP",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGBUS => "SIGBUS",
+            libc::SIGFPE => "SIGFPE",
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGUSR2 => "SIGUSR2",
+            libc::SIGPIPE => "SIGPIPE",
+            libc::SIGALRM => "SIGALRM",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGXCPU => "SIGXCPU",
+            libc::SIGXFSZ => "SIGXFSZ",
+            libc::SIGSYS => "SIGSYS",
+            _ => "an unnamed signal",
+        })
+    }
+}
+
+impl fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitCause::Code(code) => write!(f, "exited with code {code}"),
+            ExitCause::Signal(sig) => {
+                write!(
+                    f,
+                    "was killed by signal {sig} ({})",
+                    self.signal_name().unwrap_or("?")
+                )
+            }
+            ExitCause::Unknown => f.write_str("ended for an unknown reason"),
+        }
+    }
+}
+
+/// Why a pool operation failed.
+///
+/// Errors about one item name the task (its full path) and the item's index
+/// within the call, so `Err` from `starmap` over 10 000 tuples says which one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A worker process could not be started.
+    #[error("failed to start a worker process")]
+    Spawn(#[source] std::io::Error),
+    /// A worker started but did not complete the handshake.
+    #[error("worker process {pid} failed during start-up: {reason}")]
+    Startup {
+        /// The worker's process id.
+        pid: u32,
+        /// What went wrong.
+        reason: String,
+    },
+    /// This program never called [`init`](crate::init), so its own binary
+    /// cannot serve as a worker.
+    #[error(
+        "this program cannot start pool workers: call `pool_runtime::init()` as the first line of `main` (or mark `main` with `#[pool_runtime::main]`); in a test binary add `pool_runtime::test_support!();`"
+    )]
+    NotWorkerCapable,
+    /// This process was started as a pool worker but its `main` never reached
+    /// the worker entry point, and then tried to create a pool itself.
+    #[error(
+        "this process was started as a pool worker but never reached the worker entry point: call `pool_runtime::init()` as the first line of `main` (or use `#[pool_runtime::main]`); in a test binary add `pool_runtime::test_support!();`"
+    )]
+    WorkerContext,
+    /// A task tried to create a pool inside a worker.
+    #[error("a pool cannot be created inside a task running in a worker process")]
+    NestedPool,
+    /// A builder setting or call option is out of range.
+    #[error("invalid setting: {0}")]
+    InvalidSetting(String),
+    /// The task panicked inside a worker.
+    #[error("task `{task}` panicked on item {index} at {location}: {message}")]
+    TaskPanicked {
+        /// The task's full path.
+        task: &'static str,
+        /// The item's index within the call.
+        index: usize,
+        /// The panic message.
+        message: String,
+        /// `file:line:column` of the panic.
+        location: String,
+        /// A backtrace, when `RUST_BACKTRACE` was set for the worker.
+        backtrace: Option<String>,
+    },
+    /// The worker running the item died (abort, signal, `process::exit`).
+    #[error("worker process {pid} {cause} while running task `{task}` on item {index}")]
+    WorkerDied {
+        /// The task's full path.
+        task: &'static str,
+        /// The item's index within the call.
+        index: usize,
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended.
+        cause: ExitCause,
+    },
+    /// The item ran longer than the call's timeout; its worker was killed.
+    #[error(
+        "task `{task}` on item {index} exceeded its timeout of {timeout:?}; worker process {pid} was killed"
+    )]
+    TaskTimeout {
+        /// The task's full path.
+        task: &'static str,
+        /// The item's index within the call.
+        index: usize,
+        /// The worker's process id.
+        pid: u32,
+        /// The timeout that was exceeded.
+        timeout: Duration,
+    },
+    /// An argument or result could not be encoded or decoded.
+    #[error("task `{task}` on item {index}: {failure}")]
+    Serialization {
+        /// The task's full path.
+        task: &'static str,
+        /// The item's index within the call.
+        index: usize,
+        /// What failed, with the type involved.
+        failure: TaskFailure,
+    },
+    /// A worker sent a malformed frame, or the channel failed.
+    #[error("protocol error with worker process {pid}")]
+    Protocol {
+        /// The worker's process id.
+        pid: u32,
+        /// What was wrong.
+        #[source]
+        source: ProtocolError,
+    },
+    /// Two tasks share an id.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The pool was closed: it accepts no new work.
+    #[error("the pool is closed and accepts no new work")]
+    Closed,
+    /// The pool was terminated or dropped before this work finished.
+    #[error("the pool was terminated before this work finished")]
+    Terminated,
+    /// The pool cannot keep workers alive (they fail at start-up).
+    #[error("the pool stopped: workers keep failing at start-up ({0})")]
+    Broken(String),
+}
+
+impl Error {
+    /// The index within its call of the item this error is about, if any.
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            Error::TaskPanicked { index, .. }
+            | Error::WorkerDied { index, .. }
+            | Error::TaskTimeout { index, .. }
+            | Error::Serialization { index, .. } => Some(*index),
+            _ => None,
+        }
+    }
+
+    /// Attaches task and index to a failure reported by a worker.
+    pub(crate) fn from_failure(task: &'static str, index: usize, failure: TaskFailure) -> Error {
+        match failure {
+            TaskFailure::Panicked {
+                message,
+                location,
+                backtrace,
+            } => Error::TaskPanicked {
+                task,
+                index,
+                message,
+                location,
+                backtrace,
+            },
+            other => Error::Serialization {
+                task,
+                index,
+                failure: other,
+            },
+        }
+    }
+}

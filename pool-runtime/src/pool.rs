@@ -1,0 +1,490 @@
+//! [`Pool`] and its operations.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pool_core::{IntoArgs, Task, UnaryTask};
+
+use crate::builder::PoolBuilder;
+use crate::error::Error;
+use crate::run::{CallOptions, Indexed, Run};
+use crate::scheduler::Shared;
+
+/// A pool of worker processes running `#[task]` functions.
+///
+/// Each worker is a copy of this very program, started with
+/// [`Pool::new`] or [`Pool::builder`]. Calls block until their results are
+/// in ([`map`](Pool::map), [`starmap`](Pool::starmap), [`apply`](Pool::apply))
+/// or stream them ([`imap`](Pool::imap) and friends). A pool is `Send + Sync`:
+/// share it by reference across threads.
+///
+/// Dropping the pool ends every worker: idle ones exit, busy ones are killed,
+/// and every process is reaped before `drop` returns (within about 2 s).
+///
+/// ```no_run
+/// use pool_runtime::prelude::*;
+/// use pool_runtime::task;
+///
+/// #[task]
+/// fn power(x: u64, n: u32) -> u64 {
+///     x.pow(n)
+/// }
+///
+/// #[pool_runtime::main]
+/// fn main() -> Result<(), pool_runtime::Error> {
+///     let pool = Pool::new()?;
+///     assert_eq!(pool.starmap(task!(power), [(2, 3), (3, 2), (4, 1)])?, [8, 9, 4]);
+///     Ok(())
+/// }
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// A pool with one worker process per available CPU.
+    ///
+    /// # Errors
+    ///
+    /// See [`PoolBuilder::build`].
+    pub fn new() -> Result<Pool, Error> {
+        PoolBuilder::new().build()
+    }
+
+    /// A builder to choose the number of processes and other settings.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    pub(crate) fn from_parts(shared: Arc<Shared>, supervisor: JoinHandle<()>) -> Pool {
+        Pool {
+            shared,
+            supervisor: Mutex::new(Some(supervisor)),
+        }
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.shared.config.processes
+    }
+
+    /// The process ids of the live workers (replaced workers get new ids).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared.pids()
+    }
+
+    /// The same pool with options for the next call: see [`Call`].
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            pool: self,
+            options: CallOptions::default(),
+        }
+    }
+
+    /// Options for the next call, starting with its chunk size:
+    /// `pool.chunksize(2).starmap(task!(f), items)`. See [`Call::chunksize`].
+    pub fn chunksize(&self, items: usize) -> Call<'_> {
+        self.call().chunksize(items)
+    }
+
+    /// Options for the next call, starting with its per-item timeout:
+    /// `pool.timeout(d).map(task!(f), items)`. See [`Call::timeout`].
+    pub fn timeout(&self, limit: Duration) -> Call<'_> {
+        self.call().timeout(limit)
+    }
+
+    /// Calls a one-argument task on every item; results in input order.
+    /// See [`Call::map`].
+    ///
+    /// # Errors
+    ///
+    /// The first item failure that comes back, or a
+    /// pool-level error ([`Error::Closed`], [`Error::Terminated`]).
+    pub fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().map(task, items)
+    }
+
+    /// Calls a task on every tuple of arguments; results in input order.
+    /// See [`Call::starmap`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::map`].
+    pub fn starmap<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().starmap(task, items)
+    }
+
+    /// Calls a task once and waits for its result. See [`Call::apply`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::map`].
+    pub fn apply<T, A>(&self, task: T, args: A) -> Result<T::Output, Error>
+    where
+        T: Task,
+        A: IntoArgs<T>,
+    {
+        self.call().apply(task, args)
+    }
+
+    /// Lazily maps a one-argument task; yields results in input order.
+    /// See [`Call::imap`].
+    pub fn imap<T, I>(&self, task: T, items: I) -> Imap<T, I::IntoIter>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().imap(task, items)
+    }
+
+    /// Lazily maps a one-argument task; yields results as they complete.
+    /// See [`Call::imap_unordered`].
+    pub fn imap_unordered<T, I>(&self, task: T, items: I) -> ImapUnordered<T, I::IntoIter>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().imap_unordered(task, items)
+    }
+
+    /// [`imap`](Pool::imap) for tasks taking argument tuples.
+    pub fn istarmap<T, I>(&self, task: T, items: I) -> Imap<T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().istarmap(task, items)
+    }
+
+    /// [`imap_unordered`](Pool::imap_unordered) for tasks taking argument tuples.
+    pub fn istarmap_unordered<T, I>(&self, task: T, items: I) -> ImapUnordered<T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().istarmap_unordered(task, items)
+    }
+
+    /// Accepts no new calls; calls already running go on.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Closes the pool, waits for all submitted work, then stops every
+    /// worker and reaps it.
+    pub fn join(&self) {
+        self.shared.close();
+        self.shared.wait_idle();
+        self.stop(true);
+    }
+
+    /// Stops at once: every worker is killed and reaped; unfinished calls
+    /// get [`Error::Terminated`].
+    pub fn terminate(&self) {
+        self.stop(false);
+    }
+
+    /// Whether [`close`](Pool::close), [`join`](Pool::join) or
+    /// [`terminate`](Pool::terminate) was called.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    fn stop(&self, graceful: bool) {
+        let handle = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            self.shared.shutdown(graceful, handle);
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop(true);
+    }
+}
+
+/// Options for one call, then the call itself.
+///
+/// Made by [`Pool::call`], [`Pool::chunksize`] or [`Pool::timeout`]; the
+/// operations are the same as on [`Pool`].
+///
+/// ```no_run
+/// # use pool_runtime::prelude::*;
+/// # use pool_runtime::task;
+/// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+/// # fn main() -> Result<(), pool_runtime::Error> {
+/// # let pool = Pool::new()?;
+/// let out = pool.chunksize(2).starmap(task!(power), [(2, 3), (3, 2), (4, 1)])?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy)]
+pub struct Call<'p> {
+    pool: &'p Pool,
+    options: CallOptions,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p> Call<'p> {
+    /// Items per chunk sent to a worker at once (Python's `chunksize`).
+    ///
+    /// Default: automatic. With a known input length it never exceeds
+    /// Python's choice (`len / (4 × processes)`, rounded up), and it starts
+    /// small and grows with the measured throughput, so slow tasks keep
+    /// every worker busy and tiny tasks travel in large chunks.
+    pub fn chunksize(mut self, items: usize) -> Self {
+        self.options.chunksize = Some(items);
+        self
+    }
+
+    /// A limit on how long one item may run. An item over the limit fails
+    /// with [`Error::TaskTimeout`]; its worker is killed and replaced, and
+    /// the other items go on. Default: none. Checked every ~10 ms.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.options.timeout = Some(limit);
+        self
+    }
+
+    /// Calls a one-argument task on every item, in parallel; returns the
+    /// results in input order.
+    ///
+    /// # Errors
+    ///
+    /// On the first failing item the call stops and returns its error
+    /// ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), with the item's
+    /// index; the rest of the input is not sent. Use [`Call::imap`] to get a
+    /// result per item instead.
+    pub fn map<T, I>(self, task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.starmap(task, items)
+    }
+
+    /// Calls a task on every tuple of arguments, in parallel; returns the
+    /// results in input order.
+    ///
+    /// # Errors
+    ///
+    /// As [`Call::map`].
+    pub fn starmap<T, I>(self, _task: T, items: I) -> Result<Vec<T::Output>, Error>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        let mut run = Run::<T, _>::new(&self.pool.shared, items.into_iter(), self.options, false)?;
+        let mut slots: Vec<Option<T::Output>> = Vec::new();
+        while let Some(batch) = run.next_batch() {
+            for (index, result) in batch? {
+                let value = result?;
+                if slots.len() <= index {
+                    slots.resize_with(index + 1, || None);
+                }
+                slots[index] = Some(value);
+            }
+        }
+        let expected = run.pulled();
+        slots.resize_with(expected, || None);
+        slots
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| lost(T::NAME, i)))
+            .collect()
+    }
+
+    /// Calls a task once and waits for its result.
+    ///
+    /// # Errors
+    ///
+    /// As [`Call::map`].
+    pub fn apply<T, A>(self, task: T, args: A) -> Result<T::Output, Error>
+    where
+        T: Task,
+        A: IntoArgs<T>,
+    {
+        let mut out = self.chunksize(1).starmap(task, [args])?;
+        out.pop().ok_or_else(|| lost(T::NAME, 0))
+    }
+
+    /// Lazily calls a one-argument task on every item; yields one `Result`
+    /// per item, in input order.
+    ///
+    /// The input is pulled only as workers need it, within a window of a few
+    /// chunks per worker: an endless iterator works, and stopping the
+    /// iteration stops the pulling. Dropping the iterator cancels the rest.
+    pub fn imap<T, I>(self, task: T, items: I) -> Imap<T, I::IntoIter>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.istarmap(task, items)
+    }
+
+    /// As [`Call::imap`], but yields results as they complete.
+    pub fn imap_unordered<T, I>(self, task: T, items: I) -> ImapUnordered<T, I::IntoIter>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.istarmap_unordered(task, items)
+    }
+
+    /// [`imap`](Call::imap) for tasks taking argument tuples.
+    pub fn istarmap<T, I>(self, _task: T, items: I) -> Imap<T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        let run = Run::new(&self.pool.shared, items.into_iter(), self.options, true);
+        Imap {
+            inner: run.map_err(Some),
+            buffer: VecDeque::new(),
+            next: 0,
+        }
+    }
+
+    /// [`imap_unordered`](Call::imap_unordered) for tasks taking argument tuples.
+    pub fn istarmap_unordered<T, I>(self, _task: T, items: I) -> ImapUnordered<T, I::IntoIter>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        let run = Run::new(&self.pool.shared, items.into_iter(), self.options, false);
+        ImapUnordered {
+            inner: run.map_err(Some),
+            ready: VecDeque::new(),
+        }
+    }
+}
+
+fn lost(task: &'static str, index: usize) -> Error {
+    Error::Broken(format!(
+        "the result of task `{task}` on item {index} never arrived"
+    ))
+}
+
+/// The iterator of [`Pool::imap`]: one `Result` per input item, in input order.
+///
+/// A pool-level failure ([`Error::Terminated`], ...) is yielded once, then
+/// the iterator ends.
+pub struct Imap<T: Task, I> {
+    inner: Result<Run<T, I>, Option<Error>>,
+    /// Results from index `next` on; `None` where not yet arrived.
+    buffer: VecDeque<Option<Result<T::Output, Error>>>,
+    next: usize,
+}
+
+impl<T, I> Iterator for Imap<T, I>
+where
+    T: Task,
+    I: Iterator,
+    I::Item: IntoArgs<T>,
+{
+    type Item = Result<T::Output, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let run = match &mut self.inner {
+            Ok(run) => run,
+            Err(err) => return err.take().map(Err),
+        };
+        loop {
+            if let Some(Some(_)) = self.buffer.front() {
+                let item = self.buffer.pop_front().flatten();
+                self.next += 1;
+                run.release(self.next);
+                return item;
+            }
+            match run.next_batch()? {
+                Err(err) => return Some(Err(err)),
+                Ok(batch) => place(&mut self.buffer, self.next, batch),
+            }
+        }
+    }
+}
+
+fn place<O>(buffer: &mut VecDeque<Option<Result<O, Error>>>, next: usize, batch: Vec<Indexed<O>>) {
+    for (index, result) in batch {
+        let Some(offset) = index.checked_sub(next) else {
+            continue;
+        };
+        if buffer.len() <= offset {
+            buffer.resize_with(offset + 1, || None);
+        }
+        buffer[offset] = Some(result);
+    }
+}
+
+/// The iterator of [`Pool::imap_unordered`]: one `Result` per input item,
+/// in completion order.
+pub struct ImapUnordered<T: Task, I> {
+    inner: Result<Run<T, I>, Option<Error>>,
+    ready: VecDeque<Result<T::Output, Error>>,
+}
+
+impl<T, I> Iterator for ImapUnordered<T, I>
+where
+    T: Task,
+    I: Iterator,
+    I::Item: IntoArgs<T>,
+{
+    type Item = Result<T::Output, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let run = match &mut self.inner {
+            Ok(run) => run,
+            Err(err) => return err.take().map(Err),
+        };
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            match run.next_batch()? {
+                Err(err) => return Some(Err(err)),
+                Ok(batch) => self.ready.extend(batch.into_iter().map(|(_, r)| r)),
+            }
+        }
+    }
+}

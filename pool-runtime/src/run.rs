@@ -1,0 +1,284 @@
+//! One call's engine: pulls input lazily into chunks within a bounded
+//! window, submits them, and decodes results as they come back.
+
+use std::collections::VecDeque;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use pool_core::wire::{self, Items};
+use pool_core::{IntoArgs, Task, TaskFailure};
+
+use crate::error::Error;
+use crate::scheduler::{Chunk, Event, Shared};
+
+/// A chunk is closed early once its encoded arguments reach this size, so
+/// large payloads stream instead of piling up in one frame.
+const CHUNK_BYTES: usize = 4 << 20;
+/// The adaptive chunk size aims at chunks of about this duration per worker.
+const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
+/// The largest automatic chunk.
+const MAX_AUTO_CHUNK: usize = 1 << 17;
+
+/// Options of one call.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CallOptions {
+    pub(crate) chunksize: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// A decoded result with its index in the call.
+pub(crate) type Indexed<O> = (usize, Result<O, Error>);
+
+pub(crate) struct Run<T: Task, I> {
+    shared: Arc<Shared>,
+    job: u64,
+    rx: Receiver<Event>,
+    input: Option<I>,
+    /// Items pulled from the input so far.
+    pulled: usize,
+    /// Items whose result came back (or failed).
+    delivered: usize,
+    /// Items the consumer is done with; the window is counted from here.
+    released: usize,
+    /// Whether the consumer releases items itself, in input order (`imap`);
+    /// otherwise every delivered item counts as released.
+    ordered: bool,
+    /// Window size, in chunks.
+    window: usize,
+    fixed: Option<usize>,
+    /// Python's cap when the input length is known.
+    cap: usize,
+    auto: usize,
+    rate_mark: (Instant, usize),
+    local: VecDeque<Indexed<T::Output>>,
+    fatal: Option<Error>,
+    done: bool,
+    _task: PhantomData<fn() -> T>,
+}
+
+impl<T, I> Run<T, I>
+where
+    T: Task,
+    I: Iterator,
+    I::Item: IntoArgs<T>,
+{
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        items: I,
+        options: CallOptions,
+        ordered: bool,
+    ) -> Result<Self, Error> {
+        if options.chunksize == Some(0) {
+            return Err(Error::InvalidSetting("chunksize must be at least 1".into()));
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let job = shared.register(T::NAME, tx, options.timeout)?;
+        let processes = shared.config.processes;
+        let cap = match items.size_hint() {
+            (low, Some(high)) if low == high => {
+                low.div_ceil(processes * 4).clamp(1, MAX_AUTO_CHUNK)
+            }
+            _ => MAX_AUTO_CHUNK,
+        };
+        Ok(Run {
+            shared: Arc::clone(shared),
+            job,
+            rx,
+            input: Some(items),
+            pulled: 0,
+            delivered: 0,
+            released: 0,
+            ordered,
+            window: processes * (shared.config.depth + 1),
+            fixed: options.chunksize,
+            cap,
+            auto: 1,
+            rate_mark: (Instant::now(), 0),
+            local: VecDeque::new(),
+            fatal: None,
+            done: false,
+            _task: PhantomData,
+        })
+    }
+
+    /// Marks items before `upto` as consumed, freeing window room (ordered consumers).
+    pub(crate) fn release(&mut self, upto: usize) {
+        self.released = self.released.max(upto);
+    }
+
+    /// Items pulled from the input so far.
+    pub(crate) fn pulled(&self) -> usize {
+        self.pulled
+    }
+
+    fn next_chunk_size(&mut self) -> usize {
+        if let Some(n) = self.fixed {
+            return n;
+        }
+        let (since, at) = self.rate_mark;
+        let elapsed = since.elapsed();
+        if elapsed >= Duration::from_millis(1) && self.delivered > at {
+            let rate = (self.delivered - at) as f64 / elapsed.as_secs_f64();
+            let per_worker = rate / self.shared.config.processes as f64;
+            let target = (per_worker * TARGET_CHUNK_TIME.as_secs_f64()) as usize;
+            self.auto = target.clamp(1, self.auto.saturating_mul(4));
+            self.rate_mark = (Instant::now(), self.delivered);
+        }
+        self.auto.min(self.cap)
+    }
+
+    /// Pulls and submits chunks while the window has room.
+    fn fill(&mut self) -> Result<(), Error> {
+        let max_item = self.shared.config.launch.max_frame.saturating_sub(64);
+        loop {
+            if self.input.is_none() {
+                return Ok(());
+            }
+            let size = self.next_chunk_size();
+            if !self.ordered {
+                self.released = self.delivered;
+            }
+            if self.pulled - self.released >= self.window * size {
+                return Ok(());
+            }
+            let Some(input) = self.input.as_mut() else {
+                return Ok(());
+            };
+            let mut body = Vec::new();
+            let first = self.pulled;
+            let mut count = 0u32;
+            let mut exhausted = false;
+            while (count as usize) < size && body.len() < CHUNK_BYTES {
+                let Some(item) = input.next() else {
+                    exhausted = true;
+                    break;
+                };
+                let index = self.pulled;
+                self.pulled += 1;
+                let args: T::Args = item.into_args();
+                let mark = body.len();
+                let failure = match wire::push_arg(&mut body, &args) {
+                    Ok(()) if body.len() - mark - 4 <= max_item => None,
+                    Ok(()) => Some(format!(
+                        "the encoded arguments take {} bytes, above the frame limit of {max_item} (see PoolBuilder::max_frame_size)",
+                        body.len() - mark - 4
+                    )),
+                    Err(err) => Some(err.to_string()),
+                };
+                if let Some(message) = failure {
+                    body.truncate(mark);
+                    let ty = std::any::type_name::<T::Args>().to_owned();
+                    let failure = TaskFailure::BadArguments { ty, message };
+                    // Items before it in this chunk go first; it stays in order.
+                    if count > 0 {
+                        self.submit(first, count, std::mem::take(&mut body))?;
+                    }
+                    self.local.push_back((
+                        index,
+                        Err(Error::Serialization {
+                            task: T::NAME,
+                            index,
+                            failure,
+                        }),
+                    ));
+                    self.delivered += 1;
+                    count = 0;
+                    break;
+                }
+                count += 1;
+            }
+            if count > 0 {
+                self.submit(first, count, body)?;
+            }
+            if exhausted {
+                self.input = None;
+            }
+        }
+    }
+
+    fn submit(&self, first: usize, count: u32, body: Vec<u8>) -> Result<(), Error> {
+        self.shared.submit(Chunk {
+            job: self.job,
+            task: T::ID,
+            first,
+            count,
+            body: Arc::new(body),
+        })
+    }
+
+    /// The next results, in completion order; `None` once every item was
+    /// delivered; `Some(Err)` once if the whole call failed.
+    pub(crate) fn next_batch(&mut self) -> Option<Result<Vec<Indexed<T::Output>>, Error>> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if let Some(err) = self.fatal.take() {
+                self.done = true;
+                return Some(Err(err));
+            }
+            if let Err(err) = self.fill() {
+                self.done = true;
+                return Some(Err(err));
+            }
+            if let Some(item) = self.local.pop_front() {
+                return Some(Ok(vec![item]));
+            }
+            if self.input.is_none() && self.delivered == self.pulled {
+                self.done = true;
+                return None;
+            }
+            let event = self.rx.recv().unwrap_or(Event::Fatal(Error::Terminated));
+            match event {
+                Event::Results {
+                    first,
+                    count,
+                    frame,
+                    body_at,
+                    pid,
+                } => {
+                    self.delivered += count as usize;
+                    return Some(Ok(decode::<T>(first, count, &frame[body_at..], pid)));
+                }
+                Event::Failed(err) => {
+                    self.delivered += 1;
+                    let index = err.index().unwrap_or(usize::MAX);
+                    return Some(Ok(vec![(index, Err(err))]));
+                }
+                Event::Fatal(err) => self.fatal = Some(err),
+            }
+        }
+    }
+}
+
+impl<T: Task, I> Drop for Run<T, I> {
+    fn drop(&mut self) {
+        self.shared.cancel(self.job);
+    }
+}
+
+fn decode<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Vec<Indexed<T::Output>> {
+    let mut items = Items::new(body);
+    (0..count as usize)
+        .map(|i| {
+            let index = first + i;
+            let result = match items.next_result() {
+                Err(source) => Err(Error::Protocol { pid, source }),
+                Ok(Err(failure)) => Err(Error::from_failure(T::NAME, index, failure)),
+                Ok(Ok(bytes)) => {
+                    postcard::from_bytes::<T::Output>(bytes).map_err(|err| Error::Serialization {
+                        task: T::NAME,
+                        index,
+                        failure: TaskFailure::BadOutput {
+                            ty: std::any::type_name::<T::Output>().to_owned(),
+                            message: format!("the parent could not decode it: {err}"),
+                        },
+                    })
+                }
+            };
+            (index, result)
+        })
+        .collect()
+}

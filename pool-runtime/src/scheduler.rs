@@ -1,0 +1,719 @@
+//! The scheduler: shared state of a pool, chunk dispatch, worker threads.
+//!
+//! All state sits in one [`State`] behind a mutex; whichever thread has news
+//! (a caller submitting, a reader thread receiving results, the supervisor
+//! spawning a worker) takes the lock, updates it and dispatches queued chunks.
+//! Each worker has a reader thread (frames in) and a writer thread (frames
+//! out), so a large frame being written never blocks the reading of results.
+//! The supervisor thread starts every worker (so the parent-death signal is
+//! tied to a thread that lives as long as the pool) and enforces timeouts.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use pool_core::ProtocolError;
+use pool_core::wire::{self, FromWorker, Items, ToWorker};
+
+use crate::backend::local::{self, Launch, Spawned, exit_cause};
+use crate::backend::shm::{Progress, now_ns};
+use crate::error::{Error, ExitCause};
+
+/// Fixed settings of a pool.
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    /// Chunks a worker holds at once: one running, the rest queued in its socket.
+    pub(crate) depth: usize,
+    pub(crate) launch: Launch,
+}
+
+/// Encoded work for one worker: `count` items of one job.
+pub(crate) struct Chunk {
+    pub(crate) job: u64,
+    pub(crate) task: u64,
+    /// Index within the job of the first item.
+    pub(crate) first: usize,
+    pub(crate) count: u32,
+    pub(crate) body: Arc<Vec<u8>>,
+}
+
+/// What a job's consumer receives.
+pub(crate) enum Event {
+    /// Results of items `first .. first + count`, in `frame[body_at..]`.
+    Results {
+        first: usize,
+        count: u32,
+        frame: Vec<u8>,
+        body_at: usize,
+        pid: u32,
+    },
+    /// One item failed outside the task (its worker died or timed out).
+    Failed(Error),
+    /// The whole job ended (pool terminated, broken).
+    Fatal(Error),
+}
+
+struct Job {
+    task: &'static str,
+    events: Sender<Event>,
+    timeout: Option<Duration>,
+}
+
+struct InFlight {
+    id: u64,
+    chunk: Chunk,
+    received: u32,
+}
+
+struct Outgoing {
+    header: Vec<u8>,
+    body: Arc<Vec<u8>>,
+}
+
+struct Worker {
+    pid: u32,
+    tx: Sender<Outgoing>,
+    in_flight: VecDeque<InFlight>,
+    progress: Arc<Progress>,
+    /// The reader saw the end; the pid may be reaped: never signal it again.
+    dying: bool,
+    /// Killed by the pool for exceeding this timeout.
+    timed_out: Option<Duration>,
+}
+
+pub(crate) struct State {
+    workers: Vec<Option<Worker>>,
+    queue: VecDeque<Chunk>,
+    jobs: HashMap<u64, Job>,
+    next_job: u64,
+    next_chunk: u64,
+    closed: bool,
+    terminated: bool,
+    live_readers: usize,
+    startup_failures: u32,
+    broken: Option<String>,
+}
+
+enum Supervise {
+    Initial(Sender<Result<(), Error>>),
+    Respawn(usize),
+    Shutdown,
+}
+
+/// A pool's shared core.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+    pub(crate) config: Config,
+    supervisor: Sender<Supervise>,
+    timeouts: AtomicUsize,
+}
+
+/// Deliveries made after the state lock is released.
+#[derive(Default)]
+struct Outbox(Vec<(Sender<Event>, Event)>);
+
+impl Outbox {
+    fn send(self) {
+        for (tx, event) in self.0 {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+impl Shared {
+    /// Starts the supervisor and the workers; returns once all are ready.
+    pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, thread::JoinHandle<()>), Error> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                workers: (0..config.processes).map(|_| None).collect(),
+                queue: VecDeque::new(),
+                jobs: HashMap::new(),
+                next_job: 0,
+                next_chunk: 1,
+                closed: false,
+                terminated: false,
+                live_readers: 0,
+                startup_failures: 0,
+                broken: None,
+            }),
+            changed: Condvar::new(),
+            config,
+            supervisor: tx.clone(),
+            timeouts: AtomicUsize::new(0),
+        });
+        let sup = Arc::clone(&shared);
+        let handle = thread::Builder::new()
+            .name("pool-supervisor".into())
+            .spawn(move || sup.supervise(rx))
+            .map_err(Error::Spawn)?;
+        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+        let _ = tx.send(Supervise::Initial(reply_tx));
+        let started = reply_rx.recv().unwrap_or(Err(Error::Terminated));
+        match started {
+            Ok(()) => Ok((shared, handle)),
+            Err(err) => {
+                shared.shutdown(false, handle);
+                Err(err)
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data (every
+        // update is a single step), so poisoning is ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a job; its events go to `events`.
+    pub(crate) fn register(
+        &self,
+        task: &'static str,
+        events: Sender<Event>,
+        timeout: Option<Duration>,
+    ) -> Result<u64, Error> {
+        let mut st = self.lock();
+        if st.terminated {
+            return Err(Error::Terminated);
+        }
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        if let Some(reason) = &st.broken {
+            return Err(Error::Broken(reason.clone()));
+        }
+        let id = st.next_job;
+        st.next_job += 1;
+        if timeout.is_some() {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            let _ = self.supervisor.send(Supervise::Respawn(usize::MAX)); // wake the timer
+        }
+        st.jobs.insert(
+            id,
+            Job {
+                task,
+                events,
+                timeout,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Queues a chunk of a registered job.
+    pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), Error> {
+        let mut st = self.lock();
+        if st.terminated {
+            return Err(Error::Terminated);
+        }
+        if !st.jobs.contains_key(&chunk.job) {
+            return Err(Error::Terminated);
+        }
+        st.queue.push_back(chunk);
+        st.dispatch(&self.config);
+        Ok(())
+    }
+
+    /// Forgets a job: its queued chunks are dropped, late results ignored.
+    pub(crate) fn cancel(&self, job: u64) {
+        let mut st = self.lock();
+        if let Some(removed) = st.jobs.remove(&job) {
+            if removed.timeout.is_some() {
+                self.timeouts.fetch_sub(1, Ordering::Relaxed);
+            }
+            st.queue.retain(|c| c.job != job);
+        }
+        self.changed.notify_all();
+    }
+
+    /// Stops accepting new jobs.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        let st = self.lock();
+        st.closed || st.terminated
+    }
+
+    /// Waits until no chunk is queued or running.
+    pub(crate) fn wait_idle(&self) {
+        let mut st = self.lock();
+        while !st.terminated
+            && (!st.queue.is_empty()
+                || st.workers.iter().flatten().any(|w| !w.in_flight.is_empty()))
+        {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Ends every worker and thread. `graceful`: idle workers get an exit
+    /// frame, busy ones are killed; otherwise all are killed. Returns when
+    /// every worker process has been reaped.
+    pub(crate) fn shutdown(&self, graceful: bool, supervisor: thread::JoinHandle<()>) {
+        let mut outbox = Outbox::default();
+        {
+            let mut st = self.lock();
+            st.terminated = true;
+            st.queue.clear();
+            for (_, job) in st.jobs.drain() {
+                outbox.0.push((job.events, Event::Fatal(Error::Terminated)));
+            }
+            for worker in st.workers.iter_mut().flatten() {
+                if graceful && worker.in_flight.is_empty() {
+                    let header = wire::encode_header(&ToWorker::Exit);
+                    let _ = worker.tx.send(Outgoing {
+                        header,
+                        body: Arc::new(Vec::new()),
+                    });
+                } else if !worker.dying {
+                    kill(worker.pid);
+                }
+            }
+        }
+        outbox.send();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut st = self.lock();
+        while st.live_readers > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                for worker in st.workers.iter_mut().flatten() {
+                    if !worker.dying {
+                        kill(worker.pid);
+                    }
+                }
+                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            } else {
+                st = self
+                    .changed
+                    .wait_timeout(st, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
+        drop(st);
+        let _ = self.supervisor.send(Supervise::Shutdown);
+        let _ = supervisor.join();
+    }
+
+    /// Process ids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.lock()
+            .workers
+            .iter()
+            .flatten()
+            .filter(|w| !w.dying)
+            .map(|w| w.pid)
+            .collect()
+    }
+
+    // ----- supervisor -----
+
+    fn supervise(self: Arc<Self>, rx: Receiver<Supervise>) {
+        loop {
+            let msg = if self.timeouts.load(Ordering::Relaxed) > 0 {
+                match rx.recv_timeout(Duration::from_millis(10)) {
+                    Ok(msg) => Some(msg),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(msg) => Some(msg),
+                    Err(_) => return,
+                }
+            };
+            match msg {
+                Some(Supervise::Initial(reply)) => {
+                    let slots: Vec<usize> = (0..self.config.processes).collect();
+                    let _ = reply.send(self.spawn_into(&slots));
+                }
+                Some(Supervise::Respawn(slot)) if slot != usize::MAX => self.respawn(slot),
+                Some(Supervise::Respawn(_)) => {}
+                Some(Supervise::Shutdown) => return,
+                None => {}
+            }
+            if self.timeouts.load(Ordering::Relaxed) > 0 {
+                self.enforce_timeouts();
+            }
+        }
+    }
+
+    fn respawn(self: &Arc<Self>, slot: usize) {
+        if self.lock().terminated {
+            return;
+        }
+        if let Err(err) = self.spawn_into(&[slot]) {
+            let mut outbox = Outbox::default();
+            let mut st = self.lock();
+            st.startup_failures += 1;
+            if st.startup_failures >= 3 {
+                let reason = err.to_string();
+                st.broken = Some(reason.clone());
+                st.queue.clear();
+                for (_, job) in st.jobs.drain() {
+                    outbox
+                        .0
+                        .push((job.events, Event::Fatal(Error::Broken(reason.clone()))));
+                }
+            } else {
+                let _ = self.supervisor.send(Supervise::Respawn(slot));
+            }
+            drop(st);
+            outbox.send();
+        }
+    }
+
+    /// Starts workers for `slots`, all processes first, then all handshakes.
+    fn spawn_into(self: &Arc<Self>, slots: &[usize]) -> Result<(), Error> {
+        let started: Vec<_> = slots
+            .iter()
+            .map(|_| local::start(&self.config.launch))
+            .collect();
+        let mut first_err = None;
+        for (&slot, pending) in slots.iter().zip(started) {
+            match pending.and_then(|p| local::finish(p, &self.config.launch)) {
+                Ok(spawned) => self.install(slot, spawned),
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn install(self: &Arc<Self>, slot: usize, spawned: Spawned) {
+        let Spawned {
+            mut child,
+            pid,
+            stream,
+            progress,
+        } = spawned;
+        let writer_stream = match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+        };
+        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
+        let max = self.config.launch.max_frame;
+        let mut st = self.lock();
+        if st.terminated {
+            drop(st);
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        let reader_shared = Arc::clone(self);
+        let reader = thread::Builder::new()
+            .name(format!("pool-reader-{pid}"))
+            .spawn(move || reader_shared.read_loop(slot, pid, stream, child));
+        if reader.is_err() {
+            // The child moved into the failed closure and was dropped; kill by pid.
+            kill(pid);
+            return;
+        }
+        let _ = thread::Builder::new()
+            .name(format!("pool-writer-{pid}"))
+            .spawn(move || write_loop(rx, writer_stream, max));
+        st.live_readers += 1;
+        st.startup_failures = 0;
+        st.workers[slot] = Some(Worker {
+            pid,
+            tx,
+            in_flight: VecDeque::new(),
+            progress: Arc::new(progress),
+            dying: false,
+            timed_out: None,
+        });
+        st.dispatch(&self.config);
+    }
+
+    fn enforce_timeouts(&self) {
+        let now = now_ns();
+        let mut st = self.lock();
+        let State { workers, jobs, .. } = &mut *st;
+        for worker in workers.iter_mut().flatten() {
+            if worker.dying || worker.timed_out.is_some() {
+                continue;
+            }
+            let Some(front) = worker.in_flight.front() else {
+                continue;
+            };
+            let Some(timeout) = jobs.get(&front.chunk.job).and_then(|j| j.timeout) else {
+                continue;
+            };
+            let (chunk, _, started) = worker.progress.read();
+            if chunk == front.id && now.saturating_sub(started) > timeout.as_nanos() as u64 {
+                worker.timed_out = Some(timeout);
+                kill(worker.pid);
+            }
+        }
+    }
+
+    // ----- reader side -----
+
+    fn read_loop(self: Arc<Self>, slot: usize, pid: u32, stream: UnixStream, mut child: Child) {
+        let max = self.config.launch.max_frame;
+        let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+        let failure = loop {
+            let mut frame = Vec::new();
+            if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
+                break err;
+            }
+            let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
+                Ok((header, body)) => (header, body.len()),
+                Err(err) => break err,
+            };
+            match header {
+                FromWorker::Results {
+                    chunk,
+                    first,
+                    count,
+                } => {
+                    let body_at = frame.len() - body_len;
+                    if let Err(err) =
+                        self.on_results(slot, pid, chunk, first, count, frame, body_at)
+                    {
+                        break err;
+                    }
+                }
+                _ => break ProtocolError::Unexpected("a frame other than results"),
+            }
+        };
+        {
+            let mut st = self.lock();
+            if let Some(w) = st.workers[slot].as_mut() {
+                w.dying = true;
+            }
+        }
+        let protocol = match failure {
+            ProtocolError::Closed => None,
+            other => {
+                // The worker broke the protocol: it cannot be trusted further.
+                let _ = child.kill();
+                Some(other)
+            }
+        };
+        let cause = child.wait().map_or(ExitCause::Unknown, exit_cause);
+        self.on_death(slot, pid, cause, protocol);
+        let mut st = self.lock();
+        st.live_readers -= 1;
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    #[allow(clippy::too_many_arguments)] // the fields of one frame
+    fn on_results(
+        &self,
+        slot: usize,
+        pid: u32,
+        chunk: u64,
+        first: u32,
+        count: u32,
+        frame: Vec<u8>,
+        body_at: usize,
+    ) -> Result<(), ProtocolError> {
+        let tx = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let worker = st.workers[slot]
+                .as_mut()
+                .ok_or(ProtocolError::Unexpected("results from a removed worker"))?;
+            let front = worker
+                .in_flight
+                .front_mut()
+                .ok_or(ProtocolError::Unexpected("results with no chunk in flight"))?;
+            if front.id != chunk
+                || first != front.received
+                || count > front.chunk.count - front.received
+            {
+                return Err(ProtocolError::Unexpected(
+                    "results for another chunk or range",
+                ));
+            }
+            front.received += count;
+            let job = front.chunk.job;
+            let start = front.chunk.first + first as usize;
+            if front.received == front.chunk.count {
+                worker.in_flight.pop_front();
+                st.dispatch(&self.config);
+                self.changed.notify_all();
+            }
+            st.jobs.get(&job).map(|j| (j.events.clone(), start))
+        };
+        if let Some((tx, start)) = tx {
+            let _ = tx.send(Event::Results {
+                first: start,
+                count,
+                frame,
+                body_at,
+                pid,
+            });
+        }
+        Ok(())
+    }
+
+    fn on_death(&self, slot: usize, pid: u32, cause: ExitCause, protocol: Option<ProtocolError>) {
+        let mut outbox = Outbox::default();
+        let mut st = self.lock();
+        let Some(worker) = st.workers[slot].take() else {
+            return;
+        };
+        let (running_chunk, running_item, _) = worker.progress.read();
+        let mut requeue = Vec::new();
+        let mut protocol = protocol;
+        for (n, flight) in worker.in_flight.into_iter().enumerate() {
+            let InFlight {
+                id,
+                chunk,
+                received,
+            } = flight;
+            let job = st.jobs.get(&chunk.job);
+            let Some(job) = job else { continue };
+            if n == 0
+                && id == running_chunk
+                && (running_item as u32) >= received
+                && (running_item as u32) < chunk.count
+            {
+                let k = running_item as u32;
+                requeue.extend(sub_chunk(&chunk, received, k));
+                let index = chunk.first + k as usize;
+                let error = match (worker.timed_out, protocol.take()) {
+                    (Some(timeout), _) => Error::TaskTimeout {
+                        task: job.task,
+                        index,
+                        pid,
+                        timeout,
+                    },
+                    (None, Some(source)) => Error::Protocol { pid, source },
+                    (None, None) => Error::WorkerDied {
+                        task: job.task,
+                        index,
+                        pid,
+                        cause,
+                    },
+                };
+                outbox.0.push((job.events.clone(), Event::Failed(error)));
+                requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
+            } else {
+                requeue.extend(sub_chunk(&chunk, received, chunk.count));
+            }
+        }
+        for chunk in requeue.into_iter().rev() {
+            st.queue.push_front(chunk);
+        }
+        if !st.terminated && st.broken.is_none() {
+            let _ = self.supervisor.send(Supervise::Respawn(slot));
+        }
+        st.dispatch(&self.config);
+        drop(st);
+        self.changed.notify_all();
+        outbox.send();
+    }
+}
+
+impl State {
+    /// Hands queued chunks to workers with room, least loaded first.
+    fn dispatch(&mut self, config: &Config) {
+        while !self.queue.is_empty() {
+            let best = self
+                .workers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
+                .filter(|(_, w)| !w.dying && w.in_flight.len() < config.depth)
+                .min_by_key(|(_, w)| w.in_flight.len())
+                .map(|(i, _)| i);
+            let Some(slot) = best else { break };
+            let Some(chunk) = self.queue.pop_front() else {
+                break;
+            };
+            let id = self.next_chunk;
+            self.next_chunk += 1;
+            let header = wire::encode_header(&ToWorker::Run {
+                chunk: id,
+                task: chunk.task,
+                items: chunk.count,
+            });
+            if let Some(worker) = self.workers[slot].as_mut() {
+                let _ = worker.tx.send(Outgoing {
+                    header,
+                    body: Arc::clone(&chunk.body),
+                });
+                worker.in_flight.push_back(InFlight {
+                    id,
+                    chunk,
+                    received: 0,
+                });
+            }
+        }
+    }
+}
+
+/// Items `from .. to` of `chunk` as a new chunk, or `None` if empty.
+fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
+    if from >= to {
+        return None;
+    }
+    if from == 0 && to == chunk.count {
+        return Some(Chunk {
+            job: chunk.job,
+            task: chunk.task,
+            first: chunk.first,
+            count: chunk.count,
+            body: Arc::clone(&chunk.body),
+        });
+    }
+    let mut items = Items::new(&chunk.body);
+    let mut body = Vec::new();
+    for i in 0..to {
+        let Ok(arg) = items.next_arg() else {
+            return None;
+        };
+        if i >= from {
+            body.extend_from_slice(&(arg.len() as u32).to_le_bytes());
+            body.extend_from_slice(arg);
+        }
+    }
+    Some(Chunk {
+        job: chunk.job,
+        task: chunk.task,
+        first: chunk.first + from as usize,
+        count: to - from,
+        body: Arc::new(body),
+    })
+}
+
+fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
+    let mut out = &stream;
+    let mut broken = false;
+    for msg in rx {
+        if broken {
+            continue;
+        }
+        if wire::write_frame(&mut out, &msg.header, &msg.body, max).is_err() {
+            // The worker is gone or broken; its reader reports it.
+            broken = true;
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+fn kill(pid: u32) {
+    // SAFETY: pid belongs to a child not yet reaped (callers check `dying`
+    // under the state lock), so it cannot have been reused.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}

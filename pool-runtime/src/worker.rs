@@ -1,0 +1,271 @@
+//! The worker side: [`init`](crate::init), the worker loop and panic capture.
+
+use std::cell::{Cell, RefCell};
+use std::io::{BufReader, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use pool_core::registry::Registry;
+use pool_core::wire::{self, FromWorker, Items, ToWorker};
+use pool_core::{ProtocolError, TaskFailure};
+
+use crate::backend::local::{WORKER_ENV, WorkerEnv};
+use crate::backend::shm::{Progress, now_ns};
+
+/// Set by `init()` in a parent: its `main` reaches `init()`, so workers will too.
+pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+/// Set in a worker process once the worker loop runs.
+pub(crate) static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+/// Exit codes a worker uses when it cannot go on.
+const EXIT_PROTOCOL: i32 = 70;
+const EXIT_PARENT_GONE: i32 = 71;
+
+/// If this process was started as a worker, serves as one and exits;
+/// otherwise records that `main` reached this point and returns.
+pub(crate) fn enter() {
+    match std::env::var(WORKER_ENV) {
+        Ok(value) => match WorkerEnv::decode(&value) {
+            Some(env) => run(env),
+            None => {
+                eprintln!("pool-runtime: ignoring a malformed {WORKER_ENV} variable");
+            }
+        },
+        Err(_) => INIT_CALLED.store(true, Ordering::Relaxed),
+    }
+}
+
+/// Whether this process was started as a worker (and has not entered the loop).
+pub(crate) fn spawned_as_worker() -> bool {
+    std::env::var_os(WORKER_ENV).is_some()
+}
+
+thread_local! {
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+    static PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+}
+
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_TASK.with(Cell::get) {
+            let location = info
+                .location()
+                .map_or_else(|| "<unknown>".to_owned(), ToString::to_string);
+            let backtrace = std::backtrace::Backtrace::capture();
+            let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+                .then(|| backtrace.to_string());
+            PANIC.with(|p| *p.borrow_mut() = Some((location, backtrace)));
+        } else {
+            default(info);
+        }
+    }));
+}
+
+fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> TaskFailure {
+    let message = if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    };
+    let (location, backtrace) = PANIC
+        .with(|p| p.borrow_mut().take())
+        .unwrap_or_else(|| ("<unknown>".to_owned(), None));
+    TaskFailure::Panicked {
+        message,
+        location,
+        backtrace,
+    }
+}
+
+/// Results are sent when a chunk ends, and in between once this much time
+/// passed since the last send, so a worker that dies loses little finished work.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
+/// Or once this many result bytes are waiting.
+const FLUSH_BYTES: usize = 1 << 20;
+
+fn run(env: WorkerEnv) -> ! {
+    IN_WORKER.store(true, Ordering::Relaxed);
+    // SAFETY: removing our own variable so that programs a task launches do
+    // not become workers. Called before any task runs; the only other thread
+    // that can exist here is a test harness's main thread, which is blocked.
+    unsafe { std::env::remove_var(WORKER_ENV) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } as u32 != env.parent {
+        std::process::exit(EXIT_PARENT_GONE);
+    }
+    if let Some(fd) = env.stdout {
+        // SAFETY: fd was inherited for this purpose; dup2 onto stdout, then close it.
+        unsafe {
+            libc::dup2(fd, 1);
+            libc::close(fd);
+        }
+    }
+    install_panic_hook();
+    let progress = match Progress::open(env.progress) {
+        Ok(p) => p,
+        Err(err) => {
+            eprintln!("pool-runtime worker: cannot map the progress page: {err}");
+            std::process::exit(EXIT_PROTOCOL);
+        }
+    };
+    // SAFETY: the parent passed this end of a socket pair to us; we own it.
+    let stream = unsafe { UnixStream::from_raw_fd(env.channel) };
+    let code = match serve(&stream, &progress) {
+        Ok(()) => 0,
+        Err(ProtocolError::Closed) => 0,
+        Err(err) => {
+            eprintln!("pool-runtime worker {}: {err}", std::process::id());
+            EXIT_PROTOCOL
+        }
+    };
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
+}
+
+fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> {
+    let registry = Registry::collect().map_err(|err| ProtocolError::Malformed(err.to_string()))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut writer = stream;
+    let mut frame = Vec::new();
+
+    // Handshake: read the parent's limits first.
+    wire::read_frame(&mut reader, 4096, &mut frame)?;
+    let max_frame = match wire::split_frame::<ToWorker>(&frame)? {
+        (
+            ToWorker::Hello {
+                protocol,
+                max_frame,
+                ..
+            },
+            _,
+        ) => {
+            let ready = FromWorker::Ready {
+                protocol: wire::PROTOCOL_VERSION,
+                fingerprint: registry.fingerprint(),
+                pid: std::process::id(),
+            };
+            wire::write_frame(&mut writer, &wire::encode_header(&ready), &[], 4096)?;
+            if protocol != wire::PROTOCOL_VERSION {
+                return Err(ProtocolError::Version {
+                    ours: wire::PROTOCOL_VERSION,
+                    theirs: protocol,
+                });
+            }
+            usize::try_from(max_frame).unwrap_or(usize::MAX)
+        }
+        _ => return Err(ProtocolError::Unexpected("expected the handshake")),
+    };
+
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        wire::read_frame(&mut reader, max_frame, &mut frame)?;
+        let (header, body) = wire::split_frame::<ToWorker>(&frame)?;
+        match header {
+            ToWorker::Run { chunk, task, items } => {
+                run_chunk(
+                    &registry,
+                    &mut writer,
+                    progress,
+                    &mut out,
+                    chunk,
+                    task,
+                    items,
+                    body,
+                    max_frame,
+                )?;
+            }
+            ToWorker::Init { task } => {
+                let failure = match registry.get(task) {
+                    None => Some(TaskFailure::UnknownTask { id: task }),
+                    Some(entry) => {
+                        let arg = Items::new(body).next_arg()?;
+                        out.clear();
+                        call(entry.run, arg, &mut out).err()
+                    }
+                };
+                let done = FromWorker::InitDone { failure };
+                wire::write_frame(&mut writer, &wire::encode_header(&done), &[], max_frame)?;
+            }
+            ToWorker::Exit => return Ok(()),
+            ToWorker::Hello { .. } => return Err(ProtocolError::Unexpected("a second handshake")),
+        }
+    }
+}
+
+/// Runs one item, catching panics from the task and from serde impls.
+fn call(run: pool_core::registry::RunFn, arg: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
+    IN_TASK.with(|f| f.set(true));
+    let mark = out.len();
+    let result = catch_unwind(AssertUnwindSafe(|| run(arg, out)));
+    IN_TASK.with(|f| f.set(false));
+    match result {
+        Ok(outcome) => outcome,
+        Err(payload) => {
+            out.truncate(mark);
+            Err(panic_failure(payload))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+fn run_chunk(
+    registry: &Registry,
+    writer: &mut &UnixStream,
+    progress: &Progress,
+    out: &mut Vec<u8>,
+    chunk: u64,
+    task: u64,
+    count: u32,
+    body: &[u8],
+    max_frame: usize,
+) -> Result<(), ProtocolError> {
+    let entry = registry.get(task);
+    let mut items = Items::new(body);
+    out.clear();
+    let mut first = 0u32;
+    let mut last_flush = Instant::now();
+    for i in 0..count {
+        progress.start(chunk, u64::from(i), now_ns());
+        let arg = items.next_arg()?;
+        match entry {
+            None => wire::push_failure(out, &TaskFailure::UnknownTask { id: task }),
+            Some(entry) => {
+                let mark = wire::begin_result(out);
+                match call(entry.run, arg, out) {
+                    Ok(()) => wire::finish_result(out, mark, wire::ITEM_OK),
+                    Err(failure) => {
+                        out.truncate(mark);
+                        wire::push_failure(out, &failure);
+                    }
+                }
+            }
+        }
+        let done = i + 1;
+        let flush =
+            done == count || out.len() >= FLUSH_BYTES || last_flush.elapsed() >= FLUSH_INTERVAL;
+        if flush {
+            let _ = std::io::stdout().flush();
+            let header = FromWorker::Results {
+                chunk,
+                first,
+                count: done - first,
+            };
+            wire::write_frame(writer, &wire::encode_header(&header), out, max_frame)?;
+            out.clear();
+            first = done;
+            last_flush = Instant::now();
+        }
+    }
+    if !items.is_empty() {
+        return Err(ProtocolError::Malformed(
+            "trailing bytes after the last item".to_owned(),
+        ));
+    }
+    Ok(())
+}
