@@ -9,7 +9,7 @@ use pool_core::{IntoArgs, Task, UnaryTask};
 
 use crate::builder::PoolBuilder;
 use crate::error::Error;
-use crate::run::{CallOptions, Indexed, Run};
+use crate::run::{CallOptions, Indexed, Mode, Run};
 use crate::scheduler::Shared;
 
 /// A pool of worker processes running `#[task]` functions.
@@ -311,7 +311,12 @@ impl<'p> Call<'p> {
         I: IntoIterator,
         I::Item: IntoArgs<T>,
     {
-        let mut run = Run::<T, _>::new(&self.pool.shared, items.into_iter(), self.options, false)?;
+        let mut run = Run::<T, _>::new(
+            &self.pool.shared,
+            items.into_iter(),
+            self.options,
+            Mode::Blocking,
+        )?;
         let mut slots: Vec<Option<T::Output>> = Vec::new();
         while let Some(batch) = run.next_batch() {
             for (index, result) in batch? {
@@ -377,7 +382,12 @@ impl<'p> Call<'p> {
         I: IntoIterator,
         I::Item: IntoArgs<T>,
     {
-        let run = Run::new(&self.pool.shared, items.into_iter(), self.options, true);
+        let run = Run::new(
+            &self.pool.shared,
+            items.into_iter(),
+            self.options,
+            Mode::Ordered,
+        );
         Imap {
             inner: run.map_err(Some),
             buffer: VecDeque::new(),
@@ -392,7 +402,12 @@ impl<'p> Call<'p> {
         I: IntoIterator,
         I::Item: IntoArgs<T>,
     {
-        let run = Run::new(&self.pool.shared, items.into_iter(), self.options, false);
+        let run = Run::new(
+            &self.pool.shared,
+            items.into_iter(),
+            self.options,
+            Mode::Unordered,
+        );
         ImapUnordered {
             inner: run.map_err(Some),
             ready: VecDeque::new(),

@@ -28,6 +28,17 @@ pub(crate) struct CallOptions {
     pub(crate) timeout: Option<Duration>,
 }
 
+/// How a call's results are consumed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Mode {
+    /// A blocking call (or an async one): runs to completion.
+    Blocking,
+    /// An `imap` iterator: yields in input order.
+    Ordered,
+    /// An `imap_unordered` iterator: yields in completion order.
+    Unordered,
+}
+
 /// A decoded result with its index in the call.
 pub(crate) type Indexed<O> = (usize, Result<O, Error>);
 
@@ -68,13 +79,14 @@ where
         shared: &Arc<Shared>,
         items: I,
         options: CallOptions,
-        ordered: bool,
+        mode: Mode,
     ) -> Result<Self, Error> {
+        let ordered = mode == Mode::Ordered;
         if options.chunksize == Some(0) {
             return Err(Error::InvalidSetting("chunksize must be at least 1".into()));
         }
         let (tx, rx) = crossbeam_channel::unbounded();
-        let job = shared.register(T::NAME, tx, options.timeout)?;
+        let job = shared.register(T::NAME, tx, options.timeout, mode != Mode::Blocking)?;
         let processes = shared.config.processes;
         let cap = match items.size_hint() {
             (low, Some(high)) if low == high => {

@@ -63,13 +63,22 @@ struct Job {
     task: &'static str,
     events: Sender<Event>,
     timeout: Option<Duration>,
+    /// An `imap` iterator: its consumer may stop pulling at any time, so
+    /// `join` does not wait for it.
+    lazy: bool,
 }
 
 struct InFlight {
     id: u64,
     chunk: Chunk,
     received: u32,
+    sent: Instant,
 }
+
+/// A worker gets a second chunk queued behind its running one only if its
+/// last chunk took less than this: pipelining pays for short chunks, while a
+/// long one would make the queued chunk wait although another worker is free.
+const PREFETCH_BELOW: Duration = Duration::from_millis(1);
 
 struct Outgoing {
     header: Vec<u8>,
@@ -85,6 +94,9 @@ struct Worker {
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
     timed_out: Option<Duration>,
+    /// When its last chunk completed, and how long that chunk ran.
+    last_done: Instant,
+    last_chunk_time: Option<Duration>,
 }
 
 pub(crate) struct State {
@@ -180,6 +192,7 @@ impl Shared {
         task: &'static str,
         events: Sender<Event>,
         timeout: Option<Duration>,
+        lazy: bool,
     ) -> Result<u64, Error> {
         let mut st = self.lock();
         if st.terminated {
@@ -203,6 +216,7 @@ impl Shared {
                 task,
                 events,
                 timeout,
+                lazy,
             },
         );
         Ok(id)
@@ -246,11 +260,13 @@ impl Shared {
         st.closed || st.terminated
     }
 
-    /// Waits until no chunk is queued or running.
+    /// Waits until no chunk is queued or running and every call but the
+    /// lazy iterators has finished.
     pub(crate) fn wait_idle(&self) {
         let mut st = self.lock();
         while !st.terminated
-            && (!st.queue.is_empty()
+            && (st.jobs.values().any(|j| !j.lazy)
+                || !st.queue.is_empty()
                 || st.workers.iter().flatten().any(|w| !w.in_flight.is_empty()))
         {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -437,6 +453,8 @@ impl Shared {
             progress: Arc::new(progress),
             dying: false,
             timed_out: None,
+            last_done: Instant::now(),
+            last_chunk_time: None,
         });
         st.dispatch(&self.config);
     }
@@ -501,6 +519,15 @@ impl Shared {
         }
         let protocol = match failure {
             ProtocolError::Closed => None,
+            // A worker that dies with unread input resets the connection.
+            ProtocolError::Io(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                None
+            }
             other => {
                 // The worker broke the protocol: it cannot be trusted further.
                 let _ = child.kill();
@@ -548,6 +575,9 @@ impl Shared {
             let job = front.chunk.job;
             let start = front.chunk.first + first as usize;
             if front.received == front.chunk.count {
+                let now = Instant::now();
+                worker.last_chunk_time = Some(now - front.sent.max(worker.last_done));
+                worker.last_done = now;
                 worker.in_flight.pop_front();
                 st.dispatch(&self.config);
                 self.changed.notify_all();
@@ -580,6 +610,7 @@ impl Shared {
                 id,
                 chunk,
                 received,
+                ..
             } = flight;
             let job = st.jobs.get(&chunk.job);
             let Some(job) = job else { continue };
@@ -634,7 +665,14 @@ impl State {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
-                .filter(|(_, w)| !w.dying && w.in_flight.len() < config.depth)
+                .filter(|(_, w)| {
+                    let depth = if w.last_chunk_time.is_some_and(|t| t < PREFETCH_BELOW) {
+                        config.depth
+                    } else {
+                        1
+                    };
+                    !w.dying && w.in_flight.len() < depth
+                })
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(i, _)| i);
             let Some(slot) = best else { break };
@@ -657,6 +695,7 @@ impl State {
                     id,
                     chunk,
                     received: 0,
+                    sent: Instant::now(),
                 });
             }
         }

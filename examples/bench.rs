@@ -1,0 +1,480 @@
+//! The Rust half of the side-by-side benchmark against Python's
+//! `multiprocessing.Pool` (the Python half is `bench/python_pool.py`).
+//!
+//! Run everything, both sides, with `bash bench/run.sh`; see `BENCHMARKS.md`.
+//! This binary runs one workload per invocation and prints one JSON line per
+//! metric on stdout (a human summary goes to stderr):
+//!
+//! ```text
+//! cargo build --release --example bench
+//! target/release/examples/bench raw
+//! target/release/examples/bench start
+//! target/release/examples/bench roundtrip --procs 2 [--calls 10000]
+//! target/release/examples/bench tiny --procs 2 [--items 1000000] [--chunksize N]
+//! target/release/examples/bench payload [--count 64] [--mib 16]
+//! target/release/examples/bench cpu [--tasks 40] [--ms 50]
+//! ```
+//!
+//! Common options: `--reps N` (default 5) timed repetitions after
+//! `--warmup N` (default 1) untimed ones.
+//!
+//! It is a `--release` example, never a test: nothing runs it but the
+//! command above.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use pool_runtime::prelude::*;
+use pool_runtime::task;
+
+// ----- tasks (the same bodies as in bench/python_pool.py) -----
+
+/// Does nothing: the round-trip and start-up probe.
+#[task]
+fn noop() {}
+
+/// `x` to the power `n` (the tiny task).
+#[task]
+fn power(x: u64, n: u32) -> u64 {
+    x.pow(n)
+}
+
+/// The length of a payload (the payload task).
+#[task]
+fn length(data: Vec<u8>) -> u64 {
+    data.len() as u64
+}
+
+/// `iters` rounds of an LCG with an xor-shift: pure computation.
+#[task]
+fn spin(iters: u64) -> u64 {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..black_box(iters) {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        x ^= x >> 29;
+    }
+    x
+}
+
+// ----- the shared data: item i is (x, n) = ((i * 7919) % 1000, i % 4) -----
+
+fn tiny_items(count: usize) -> Vec<(u64, u32)> {
+    (0..count as u64)
+        .map(|i| ((i * 7919) % 1000, (i % 4) as u32))
+        .collect()
+}
+
+// ----- command line -----
+
+struct Opts {
+    workload: String,
+    reps: usize,
+    warmup: usize,
+    procs: usize,
+    calls: usize,
+    items: usize,
+    chunksize: Option<usize>,
+    count: usize,
+    mib: usize,
+    tasks: usize,
+    ms: f64,
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut args = std::env::args().skip(1);
+    let workload = args
+        .next()
+        .ok_or("usage: bench <raw|start|roundtrip|tiny|payload|cpu> [options]")?;
+    let mut opts = Opts {
+        workload,
+        reps: 5,
+        warmup: 1,
+        procs: 2,
+        calls: 10_000,
+        items: 1_000_000,
+        chunksize: None,
+        count: 64,
+        mib: 16,
+        tasks: 40,
+        ms: 50.0,
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let num = || -> Result<usize, String> {
+            value
+                .parse()
+                .map_err(|_| format!("{flag}: not a number: {value}"))
+        };
+        match flag.as_str() {
+            "--reps" => opts.reps = num()?,
+            "--warmup" => opts.warmup = num()?,
+            "--procs" => opts.procs = num()?,
+            "--calls" => opts.calls = num()?,
+            "--items" => opts.items = num()?,
+            "--chunksize" => opts.chunksize = Some(num()?),
+            "--count" => opts.count = num()?,
+            "--mib" => opts.mib = num()?,
+            "--tasks" => opts.tasks = num()?,
+            "--ms" => {
+                opts.ms = value
+                    .parse()
+                    .map_err(|_| format!("--ms: not a number: {value}"))?
+            }
+            _ => return Err(format!("unknown option {flag}")),
+        }
+    }
+    Ok(opts)
+}
+
+// ----- output -----
+
+/// Prints one metric as a JSON line (stdout) and a summary (stderr).
+fn emit(
+    metric: &str,
+    unit: &str,
+    higher_is_better: bool,
+    samples: &[f64],
+    extra: &[(&str, String)],
+) {
+    let mut line = format!(
+        "{{\"impl\":\"rust\",\"metric\":\"{metric}\",\"unit\":\"{unit}\",\"higher_is_better\":{higher_is_better},\"samples\":["
+    );
+    for (i, s) in samples.iter().enumerate() {
+        let _ = write!(line, "{}{s:.6}", if i == 0 { "" } else { "," });
+    }
+    line.push(']');
+    for (key, value) in extra {
+        let _ = write!(line, ",\"{key}\":{value}");
+    }
+    line.push('}');
+    println!("{line}");
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if let (Some(min), Some(max)) = (sorted.first(), sorted.last()) {
+        eprintln!(
+            "rust {metric:<28} median {:>14.3} {unit:<8} min {min:.3} max {max:.3}",
+            sorted[sorted.len() / 2]
+        );
+    }
+}
+
+/// Runs `warmup` untimed then `reps` timed repetitions of `f`, which
+/// returns the duration to count (it may exclude its own setup).
+fn repeat(
+    opts: &Opts,
+    mut f: impl FnMut() -> Result<Duration, Error>,
+) -> Result<Vec<Duration>, Error> {
+    for _ in 0..opts.warmup {
+        f()?;
+    }
+    (0..opts.reps).map(|_| f()).collect()
+}
+
+fn check(ok: bool, what: &str) -> Result<(), Error> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Broken(format!(
+            "benchmark self-check failed: {what}"
+        )))
+    }
+}
+
+// ----- /proc -----
+
+/// A `kB` field of a /proc file (`VmRSS` of `status`, `Pss` of `smaps_rollup`).
+fn proc_kb(pid: u32, file: &str, field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len().max(1) as f64
+}
+
+// ----- workloads -----
+
+/// A raw round trip between two processes: one byte there and back over a
+/// socket pair, and over two pipes, between this process and a fork. The
+/// floor every pool round trip pays.
+fn raw(opts: &Opts) -> Result<(), Error> {
+    const TRIPS: usize = 100_000;
+    for kind in ["socketpair", "pipe"] {
+        let mut samples = Vec::new();
+        for rep in 0..opts.warmup + opts.reps {
+            let per_trip =
+                raw_once(kind, TRIPS).map_err(|e| Error::Broken(format!("raw {kind}: {e}")))?;
+            if rep >= opts.warmup {
+                samples.push(per_trip * 1e6);
+            }
+        }
+        emit(&format!("raw_{kind}_rtt_us"), "us", false, &samples, &[]);
+    }
+    Ok(())
+}
+
+fn raw_once(kind: &str, trips: usize) -> std::io::Result<f64> {
+    let os = std::io::Error::last_os_error;
+    // (parent writes, child reads), (child writes, parent reads)
+    let (p_w, c_r, c_w, p_r);
+    if kind == "socketpair" {
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid out-array of two descriptors.
+        if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+            return Err(os());
+        }
+        (p_w, p_r, c_r, c_w) = (fds[0], fds[0], fds[1], fds[1]);
+    } else {
+        let (mut a, mut b) = ([0; 2], [0; 2]);
+        // SAFETY: valid out-arrays.
+        if unsafe { libc::pipe(a.as_mut_ptr()) } != 0 || unsafe { libc::pipe(b.as_mut_ptr()) } != 0
+        {
+            return Err(os());
+        }
+        (c_r, p_w, p_r, c_w) = (a[0], a[1], b[0], b[1]);
+    }
+    // SAFETY: this process has no other threads here (no pool was built), and
+    // the child only calls read, write and _exit.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os());
+    }
+    let mut byte = [0u8; 1];
+    if pid == 0 {
+        // Child: echo until EOF.
+        // SAFETY: valid descriptors and a one-byte buffer.
+        unsafe {
+            while libc::read(c_r, byte.as_mut_ptr().cast(), 1) == 1 {
+                if libc::write(c_w, byte.as_ptr().cast(), 1) != 1 {
+                    break;
+                }
+            }
+            libc::_exit(0);
+        }
+    }
+    let start = Instant::now();
+    for _ in 0..trips {
+        // SAFETY: valid descriptors and a one-byte buffer.
+        unsafe {
+            if libc::write(p_w, byte.as_ptr().cast(), 1) != 1
+                || libc::read(p_r, byte.as_mut_ptr().cast(), 1) != 1
+            {
+                return Err(os());
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    // SAFETY: closing our descriptors (the child sees EOF), then reaping it.
+    unsafe {
+        for fd in [p_w, p_r, c_r, c_w] {
+            libc::close(fd);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+    }
+    Ok(elapsed.as_secs_f64() / trips as f64)
+}
+
+/// Build a pool and get the first result of a trivial task; then the
+/// resident memory of its (now idle) workers.
+fn start(opts: &Opts) -> Result<(), Error> {
+    let (mut times, mut rss, mut pss) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..opts.warmup + opts.reps {
+        let t0 = Instant::now();
+        let pool = Pool::builder().processes(opts.procs).build()?;
+        pool.apply(task!(noop), ())?;
+        let elapsed = t0.elapsed();
+        std::thread::sleep(Duration::from_millis(50)); // let the workers settle
+        let pids = pool.worker_pids();
+        check(pids.len() == opts.procs, "worker pids")?;
+        let r: Vec<f64> = pids
+            .iter()
+            .filter_map(|&p| proc_kb(p, "status", "VmRSS"))
+            .collect();
+        let s: Vec<f64> = pids
+            .iter()
+            .filter_map(|&p| proc_kb(p, "smaps_rollup", "Pss"))
+            .collect();
+        drop(pool);
+        if rep >= opts.warmup {
+            times.push(elapsed.as_secs_f64() * 1e3);
+            rss.push(mean(&r));
+            pss.push(mean(&s));
+        }
+    }
+    let parent = proc_kb(std::process::id(), "status", "VmRSS").unwrap_or(0.0);
+    emit("start_ms", "ms", false, &times, &[]);
+    emit(
+        "idle_worker_rss_kb",
+        "kB",
+        false,
+        &rss,
+        &[("parent_rss_kb", format!("{parent}"))],
+    );
+    emit("idle_worker_pss_kb", "kB", false, &pss, &[]);
+    Ok(())
+}
+
+/// `calls` sequential `apply` of a no-op.
+fn roundtrip(opts: &Opts) -> Result<(), Error> {
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, || {
+        let t0 = Instant::now();
+        for _ in 0..opts.calls {
+            pool.apply(task!(noop), ())?;
+        }
+        Ok(t0.elapsed())
+    })?;
+    let us: Vec<f64> = times
+        .iter()
+        .map(|t| t.as_secs_f64() * 1e6 / opts.calls as f64)
+        .collect();
+    emit("roundtrip_us", "us", false, &us, &[]);
+    Ok(())
+}
+
+/// `starmap(power)` over `items` tiny items.
+fn tiny(opts: &Opts) -> Result<(), Error> {
+    let items = tiny_items(opts.items);
+    let expected: u64 = items
+        .iter()
+        .map(|&(x, n)| x.pow(n))
+        .fold(0, u64::wrapping_add);
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, || {
+        let t0 = Instant::now();
+        let out = match opts.chunksize {
+            Some(c) => pool
+                .chunksize(c)
+                .starmap(task!(power), items.iter().copied())?,
+            None => pool.starmap(task!(power), items.iter().copied())?,
+        };
+        let elapsed = t0.elapsed();
+        check(out.len() == items.len(), "result count")?;
+        check(
+            out.iter().copied().fold(0, u64::wrapping_add) == expected,
+            "result sum",
+        )?;
+        Ok(elapsed)
+    })?;
+    let rate: Vec<f64> = times
+        .iter()
+        .map(|t| opts.items as f64 / t.as_secs_f64())
+        .collect();
+    emit("items_per_s", "items/s", true, &rate, &[]);
+    Ok(())
+}
+
+/// `map(length)` over `count` distinct `Vec<u8>` of `mib` MiB each.
+fn payload(opts: &Opts) -> Result<(), Error> {
+    let size = opts.mib << 20;
+    let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, || {
+        // The inputs are moved into the call: make fresh ones, untimed.
+        let inputs: Vec<Vec<u8>> = (0..opts.count)
+            .map(|i| {
+                let mut v = source.clone();
+                v[0] = i as u8;
+                v
+            })
+            .collect();
+        let t0 = Instant::now();
+        let out = pool.map(task!(length), inputs)?;
+        let elapsed = t0.elapsed();
+        check(
+            out.len() == opts.count && out.iter().all(|&n| n == size as u64),
+            "lengths",
+        )?;
+        Ok(elapsed)
+    })?;
+    let total = (opts.count * size) as f64;
+    let rate: Vec<f64> = times
+        .iter()
+        .map(|t| total / t.as_secs_f64() / 1e6)
+        .collect();
+    emit(
+        "mb_per_s",
+        "MB/s",
+        true,
+        &rate,
+        &[("bytes_per_call", format!("{total}"))],
+    );
+    Ok(())
+}
+
+/// `tasks` calls of ~`ms` ms of computation, on 1 then on 2 workers.
+fn cpu(opts: &Opts) -> Result<(), Error> {
+    // Calibrate here: iterations for `ms` milliseconds.
+    let probe = 1u64 << 22;
+    let best = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            black_box(spin(probe));
+            t0.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    let iters = (probe as f64 * opts.ms / 1e3 / best) as u64;
+    let t0 = Instant::now();
+    let expect = spin(iters);
+    let task_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let pools = [
+        Pool::builder().processes(1).build()?,
+        Pool::builder().processes(opts.procs).build()?,
+    ];
+    let run = |pool: &Pool| -> Result<f64, Error> {
+        let t0 = Instant::now();
+        let out = pool.map(task!(spin), vec![iters; opts.tasks])?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        check(out.iter().all(|&x| x == expect), "spin results")?;
+        Ok(elapsed)
+    };
+    for _ in 0..opts.warmup {
+        run(&pools[0])?;
+        run(&pools[1])?;
+    }
+    let (mut one, mut two, mut speedup) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..opts.reps {
+        let a = run(&pools[0])?;
+        let b = run(&pools[1])?;
+        one.push(a);
+        two.push(b);
+        speedup.push(a / b);
+    }
+    let extra = [
+        ("task_ms", format!("{task_ms:.3}")),
+        ("iters", format!("{iters}")),
+    ];
+    emit("cpu_time_1w_s", "s", false, &one, &extra);
+    emit("cpu_time_2w_s", "s", false, &two, &extra);
+    emit("cpu_speedup", "x", true, &speedup, &extra);
+    Ok(())
+}
+
+#[pool_runtime::main]
+fn main() -> Result<(), Error> {
+    let opts = match parse() {
+        Ok(o) => o,
+        Err(msg) => {
+            eprintln!("{msg}");
+            std::process::exit(2);
+        }
+    };
+    match opts.workload.as_str() {
+        "raw" => raw(&opts),
+        "start" => start(&opts),
+        "roundtrip" => roundtrip(&opts),
+        "tiny" => tiny(&opts),
+        "payload" => payload(&opts),
+        "cpu" => cpu(&opts),
+        other => {
+            eprintln!("unknown workload {other}");
+            std::process::exit(2);
+        }
+    }
+}
