@@ -52,6 +52,20 @@ pub trait IntoArgs<T: Task> {
     fn into_args(self) -> T::Args;
 }
 
+/// Types that can cross the process boundary: serde's `Serialize` and
+/// `Deserialize`. Every task argument and result must be one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot cross the process boundary: it does not implement serde's `Serialize` and `Deserialize`",
+    label = "task arguments and results must implement `Serialize` and `Deserialize`",
+    note = "derive them on the type: `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait Wire: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> Wire for T {}
+
+/// Compile-time check, emitted by `#[task]` on each argument and result type.
+pub const fn assert_wire<T: Wire>() {}
+
 /// The stable id of a task: 64-bit FNV-1a of its full path.
 ///
 /// Evaluated at compile time, so the parent and its workers (the same binary)

@@ -228,7 +228,7 @@ pub fn begin_result(body: &mut Vec<u8>) -> usize {
 }
 
 /// Completes a result item begun at `mark` with `tag`.
-pub fn finish_result(body: &mut Vec<u8>, mark: usize, tag: u8) {
+pub fn finish_result(body: &mut [u8], mark: usize, tag: u8) {
     let len = (body.len() - mark - 5) as u32;
     body[mark] = tag;
     body[mark + 1..mark + 5].copy_from_slice(&len.to_le_bytes());

@@ -102,13 +102,13 @@ fn is_u8(ty: &syn::Type) -> bool {
 /// Finds what a type must not contain.
 #[derive(Default)]
 struct TypeScan {
-    impl_trait: Option<Span>,
+    impl_trait: Option<syn::TypeImplTrait>,
     reference: Option<Span>,
 }
 
 impl<'ast> Visit<'ast> for TypeScan {
     fn visit_type_impl_trait(&mut self, node: &'ast syn::TypeImplTrait) {
-        self.impl_trait.get_or_insert(node.span());
+        self.impl_trait.get_or_insert_with(|| node.clone());
     }
     fn visit_type_reference(&mut self, node: &'ast syn::TypeReference) {
         self.reference.get_or_insert(node.span());
@@ -314,8 +314,42 @@ impl<'a> TaskFn<'a> {
             "The handle of the task [`{fn_name}()`](super::{fn_name}); name it with `task!({fn_name})`."
         );
 
+        let conversions = quote_spanned! {sig_span=>
+            impl #impl_generics #private::IntoArgs<#handle_path> for (#(#passed,)*) {
+                #[inline]
+                fn into_args(self) -> #args_ident {
+                    #args_ident { #(#tuple_fields),* }
+                }
+            }
+
+            impl #impl_generics ::core::convert::From<(#(#passed,)*)> for #args_ident {
+                #[inline]
+                fn from(value: (#(#passed,)*)) -> Self {
+                    #private::IntoArgs::<#handle_path>::into_args(value)
+                }
+            }
+
+            impl #private::IntoArgs<#handle_path> for #args_ident {
+                #[inline]
+                fn into_args(self) -> #args_ident {
+                    self
+                }
+            }
+        };
+        let wire_checks: Vec<TokenStream> = self
+            .params
+            .iter()
+            .map(|p| {
+                let owned = p.owned();
+                quote_spanned!(p.ty.span()=> #private::assert_wire::<#owned>();)
+            })
+            .chain(std::iter::once(quote_spanned!(output_span=> #private::assert_wire::<#output>();)))
+            .collect();
+
         quote! {
             #func
+
+            const _: () = { #(#wire_checks)* };
 
             #[doc = #args_doc]
             #[derive(#private::serde::Serialize, #private::serde::Deserialize)]
@@ -349,26 +383,7 @@ impl<'a> TaskFn<'a> {
 
             #unary
 
-            impl #impl_generics #private::IntoArgs<#handle_path> for (#(#passed,)*) {
-                #[inline]
-                fn into_args(self) -> #args_ident {
-                    #args_ident { #(#tuple_fields),* }
-                }
-            }
-
-            impl #impl_generics ::core::convert::From<(#(#passed,)*)> for #args_ident {
-                #[inline]
-                fn from(value: (#(#passed,)*)) -> Self {
-                    #private::IntoArgs::<#handle_path>::into_args(value)
-                }
-            }
-
-            impl #private::IntoArgs<#handle_path> for #args_ident {
-                #[inline]
-                fn into_args(self) -> #args_ident {
-                    self
-                }
-            }
+            #conversions
 
             const _: () = {
                 #private::inventory::submit! {
@@ -395,8 +410,9 @@ fn check_param(pat_type: &syn::PatType, errors: &mut Errors) -> Option<Param> {
     let mut inner_ty = &ty;
     if let syn::Type::Reference(r) = &ty {
         if let Some(token) = &r.mutability {
+            let and = &r.and_token;
             errors.at(
-                token,
+                quote!(#and #token),
                 "#[task] arguments cannot be `&mut`: changes made in a worker cannot reach the caller; take the value and return the new one",
             );
             return None;
@@ -415,9 +431,9 @@ fn check_param(pat_type: &syn::PatType, errors: &mut Errors) -> Option<Param> {
     }
     let mut scan = TypeScan::default();
     scan.visit_type(inner_ty);
-    if let Some(span) = scan.impl_trait {
+    if let Some(node) = scan.impl_trait {
         errors.at(
-            quote_spanned!(span=> impl),
+            node,
             "#[task] arguments cannot be `impl Trait`: a worker must know the concrete type; name it",
         );
         return None;

@@ -237,7 +237,7 @@ pub(crate) fn harness_args() -> Option<Vec<String>> {
 pub mod __private {
     pub use ::{inventory, postcard, serde};
     pub use pool_core::registry::TaskEntry;
-    pub use pool_core::{IntoArgs, Task, UnaryTask, task_id};
+    pub use pool_core::{IntoArgs, Task, UnaryTask, assert_wire, task_id};
 
     /// A test binary's worker entry test, registered by `test_support!`.
     pub struct HarnessEntry {
