@@ -8,7 +8,11 @@ use std::process::Command;
 fn run_example(name: &str) -> String {
     // target/<profile>/deps/examples-<hash> → target/<profile>/examples/<name>
     let exe = std::env::current_exe().expect("test path");
-    let dir: PathBuf = exe.parent().and_then(|d| d.parent()).expect("target dir").join("examples");
+    let dir: PathBuf = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("examples");
     if !dir.join(name).exists() {
         // Built by a plain `cargo test`, not by `cargo test --test examples`.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -19,7 +23,9 @@ fn run_example(name: &str) -> String {
             .expect("cargo runs");
         assert!(status.success(), "building example {name}");
     }
-    let output = Command::new(dir.join(name)).output().unwrap_or_else(|e| panic!("run example {name}: {e}"));
+    let output = Command::new(dir.join(name))
+        .output()
+        .unwrap_or_else(|e| panic!("run example {name}: {e}"));
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
     assert!(
         output.status.success(),
@@ -36,7 +42,9 @@ fn executing(stdout: &str) -> Vec<(u32, f64)> {
         .lines()
         .filter_map(|l| l.strip_prefix("Task "))
         .map(|rest| {
-            let (id, value) = rest.split_once(" executing with ").expect("seed line format");
+            let (id, value) = rest
+                .split_once(" executing with ")
+                .expect("seed line format");
             (id.parse().expect("id"), value.parse().expect("value"))
         })
         .collect()
@@ -58,7 +66,10 @@ fn check_seed_output(stdout: &str, with_results: bool) {
     let mut ran = executing(stdout);
     assert_eq!(ran.len(), 10, "{stdout}");
     ran.sort_by_key(|&(id, _)| id);
-    assert_eq!(ran.iter().map(|&(id, _)| id).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        ran.iter().map(|&(id, _)| id).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
     assert!(ran.iter().all(|&(_, v)| (0.0..1.0).contains(&v)));
     let results = got(stdout);
     if with_results {
@@ -66,8 +77,14 @@ fn check_seed_output(stdout: &str, with_results: bool) {
         assert_eq!(results, ran, "{stdout}");
         // Every result comes after every task line: starmap blocks.
         let lines: Vec<&str> = stdout.lines().collect();
-        let last_task = lines.iter().rposition(|l| l.starts_with("Task ")).expect("task lines");
-        let first_got = lines.iter().position(|l| l.starts_with("Got result")).expect("result lines");
+        let last_task = lines
+            .iter()
+            .rposition(|l| l.starts_with("Task "))
+            .expect("task lines");
+        let first_got = lines
+            .iter()
+            .position(|l| l.starts_with("Got result"))
+            .expect("result lines");
         assert!(last_task < first_got, "{stdout}");
     } else {
         assert!(results.is_empty(), "{stdout}");

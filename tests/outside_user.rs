@@ -18,6 +18,10 @@ fn a_user_crate_outside_the_workspace_works() {
         .expect("cargo runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
     assert_eq!(stdout.trim(), "OK", "stderr:\n{stderr}");
 }

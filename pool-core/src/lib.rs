@@ -18,4 +18,4 @@ pub mod wire;
 
 pub use error::{ProtocolError, TaskFailure};
 pub use registry::{Registry, RegistryError, TaskEntry};
-pub use task::{IntoArgs, Task, UnaryTask, Wire, assert_wire, task_id};
+pub use task::{InitOutput, IntoArgs, Task, UnaryTask, Wire, assert_wire, task_id};

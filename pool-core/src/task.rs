@@ -66,6 +66,29 @@ impl<T: Serialize + DeserializeOwned> Wire for T {}
 /// Compile-time check, emitted by `#[task]` on each argument and result type.
 pub const fn assert_wire<T: Wire>() {}
 
+/// What an initializer task may return: `()`, or `Result<(), E>` whose
+/// `Err` fails the worker's start (and so the pool's).
+#[diagnostic::on_unimplemented(
+    message = "an initializer must return `()` or `Result<(), E>` with `E: Display`, not `{Self}`",
+    label = "this initializer's return type"
+)]
+pub trait InitOutput {
+    /// The failure to report, if any.
+    fn failure(&self) -> Option<String>;
+}
+
+impl InitOutput for () {
+    fn failure(&self) -> Option<String> {
+        None
+    }
+}
+
+impl<E: std::fmt::Display> InitOutput for Result<(), E> {
+    fn failure(&self) -> Option<String> {
+        self.as_ref().err().map(ToString::to_string)
+    }
+}
+
 /// The stable id of a task: 64-bit FNV-1a of its full path.
 ///
 /// Evaluated at compile time, so the parent and its workers (the same binary)

@@ -81,7 +81,7 @@ pub enum FromWorker {
         /// Number of results in the body.
         count: u32,
     },
-    /// The initializer ran.
+    /// The initializer ran; on success the body holds its encoded result.
     InitDone {
         /// Why it failed, if it did.
         failure: Option<TaskFailure>,

@@ -343,7 +343,9 @@ impl<'a> TaskFn<'a> {
                 let owned = p.owned();
                 quote_spanned!(p.ty.span()=> #private::assert_wire::<#owned>();)
             })
-            .chain(std::iter::once(quote_spanned!(output_span=> #private::assert_wire::<#output>();)))
+            .chain(std::iter::once(
+                quote_spanned!(output_span=> #private::assert_wire::<#output>();),
+            ))
             .collect();
 
         quote! {

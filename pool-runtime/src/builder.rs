@@ -2,10 +2,13 @@
 
 use std::time::Duration;
 
-use pool_core::registry::Registry;
-use pool_core::wire::DEFAULT_MAX_FRAME;
+use std::sync::Arc;
 
-use crate::backend::local::Launch;
+use pool_core::registry::Registry;
+use pool_core::wire::{self, DEFAULT_MAX_FRAME};
+use pool_core::{InitOutput, IntoArgs, Task, TaskFailure};
+
+use crate::backend::local::{InitSpec, Launch};
 use crate::error::Error;
 use crate::pool::Pool;
 use crate::scheduler::{Config, Shared};
@@ -18,12 +21,41 @@ use crate::worker;
 /// let pool = pool_runtime::Pool::builder().processes(4).build()?;
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolBuilder {
     processes: Option<usize>,
     max_frame: usize,
     startup_timeout: Duration,
     depth: usize,
+    max_tasks: Option<usize>,
+    /// The initializer, or why its arguments could not be encoded.
+    init: Option<Result<Arc<InitSpec>, (&'static str, TaskFailure)>>,
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.processes)
+            .field("max_frame", &self.max_frame)
+            .field("startup_timeout", &self.startup_timeout)
+            .field("chunks_in_flight", &self.depth)
+            .field("max_tasks_per_child", &self.max_tasks)
+            .field(
+                "initializer",
+                &self.init.as_ref().map(|i| i.as_ref().map(|s| s.name).ok()),
+            )
+            .finish()
+    }
+}
+
+/// Decodes an initializer's result and asks it whether it failed.
+fn check_init<T: Task>(bytes: &[u8]) -> Result<(), String>
+where
+    T::Output: InitOutput,
+{
+    let output: T::Output = postcard::from_bytes(bytes)
+        .map_err(|err| format!("its result could not be decoded: {err}"))?;
+    output.failure().map_or(Ok(()), Err)
 }
 
 impl Default for PoolBuilder {
@@ -40,6 +72,8 @@ impl PoolBuilder {
             max_frame: DEFAULT_MAX_FRAME,
             startup_timeout: Duration::from_secs(10),
             depth: 2,
+            max_tasks: None,
+            init: None,
         }
     }
 
@@ -71,6 +105,76 @@ impl PoolBuilder {
         self
     }
 
+    /// A `#[task]` run once in every worker, before its first task, with
+    /// `args` (Python's `initializer` and `initargs`); e.g. to load
+    /// read-only data into a worker-global `OnceLock`.
+    ///
+    /// It must return `()` or `Result<(), E>`. If it panics, returns `Err`
+    /// or kills its worker, [`build`](PoolBuilder::build) fails with
+    /// [`Error::Initializer`]; if that happens to a replacement worker
+    /// later, the pool retries twice, then fails its calls with
+    /// [`Error::Broken`] instead of respawning forever.
+    ///
+    /// ```no_run
+    /// use std::sync::OnceLock;
+    /// use pool_runtime::prelude::*;
+    /// use pool_runtime::task;
+    ///
+    /// static TABLE: OnceLock<Vec<f64>> = OnceLock::new();
+    ///
+    /// #[task]
+    /// fn load(len: usize) {
+    ///     TABLE.get_or_init(|| vec![1.5; len]);
+    /// }
+    ///
+    /// #[task]
+    /// fn lookup(i: usize) -> f64 {
+    ///     TABLE.get().map_or(f64::NAN, |t| t[i])
+    /// }
+    ///
+    /// #[pool_runtime::main]
+    /// fn main() -> Result<(), Error> {
+    ///     let pool = Pool::builder().initializer(task!(load), 1000).build()?;
+    ///     assert_eq!(pool.map(task!(lookup), [0, 999])?, [1.5, 1.5]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn initializer<T, A>(mut self, _task: T, args: A) -> Self
+    where
+        T: Task,
+        T::Output: InitOutput,
+        A: IntoArgs<T>,
+    {
+        let mut body = Vec::new();
+        let spec = match wire::push_arg(&mut body, &args.into_args()) {
+            Ok(()) => Ok(Arc::new(InitSpec {
+                task: T::ID,
+                name: T::NAME,
+                body,
+                check: check_init::<T>,
+            })),
+            Err(err) => Err((
+                T::NAME,
+                TaskFailure::BadArguments {
+                    ty: std::any::type_name::<T::Args>().to_owned(),
+                    message: err.to_string(),
+                },
+            )),
+        };
+        self.init = Some(spec);
+        self
+    }
+
+    /// Replaces a worker with a fresh process after it ran `n` items
+    /// (Python's `maxtasksperchild`, counted in items, not chunks), to bound
+    /// what a leaking task can accumulate. Chunks are split so that no
+    /// worker runs more than `n`; work in flight is never lost. Default: no
+    /// limit.
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        self.max_tasks = Some(n);
+        self
+    }
+
     /// Starts the workers and returns once every one is ready.
     ///
     /// # Errors
@@ -82,6 +186,7 @@ impl PoolBuilder {
     /// - [`Error::InvalidSetting`] for zero processes, chunks in flight or
     ///   a frame limit out of range;
     /// - [`Error::Spawn`] / [`Error::Startup`] if a worker cannot start;
+    /// - [`Error::Initializer`] if the initializer fails in a worker;
     /// - [`Error::Registry`] if two tasks share an id.
     pub fn build(self) -> Result<Pool, Error> {
         if worker::IN_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
@@ -107,6 +212,19 @@ impl PoolBuilder {
                 self.max_frame
             )));
         }
+        if self.max_tasks == Some(0) {
+            return Err(Error::InvalidSetting(
+                "max_tasks_per_child must be at least 1".into(),
+            ));
+        }
+        let init = self
+            .init
+            .transpose()
+            .map_err(|(task, failure)| Error::Serialization {
+                task,
+                index: 0,
+                failure,
+            })?;
         let registry = Registry::collect()?;
         let harness_args = crate::harness_args();
         if harness_args.is_none() && !worker::INIT_CALLED.load(std::sync::atomic::Ordering::Relaxed)
@@ -114,6 +232,7 @@ impl PoolBuilder {
             return Err(Error::NotWorkerCapable);
         }
         let launch = Launch {
+            init,
             harness_args,
             fingerprint: registry.fingerprint(),
             max_frame: self.max_frame,
@@ -122,6 +241,7 @@ impl PoolBuilder {
         let config = Config {
             processes,
             depth: self.depth,
+            max_tasks: self.max_tasks,
             launch,
         };
         let (shared, supervisor) = Shared::start(config)?;

@@ -167,6 +167,23 @@ pub enum Error {
     /// The pool was terminated or dropped before this work finished.
     #[error("the pool was terminated before this work finished")]
     Terminated,
+    /// An async result was not ready within the time given to
+    /// `get_timeout`; it stays retrievable.
+    #[error("the result was not ready within {0:?}")]
+    Timeout(Duration),
+    /// The outcome of an async result was already returned once.
+    #[error("this result was already retrieved")]
+    AlreadyRetrieved,
+    /// The pool's initializer failed in a worker.
+    #[error("the initializer `{task}` failed in worker process {pid}: {reason}")]
+    Initializer {
+        /// The initializer task's full path.
+        task: &'static str,
+        /// The worker's process id.
+        pid: u32,
+        /// The panic, error or exit.
+        reason: String,
+    },
     /// The pool cannot keep workers alive (they fail at start-up).
     #[error("the pool stopped: workers keep failing at start-up ({0})")]
     Broken(String),

@@ -63,6 +63,7 @@
 
 use std::sync::atomic::Ordering;
 
+mod async_result;
 mod backend;
 mod builder;
 mod error;
@@ -71,6 +72,7 @@ mod run;
 mod scheduler;
 mod worker;
 
+pub use async_result::AsyncResult;
 pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, ProtocolError, RegistryError, TaskFailure};
 pub use pool::{Call, Imap, ImapUnordered, Pool};

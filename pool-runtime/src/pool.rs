@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pool_core::{IntoArgs, Task, UnaryTask};
 
+use crate::async_result::{AsyncResult, Driver};
 use crate::builder::PoolBuilder;
 use crate::error::Error;
 use crate::run::{CallOptions, Indexed, Mode, Run};
@@ -42,6 +43,8 @@ use crate::scheduler::Shared;
 pub struct Pool {
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// The result thread of async calls, started by the first one.
+    driver: Mutex<Option<Driver>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -71,6 +74,7 @@ impl Pool {
         Pool {
             shared,
             supervisor: Mutex::new(Some(supervisor)),
+            driver: Mutex::new(None),
         }
     }
 
@@ -146,6 +150,52 @@ impl Pool {
         A: IntoArgs<T>,
     {
         self.call().apply(task, args)
+    }
+
+    /// Starts a `map` and returns at once. See [`Call::map_async`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] or [`Error::Terminated`]; the call's own errors come
+    /// from the [`AsyncResult`].
+    pub fn map_async<T, I>(&self, task: T, items: I) -> Result<AsyncResult<Vec<T::Output>>, Error>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().map_async(task, items)
+    }
+
+    /// Starts a `starmap` and returns at once. See [`Call::starmap_async`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::map_async`].
+    pub fn starmap_async<T, I>(
+        &self,
+        task: T,
+        items: I,
+    ) -> Result<AsyncResult<Vec<T::Output>>, Error>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.call().starmap_async(task, items)
+    }
+
+    /// Starts one call and returns at once. See [`Call::apply_async`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Pool::map_async`].
+    pub fn apply_async<T, A>(&self, task: T, args: A) -> Result<AsyncResult<T::Output>, Error>
+    where
+        T: Task,
+        A: IntoArgs<T>,
+    {
+        self.call().apply_async(task, args)
     }
 
     /// Lazily maps a one-argument task; yields results in input order.
@@ -224,6 +274,48 @@ impl Pool {
         if let Some(handle) = handle {
             self.shared.shutdown(graceful, handle);
         }
+        if let Some(mut driver) = self.driver.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            driver.stop();
+        }
+    }
+
+    /// Submits a whole call and tracks it on the result thread.
+    fn submit_async<T, I, R>(
+        &self,
+        items: I,
+        options: CallOptions,
+        finish: fn(Vec<T::Output>) -> Option<R>,
+    ) -> Result<AsyncResult<R>, Error>
+    where
+        T: Task,
+        I: Iterator,
+        I::Item: IntoArgs<T>,
+        R: Send + 'static,
+    {
+        let mut driver = self.driver.lock().unwrap_or_else(|p| p.into_inner());
+        if driver.is_none() {
+            if self
+                .supervisor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none()
+            {
+                return Err(Error::Terminated);
+            }
+            *driver = Some(Driver::start()?);
+        }
+        let Some(driver) = driver.as_ref() else {
+            return Err(Error::Terminated);
+        };
+        let run = Run::<T, I>::new(
+            &self.shared,
+            items,
+            options,
+            Mode::Blocking,
+            Some(driver.sink()),
+        )?;
+        let detached = run.submit_all()?;
+        Ok(driver.track::<T, R>(detached, finish))
     }
 }
 
@@ -316,6 +408,7 @@ impl<'p> Call<'p> {
             items.into_iter(),
             self.options,
             Mode::Blocking,
+            None,
         )?;
         let mut slots: Vec<Option<T::Output>> = Vec::new();
         while let Some(batch) = run.next_batch() {
@@ -348,6 +441,56 @@ impl<'p> Call<'p> {
     {
         let mut out = self.chunksize(1).starmap(task, [args])?;
         out.pop().ok_or_else(|| lost(T::NAME, 0))
+    }
+
+    /// Starts a [`map`](Call::map) and returns at once with an
+    /// [`AsyncResult`]. The whole input is read and sent now, as in Python.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`], [`Error::Terminated`] or an invalid option; the
+    /// call's own errors come from the [`AsyncResult`].
+    pub fn map_async<T, I>(self, task: T, items: I) -> Result<AsyncResult<Vec<T::Output>>, Error>
+    where
+        T: UnaryTask,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.starmap_async(task, items)
+    }
+
+    /// Starts a [`starmap`](Call::starmap) and returns at once with an
+    /// [`AsyncResult`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Call::map_async`].
+    pub fn starmap_async<T, I>(
+        self,
+        _task: T,
+        items: I,
+    ) -> Result<AsyncResult<Vec<T::Output>>, Error>
+    where
+        T: Task,
+        I: IntoIterator,
+        I::Item: IntoArgs<T>,
+    {
+        self.pool
+            .submit_async::<T, _, _>(items.into_iter(), self.options, Some)
+    }
+
+    /// Starts one call and returns at once with an [`AsyncResult`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Call::map_async`].
+    pub fn apply_async<T, A>(self, _task: T, args: A) -> Result<AsyncResult<T::Output>, Error>
+    where
+        T: Task,
+        A: IntoArgs<T>,
+    {
+        self.pool
+            .submit_async::<T, _, _>(std::iter::once(args), self.options, |mut v| v.pop())
     }
 
     /// Lazily calls a one-argument task on every item; yields one `Result`
@@ -387,6 +530,7 @@ impl<'p> Call<'p> {
             items.into_iter(),
             self.options,
             Mode::Ordered,
+            None,
         );
         Imap {
             inner: run.map_err(Some),
@@ -407,6 +551,7 @@ impl<'p> Call<'p> {
             items.into_iter(),
             self.options,
             Mode::Unordered,
+            None,
         );
         ImapUnordered {
             inner: run.map_err(Some),

@@ -11,7 +11,7 @@ use pool_core::wire::{self, Items};
 use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
-use crate::scheduler::{Chunk, Event, Shared};
+use crate::scheduler::{Chunk, Event, Routed, Shared};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
 /// large payloads stream instead of piling up in one frame.
@@ -42,10 +42,33 @@ pub(crate) enum Mode {
 /// A decoded result with its index in the call.
 pub(crate) type Indexed<O> = (usize, Result<O, Error>);
 
+/// Cancels its job when dropped: queued chunks are dropped, late results
+/// ignored.
+pub(crate) struct JobGuard {
+    shared: Arc<Shared>,
+    pub(crate) job: u64,
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        self.shared.cancel(self.job);
+    }
+}
+
+/// A call whose input was all submitted; its results go to another consumer.
+pub(crate) struct Detached {
+    pub(crate) guard: JobGuard,
+    /// How many items were submitted.
+    pub(crate) items: usize,
+    /// Items that failed before being sent (arguments that could not be encoded).
+    pub(crate) local: Vec<(usize, Error)>,
+}
+
 pub(crate) struct Run<T: Task, I> {
     shared: Arc<Shared>,
-    job: u64,
-    rx: Receiver<Event>,
+    guard: JobGuard,
+    /// `None` when results go to a shared consumer (async calls).
+    rx: Option<Receiver<Routed>>,
     input: Option<I>,
     /// Items pulled from the input so far.
     pulled: usize,
@@ -63,7 +86,7 @@ pub(crate) struct Run<T: Task, I> {
     cap: usize,
     auto: usize,
     rate_mark: (Instant, usize),
-    local: VecDeque<Indexed<T::Output>>,
+    local: VecDeque<(usize, Error)>,
     fatal: Option<Error>,
     done: bool,
     _task: PhantomData<fn() -> T>,
@@ -80,13 +103,25 @@ where
         items: I,
         options: CallOptions,
         mode: Mode,
+        sink: Option<crossbeam_channel::Sender<Routed>>,
     ) -> Result<Self, Error> {
         let ordered = mode == Mode::Ordered;
         if options.chunksize == Some(0) {
             return Err(Error::InvalidSetting("chunksize must be at least 1".into()));
         }
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let job = shared.register(T::NAME, tx, options.timeout, mode != Mode::Blocking)?;
+        let (tx, rx) = match sink {
+            Some(tx) => (tx, None),
+            None => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                (tx, Some(rx))
+            }
+        };
+        let lazy = matches!(mode, Mode::Ordered | Mode::Unordered);
+        let job = shared.register(T::NAME, tx, options.timeout, lazy)?;
+        let guard = JobGuard {
+            shared: Arc::clone(shared),
+            job,
+        };
         let processes = shared.config.processes;
         let cap = match items.size_hint() {
             (low, Some(high)) if low == high => {
@@ -96,7 +131,7 @@ where
         };
         Ok(Run {
             shared: Arc::clone(shared),
-            job,
+            guard,
             rx,
             input: Some(items),
             pulled: 0,
@@ -123,6 +158,21 @@ where
     /// Items pulled from the input so far.
     pub(crate) fn pulled(&self) -> usize {
         self.pulled
+    }
+
+    /// Pulls and submits the whole input at once, in chunks of the
+    /// requested size or Python's automatic size; results go to the sink.
+    pub(crate) fn submit_all(mut self) -> Result<Detached, Error> {
+        self.window = usize::MAX;
+        if self.fixed.is_none() {
+            self.auto = self.cap;
+        }
+        self.fill()?;
+        Ok(Detached {
+            guard: self.guard,
+            items: self.pulled,
+            local: self.local.into(),
+        })
     }
 
     fn next_chunk_size(&mut self) -> usize {
@@ -152,7 +202,7 @@ where
             if !self.ordered {
                 self.released = self.delivered;
             }
-            if self.pulled - self.released >= self.window * size {
+            if self.pulled - self.released >= self.window.saturating_mul(size) {
                 return Ok(());
             }
             let Some(input) = self.input.as_mut() else {
@@ -187,14 +237,12 @@ where
                     if count > 0 {
                         self.submit(first, count, std::mem::take(&mut body))?;
                     }
-                    self.local.push_back((
+                    let error = Error::Serialization {
+                        task: T::NAME,
                         index,
-                        Err(Error::Serialization {
-                            task: T::NAME,
-                            index,
-                            failure,
-                        }),
-                    ));
+                        failure,
+                    };
+                    self.local.push_back((index, error));
                     self.delivered += 1;
                     count = 0;
                     break;
@@ -212,7 +260,7 @@ where
 
     fn submit(&self, first: usize, count: u32, body: Vec<u8>) -> Result<(), Error> {
         self.shared.submit(Chunk {
-            job: self.job,
+            job: self.guard.job,
             task: T::ID,
             first,
             count,
@@ -235,14 +283,19 @@ where
                 self.done = true;
                 return Some(Err(err));
             }
-            if let Some(item) = self.local.pop_front() {
-                return Some(Ok(vec![item]));
+            if let Some((index, err)) = self.local.pop_front() {
+                return Some(Ok(vec![(index, Err(err))]));
             }
             if self.input.is_none() && self.delivered == self.pulled {
                 self.done = true;
                 return None;
             }
-            let event = self.rx.recv().unwrap_or(Event::Fatal(Error::Terminated));
+            let event = match &self.rx {
+                Some(rx) => rx
+                    .recv()
+                    .map_or(Event::Fatal(Error::Terminated), |(_, event)| event),
+                None => Event::Fatal(Error::Terminated),
+            };
             match event {
                 Event::Results {
                     first,
@@ -265,13 +318,12 @@ where
     }
 }
 
-impl<T: Task, I> Drop for Run<T, I> {
-    fn drop(&mut self) {
-        self.shared.cancel(self.job);
-    }
-}
-
-fn decode<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Vec<Indexed<T::Output>> {
+pub(crate) fn decode<T: Task>(
+    first: usize,
+    count: u32,
+    body: &[u8],
+    pid: u32,
+) -> Vec<Indexed<T::Output>> {
     let mut items = Items::new(body);
     (0..count as usize)
         .map(|i| {

@@ -30,6 +30,8 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     /// Chunks a worker holds at once: one running, the rest queued in its socket.
     pub(crate) depth: usize,
+    /// Items a worker runs before it is replaced.
+    pub(crate) max_tasks: Option<usize>,
     pub(crate) launch: Launch,
 }
 
@@ -42,6 +44,9 @@ pub(crate) struct Chunk {
     pub(crate) count: u32,
     pub(crate) body: Arc<Vec<u8>>,
 }
+
+/// An event with the id of the job it belongs to.
+pub(crate) type Routed = (u64, Event);
 
 /// What a job's consumer receives.
 pub(crate) enum Event {
@@ -61,7 +66,7 @@ pub(crate) enum Event {
 
 struct Job {
     task: &'static str,
-    events: Sender<Event>,
+    events: Sender<Routed>,
     timeout: Option<Duration>,
     /// An `imap` iterator: its consumer may stop pulling at any time, so
     /// `join` does not wait for it.
@@ -97,6 +102,8 @@ struct Worker {
     /// When its last chunk completed, and how long that chunk ran.
     last_done: Instant,
     last_chunk_time: Option<Duration>,
+    /// Items it may still be given (`max_tasks_per_child`).
+    budget: Option<usize>,
 }
 
 pub(crate) struct State {
@@ -129,7 +136,7 @@ pub(crate) struct Shared {
 
 /// Deliveries made after the state lock is released.
 #[derive(Default)]
-struct Outbox(Vec<(Sender<Event>, Event)>);
+struct Outbox(Vec<(Sender<Routed>, Routed)>);
 
 impl Outbox {
     fn send(self) {
@@ -190,7 +197,7 @@ impl Shared {
     pub(crate) fn register(
         &self,
         task: &'static str,
-        events: Sender<Event>,
+        events: Sender<Routed>,
         timeout: Option<Duration>,
         lazy: bool,
     ) -> Result<u64, Error> {
@@ -282,8 +289,10 @@ impl Shared {
             let mut st = self.lock();
             st.terminated = true;
             st.queue.clear();
-            for (_, job) in st.jobs.drain() {
-                outbox.0.push((job.events, Event::Fatal(Error::Terminated)));
+            for (id, job) in st.jobs.drain() {
+                outbox
+                    .0
+                    .push((job.events, (id, Event::Fatal(Error::Terminated))));
             }
             for worker in st.workers.iter_mut().flatten() {
                 if graceful && worker.in_flight.is_empty() {
@@ -377,10 +386,11 @@ impl Shared {
                 let reason = err.to_string();
                 st.broken = Some(reason.clone());
                 st.queue.clear();
-                for (_, job) in st.jobs.drain() {
-                    outbox
-                        .0
-                        .push((job.events, Event::Fatal(Error::Broken(reason.clone()))));
+                for (id, job) in st.jobs.drain() {
+                    outbox.0.push((
+                        job.events,
+                        (id, Event::Fatal(Error::Broken(reason.clone()))),
+                    ));
                 }
             } else {
                 let _ = self.supervisor.send(Supervise::Respawn(slot));
@@ -455,6 +465,7 @@ impl Shared {
             timed_out: None,
             last_done: Instant::now(),
             last_chunk_time: None,
+            budget: self.config.max_tasks,
         });
         st.dispatch(&self.config);
     }
@@ -579,19 +590,31 @@ impl Shared {
                 worker.last_chunk_time = Some(now - front.sent.max(worker.last_done));
                 worker.last_done = now;
                 worker.in_flight.pop_front();
+                if worker.budget == Some(0) && worker.in_flight.is_empty() {
+                    // Spent: it exits, its reader sees the end, and the
+                    // supervisor starts a replacement.
+                    let header = wire::encode_header(&ToWorker::Exit);
+                    let _ = worker.tx.send(Outgoing {
+                        header,
+                        body: Arc::new(Vec::new()),
+                    });
+                }
                 st.dispatch(&self.config);
                 self.changed.notify_all();
             }
-            st.jobs.get(&job).map(|j| (j.events.clone(), start))
+            st.jobs.get(&job).map(|j| (j.events.clone(), job, start))
         };
-        if let Some((tx, start)) = tx {
-            let _ = tx.send(Event::Results {
-                first: start,
-                count,
-                frame,
-                body_at,
-                pid,
-            });
+        if let Some((tx, job, start)) = tx {
+            let _ = tx.send((
+                job,
+                Event::Results {
+                    first: start,
+                    count,
+                    frame,
+                    body_at,
+                    pid,
+                },
+            ));
         }
         Ok(())
     }
@@ -637,7 +660,9 @@ impl Shared {
                         cause,
                     },
                 };
-                outbox.0.push((job.events.clone(), Event::Failed(error)));
+                outbox
+                    .0
+                    .push((job.events.clone(), (chunk.job, Event::Failed(error))));
                 requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
             } else {
                 requeue.extend(sub_chunk(&chunk, received, chunk.count));
@@ -671,14 +696,28 @@ impl State {
                     } else {
                         1
                     };
-                    !w.dying && w.in_flight.len() < depth
+                    !w.dying && w.in_flight.len() < depth && w.budget != Some(0)
                 })
                 .min_by_key(|(_, w)| w.in_flight.len())
                 .map(|(i, _)| i);
             let Some(slot) = best else { break };
-            let Some(chunk) = self.queue.pop_front() else {
+            let Some(mut chunk) = self.queue.pop_front() else {
                 break;
             };
+            if let Some(budget) = self.workers[slot].as_mut().and_then(|w| w.budget.as_mut()) {
+                // Never give a worker more than its remaining budget.
+                let take = (*budget).min(chunk.count as usize) as u32;
+                if take < chunk.count {
+                    if let Some(rest) = sub_chunk(&chunk, take, chunk.count) {
+                        self.queue.push_front(rest);
+                    }
+                    match sub_chunk(&chunk, 0, take) {
+                        Some(head) => chunk = head,
+                        None => continue,
+                    }
+                }
+                *budget -= take as usize;
+            }
             let id = self.next_chunk;
             self.next_chunk += 1;
             let header = wire::encode_header(&ToWorker::Run {

@@ -189,8 +189,10 @@ fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> 
                         call(entry.run, arg, &mut out).err()
                     }
                 };
+                let body = if failure.is_none() { &out[..] } else { &[][..] };
                 let done = FromWorker::InitDone { failure };
-                wire::write_frame(&mut writer, &wire::encode_header(&done), &[], max_frame)?;
+                wire::write_frame(&mut writer, &wire::encode_header(&done), body, max_frame)?;
+                let _ = std::io::stdout().flush();
             }
             ToWorker::Exit => return Ok(()),
             ToWorker::Hello { .. } => return Err(ProtocolError::Unexpected("a second handshake")),

@@ -59,9 +59,20 @@ impl WorkerEnv {
     }
 }
 
+/// The pool's initializer: run once in every worker before its first task.
+pub(crate) struct InitSpec {
+    pub(crate) task: u64,
+    pub(crate) name: &'static str,
+    /// One encoded argument item.
+    pub(crate) body: Vec<u8>,
+    /// Decodes the initializer's result; `Err` if it reports a failure.
+    pub(crate) check: fn(&[u8]) -> Result<(), String>,
+}
+
 /// How to start a worker.
 #[derive(Clone)]
 pub(crate) struct Launch {
+    pub(crate) init: Option<std::sync::Arc<InitSpec>>,
     /// Extra arguments: under a test harness, the ones that select the
     /// worker entry test.
     pub(crate) harness_args: Option<Vec<String>>,
@@ -152,7 +163,10 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     };
     match send_hello(&pending.stream, launch) {
         Ok(()) => Ok(pending),
-        Err(reason) => Err(fail(pending.child, pid, reason)),
+        Err(reason) => Err(Error::Startup {
+            pid,
+            reason: reap(pending.child, reason),
+        }),
     }
 }
 
@@ -164,24 +178,66 @@ pub(crate) fn finish(pending: Pending, launch: &Launch) -> Result<Spawned, Error
         stream,
         progress,
     } = pending;
-    match read_ready(&stream, launch, pid) {
-        Ok(()) => Ok(Spawned {
-            child,
+    if let Err(reason) = read_ready(&stream, launch, pid) {
+        return Err(Error::Startup {
             pid,
-            stream,
-            progress,
-        }),
-        Err(reason) => Err(fail(child, pid, reason)),
+            reason: reap(child, reason),
+        });
+    }
+    if let Some(init) = &launch.init
+        && let Err(reason) = run_init(&stream, init, launch.max_frame)
+    {
+        return Err(Error::Initializer {
+            task: init.name,
+            pid,
+            reason: reap(child, reason),
+        });
+    }
+    Ok(Spawned {
+        child,
+        pid,
+        stream,
+        progress,
+    })
+}
+
+/// Kills and reaps a worker that failed to start; the reason, with how it
+/// ended when that adds something.
+fn reap(mut child: Child, reason: String) -> String {
+    let _ = child.kill();
+    match child.wait().ok().map(exit_cause) {
+        Some(ExitCause::Signal(libc::SIGKILL)) | None => reason,
+        Some(cause) => format!("{reason} (the worker {cause})"),
     }
 }
 
-fn fail(mut child: Child, pid: u32, reason: String) -> Error {
-    let _ = child.kill();
-    let reason = match child.wait().ok().map(exit_cause) {
-        Some(ExitCause::Signal(libc::SIGKILL)) | None => reason,
-        Some(cause) => format!("{reason} (the worker {cause})"),
-    };
-    Error::Startup { pid, reason }
+/// Runs the initializer in a new worker and checks its outcome.
+fn run_init(stream: &UnixStream, init: &InitSpec, max_frame: usize) -> Result<(), String> {
+    let header = wire::encode_header(&ToWorker::Init { task: init.task });
+    let mut writer = stream;
+    wire::write_frame(&mut writer, &header, &init.body, max_frame)
+        .map_err(|err| err.to_string())?;
+    let mut buf = Vec::new();
+    match wire::read_frame(&mut BufReader::new(stream), max_frame, &mut buf) {
+        Ok(()) => {}
+        Err(pool_core::ProtocolError::Closed) => {
+            return Err("the worker exited while running it".to_owned());
+        }
+        Err(pool_core::ProtocolError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+            return Err("the worker exited while running it".to_owned());
+        }
+        Err(err) => return Err(err.to_string()),
+    }
+    match wire::split_frame::<FromWorker>(&buf).map_err(|err| err.to_string())? {
+        (
+            FromWorker::InitDone {
+                failure: Some(failure),
+            },
+            _,
+        ) => Err(failure.to_string()),
+        (FromWorker::InitDone { failure: None }, body) => (init.check)(body),
+        _ => Err("unexpected answer to the initializer".to_owned()),
+    }
 }
 
 fn send_hello(stream: &UnixStream, launch: &Launch) -> Result<(), String> {

@@ -1,0 +1,489 @@
+//! [`AsyncResult`] and the thread that completes asynchronous calls.
+//!
+//! Async calls (`map_async`, `starmap_async`, `apply_async`) submit their
+//! whole input at once, as Python does, and return at once. One driver
+//! thread per pool, started by the first async call, receives their results,
+//! decodes them, completes each [`AsyncResult`] (waking a waiting thread or
+//! task) and runs the callbacks, each under `catch_unwind`: a panicking
+//! callback is reported on stderr and changes nothing else.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use pool_core::Task;
+
+use crate::error::Error;
+use crate::run::{Detached, JobGuard, decode};
+use crate::scheduler::{Event, Routed};
+
+type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
+
+struct Slot<T> {
+    outcome: Option<Result<T, Error>>,
+    /// The outcome was handed out by `get`.
+    taken: bool,
+    /// Callbacks registered after completion, not yet run: `get` waits for them.
+    busy: usize,
+    waker: Option<Waker>,
+    callbacks: Vec<Callback<T>>,
+}
+
+struct Shared<T> {
+    slot: Mutex<Slot<T>>,
+    ready: Condvar,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the outcome can be taken (or was).
+    fn wait_settled(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Slot<T>>> {
+        let mut slot = self.lock();
+        while !(slot.taken || (slot.outcome.is_some() && slot.busy == 0)) {
+            slot = match deadline {
+                None => self.ready.wait(slot).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.ready
+                        .wait_timeout(slot, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        Some(slot)
+    }
+
+    /// Runs a callback registered after completion, on the driver thread.
+    fn run_late(&self, f: impl FnOnce(&Result<T, Error>)) {
+        let outcome = self.lock().outcome.take();
+        if let Some(outcome) = outcome {
+            guarded(|| f(&outcome));
+            self.lock().outcome = Some(outcome);
+        }
+        let mut slot = self.lock();
+        slot.busy -= 1;
+        let waker = slot.waker.take();
+        drop(slot);
+        self.ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// The result of an asynchronous call: `map_async`, `starmap_async` or
+/// `apply_async`.
+///
+/// Wait for it with [`get`](AsyncResult::get) or
+/// [`get_timeout`](AsyncResult::get_timeout), poll it with
+/// [`ready`](AsyncResult::ready), or `.await` it: it is a [`Future`] that
+/// blocks no executor thread. Attach [`callback`](AsyncResult::callback) and
+/// [`error_callback`](AsyncResult::error_callback) to be called once, on the
+/// pool's result thread, when it completes.
+///
+/// If the pool is terminated or dropped first, the result is
+/// [`Error::Terminated`]: it never hangs.
+///
+/// ```no_run
+/// # use pool_runtime::prelude::*;
+/// # use pool_runtime::task;
+/// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+/// # fn main() -> Result<(), pool_runtime::Error> {
+/// # let pool = Pool::new()?;
+/// let pending = pool.starmap_async(task!(power), [(2, 3), (3, 2)])?;
+/// // ... other work ...
+/// assert_eq!(pending.get_timeout(std::time::Duration::from_secs(2))?, [8, 9]);
+/// # Ok(()) }
+/// ```
+pub struct AsyncResult<T> {
+    shared: Arc<Shared<T>>,
+    driver: Sender<Control>,
+}
+
+impl<T> std::fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let slot = self.shared.lock();
+        let ready = slot.outcome.is_some() || slot.taken || slot.busy > 0;
+        f.debug_struct("AsyncResult")
+            .field("ready", &ready)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> AsyncResult<T> {
+    /// Waits for the result and returns it.
+    ///
+    /// # Errors
+    ///
+    /// The call's error (the first failing item, [`Error::Terminated`], ...),
+    /// or [`Error::AlreadyRetrieved`] if a
+    /// [`get_timeout`](AsyncResult::get_timeout) already returned it.
+    pub fn get(self) -> Result<T, Error> {
+        match self.shared.wait_settled(None) {
+            Some(mut slot) => take(&mut slot),
+            None => Err(Error::AlreadyRetrieved),
+        }
+    }
+
+    /// Waits at most `limit` for the result.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] if the result is not ready in time; it stays
+    /// retrievable, so call again. Otherwise as [`get`](AsyncResult::get);
+    /// once returned, the outcome is gone and a later call gives
+    /// [`Error::AlreadyRetrieved`].
+    pub fn get_timeout(&mut self, limit: Duration) -> Result<T, Error> {
+        match self.shared.wait_settled(Some(Instant::now() + limit)) {
+            Some(mut slot) => take(&mut slot),
+            None => Err(Error::Timeout(limit)),
+        }
+    }
+
+    /// Waits until the result is ready.
+    pub fn wait(&self) {
+        drop(self.shared.wait_settled(None));
+    }
+
+    /// Waits at most `limit`; returns whether the result is ready.
+    pub fn wait_timeout(&self, limit: Duration) -> bool {
+        self.shared
+            .wait_settled(Some(Instant::now() + limit))
+            .is_some()
+    }
+
+    /// Whether the call completed (successfully or not).
+    pub fn ready(&self) -> bool {
+        let slot = self.shared.lock();
+        slot.outcome.is_some() || slot.taken || slot.busy > 0
+    }
+
+    /// Whether the call completed successfully; `None` while it runs or
+    /// after the outcome was taken.
+    pub fn successful(&self) -> Option<bool> {
+        self.shared.lock().outcome.as_ref().map(Result::is_ok)
+    }
+
+    /// Calls `f` with the result once the call succeeds, on the pool's
+    /// result thread (never the caller's). Keep it short: it delays other
+    /// async results. A panic in it is caught and reported on stderr.
+    pub fn callback(self, f: impl FnOnce(&T) + Send + 'static) -> Self {
+        self.register(move |outcome| {
+            if let Ok(value) = outcome {
+                f(value);
+            }
+        })
+    }
+
+    /// Calls `f` with the error once the call fails, on the pool's result
+    /// thread (never the caller's). A panic in it is caught and reported.
+    pub fn error_callback(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
+        self.register(move |outcome| {
+            if let Err(err) = outcome {
+                f(err);
+            }
+        })
+    }
+
+    fn register(self, f: impl FnOnce(&Result<T, Error>) + Send + 'static) -> Self {
+        {
+            let mut slot = self.shared.lock();
+            if slot.taken {
+                drop(slot);
+                return self;
+            }
+            if slot.outcome.is_none() && slot.busy == 0 {
+                slot.callbacks.push(Box::new(f));
+                drop(slot);
+                return self;
+            }
+            // Already complete: run it on the driver thread; `get` waits for it.
+            slot.busy += 1;
+        }
+        let shared = Arc::clone(&self.shared);
+        let _ = self
+            .driver
+            .send(Control::Run(Box::new(move || shared.run_late(f))));
+        self
+    }
+}
+
+fn take<T>(slot: &mut Slot<T>) -> Result<T, Error> {
+    match slot.outcome.take() {
+        Some(outcome) => {
+            slot.taken = true;
+            outcome
+        }
+        None => Err(Error::AlreadyRetrieved),
+    }
+}
+
+impl<T: Send + 'static> Future for AsyncResult<T> {
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.shared.lock();
+        if slot.taken || (slot.outcome.is_some() && slot.busy == 0) {
+            return Poll::Ready(take(&mut slot));
+        }
+        slot.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+fn guarded(f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+        eprintln!("pool-runtime: a result callback panicked: {message}");
+    }
+}
+
+/// A typed async call, seen by the driver.
+trait Pending: Send {
+    /// Handles one event; returns whether the call is complete.
+    fn on_event(&mut self, event: Event) -> bool;
+    /// Ends the call with `err`.
+    fn fail(&mut self, err: Error);
+}
+
+/// Collects the results of one async call of task `T`, then finishes them
+/// into `R` (a `Vec` for the map family, one value for `apply_async`).
+struct Collect<T: Task, R> {
+    shared: Arc<Shared<R>>,
+    slots: Vec<Option<T::Output>>,
+    remaining: usize,
+    finish: fn(Vec<T::Output>) -> Option<R>,
+    _guard: JobGuard,
+}
+
+impl<T: Task, R: Send + 'static> Collect<T, R> {
+    /// Runs the callbacks, then publishes the outcome and wakes waiters.
+    fn complete(&mut self, outcome: Result<R, Error>) {
+        loop {
+            let callbacks = {
+                let mut slot = self.shared.lock();
+                if slot.outcome.is_some() || slot.taken {
+                    return;
+                }
+                if slot.callbacks.is_empty() {
+                    slot.outcome = Some(outcome);
+                    let waker = slot.waker.take();
+                    drop(slot);
+                    self.shared.ready.notify_all();
+                    if let Some(waker) = waker {
+                        waker.wake();
+                    }
+                    return;
+                }
+                std::mem::take(&mut slot.callbacks)
+            };
+            // Outside the lock; callbacks registered meanwhile run next round.
+            for f in callbacks {
+                guarded(|| f(&outcome));
+            }
+        }
+    }
+}
+
+impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
+    fn on_event(&mut self, event: Event) -> bool {
+        let batch = match event {
+            Event::Results {
+                first,
+                count,
+                frame,
+                body_at,
+                pid,
+            } => decode::<T>(first, count, &frame[body_at..], pid),
+            Event::Failed(err) => vec![(err.index().unwrap_or(usize::MAX), Err(err))],
+            Event::Fatal(err) => {
+                self.fail(err);
+                return true;
+            }
+        };
+        for (index, result) in batch {
+            match result {
+                Err(err) => {
+                    self.fail(err);
+                    return true;
+                }
+                Ok(value) => {
+                    if let Some(slot) = self.slots.get_mut(index)
+                        && slot.replace(value).is_none()
+                    {
+                        self.remaining -= 1;
+                    }
+                }
+            }
+        }
+        if self.remaining == 0 {
+            let values = self.slots.drain(..).flatten().collect();
+            let outcome = (self.finish)(values)
+                .ok_or_else(|| Error::Broken("an async result lost its value".into()));
+            self.complete(outcome);
+            return true;
+        }
+        false
+    }
+
+    fn fail(&mut self, err: Error) {
+        self.complete(Err(err));
+    }
+}
+
+enum Control {
+    Add(u64, Box<dyn Pending>),
+    Run(Box<dyn FnOnce() + Send>),
+    Stop,
+}
+
+/// The pool's result thread for async calls.
+pub(crate) struct Driver {
+    events: Sender<Routed>,
+    control: Sender<Control>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Driver {
+    pub(crate) fn start() -> Result<Driver, Error> {
+        let (events, events_rx) = crossbeam_channel::unbounded();
+        let (control, control_rx) = crossbeam_channel::unbounded();
+        let thread = thread::Builder::new()
+            .name("pool-results".into())
+            .spawn(move || drive(events_rx, control_rx))
+            .map_err(Error::Spawn)?;
+        Ok(Driver {
+            events,
+            control,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where async calls' scheduler events go.
+    pub(crate) fn sink(&self) -> Sender<Routed> {
+        self.events.clone()
+    }
+
+    /// Starts tracking a detached call of task `T`.
+    pub(crate) fn track<T: Task, R: Send + 'static>(
+        &self,
+        detached: Detached,
+        finish: fn(Vec<T::Output>) -> Option<R>,
+    ) -> AsyncResult<R> {
+        let shared = Arc::new(Shared {
+            slot: Mutex::new(Slot {
+                outcome: None,
+                taken: false,
+                busy: 0,
+                waker: None,
+                callbacks: Vec::new(),
+            }),
+            ready: Condvar::new(),
+        });
+        let job = detached.guard.job;
+        let mut collect = Collect::<T, R> {
+            shared: Arc::clone(&shared),
+            slots: (0..detached.items).map(|_| None).collect(),
+            remaining: detached.items,
+            finish,
+            _guard: detached.guard,
+        };
+        if let Some((_, err)) = detached.local.into_iter().next() {
+            collect.fail(err);
+        } else if detached.items == 0 {
+            let outcome = finish(Vec::new())
+                .ok_or_else(|| Error::Broken("an async call had no input".into()));
+            collect.complete(outcome);
+        } else {
+            let _ = self.control.send(Control::Add(job, Box::new(collect)));
+        }
+        AsyncResult {
+            shared,
+            driver: self.control.clone(),
+        }
+    }
+
+    /// Completes every call still pending with [`Error::Terminated`] and
+    /// stops the thread. Call after the scheduler shut down.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
+    let mut pending: HashMap<u64, Box<dyn Pending>> = HashMap::new();
+    // Events can overtake the `Add` of their job: keep them until it comes.
+    let mut early: HashMap<u64, Vec<Event>> = HashMap::new();
+    let handle = |pending: &mut HashMap<u64, Box<dyn Pending>>,
+                  early: &mut HashMap<u64, Vec<Event>>,
+                  job: u64,
+                  event: Event| {
+        match pending.get_mut(&job) {
+            Some(call) => {
+                if call.on_event(event) {
+                    pending.remove(&job);
+                }
+            }
+            None => early.entry(job).or_default().push(event),
+        }
+    };
+    loop {
+        select! {
+            recv(events) -> msg => match msg {
+                Ok((job, event)) => handle(&mut pending, &mut early, job, event),
+                Err(_) => break,
+            },
+            recv(control) -> msg => match msg {
+                Ok(Control::Add(job, mut call)) => {
+                    let mut done = false;
+                    for event in early.remove(&job).unwrap_or_default() {
+                        if !done {
+                            done = call.on_event(event);
+                        }
+                    }
+                    if !done {
+                        pending.insert(job, call);
+                    }
+                }
+                Ok(Control::Run(f)) => f(),
+                Ok(Control::Stop) | Err(_) => break,
+            },
+        }
+    }
+    // The scheduler has shut down: its last events are in the channel.
+    while let Ok((job, event)) = events.try_recv() {
+        handle(&mut pending, &mut early, job, event);
+    }
+    while let Ok(msg) = control.try_recv() {
+        match msg {
+            Control::Add(job, call) => {
+                pending.insert(job, call);
+            }
+            Control::Run(f) => f(),
+            Control::Stop => {}
+        }
+    }
+    for (_, mut call) in pending {
+        call.fail(Error::Terminated);
+    }
+}
