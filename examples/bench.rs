@@ -246,15 +246,28 @@ fn raw_once(kind: &str, trips: usize) -> std::io::Result<f64> {
     }
     let mut byte = [0u8; 1];
     if pid == 0 {
-        // Child: echo until EOF.
+        // Child: drop the parent's ends (so that it sees EOF when the
+        // parent closes them), then echo until EOF.
         // SAFETY: valid descriptors and a one-byte buffer.
         unsafe {
+            for fd in [p_w, p_r] {
+                if fd != c_r && fd != c_w {
+                    libc::close(fd);
+                }
+            }
             while libc::read(c_r, byte.as_mut_ptr().cast(), 1) == 1 {
                 if libc::write(c_w, byte.as_ptr().cast(), 1) != 1 {
                     break;
                 }
             }
             libc::_exit(0);
+        }
+    }
+    // SAFETY: the child's ends, ours to close.
+    unsafe {
+        libc::close(c_r);
+        if c_w != c_r {
+            libc::close(c_w);
         }
     }
     let start = Instant::now();
@@ -271,8 +284,9 @@ fn raw_once(kind: &str, trips: usize) -> std::io::Result<f64> {
     let elapsed = start.elapsed();
     // SAFETY: closing our descriptors (the child sees EOF), then reaping it.
     unsafe {
-        for fd in [p_w, p_r, c_r, c_w] {
-            libc::close(fd);
+        libc::close(p_w);
+        if p_r != p_w {
+            libc::close(p_r);
         }
         let mut status = 0;
         libc::waitpid(pid, &mut status, 0);

@@ -107,9 +107,56 @@ fn starmap_no_return_prints_like_the_seed() {
 }
 
 #[test]
-fn power_prints_map_starmap_apply() {
+fn power_prints_map_starmap_async_and_apply() {
     assert_eq!(
         run_example("power"),
-        "Map result: [4, 9, 16]\nStarmap result: [8, 9, 4]\nApply result: 1024\n"
+        "Map result: [4, 9, 16]\nStarmap result: [8, 9, 4]\nMain process can do other work here...\n\
+         Async result: [8, 9, 4]\nApply result: 1024\n"
+    );
+}
+
+#[test]
+fn init_worker_initializes_every_worker_once_and_maps() {
+    let stdout = run_example("init_worker");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let inits: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("Worker ") && l.ends_with(" initializing..."))
+        .collect();
+    // Four workers, each initialized once, all before the result.
+    assert_eq!(inits.len(), 4, "{stdout}");
+    let mut pids: Vec<&str> = inits
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap_or(""))
+        .collect();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "{stdout}");
+    assert_eq!(
+        lines.last(),
+        Some(&"[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn apply_async_prints_like_the_seed() {
+    let stdout = run_example("apply_async");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = |text: &str| {
+        lines
+            .iter()
+            .position(|l| *l == text)
+            .unwrap_or_else(|| panic!("no {text:?} in:\n{stdout}"))
+    };
+    let submitted = at("All tasks submitted. Main process is free.");
+    let callback = at("Callback received: Task2 finished after 1s");
+    let manual = at("Manually retrieved: Task2 finished after 1s");
+    at("Task1 starting");
+    at("Task2 starting");
+    assert!(submitted < manual && callback < manual, "{stdout}");
+    // Leaving main stops the pool before Task1 (2 s) and Task3 (3 s) end.
+    assert!(
+        !stdout.contains("Task1 finished") && !stdout.contains("Task3 finished"),
+        "{stdout}"
     );
 }
