@@ -13,8 +13,8 @@ fn run_example(name: &str) -> String {
         .and_then(|d| d.parent())
         .expect("target dir")
         .join("examples");
-    if !dir.join(name).exists() {
-        // Built by a plain `cargo test`, not by `cargo test --test examples`.
+    {
+        // Up to date after a plain `cargo test`; not after `cargo test --test examples`.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--example", name])
