@@ -19,6 +19,8 @@ pub struct TaskEntry {
     pub name: &'static str,
     /// The type-erased entry point.
     pub run: RunFn,
+    /// The name of the task's return type, for error messages.
+    pub output_type: fn() -> &'static str,
 }
 
 inventory::collect!(TaskEntry);
@@ -30,6 +32,7 @@ impl TaskEntry {
             id: T::ID,
             name: T::NAME,
             run: run_erased::<T>,
+            output_type: std::any::type_name::<T::Output>,
         }
     }
 }

@@ -49,6 +49,8 @@ pub enum ToWorker {
         task: u64,
         /// Number of items in the body.
         items: u32,
+        /// How many more times to run an item that panics before reporting it.
+        panic_retries: u32,
     },
     /// Run the initializer `task` once; the body holds one item.
     Init {
@@ -315,6 +317,7 @@ mod tests {
             chunk: 7,
             task: 9,
             items: 2,
+            panic_retries: 0,
         };
         let bytes = frame(&header, &body);
         let mut buf = Vec::new();

@@ -11,6 +11,7 @@ use pool_core::{InitOutput, IntoArgs, Task, TaskFailure};
 use crate::backend::local::{InitSpec, Launch};
 use crate::error::Error;
 use crate::pool::Pool;
+use crate::run::CallOptions;
 use crate::scheduler::{Config, Shared};
 use crate::worker;
 
@@ -28,6 +29,7 @@ pub struct PoolBuilder {
     startup_timeout: Duration,
     depth: usize,
     max_tasks: Option<usize>,
+    defaults: CallOptions,
     /// The initializer, or why its arguments could not be encoded.
     init: Option<Result<Arc<InitSpec>, (&'static str, TaskFailure)>>,
 }
@@ -73,6 +75,7 @@ impl PoolBuilder {
             startup_timeout: Duration::from_secs(10),
             depth: 2,
             max_tasks: None,
+            defaults: CallOptions::default(),
             init: None,
         }
     }
@@ -175,6 +178,20 @@ impl PoolBuilder {
         self
     }
 
+    /// A default per-item timeout for every call; see
+    /// [`Call::timeout`](crate::Call::timeout). Default: none.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.defaults.timeout = Some(limit);
+        self
+    }
+
+    /// Default retries for every call; see
+    /// [`Call::retries`](crate::Call::retries). Default: 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.defaults.retries = n;
+        self
+    }
+
     /// Starts the workers and returns once every one is ready.
     ///
     /// # Errors
@@ -242,6 +259,7 @@ impl PoolBuilder {
             processes,
             depth: self.depth,
             max_tasks: self.max_tasks,
+            defaults: self.defaults,
             launch,
         };
         let (shared, supervisor) = Shared::start(config)?;

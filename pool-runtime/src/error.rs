@@ -52,11 +52,16 @@ impl fmt::Display for ExitCause {
         match self {
             ExitCause::Code(code) => write!(f, "exited with code {code}"),
             ExitCause::Signal(sig) => {
-                write!(
-                    f,
-                    "was killed by signal {sig} ({})",
-                    self.signal_name().unwrap_or("?")
-                )
+                let name = self.signal_name().unwrap_or("?");
+                write!(f, "was killed by signal {sig} ({name})")?;
+                f.write_str(match *sig {
+                    libc::SIGABRT => {
+                        ": it aborted (`abort()`, a panic with panic=abort, a stack overflow or a failed allocation; the worker's stderr says which)"
+                    }
+                    libc::SIGSEGV | libc::SIGBUS => ": an invalid memory access",
+                    libc::SIGKILL => ": killed from outside, or by the kernel's out-of-memory killer",
+                    _ => "",
+                })
             }
             ExitCause::Unknown => f.write_str("ended for an unknown reason"),
         }

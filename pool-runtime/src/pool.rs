@@ -92,7 +92,7 @@ impl Pool {
     pub fn call(&self) -> Call<'_> {
         Call {
             pool: self,
-            options: CallOptions::default(),
+            options: self.shared.config.defaults,
         }
     }
 
@@ -370,6 +370,26 @@ impl<'p> Call<'p> {
     /// the other items go on. Default: none. Checked every ~10 ms.
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.options.timeout = Some(limit);
+        self
+    }
+
+    /// Re-runs an item up to `n` times, each time on a fresh worker, when
+    /// its worker dies under it (a signal, an abort, `process::exit`) before
+    /// reporting [`Error::WorkerDied`]. Timeouts are not retried; panics
+    /// only with [`retry_panics`](Call::retry_panics). Default: 0.
+    ///
+    /// A retried item may have run partly (or, if its worker died just
+    /// after it, completely) before: retry idempotent work only.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.options.retries = n;
+        self
+    }
+
+    /// Also re-run an item that panics, in place, up to the
+    /// [`retries`](Call::retries) count, before reporting
+    /// [`Error::TaskPanicked`]. Default: off.
+    pub fn retry_panics(mut self, yes: bool) -> Self {
+        self.options.retry_panics = yes;
         self
     }
 

@@ -11,7 +11,7 @@ use pool_core::wire::{self, Items};
 use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
-use crate::scheduler::{Chunk, Event, Routed, Shared};
+use crate::scheduler::{Chunk, Event, JobSpec, Routed, Shared};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
 /// large payloads stream instead of piling up in one frame.
@@ -26,6 +26,8 @@ const MAX_AUTO_CHUNK: usize = 1 << 17;
 pub(crate) struct CallOptions {
     pub(crate) chunksize: Option<usize>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) retry_panics: bool,
 }
 
 /// How a call's results are consumed.
@@ -117,7 +119,18 @@ where
             }
         };
         let lazy = matches!(mode, Mode::Ordered | Mode::Unordered);
-        let job = shared.register(T::NAME, tx, options.timeout, lazy)?;
+        let job = shared.register(JobSpec {
+            task: T::NAME,
+            events: tx,
+            timeout: options.timeout,
+            lazy,
+            retries: options.retries,
+            panic_retries: if options.retry_panics {
+                options.retries
+            } else {
+                0
+            },
+        })?;
         let guard = JobGuard {
             shared: Arc::clone(shared),
             job,
@@ -265,6 +278,7 @@ where
             first,
             count,
             body: Arc::new(body),
+            attempt: 0,
         })
     }
 

@@ -32,6 +32,8 @@ pub(crate) struct Config {
     pub(crate) depth: usize,
     /// Items a worker runs before it is replaced.
     pub(crate) max_tasks: Option<usize>,
+    /// Options every call starts from.
+    pub(crate) defaults: crate::run::CallOptions,
     pub(crate) launch: Launch,
 }
 
@@ -43,6 +45,8 @@ pub(crate) struct Chunk {
     pub(crate) first: usize,
     pub(crate) count: u32,
     pub(crate) body: Arc<Vec<u8>>,
+    /// How many times these items' workers died under them already.
+    pub(crate) attempt: u32,
 }
 
 /// An event with the id of the job it belongs to.
@@ -71,6 +75,20 @@ struct Job {
     /// An `imap` iterator: its consumer may stop pulling at any time, so
     /// `join` does not wait for it.
     lazy: bool,
+    /// Runs an item gets on fresh workers after its worker died under it.
+    retries: u32,
+    /// Extra runs, in place, for an item that panics.
+    panic_retries: u32,
+}
+
+/// What a job asks of the scheduler.
+pub(crate) struct JobSpec {
+    pub(crate) task: &'static str,
+    pub(crate) events: Sender<Routed>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) lazy: bool,
+    pub(crate) retries: u32,
+    pub(crate) panic_retries: u32,
 }
 
 struct InFlight {
@@ -194,13 +212,7 @@ impl Shared {
     }
 
     /// Registers a job; its events go to `events`.
-    pub(crate) fn register(
-        &self,
-        task: &'static str,
-        events: Sender<Routed>,
-        timeout: Option<Duration>,
-        lazy: bool,
-    ) -> Result<u64, Error> {
+    pub(crate) fn register(&self, spec: JobSpec) -> Result<u64, Error> {
         let mut st = self.lock();
         if st.terminated {
             return Err(Error::Terminated);
@@ -213,6 +225,14 @@ impl Shared {
         }
         let id = st.next_job;
         st.next_job += 1;
+        let JobSpec {
+            task,
+            events,
+            timeout,
+            lazy,
+            retries,
+            panic_retries,
+        } = spec;
         if timeout.is_some() {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
             let _ = self.supervisor.send(Supervise::Respawn(usize::MAX)); // wake the timer
@@ -224,6 +244,8 @@ impl Shared {
                 events,
                 timeout,
                 lazy,
+                retries,
+                panic_retries,
             },
         );
         Ok(id)
@@ -645,6 +667,16 @@ impl Shared {
                 let k = running_item as u32;
                 requeue.extend(sub_chunk(&chunk, received, k));
                 let index = chunk.first + k as usize;
+                let died = worker.timed_out.is_none() && protocol.is_none();
+                if died && chunk.attempt < job.retries {
+                    // Opt-in retry: the item runs again, alone, on a fresh worker.
+                    if let Some(mut again) = sub_chunk(&chunk, k, k + 1) {
+                        again.attempt += 1;
+                        requeue.push(again);
+                    }
+                    requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
+                    continue;
+                }
                 let error = match (worker.timed_out, protocol.take()) {
                     (Some(timeout), _) => Error::TaskTimeout {
                         task: job.task,
@@ -720,10 +752,12 @@ impl State {
             }
             let id = self.next_chunk;
             self.next_chunk += 1;
+            let panic_retries = self.jobs.get(&chunk.job).map_or(0, |j| j.panic_retries);
             let header = wire::encode_header(&ToWorker::Run {
                 chunk: id,
                 task: chunk.task,
                 items: chunk.count,
+                panic_retries,
             });
             if let Some(worker) = self.workers[slot].as_mut() {
                 let _ = worker.tx.send(Outgoing {
@@ -753,6 +787,7 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
             first: chunk.first,
             count: chunk.count,
             body: Arc::clone(&chunk.body),
+            attempt: chunk.attempt,
         });
     }
     let mut items = Items::new(&chunk.body);
@@ -772,6 +807,7 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
         first: chunk.first + from as usize,
         count: to - from,
         body: Arc::new(body),
+        attempt: chunk.attempt,
     })
 }
 

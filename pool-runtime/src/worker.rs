@@ -115,7 +115,11 @@ fn run(env: WorkerEnv) -> ! {
         }
     };
     // SAFETY: the parent passed this end of a socket pair to us; we own it.
-    let stream = unsafe { UnixStream::from_raw_fd(env.channel) };
+    // Close-on-exec again, so programs a task starts do not inherit it.
+    let stream = unsafe {
+        libc::fcntl(env.channel, libc::F_SETFD, libc::FD_CLOEXEC);
+        UnixStream::from_raw_fd(env.channel)
+    };
     let code = match serve(&stream, &progress) {
         Ok(()) => 0,
         Err(ProtocolError::Closed) => 0,
@@ -167,18 +171,20 @@ fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> 
         wire::read_frame(&mut reader, max_frame, &mut frame)?;
         let (header, body) = wire::split_frame::<ToWorker>(&frame)?;
         match header {
-            ToWorker::Run { chunk, task, items } => {
-                run_chunk(
-                    &registry,
-                    &mut writer,
-                    progress,
-                    &mut out,
+            ToWorker::Run {
+                chunk,
+                task,
+                items,
+                panic_retries,
+            } => {
+                let work = ChunkWork {
                     chunk,
                     task,
-                    items,
+                    count: items,
+                    panic_retries,
                     body,
-                    max_frame,
-                )?;
+                };
+                run_chunk(&registry, &mut writer, progress, &mut out, &work, max_frame)?;
             }
             ToWorker::Init { task } => {
                 let failure = match registry.get(task) {
@@ -215,18 +221,30 @@ fn call(run: pool_core::registry::RunFn, arg: &[u8], out: &mut Vec<u8>) -> Resul
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename these
+/// One `Run` frame.
+struct ChunkWork<'a> {
+    chunk: u64,
+    task: u64,
+    count: u32,
+    panic_retries: u32,
+    body: &'a [u8],
+}
+
 fn run_chunk(
     registry: &Registry,
     writer: &mut &UnixStream,
     progress: &Progress,
     out: &mut Vec<u8>,
-    chunk: u64,
-    task: u64,
-    count: u32,
-    body: &[u8],
+    work: &ChunkWork<'_>,
     max_frame: usize,
 ) -> Result<(), ProtocolError> {
+    let ChunkWork {
+        chunk,
+        task,
+        count,
+        panic_retries,
+        body,
+    } = *work;
     let entry = registry.get(task);
     let mut items = Items::new(body);
     out.clear();
@@ -235,18 +253,61 @@ fn run_chunk(
     for i in 0..count {
         progress.start(chunk, u64::from(i), now_ns());
         let arg = items.next_arg()?;
+        let mark = out.len();
         match entry {
             None => wire::push_failure(out, &TaskFailure::UnknownTask { id: task }),
             Some(entry) => {
-                let mark = wire::begin_result(out);
-                match call(entry.run, arg, out) {
-                    Ok(()) => wire::finish_result(out, mark, wire::ITEM_OK),
-                    Err(failure) => {
-                        out.truncate(mark);
-                        wire::push_failure(out, &failure);
+                let mut attempt = 0;
+                let outcome = loop {
+                    let start = wire::begin_result(out);
+                    match call(entry.run, arg, out) {
+                        Ok(()) => {
+                            wire::finish_result(out, start, wire::ITEM_OK);
+                            break Ok(());
+                        }
+                        Err(failure) => {
+                            out.truncate(start);
+                            let retry = matches!(failure, TaskFailure::Panicked { .. })
+                                && attempt < panic_retries;
+                            if !retry {
+                                break Err(failure);
+                            }
+                            attempt += 1;
+                        }
                     }
+                };
+                if let Err(failure) = outcome {
+                    wire::push_failure(out, &failure);
+                }
+                let size = out.len() - mark;
+                if size + 64 > max_frame {
+                    out.truncate(mark);
+                    let failure = TaskFailure::BadOutput {
+                        ty: (entry.output_type)().to_owned(),
+                        message: format!(
+                            "the encoded result takes {size} bytes, above the frame limit of {max_frame}"
+                        ),
+                    };
+                    wire::push_failure(out, &failure);
                 }
             }
+        }
+        if out.len() + 64 > max_frame && mark > 0 {
+            // This result does not fit beside the ones waiting: send those first.
+            let header = FromWorker::Results {
+                chunk,
+                first,
+                count: i - first,
+            };
+            wire::write_frame(
+                writer,
+                &wire::encode_header(&header),
+                &out[..mark],
+                max_frame,
+            )?;
+            out.drain(..mark);
+            first = i;
+            last_flush = Instant::now();
         }
         let done = i + 1;
         let flush =
