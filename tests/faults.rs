@@ -31,6 +31,37 @@ fn per_item<T>(results: impl Iterator<Item = Result<T, Error>>) -> (Vec<T>, Vec<
     (ok, errors)
 }
 
+/// Runs `results` (20 items, item 7 faulty), checks that only item 7 failed
+/// and how, that the pool still works, and that no worker outlives it.
+fn check_fault(
+    pool: Pool,
+    results: impl Iterator<Item = Result<u64, Error>>,
+    cause: impl Fn(&Error) -> bool,
+) {
+    let before = pool.worker_pids();
+    let mut ok = Vec::new();
+    let mut errors = Vec::new();
+    for (i, r) in results.enumerate() {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => errors.push((i, e)),
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let (at, err) = &errors[0];
+    assert_eq!((*at, err.index()), (7, Some(7)), "{err:?}");
+    assert!(cause(err), "unexpected error: {err:?} ({err})");
+    assert!(err.to_string().contains("item 7"), "{err}");
+    assert_eq!(ok, (0..20u64).filter(|&x| x != 7).collect::<Vec<_>>());
+    assert_usable(&pool);
+    let mut all = before;
+    all.extend(pool.worker_pids());
+    drop(pool);
+    for pid in all {
+        assert!(!process_exists(pid), "worker {pid} outlived the pool");
+    }
+}
+
 fn assert_usable(pool: &Pool) {
     let items: Vec<(u64, u32)> = (0..100u64).map(|i| (i, 2)).collect();
     let expected: Vec<u64> = (0..100u64).map(|i| i * i).collect();
@@ -297,4 +328,426 @@ fn join_waits_for_submitted_work_then_reaps() {
             "worker {pid} is still there after join"
         );
     }
+}
+
+/// Overflows its stack on `x == bad`.
+#[task]
+fn overflow_on(x: u64, bad: u64) -> u64 {
+    fn recurse(depth: u64) -> u64 {
+        let buf = std::hint::black_box([depth; 64]);
+        // Always true at run time; the compiler cannot tell.
+        if std::hint::black_box(true) {
+            recurse(depth + 1) + buf[0]
+        } else {
+            buf[0]
+        }
+    }
+    if x == bad {
+        return recurse(0);
+    }
+    x
+}
+
+/// Limits its worker's address space to 512 MiB, then allocates 2 GiB, on `x == bad`.
+#[task]
+fn alloc_on(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        let limit = libc::rlimit {
+            rlim_cur: 512 << 20,
+            rlim_max: 512 << 20,
+        };
+        // SAFETY: setting a resource limit of this worker process.
+        unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) };
+        let big = std::hint::black_box(vec![1u8; 2 << 30]);
+        return big.len() as u64;
+    }
+    x
+}
+
+/// Spins forever on `x == bad`.
+#[task]
+fn spin_on(x: u64, bad: u64) -> u64 {
+    while x == bad {
+        std::hint::spin_loop();
+    }
+    x
+}
+
+/// A value whose serialization always fails.
+#[derive(Debug)]
+pub struct Unencodable;
+
+impl serde::Serialize for Unencodable {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom(
+            "Unencodable refuses to be encoded",
+        ))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Unencodable {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Unencodable)
+    }
+}
+
+/// Returns a value that cannot be encoded on `x == bad`.
+#[task]
+fn bad_result_on(x: u64, bad: u64) -> Result<u64, Unencodable> {
+    if x == bad { Err(Unencodable) } else { Ok(x) }
+}
+
+/// Serializes with postcard but cannot be read back (`untagged` needs a
+/// self-describing format).
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+#[serde(untagged)]
+pub enum Untagged {
+    /// A number.
+    Number(u64),
+}
+
+/// Takes an argument postcard writes but cannot read.
+#[task]
+fn untagged_arg(x: u64, extra: Option<Untagged>) -> u64 {
+    let _ = extra;
+    x
+}
+
+/// Serde's `flatten` cannot even be written by postcard.
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Flat {
+    a: u64,
+    #[serde(flatten)]
+    rest: Inner,
+}
+
+/// Part of [`Flat`].
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+pub struct Inner {
+    b: u64,
+}
+
+/// Takes an argument postcard cannot write.
+#[task]
+fn flat_arg(x: u64, extra: Option<Flat>) -> u64 {
+    let _ = extra;
+    x
+}
+
+fn items(bad: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..20u64).map(move |x| (x, bad))
+}
+
+#[test]
+fn matrix_sigsegv() {
+    let pool = pool();
+    let results = pool.chunksize(3).istarmap(task!(segfault_on), items(7));
+    check_fault(pool, results, |e| {
+        matches!(
+            e,
+            Error::WorkerDied {
+                cause: ExitCause::Signal(libc::SIGSEGV),
+                ..
+            }
+        ) && e.to_string().contains("SIGSEGV")
+    });
+}
+
+#[test]
+fn matrix_panic() {
+    let pool = pool();
+    let results = pool
+        .chunksize(3)
+        .istarmap(task!(common::panic_on), items(7));
+    check_fault(
+        pool,
+        results,
+        |e| matches!(e, Error::TaskPanicked { message, .. } if message == "item 7 is bad"),
+    );
+}
+
+#[test]
+fn matrix_abort() {
+    let pool = pool();
+    let results = pool
+        .chunksize(3)
+        .istarmap(task!(common::abort_on), items(7));
+    check_fault(pool, results, |e| {
+        matches!(
+            e,
+            Error::WorkerDied {
+                cause: ExitCause::Signal(libc::SIGABRT),
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn matrix_exit_code() {
+    let pool = pool();
+    let results = pool
+        .chunksize(3)
+        .istarmap(task!(common::exit_on), (0..20u64).map(|x| (x, 7, 3)));
+    check_fault(pool, results, |e| {
+        matches!(
+            e,
+            Error::WorkerDied {
+                cause: ExitCause::Code(3),
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn matrix_sigkill() {
+    let pool = pool();
+    let results = pool.chunksize(3).istarmap(
+        task!(common::signal_on),
+        (0..20u64).map(|x| (x, 7, libc::SIGKILL)),
+    );
+    check_fault(pool, results, |e| {
+        matches!(
+            e,
+            Error::WorkerDied {
+                cause: ExitCause::Signal(libc::SIGKILL),
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn matrix_stack_overflow() {
+    let pool = pool();
+    let results = pool.chunksize(3).istarmap(task!(overflow_on), items(7));
+    // Rust's runtime reports the overflow on the worker's stderr and aborts.
+    check_fault(pool, results, |e| {
+        matches!(
+            e,
+            Error::WorkerDied {
+                cause: ExitCause::Signal(libc::SIGABRT),
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn matrix_memory_limit() {
+    let pool = pool();
+    let results = pool.chunksize(3).istarmap(task!(alloc_on), items(7));
+    // A failed allocation aborts the worker ("memory allocation of N bytes failed").
+    check_fault(pool, results, |e| {
+        matches!(
+            e,
+            Error::WorkerDied {
+                cause: ExitCause::Signal(libc::SIGABRT),
+                ..
+            }
+        )
+    });
+}
+
+#[test]
+fn matrix_endless_loop_stopped_by_the_timeout() {
+    let pool = pool();
+    let limit = Duration::from_millis(300);
+    let results = pool
+        .chunksize(3)
+        .timeout(limit)
+        .istarmap(task!(spin_on), items(7));
+    check_fault(pool, results, |e| {
+        matches!(e, Error::TaskTimeout { timeout, .. } if *timeout == limit)
+            && e.to_string().contains("timeout")
+    });
+}
+
+#[test]
+fn matrix_result_that_cannot_be_encoded() {
+    let pool = pool();
+    let results = pool
+        .chunksize(3)
+        .istarmap(task!(bad_result_on), items(7))
+        .map(|r| r.map(|v| v.unwrap_or(u64::MAX)));
+    // postcard replaces a serde error's text with its own; the type is named.
+    check_fault(pool, results, |e| {
+        matches!(e, Error::Serialization { failure: pool_runtime::TaskFailure::BadOutput { ty, .. }, .. }
+            if ty.contains("Unencodable"))
+    });
+}
+
+#[test]
+fn matrix_argument_that_cannot_be_decoded() {
+    let pool = pool();
+    let args = (0..20u64).map(|x| (x, (x == 7).then_some(Untagged::Number(x))));
+    let results = pool.chunksize(3).istarmap(task!(untagged_arg), args);
+    check_fault(pool, results, |e| {
+        matches!(e, Error::Serialization { failure: pool_runtime::TaskFailure::BadArguments { ty, .. }, .. }
+            if ty.contains("UntaggedArgArgs"))
+    });
+}
+
+#[test]
+fn matrix_argument_that_cannot_be_encoded() {
+    let pool = pool();
+    let args = (0..20u64).map(|x| {
+        (
+            x,
+            (x == 7).then_some(Flat {
+                a: x,
+                rest: Inner { b: x },
+            }),
+        )
+    });
+    let results = pool.chunksize(3).istarmap(task!(flat_arg), args);
+    check_fault(pool, results, |e| {
+        matches!(e, Error::Serialization { failure: pool_runtime::TaskFailure::BadArguments { ty, .. }, .. }
+            if ty.contains("FlatArgArgs"))
+    });
+}
+
+/// Kills its own worker with SIGKILL the first time it sees `bad` (a
+/// marker file remembers), then succeeds.
+#[task]
+fn die_once(x: u64, bad: u64, marker: String) -> u64 {
+    if x == bad && std::fs::File::create_new(&marker).is_ok() {
+        // SAFETY: signalling our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x
+}
+
+fn marker(name: &str) -> String {
+    let path = std::env::temp_dir().join(format!("pool-runtime-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path.to_string_lossy().into_owned()
+}
+
+#[test]
+fn retries_rerun_an_item_whose_worker_died_on_a_fresh_worker() {
+    let pool = pool();
+    let m = marker("retry");
+    let out = pool
+        .retries(1)
+        .starmap(task!(die_once), (0..1000u64).map(|x| (x, 500, m.clone())))
+        .expect("retried");
+    assert_eq!(out, (0..1000u64).collect::<Vec<_>>());
+    // Without retries the same fault is exactly one error.
+    let m2 = marker("noretry");
+    let results: Vec<_> = pool
+        .istarmap(task!(die_once), (0..1000u64).map(|x| (x, 500, m2.clone())))
+        .collect();
+    let errors: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].index(), Some(500));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 999);
+    // An item that always kills its worker fails after its retries.
+    let err = pool
+        .retries(2)
+        .starmap(
+            task!(common::signal_on),
+            (0..10u64).map(|x| (x, 4, libc::SIGKILL)),
+        )
+        .expect_err("dies every time");
+    assert!(matches!(err, Error::WorkerDied { index: 4, .. }), "{err:?}");
+    let _ = std::fs::remove_file(m);
+    let _ = std::fs::remove_file(m2);
+}
+
+/// Panics on its first `fails` runs in this worker, then returns `x`.
+#[task]
+fn flaky(x: u64, fails: usize) -> u64 {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < fails {
+        panic!("flaky run");
+    }
+    x
+}
+
+#[test]
+fn panics_are_retried_only_when_asked() {
+    let pool = Pool::builder().processes(1).build().expect("pool");
+    let err = pool
+        .retries(3)
+        .apply(task!(flaky), (1, 2))
+        .expect_err("panics are not retried by default");
+    assert!(matches!(err, Error::TaskPanicked { .. }), "{err:?}");
+    // One panic already happened in this worker; one more to go.
+    assert_eq!(
+        pool.retries(3)
+            .retry_panics(true)
+            .apply(task!(flaky), (2, 2))
+            .expect("retried in place"),
+        2
+    );
+}
+
+/// Whether this worker still has the worker variable, and what a program it
+/// starts sees: the variable and its open descriptors.
+#[task]
+fn environment_probe() -> (bool, String) {
+    let inherited = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "echo \"var=${POOL_RUNTIME_WORKER:-unset}\"; for f in /proc/self/fd/*; do readlink $f; done | tr '\\n' ' '",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    (std::env::var_os("POOL_RUNTIME_WORKER").is_some(), inherited)
+}
+
+#[test]
+fn workers_do_not_pass_their_variable_or_channel_to_programs_they_start() {
+    let pool = pool();
+    let (has_var, child) = pool.apply(task!(environment_probe), ()).expect("probe");
+    assert!(!has_var, "the worker variable is removed in the worker");
+    let mut lines = child.lines();
+    assert_eq!(lines.next(), Some("var=unset"), "{child}");
+    let targets = lines.next().unwrap_or("");
+    // The worker's channel is a socket and its progress page a memfd: a
+    // program it starts has neither.
+    assert!(
+        !targets.contains("socket:") && !targets.contains("memfd:"),
+        "a grandchild inherited: {targets}"
+    );
+    // The worker itself holds exactly one socket (its channel).
+    let own = pool.apply(task!(fd_links), ()).expect("probe");
+    assert_eq!(own.matches("socket:").count(), 1, "{own}");
+}
+
+/// This worker's open descriptors and what they are.
+#[task]
+fn fd_links() -> String {
+    let mut out = String::new();
+    for entry in std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let target = std::fs::read_link(entry.path())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{}->{} ",
+            entry.file_name().to_string_lossy(),
+            target
+        ));
+    }
+    out
+}
+
+/// Writes through an invalid pointer on `x == bad`: a genuine SIGSEGV (a
+/// signal sent with `raise` would be swallowed by Rust's stack-overflow
+/// handler, which only acts on real faults).
+#[task]
+fn segfault_on(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        let invalid = std::hint::black_box(8usize) as *mut u8;
+        // SAFETY: none; crashing the worker is the point of this task.
+        unsafe { invalid.write_volatile(1) };
+    }
+    x
 }

@@ -108,6 +108,12 @@ impl Pool {
         self.call().timeout(limit)
     }
 
+    /// Options for the next call, starting with its retries:
+    /// `pool.retries(2).starmap(task!(f), items)`. See [`Call::retries`].
+    pub fn retries(&self, n: u32) -> Call<'_> {
+        self.call().retries(n)
+    }
+
     /// Calls a one-argument task on every item; results in input order.
     /// See [`Call::map`].
     ///
