@@ -1,0 +1,96 @@
+//! When the parent dies (SIGKILL) or the terminal sends Ctrl-C (SIGINT to the
+//! process group) mid-task, no worker survives.
+//!
+//! Each test re-runs this binary as a parent program (the ignored test
+//! `probe_parent`), which starts a pool, prints its worker pids and blocks
+//! in a long task; then it kills that program.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pool_runtime::prelude::*;
+use pool_runtime::task;
+
+pool_runtime::test_support!();
+
+#[test]
+#[ignore = "a parent program for the other tests of this file"]
+fn probe_parent() {
+    if std::env::var_os("POOL_PROBE_PARENT").is_none() {
+        return;
+    }
+    let pool = Pool::builder().processes(2).build().expect("pool");
+    let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+    println!("pids {}", pids.join(" "));
+    // Both workers sleep in a task; this never returns before being killed.
+    let _ = pool.chunksize(1).starmap(task!(common::sleepy), [(1, 60_000), (2, 60_000)]);
+}
+
+/// Starts the parent program; returns it and its workers' pids.
+fn start_parent(own_group: bool) -> (Child, Vec<u32>) {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["probe_parent", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .env("POOL_PROBE_PARENT", "1")
+        .stdout(Stdio::piped());
+    if own_group {
+        cmd.process_group(0);
+    }
+    let mut child = cmd.spawn().expect("parent program starts");
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let pids = loop {
+        let line = lines.next().expect("the parent prints its workers").expect("utf-8");
+        // The harness may print "test probe_parent ... " on the same line.
+        if let Some((_, rest)) = line.split_once("pids ") {
+            break rest.split(' ').map(|p| p.parse().expect("pid")).collect::<Vec<u32>>();
+        }
+    };
+    assert_eq!(pids.len(), 2);
+    (child, pids)
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => false,
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            !matches!(state, Some("Z") | Some("X"))
+        }
+    }
+}
+
+/// Waits (bounded) for every pid to end; returns how long it took.
+fn wait_all_gone(pids: &[u32]) -> Duration {
+    let start = Instant::now();
+    while pids.iter().any(|&p| alive(p)) {
+        assert!(start.elapsed() < Duration::from_secs(10), "workers still alive 10 s later: {pids:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn workers_exit_when_the_parent_is_killed() {
+    let (mut parent, pids) = start_parent(false);
+    assert!(pids.iter().all(|&p| alive(p)));
+    parent.kill().expect("SIGKILL the parent");
+    parent.wait().expect("reap the parent");
+    let took = wait_all_gone(&pids);
+    eprintln!("workers gone {took:?} after their parent was killed");
+}
+
+#[test]
+fn ctrl_c_leaves_no_worker_behind() {
+    let (mut parent, pids) = start_parent(true);
+    let group = parent.id() as i32;
+    // SAFETY: signalling the process group we just created.
+    unsafe { libc::kill(-group, libc::SIGINT) };
+    let status = parent.wait().expect("reap the parent");
+    assert!(!status.success());
+    wait_all_gone(&pids);
+}
