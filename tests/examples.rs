@@ -160,3 +160,21 @@ fn apply_async_prints_like_the_seed() {
         "{stdout}"
     );
 }
+
+#[test]
+fn kill_worker_loses_exactly_the_running_item() {
+    let stdout = run_example("kill_worker");
+    assert!(
+        stdout.contains("without retries: 999 correct results, 1 error(s)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("was killed by signal 9 (SIGKILL)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("with retries(1): 1000 correct results, 0 error(s)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("next call: [2, 4, 6]"), "{stdout}");
+}

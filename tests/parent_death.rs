@@ -27,15 +27,23 @@ fn probe_parent() {
     let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
     println!("pids {}", pids.join(" "));
     // Both workers sleep in a task; this never returns before being killed.
-    let _ = pool.chunksize(1).starmap(task!(common::sleepy), [(1, 60_000), (2, 60_000)]);
+    let _ = pool
+        .chunksize(1)
+        .starmap(task!(common::sleepy), [(1, 60_000), (2, 60_000)]);
 }
 
 /// Starts the parent program; returns it and its workers' pids.
 fn start_parent(own_group: bool) -> (Child, Vec<u32>) {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args(["probe_parent", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("POOL_PROBE_PARENT", "1")
-        .stdout(Stdio::piped());
+    cmd.args([
+        "probe_parent",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("POOL_PROBE_PARENT", "1")
+    .stdout(Stdio::piped());
     if own_group {
         cmd.process_group(0);
     }
@@ -43,10 +51,16 @@ fn start_parent(own_group: bool) -> (Child, Vec<u32>) {
     let stdout = child.stdout.take().expect("piped");
     let mut lines = BufReader::new(stdout).lines();
     let pids = loop {
-        let line = lines.next().expect("the parent prints its workers").expect("utf-8");
+        let line = lines
+            .next()
+            .expect("the parent prints its workers")
+            .expect("utf-8");
         // The harness may print "test probe_parent ... " on the same line.
         if let Some((_, rest)) = line.split_once("pids ") {
-            break rest.split(' ').map(|p| p.parse().expect("pid")).collect::<Vec<u32>>();
+            break rest
+                .split(' ')
+                .map(|p| p.parse().expect("pid"))
+                .collect::<Vec<u32>>();
         }
     };
     assert_eq!(pids.len(), 2);
@@ -58,7 +72,9 @@ fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => false,
         Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
             !matches!(state, Some("Z") | Some("X"))
         }
     }
@@ -68,7 +84,10 @@ fn alive(pid: u32) -> bool {
 fn wait_all_gone(pids: &[u32]) -> Duration {
     let start = Instant::now();
     while pids.iter().any(|&p| alive(p)) {
-        assert!(start.elapsed() < Duration::from_secs(10), "workers still alive 10 s later: {pids:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "workers still alive 10 s later: {pids:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     start.elapsed()

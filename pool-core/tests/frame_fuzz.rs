@@ -21,16 +21,52 @@ fn corpus() -> Vec<Vec<u8>> {
     wire::finish_result(&mut results, mark, wire::ITEM_OK);
     wire::push_failure(
         &mut results,
-        &TaskFailure::Panicked { message: "boom".into(), location: "a.rs:1:2".into(), backtrace: None },
+        &TaskFailure::Panicked {
+            message: "boom".into(),
+            location: "a.rs:1:2".into(),
+            backtrace: None,
+        },
     );
     let frames: Vec<(Vec<u8>, &[u8])> = vec![
-        (wire::encode_header(&ToWorker::Hello { protocol: 1, fingerprint: 7, max_frame: 1024 }), &[]),
-        (wire::encode_header(&ToWorker::Run { chunk: 1, task: 2, items: 2, panic_retries: 0 }), &args),
+        (
+            wire::encode_header(&ToWorker::Hello {
+                protocol: 1,
+                fingerprint: 7,
+                max_frame: 1024,
+            }),
+            &[],
+        ),
+        (
+            wire::encode_header(&ToWorker::Run {
+                chunk: 1,
+                task: 2,
+                items: 2,
+                panic_retries: 0,
+            }),
+            &args,
+        ),
         (wire::encode_header(&ToWorker::Init { task: 3 }), &args),
         (wire::encode_header(&ToWorker::Exit), &[]),
-        (wire::encode_header(&FromWorker::Ready { protocol: 1, fingerprint: 7, pid: 9 }), &[]),
-        (wire::encode_header(&FromWorker::Results { chunk: 1, first: 0, count: 2 }), &results),
-        (wire::encode_header(&FromWorker::InitDone { failure: None }), &[]),
+        (
+            wire::encode_header(&FromWorker::Ready {
+                protocol: 1,
+                fingerprint: 7,
+                pid: 9,
+            }),
+            &[],
+        ),
+        (
+            wire::encode_header(&FromWorker::Results {
+                chunk: 1,
+                first: 0,
+                count: 2,
+            }),
+            &results,
+        ),
+        (
+            wire::encode_header(&FromWorker::InitDone { failure: None }),
+            &[],
+        ),
     ];
     frames
         .into_iter()
@@ -69,7 +105,8 @@ fn decode_all(bytes: &[u8]) -> usize {
                 }
             }
         }
-        if let Ok((FromWorker::Results { count, .. }, body)) = wire::split_frame::<FromWorker>(&buf) {
+        if let Ok((FromWorker::Results { count, .. }, body)) = wire::split_frame::<FromWorker>(&buf)
+        {
             let mut it = Items::new(body);
             for _ in 0..count.min(1000) {
                 if it.next_result().is_err() {
@@ -137,7 +174,11 @@ proptest! {
 #[test]
 fn a_wrong_protocol_version_is_visible_before_anything_else() {
     // `protocol` is the first field of the handshake in every version.
-    let hello = wire::encode_header(&ToWorker::Hello { protocol: 99, fingerprint: 1, max_frame: 1 });
+    let hello = wire::encode_header(&ToWorker::Hello {
+        protocol: 99,
+        fingerprint: 1,
+        max_frame: 1,
+    });
     match wire::split_frame::<ToWorker>(&hello) {
         Ok((ToWorker::Hello { protocol, .. }, _)) => assert_eq!(protocol, 99),
         other => panic!("{other:?}"),

@@ -119,7 +119,7 @@ pub enum Error {
         backtrace: Option<String>,
     },
     /// The worker running the item died (abort, signal, `process::exit`).
-    #[error("worker process {pid} {cause} while running task `{task}` on item {index}")]
+    #[error("worker process {pid} running task `{task}` on item {index} {cause}")]
     WorkerDied {
         /// The task's full path.
         task: &'static str,
