@@ -95,13 +95,11 @@ fn decode_all(bytes: &[u8]) -> usize {
             Err(_) => return frames,
         }
         assert!(buf.len() <= LIMIT);
-        if let Ok((header, body)) = wire::split_frame::<ToWorker>(&buf) {
-            if let ToWorker::Run { items, .. } = header {
-                let mut it = Items::new(body);
-                for _ in 0..items.min(1000) {
-                    if it.next_arg().is_err() {
-                        break;
-                    }
+        if let Ok((ToWorker::Run { items, .. }, body)) = wire::split_frame::<ToWorker>(&buf) {
+            let mut it = Items::new(body);
+            for _ in 0..items.min(1000) {
+                if it.next_arg().is_err() {
+                    break;
                 }
             }
         }

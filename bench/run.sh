@@ -1,0 +1,284 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: pool-runtime (examples/bench.rs) against Python's
+# multiprocessing.Pool (bench/python_pool.py). See BENCHMARKS.md.
+#
+#   bash bench/run.sh            # everything, 5 repetitions after a warm-up
+#   bash bench/run.sh --quick    # 1 repetition each: a smoke test
+#   bash bench/run.sh --only tiny,payload
+#
+# Each workload runs for Rust, then for Python, in the same invocation; each
+# side runs in a fresh process. Results also go to target/bench/results.json.
+# Never part of `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --quiet --example bench
+exec python3 - "$@" <<'PY'
+import json, os, platform, re, signal, statistics, subprocess, sys, time
+
+ROOT = os.getcwd()
+RUST = os.path.join(ROOT, "target/release/examples/bench")
+PY = [sys.executable, os.path.join(ROOT, "bench/python_pool.py")]
+OUT = os.path.join(ROOT, "target/bench/results.json")
+
+args = sys.argv[1:]
+quick = "--quick" in args
+only = None
+if "--only" in args:
+    only = set(args[args.index("--only") + 1].split(","))
+reps = ["--reps", "1", "--warmup", "1"] if quick else []
+
+# (row id, workload group, label, arguments for both sides)
+PLAN = [
+    ("raw", "raw", "raw round trip (reference)", ["raw"]),
+    ("start", "start", "start, 2 workers", ["start", "--procs", "2"]),
+    ("rt2", "roundtrip", "round trip, 2 workers", ["roundtrip", "--procs", "2", "--calls", "10000"]),
+    ("rt1", "roundtrip", "round trip, 1 worker", ["roundtrip", "--procs", "1", "--calls", "2000"]),
+    ("auto2", "tiny", "tiny, auto, 2 workers", ["tiny", "--procs", "2", "--items", "1000000"]),
+    ("auto1", "tiny", "tiny, auto, 1 worker", ["tiny", "--procs", "1", "--items", "1000000"]),
+    ("cs1000", "chunks", "tiny, chunksize 1000", ["tiny", "--procs", "2", "--items", "1000000", "--chunksize", "1000"]),
+    ("cs10000", "chunks", "tiny, chunksize 10000", ["tiny", "--procs", "2", "--items", "1000000", "--chunksize", "10000"]),
+    ("cs62500", "chunks", "tiny, chunksize 62500", ["tiny", "--procs", "2", "--items", "1000000", "--chunksize", "62500"]),
+    ("cs125000", "chunks", "tiny, chunksize 125000", ["tiny", "--procs", "2", "--items", "1000000", "--chunksize", "125000"]),
+    ("cs1", "chunksize1", "tiny, chunksize 1", ["tiny", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
+    ("payload", "payload", "payload 64 x 16 MiB", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
+    ("cpu", "cpu", "cpu 40 x 50 ms", ["cpu", "--procs", "2", "--tasks", "40", "--ms", "50"]),
+]
+
+
+def cpu_busy(seconds=0.3):
+    """Fraction of CPU time (all CPUs) not idle over `seconds`."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_quiet(limit=15.0):
+    """Waits (up to `limit` s) for the machine to be quiet; returns busy%."""
+    deadline = time.time() + limit
+    while True:
+        busy = cpu_busy()
+        if busy < 0.15 or time.time() > deadline:
+            return busy
+
+
+def run(cmd):
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # our own child's group
+        out, err = proc.communicate()
+        return None, f"timed out: {' '.join(cmd)}\n{err}"
+    if proc.returncode != 0:
+        return None, f"exit {proc.returncode}: {' '.join(cmd)}\n{err}"
+    sys.stderr.write(err)
+    return [json.loads(l) for l in out.splitlines() if l.startswith("{")], None
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "rustc": sh("rustc --version"),
+        "python": platform.python_version(),
+        "commit": sh("git rev-parse --short HEAD") + (" (dirty)" if sh("git status --porcelain --untracked-files=no") else ""),
+        "loadavg_start": open("/proc/loadavg").read().split()[:3],
+    }
+
+
+def leftovers():
+    """Processes still running our benchmark binaries (workers included)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "examples/bench" in cmd or "bench/python_pool.py" in cmd:
+            found.append(f"{pid} {cmd.strip()}")
+    return found
+
+
+def stats(samples):
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples)}
+
+
+def fmt(x):
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e4:
+        return f"{x / 1e3:.1f} k"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    return f"{x:.2f}"
+
+
+def main():
+    began = time.time()
+    info = machine()
+    print(f"# machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, "
+          f"{info['rustc']}, Python {info['python']}, commit {info['commit']}, "
+          f"load {' '.join(info['loadavg_start'])}", flush=True)
+    results = {}  # (row, impl, metric) -> record
+    errors = []
+    for row, group, label, argv in PLAN:
+        if only and group not in only and row not in only:
+            continue
+        for impl, cmd in (("rust", [RUST]), ("python", PY)):
+            busy = wait_quiet()
+            t0 = time.time()
+            recs, err = run(cmd + argv + reps)
+            took = time.time() - t0
+            print(f"# {label:<28} {impl:<6} {took:6.1f} s  (background CPU before: {busy:.0%})", flush=True)
+            if err:
+                errors.append(err)
+                print(err, file=sys.stderr)
+                continue
+            for r in recs:
+                r.update(stats(r["samples"]), row=row, label=label, seconds=round(took, 1),
+                         busy_before=round(busy, 3))
+                results[(row, impl, r["metric"])] = r
+
+    def get(row, impl, metric):
+        r = results.get((row, impl, metric))
+        return r["median"] if r else None
+
+    # ----- the main table -----
+    targets = []  # (row label, check text, met)
+    lines = [
+        "| workload | metric | Rust median (min–max) | Python median (min–max) | Rust/Python | Rust advantage |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, group, label, argv in PLAN:
+        for key in sorted({k for k in results if k[0] == row}, key=lambda k: list(results).index(k)):
+            if key[1] != "rust":
+                continue
+            r = results[key]
+            p = results.get((row, "python", key[2]))
+            rs = f"{fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])}) {r['unit']}"
+            if p:
+                ps = f"{fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}) {p['unit']}"
+                ratio = r["median"] / p["median"]
+                adv = ratio if r["higher_is_better"] else 1 / ratio
+                lines.append(f"| {label} | {key[2]} | {rs} | {ps} | {ratio:.3g} | {adv:.2f}× |")
+            else:
+                lines.append(f"| {label} | {key[2]} | {rs} | — | — | — |")
+
+    def target(name, ok, text):
+        if ok is None:
+            targets.append((name, text, "n/a"))
+        else:
+            targets.append((name, text, "MET" if ok else "MISSED"))
+
+    def both(row, metric):
+        return get(row, "rust", metric), get(row, "python", metric)
+
+    r, p = both("start", "start_ms")
+    if r and p:
+        target("start", r <= p / 4 and r < 2.0, f"{r:.2f} ms vs Python {p:.2f} ms (≤ {p / 4:.2f} and < 2 ms)")
+    r, p = both("rt2", "roundtrip_us")
+    raw = get("raw", "rust", "raw_socketpair_rtt_us")
+    pipe = get("raw", "rust", "raw_pipe_rtt_us")
+    if r and p:
+        target("round trip vs Python", p / r >= 10, f"{p / r:.1f}× faster (≥ 10×)")
+    if r and raw:
+        target("round trip vs raw socketpair", r <= 2 * raw,
+               f"{r:.1f} µs vs raw socketpair {raw:.1f} µs / pipe {pipe or 0:.1f} µs (≤ 2× = {2 * raw:.1f} µs)")
+    r, p = both("auto2", "items_per_s")
+    if r and p:
+        target("tiny, auto", r / p >= 10, f"{r / p:.1f}× Python's items/s (≥ 10×)")
+    r, p = both("cs1", "items_per_s")
+    if r and p:
+        target("tiny, chunksize 1", r / p >= 15, f"{r / p:.1f}× Python's items/s (≥ 15×)")
+    r = get("payload", "rust", "mb_per_s")
+    if r:
+        target("payload", r >= 2000, f"{r / 1000:.2f} GB/s (≥ 2 GB/s)")
+    r = get("cpu", "rust", "cpu_speedup")
+    if r:
+        target("cpu", r >= 1.95, f"speedup {r:.2f}× (≥ 1.95×)")
+    auto = get("auto2", "rust", "items_per_s")
+    hand = {row: get(row, "rust", "items_per_s") for row in ("cs1000", "cs10000", "cs62500", "cs125000")}
+    hand = {k: v for k, v in hand.items() if v}
+    if auto and hand:
+        best_row = max(hand, key=hand.get)
+        target("auto chunking vs best hand-picked", auto >= 0.9 * hand[best_row],
+               f"auto {auto / hand[best_row]:.0%} of the best ({best_row[2:]}: {fmt(hand[best_row])} items/s) (≥ 90%)")
+
+    print()
+    print("\n".join(lines))
+    print()
+    print("| target | result | status |")
+    print("|---|---|---|")
+    for name, text, status in targets:
+        print(f"| {name} | {text} | {status} |")
+
+    # ----- 1 → 2 workers -----
+    print()
+    print("| 1 → 2 workers | Rust 1 | Rust 2 | Rust 2/1 | Python 1 | Python 2 | Python 2/1 |")
+    print("|---|---|---|---|---|---|---|")
+    for name, one, two, metric in (("tiny auto items/s", "auto1", "auto2", "items_per_s"),
+                                   ("round trip µs", "rt1", "rt2", "roundtrip_us"),
+                                   ("cpu 40 × 50 ms, s", "cpu", "cpu", None)):
+        cells = []
+        for impl in ("rust", "python"):
+            if metric:
+                a, b = get(one, impl, metric), get(two, impl, metric)
+            else:
+                a, b = get("cpu", impl, "cpu_time_1w_s"), get("cpu", impl, "cpu_time_2w_s")
+            cells += [fmt(a) if a else "—", fmt(b) if b else "—", f"{b / a:.2f}" if a and b else "—"]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+    # ----- memory -----
+    print()
+    print("| idle worker | Rust | Python |")
+    print("|---|---|---|")
+    for metric, name in (("idle_worker_rss_kb", "VmRSS"), ("idle_worker_pss_kb", "Pss (shared pages split)")):
+        r, p = both("start", metric)
+        print(f"| {name} | {fmt(r) if r else '—'} kB | {fmt(p) if p else '—'} kB |")
+
+    info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
+    info["seconds"] = round(time.time() - began, 1)
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump({"machine": info, "results": list(results.values()), "targets": targets,
+                   "errors": errors}, f, indent=1)
+    time.sleep(0.5)
+    left = leftovers()
+    print()
+    print(f"# took {info['seconds']} s; load at the end {' '.join(info['loadavg_end'])}; "
+          f"results in {os.path.relpath(OUT)}")
+    if left:
+        print("# LEFTOVER PROCESSES:\n" + "\n".join(left))
+    else:
+        print("# no benchmark process left running")
+    if errors or left:
+        sys.exit(1)
+
+
+main()
+PY
