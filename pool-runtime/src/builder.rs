@@ -260,6 +260,7 @@ impl PoolBuilder {
             depth: self.depth,
             max_tasks: self.max_tasks,
             defaults: self.defaults,
+            remote: None,
             launch,
         };
         let (shared, supervisor) = Shared::start(config)?;

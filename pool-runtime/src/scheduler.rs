@@ -34,8 +34,15 @@ pub(crate) struct Config {
     pub(crate) max_tasks: Option<usize>,
     /// Options every call starts from.
     pub(crate) defaults: crate::run::CallOptions,
+    /// A backend whose workers already exist (MPI ranks): it attaches them
+    /// (see [`Shared::attach`]) instead of the pool spawning processes, and
+    /// a worker that is lost is not replaced.
+    pub(crate) remote: Option<RemoteStart>,
     pub(crate) launch: Launch,
 }
+
+/// Attaches the workers of a remote backend to a new pool.
+pub(crate) type RemoteStart = fn(&Arc<Shared>) -> Result<(), Error>;
 
 /// Encoded work for one worker: `count` items of one job.
 pub(crate) struct Chunk {
@@ -103,16 +110,22 @@ struct InFlight {
 /// long one would make the queued chunk wait although another worker is free.
 const PREFETCH_BELOW: Duration = Duration::from_millis(1);
 
-struct Outgoing {
-    header: Vec<u8>,
-    body: Arc<Vec<u8>>,
+/// A frame for one worker: an encoded header and a shared body.
+pub(crate) struct Outgoing {
+    pub(crate) header: Vec<u8>,
+    pub(crate) body: Arc<Vec<u8>>,
 }
 
 struct Worker {
     pid: u32,
     tx: Sender<Outgoing>,
     in_flight: VecDeque<InFlight>,
-    progress: Arc<Progress>,
+    /// The page where a local worker records its running item; `None` for
+    /// a remote worker (then the first unreported item is blamed).
+    progress: Option<Arc<Progress>>,
+    /// A local process the pool may signal; remote workers get an exit
+    /// frame instead.
+    local: bool,
     /// The reader saw the end; the pid may be reaped: never signal it again.
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
@@ -324,7 +337,7 @@ impl Shared {
                         body: Arc::new(Vec::new()),
                     });
                 } else if !worker.dying {
-                    kill(worker.pid);
+                    kill(worker);
                 }
             }
         }
@@ -336,7 +349,7 @@ impl Shared {
             if left.is_zero() {
                 for worker in st.workers.iter_mut().flatten() {
                     if !worker.dying {
-                        kill(worker.pid);
+                        kill(worker);
                     }
                 }
                 st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -382,8 +395,14 @@ impl Shared {
             };
             match msg {
                 Some(Supervise::Initial(reply)) => {
-                    let slots: Vec<usize> = (0..self.config.processes).collect();
-                    let _ = reply.send(self.spawn_into(&slots));
+                    let started = match self.config.remote {
+                        Some(attach_all) => attach_all(&self),
+                        None => {
+                            let slots: Vec<usize> = (0..self.config.processes).collect();
+                            self.spawn_into(&slots)
+                        }
+                    };
+                    let _ = reply.send(started);
                 }
                 Some(Supervise::Respawn(slot)) if slot != usize::MAX => self.respawn(slot),
                 Some(Supervise::Respawn(_)) => {}
@@ -397,7 +416,7 @@ impl Shared {
     }
 
     fn respawn(self: &Arc<Self>, slot: usize) {
-        if self.lock().terminated {
+        if self.lock().terminated || self.config.remote.is_some() {
             return;
         }
         if let Err(err) = self.spawn_into(&[slot]) {
@@ -457,32 +476,59 @@ impl Shared {
         };
         let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
         let max = self.config.launch.max_frame;
-        let mut st = self.lock();
-        if st.terminated {
-            drop(st);
-            let _ = child.kill();
-            let _ = child.wait();
-            return;
-        }
+        // The reader thread starts only once the worker is attached, so it
+        // always finds it.
+        let (go, ready) = crossbeam_channel::bounded::<bool>(1);
         let reader_shared = Arc::clone(self);
         let reader = thread::Builder::new()
             .name(format!("pool-reader-{pid}"))
-            .spawn(move || reader_shared.read_loop(slot, pid, stream, child));
+            .spawn(move || {
+                if ready.recv() == Ok(true) {
+                    reader_shared.read_loop(slot, pid, stream, child);
+                } else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            });
         if reader.is_err() {
             // The child moved into the failed closure and was dropped; kill by pid.
-            kill(pid);
+            kill_pid(pid);
             return;
         }
-        let _ = thread::Builder::new()
-            .name(format!("pool-writer-{pid}"))
-            .spawn(move || write_loop(rx, writer_stream, max));
+        if self.attach(slot, pid, tx, Some(Arc::new(progress)), true) {
+            let _ = thread::Builder::new()
+                .name(format!("pool-writer-{pid}"))
+                .spawn(move || write_loop(rx, writer_stream, max));
+            let _ = go.send(true);
+        } else {
+            let _ = go.send(false);
+        }
+    }
+
+    /// Adds a ready worker in `slot`: frames for it go to `tx`; whoever reads
+    /// its frames calls [`Shared::deliver`], and [`Shared::detach`] once it
+    /// is gone. Returns `false` (and attaches nothing) once the pool is
+    /// terminated.
+    pub(crate) fn attach(
+        &self,
+        slot: usize,
+        pid: u32,
+        tx: Sender<Outgoing>,
+        progress: Option<Arc<Progress>>,
+        local: bool,
+    ) -> bool {
+        let mut st = self.lock();
+        if st.terminated {
+            return false;
+        }
         st.live_readers += 1;
         st.startup_failures = 0;
         st.workers[slot] = Some(Worker {
             pid,
             tx,
             in_flight: VecDeque::new(),
-            progress: Arc::new(progress),
+            progress,
+            local,
             dying: false,
             timed_out: None,
             last_done: Instant::now(),
@@ -490,6 +536,7 @@ impl Shared {
             budget: self.config.max_tasks,
         });
         st.dispatch(&self.config);
+        true
     }
 
     fn enforce_timeouts(&self) {
@@ -506,10 +553,13 @@ impl Shared {
             let Some(timeout) = jobs.get(&front.chunk.job).and_then(|j| j.timeout) else {
                 continue;
             };
-            let (chunk, _, started) = worker.progress.read();
+            let Some(progress) = &worker.progress else {
+                continue;
+            };
+            let (chunk, _, started) = progress.read();
             if chunk == front.id && now.saturating_sub(started) > timeout.as_nanos() as u64 {
                 worker.timed_out = Some(timeout);
-                kill(worker.pid);
+                kill(worker);
             }
         }
     }
@@ -524,32 +574,11 @@ impl Shared {
             if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
                 break err;
             }
-            let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
-                Ok((header, body)) => (header, body.len()),
-                Err(err) => break err,
-            };
-            match header {
-                FromWorker::Results {
-                    chunk,
-                    first,
-                    count,
-                } => {
-                    let body_at = frame.len() - body_len;
-                    if let Err(err) =
-                        self.on_results(slot, pid, chunk, first, count, frame, body_at)
-                    {
-                        break err;
-                    }
-                }
-                _ => break ProtocolError::Unexpected("a frame other than results"),
+            if let Err(err) = self.deliver(slot, pid, frame) {
+                break err;
             }
         };
-        {
-            let mut st = self.lock();
-            if let Some(w) = st.workers[slot].as_mut() {
-                w.dying = true;
-            }
-        }
+        self.mark_dying(slot);
         let protocol = match failure {
             ProtocolError::Closed => None,
             // A worker that dies with unread input resets the connection.
@@ -568,6 +597,50 @@ impl Shared {
             }
         };
         let cause = child.wait().map_or(ExitCause::Unknown, exit_cause);
+        self.detach(slot, pid, cause, protocol);
+    }
+
+    /// Handles one frame from the worker in `slot`.
+    pub(crate) fn deliver(
+        &self,
+        slot: usize,
+        pid: u32,
+        frame: Vec<u8>,
+    ) -> Result<(), ProtocolError> {
+        let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
+            Ok((header, body)) => (header, body.len()),
+            Err(err) => return Err(err),
+        };
+        match header {
+            FromWorker::Results {
+                chunk,
+                first,
+                count,
+            } => {
+                let body_at = frame.len() - body_len;
+                self.on_results(slot, pid, chunk, first, count, frame, body_at)
+            }
+            _ => Err(ProtocolError::Unexpected("a frame other than results")),
+        }
+    }
+
+    /// The worker in `slot` is ending: nothing more is sent to it, and its
+    /// pid is no longer signalled.
+    pub(crate) fn mark_dying(&self, slot: usize) {
+        if let Some(w) = self.lock().workers[slot].as_mut() {
+            w.dying = true;
+        }
+    }
+
+    /// The worker in `slot` is gone: its running item fails (or is retried),
+    /// its other work is requeued, and a replacement is started.
+    pub(crate) fn detach(
+        &self,
+        slot: usize,
+        pid: u32,
+        cause: ExitCause,
+        protocol: Option<ProtocolError>,
+    ) {
         self.on_death(slot, pid, cause, protocol);
         let mut st = self.lock();
         st.live_readers -= 1;
@@ -647,7 +720,14 @@ impl Shared {
         let Some(worker) = st.workers[slot].take() else {
             return;
         };
-        let (running_chunk, running_item, _) = worker.progress.read();
+        let (running_chunk, running_item, _) = match &worker.progress {
+            Some(progress) => progress.read(),
+            // Without a progress page, blame the first unreported item.
+            None => worker
+                .in_flight
+                .front()
+                .map_or((0, 0, 0), |f| (f.id, u64::from(f.received), 0)),
+        };
         let mut requeue = Vec::new();
         let mut protocol = protocol;
         for (n, flight) in worker.in_flight.into_iter().enumerate() {
@@ -826,7 +906,21 @@ fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
     }
 }
 
-fn kill(pid: u32) {
+/// Stops a worker now: SIGKILL for a local process, an exit frame (honoured
+/// between chunks) for a remote one.
+fn kill(worker: &Worker) {
+    if worker.local {
+        kill_pid(worker.pid);
+    } else {
+        let header = wire::encode_header(&ToWorker::Exit);
+        let _ = worker.tx.send(Outgoing {
+            header,
+            body: Arc::new(Vec::new()),
+        });
+    }
+}
+
+fn kill_pid(pid: u32) {
     // SAFETY: pid belongs to a child not yet reaped (callers check `dying`
     // under the state lock), so it cannot have been reused.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };

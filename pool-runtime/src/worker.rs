@@ -1,7 +1,7 @@
 //! The worker side: [`init`](crate::init), the worker loop and panic capture.
 
 use std::cell::{Cell, RefCell};
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -120,7 +120,8 @@ fn run(env: WorkerEnv) -> ! {
         libc::fcntl(env.channel, libc::F_SETFD, libc::FD_CLOEXEC);
         UnixStream::from_raw_fd(env.channel)
     };
-    let code = match serve(&stream, &progress) {
+    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+    let code = match serve(&mut reader, &mut &stream, Some(&progress)) {
         Ok(()) => 0,
         Err(ProtocolError::Closed) => 0,
         Err(err) => {
@@ -132,14 +133,21 @@ fn run(env: WorkerEnv) -> ! {
     std::process::exit(code)
 }
 
-fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> {
+/// Serves tasks over a channel until the parent says exit or goes away.
+///
+/// `reader` and `writer` carry the frames (a socket locally; a backend's
+/// adapter elsewhere); `progress`, if any, is the page shared with the pool.
+pub(crate) fn serve(
+    reader: &mut impl Read,
+    writer: &mut impl Write,
+    progress: Option<&Progress>,
+) -> Result<(), ProtocolError> {
+    IN_WORKER.store(true, Ordering::Relaxed);
     let registry = Registry::collect().map_err(|err| ProtocolError::Malformed(err.to_string()))?;
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
-    let mut writer = stream;
     let mut frame = Vec::new();
 
     // Handshake: read the parent's limits first.
-    wire::read_frame(&mut reader, 4096, &mut frame)?;
+    wire::read_frame(reader, 4096, &mut frame)?;
     let max_frame = match wire::split_frame::<ToWorker>(&frame)? {
         (
             ToWorker::Hello {
@@ -154,7 +162,7 @@ fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> 
                 fingerprint: registry.fingerprint(),
                 pid: std::process::id(),
             };
-            wire::write_frame(&mut writer, &wire::encode_header(&ready), &[], 4096)?;
+            wire::write_frame(writer, &wire::encode_header(&ready), &[], 4096)?;
             if protocol != wire::PROTOCOL_VERSION {
                 return Err(ProtocolError::Version {
                     ours: wire::PROTOCOL_VERSION,
@@ -168,7 +176,7 @@ fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> 
 
     let mut out = Vec::with_capacity(64 * 1024);
     loop {
-        wire::read_frame(&mut reader, max_frame, &mut frame)?;
+        wire::read_frame(reader, max_frame, &mut frame)?;
         let (header, body) = wire::split_frame::<ToWorker>(&frame)?;
         match header {
             ToWorker::Run {
@@ -184,7 +192,7 @@ fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> 
                     panic_retries,
                     body,
                 };
-                run_chunk(&registry, &mut writer, progress, &mut out, &work, max_frame)?;
+                run_chunk(&registry, writer, progress, &mut out, &work, max_frame)?;
             }
             ToWorker::Init { task } => {
                 let failure = match registry.get(task) {
@@ -197,7 +205,7 @@ fn serve(stream: &UnixStream, progress: &Progress) -> Result<(), ProtocolError> 
                 };
                 let body = if failure.is_none() { &out[..] } else { &[][..] };
                 let done = FromWorker::InitDone { failure };
-                wire::write_frame(&mut writer, &wire::encode_header(&done), body, max_frame)?;
+                wire::write_frame(writer, &wire::encode_header(&done), body, max_frame)?;
                 let _ = std::io::stdout().flush();
             }
             ToWorker::Exit => return Ok(()),
@@ -232,8 +240,8 @@ struct ChunkWork<'a> {
 
 fn run_chunk(
     registry: &Registry,
-    writer: &mut &UnixStream,
-    progress: &Progress,
+    writer: &mut impl Write,
+    progress: Option<&Progress>,
     out: &mut Vec<u8>,
     work: &ChunkWork<'_>,
     max_frame: usize,
@@ -251,7 +259,9 @@ fn run_chunk(
     let mut first = 0u32;
     let mut last_flush = Instant::now();
     for i in 0..count {
-        progress.start(chunk, u64::from(i), now_ns());
+        if let Some(progress) = progress {
+            progress.start(chunk, u64::from(i), now_ns());
+        }
         let arg = items.next_arg()?;
         let mark = out.len();
         match entry {
