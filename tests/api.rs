@@ -414,3 +414,62 @@ fn invalid_settings_are_errors() {
         Err(Error::InvalidSetting(_))
     ));
 }
+
+#[test]
+fn stats_count_items_failures_and_respawns() {
+    let pool = pool();
+    let before = pool.stats();
+    assert_eq!(before.workers.len(), 2);
+    assert!(
+        before
+            .workers
+            .iter()
+            .all(|w| w.pid.is_some() && w.items == 0)
+    );
+    let results: Vec<_> = pool
+        .istarmap(task!(common::panic_on), (0..50u64).map(|x| (x, 10)))
+        .collect();
+    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+    let err = pool
+        .apply(task!(common::signal_on), (1, 1, libc::SIGKILL))
+        .expect_err("killed");
+    assert!(matches!(err, Error::WorkerDied { .. }));
+    let stats = pool.stats();
+    let items: u64 = stats.workers.iter().map(|w| w.items).sum();
+    let failures: u64 = stats.workers.iter().map(|w| w.failures).sum();
+    let respawns: u64 = stats.workers.iter().map(|w| w.respawns).sum();
+    assert_eq!((items, failures, respawns), (50, 2, 1), "{stats:?}");
+    assert!(stats.workers.iter().any(|w| w.busy > Duration::ZERO));
+    assert_eq!((stats.queued_items, stats.in_flight_items), (0, 0));
+}
+
+#[test]
+fn the_progress_hook_sees_every_item_come_back() {
+    let pool = pool();
+    let seen: Arc<Mutex<Vec<(usize, Option<usize>)>>> = Arc::default();
+    let log = Arc::clone(&seen);
+    let out = pool
+        .chunksize(7)
+        .on_progress(move |done, total| log.lock().expect("lock").push((done, total)))
+        .map(task!(common::square), 0..100u64)
+        .expect("map");
+    assert_eq!(out.len(), 100);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.last(), Some(&(100, Some(100))));
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "monotonic: {seen:?}"
+    );
+    // An endless input has no total.
+    let log2: Arc<Mutex<Vec<Option<usize>>>> = Arc::default();
+    let l2 = Arc::clone(&log2);
+    let first: Vec<u64> = pool
+        .call()
+        .on_progress(move |_, total| l2.lock().expect("lock").push(total))
+        .imap(task!(common::square), 0u64..)
+        .take(10)
+        .map(|r| r.expect("ok"))
+        .collect();
+    assert_eq!(first.len(), 10);
+    assert!(log2.lock().expect("lock").iter().all(Option::is_none));
+}

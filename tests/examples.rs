@@ -6,6 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn run_example(name: &str) -> String {
+    run_example_with(name, &[], &[]).0
+}
+
+/// Builds the example with `features`, runs it with `env`; (stdout, stderr).
+fn run_example_with(name: &str, features: &[&str], env: &[(&str, &str)]) -> (String, String) {
     // target/<profile>/deps/examples-<hash> → target/<profile>/examples/<name>
     let exe = std::env::current_exe().expect("test path");
     let dir: PathBuf = exe
@@ -18,22 +23,24 @@ fn run_example(name: &str) -> String {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--example", name])
+            .args(features.iter().flat_map(|f| ["--features", f]))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building example {name}");
     }
     let output = Command::new(dir.join(name))
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("run example {name}: {e}"));
     let stdout = String::from_utf8(output.stdout).expect("utf-8");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
-        "{name} failed: {:?}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+        "{name} failed: {:?}\n{stdout}\n{stderr}",
+        output.status
     );
-    stdout
+    (stdout, stderr)
 }
 
 /// `(identifier, value)` of `Task {i} executing with {v}` lines, in print order.
@@ -177,4 +184,52 @@ fn kill_worker_loses_exactly_the_running_item() {
         "{stdout}"
     );
     assert!(stdout.contains("next call: [2, 4, 6]"), "{stdout}");
+}
+
+#[test]
+fn progress_draws_nothing_when_redirected_and_the_hook_reports() {
+    let (stdout, stderr) = run_example_with("progress", &["progress"], &[]);
+    // stdout and stderr are pipes here: no bar, no escape codes.
+    assert!(
+        !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+        "{stdout}\n{stderr}"
+    );
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(
+        stdout.contains("bar: 1500 results, last Some(1500)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hook: 400/400") && stdout.contains("hook: 400 results"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn observe_traces_a_killed_worker_with_its_pid_and_signal() {
+    let (stdout, stderr) =
+        run_example_with("observe", &[], &[("RUST_LOG", "debug"), ("NO_COLOR", "1")]);
+    let victim = stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("killed worker ")?
+                .split(':')
+                .next()?
+                .parse::<u32>()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no kill in:\n{stdout}"));
+    let event = stderr
+        .lines()
+        .find(|l| l.contains("pool worker died") && l.contains(&format!("pid={victim}")))
+        .unwrap_or_else(|| panic!("no death event for {victim} in:\n{stderr}"));
+    assert!(event.contains("signal=\"SIGKILL\""), "{event}");
+    assert!(
+        stderr.contains("starting a replacement pool worker"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("1 item failed") && stdout.contains("1 ok, 1 failed"),
+        "{stdout}"
+    );
 }

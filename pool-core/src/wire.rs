@@ -244,6 +244,22 @@ pub fn push_failure(body: &mut Vec<u8>, failure: &TaskFailure) {
     finish_result(body, mark, ITEM_FAILED);
 }
 
+/// Counts the failed items of a results body without decoding them;
+/// `None` if the body is malformed.
+pub fn count_failed(body: &[u8]) -> Option<usize> {
+    let mut rest = body;
+    let mut failed = 0;
+    while !rest.is_empty() {
+        let head = rest.get(..5)?;
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        if head[0] == ITEM_FAILED {
+            failed += 1;
+        }
+        rest = rest.get(5 + len..)?;
+    }
+    Some(failed)
+}
+
 /// Iterates the items of an arguments body.
 pub struct Items<'a> {
     rest: &'a [u8],

@@ -192,6 +192,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Draw a progress bar for every blocking call and `imap` (feature
+    /// `progress`); see [`Call::progress`](crate::Call::progress). Default: off.
+    pub fn progress(mut self, on: bool) -> Self {
+        self.defaults.progress_bar = on;
+        self
+    }
+
     /// Starts the workers and returns once every one is ready.
     ///
     /// # Errors

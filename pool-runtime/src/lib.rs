@@ -68,8 +68,10 @@ mod backend;
 mod builder;
 mod error;
 mod pool;
+mod progress;
 mod run;
 mod scheduler;
+mod stats;
 mod worker;
 
 pub use async_result::AsyncResult;
@@ -77,6 +79,7 @@ pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, ProtocolError, RegistryError, TaskFailure};
 pub use pool::{Call, Imap, ImapUnordered, Pool};
 pub use pool_core::{IntoArgs, Task, UnaryTask};
+pub use stats::{PoolStats, WorkerStats};
 
 /// Registers a function as a pool task.
 ///

@@ -10,6 +10,7 @@ use pool_core::{IntoArgs, Task, UnaryTask};
 use crate::async_result::{AsyncResult, Driver};
 use crate::builder::PoolBuilder;
 use crate::error::Error;
+use crate::progress::ProgressHook;
 use crate::run::{CallOptions, Indexed, Mode, Run};
 use crate::scheduler::Shared;
 
@@ -83,6 +84,12 @@ impl Pool {
         self.shared.config.processes
     }
 
+    /// Counters per worker (items, failures, respawns, busy time) and the
+    /// queue depth. See [`PoolStats`](crate::PoolStats).
+    pub fn stats(&self) -> crate::PoolStats {
+        self.shared.stats()
+    }
+
     /// The process ids of the live workers (replaced workers get new ids).
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared.pids()
@@ -93,6 +100,7 @@ impl Pool {
         Call {
             pool: self,
             options: self.shared.config.defaults,
+            hook: None,
         }
     }
 
@@ -319,6 +327,7 @@ impl Pool {
             options,
             Mode::Blocking,
             Some(driver.sink()),
+            None,
         )?;
         let detached = run.submit_all()?;
         Ok(driver.track::<T, R>(detached, finish))
@@ -345,10 +354,11 @@ impl Drop for Pool {
 /// let out = pool.chunksize(2).starmap(task!(power), [(2, 3), (3, 2), (4, 1)])?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Call<'p> {
     pool: &'p Pool,
     options: CallOptions,
+    hook: Option<ProgressHook>,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -399,6 +409,36 @@ impl<'p> Call<'p> {
         self
     }
 
+    /// Calls `hook(done, total)` as results come back (`total` when the
+    /// input's length is known): for the blocking calls and the `imap`
+    /// family; async calls do not report progress. Runs on the thread that
+    /// waits for the results; keep it short.
+    ///
+    /// ```no_run
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # fn main() -> Result<(), Error> {
+    /// # let pool = Pool::new()?;
+    /// let squares = pool.call().on_progress(|done, total| eprintln!("{done}/{total:?}")).map(task!(square), 0..1000)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn on_progress(
+        mut self,
+        hook: impl Fn(usize, Option<usize>) + Send + Sync + 'static,
+    ) -> Self {
+        self.hook = Some(std::sync::Arc::new(hook));
+        self
+    }
+
+    /// Draws a progress bar with rate and ETA on stderr while the call runs,
+    /// only when stderr is a terminal (redirected output gets no escape
+    /// codes). Needs the `progress` feature; without it, this does nothing.
+    pub fn progress(mut self) -> Self {
+        self.options.progress_bar = true;
+        self
+    }
+
     /// Calls a one-argument task on every item, in parallel; returns the
     /// results in input order.
     ///
@@ -435,6 +475,7 @@ impl<'p> Call<'p> {
             self.options,
             Mode::Blocking,
             None,
+            self.hook,
         )?;
         let mut slots: Vec<Option<T::Output>> = Vec::new();
         while let Some(batch) = run.next_batch() {
@@ -557,6 +598,7 @@ impl<'p> Call<'p> {
             self.options,
             Mode::Ordered,
             None,
+            self.hook,
         );
         Imap {
             inner: run.map_err(Some),
@@ -578,6 +620,7 @@ impl<'p> Call<'p> {
             self.options,
             Mode::Unordered,
             None,
+            self.hook,
         );
         ImapUnordered {
             inner: run.map_err(Some),

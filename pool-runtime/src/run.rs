@@ -11,6 +11,7 @@ use pool_core::wire::{self, Items};
 use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
+use crate::progress::{ProgressHook, Reporter};
 use crate::scheduler::{Chunk, Event, JobSpec, Routed, Shared};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
@@ -28,6 +29,8 @@ pub(crate) struct CallOptions {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retries: u32,
     pub(crate) retry_panics: bool,
+    /// Draw a progress bar (feature `progress`).
+    pub(crate) progress_bar: bool,
 }
 
 /// How a call's results are consumed.
@@ -91,6 +94,7 @@ pub(crate) struct Run<T: Task, I> {
     local: VecDeque<(usize, Error)>,
     fatal: Option<Error>,
     done: bool,
+    reporter: Reporter,
     _task: PhantomData<fn() -> T>,
 }
 
@@ -106,6 +110,7 @@ where
         options: CallOptions,
         mode: Mode,
         sink: Option<crossbeam_channel::Sender<Routed>>,
+        hook: Option<ProgressHook>,
     ) -> Result<Self, Error> {
         let ordered = mode == Mode::Ordered;
         if options.chunksize == Some(0) {
@@ -136,6 +141,11 @@ where
             job,
         };
         let processes = shared.config.processes;
+        let total = match items.size_hint() {
+            (low, Some(high)) if low == high => Some(low),
+            _ => None,
+        };
+        let reporter = Reporter::new(hook, total, options.progress_bar);
         let cap = match items.size_hint() {
             (low, Some(high)) if low == high => {
                 low.div_ceil(processes * 4).clamp(1, MAX_AUTO_CHUNK)
@@ -159,6 +169,7 @@ where
             local: VecDeque::new(),
             fatal: None,
             done: false,
+            reporter,
             _task: PhantomData,
         })
     }
@@ -302,6 +313,7 @@ where
             }
             if self.input.is_none() && self.delivered == self.pulled {
                 self.done = true;
+                self.reporter.finish();
                 return None;
             }
             let event = match &self.rx {
@@ -319,10 +331,12 @@ where
                     pid,
                 } => {
                     self.delivered += count as usize;
+                    self.reporter.update(self.delivered);
                     return Some(Ok(decode::<T>(first, count, &frame[body_at..], pid)));
                 }
                 Event::Failed(err) => {
                     self.delivered += 1;
+                    self.reporter.update(self.delivered);
                     let index = err.index().unwrap_or(usize::MAX);
                     return Some(Ok(vec![(index, Err(err))]));
                 }

@@ -24,6 +24,7 @@ use pool_core::wire::{self, FromWorker, Items, ToWorker};
 use crate::backend::local::{self, Launch, Spawned, exit_cause};
 use crate::backend::shm::{Progress, now_ns};
 use crate::error::{Error, ExitCause};
+use crate::stats::{PoolStats, WorkerStats};
 
 /// Fixed settings of a pool.
 pub(crate) struct Config {
@@ -147,6 +148,8 @@ pub(crate) struct State {
     terminated: bool,
     live_readers: usize,
     startup_failures: u32,
+    /// Counters per slot.
+    stats: Vec<WorkerStats>,
     broken: Option<String>,
 }
 
@@ -192,6 +195,7 @@ impl Shared {
                 terminated: false,
                 live_readers: 0,
                 startup_failures: 0,
+                stats: vec![WorkerStats::default(); config.processes],
                 broken: None,
             }),
             changed: Condvar::new(),
@@ -366,6 +370,23 @@ impl Shared {
         let _ = supervisor.join();
     }
 
+    /// A snapshot of the counters and queue.
+    pub(crate) fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        let in_flight_items = st
+            .workers
+            .iter()
+            .flatten()
+            .flat_map(|w| &w.in_flight)
+            .map(|f| (f.chunk.count - f.received) as usize)
+            .sum();
+        PoolStats {
+            workers: st.stats.clone(),
+            queued_items: st.queue.iter().map(|c| c.count as usize).sum(),
+            in_flight_items,
+        }
+    }
+
     /// Process ids of the live workers.
     pub(crate) fn pids(&self) -> Vec<u32> {
         self.lock()
@@ -419,7 +440,9 @@ impl Shared {
         if self.lock().terminated || self.config.remote.is_some() {
             return;
         }
+        tracing::debug!(slot, "starting a replacement pool worker");
         if let Err(err) = self.spawn_into(&[slot]) {
+            tracing::warn!(slot, error = %err, "a replacement pool worker failed to start");
             let mut outbox = Outbox::default();
             let mut st = self.lock();
             st.startup_failures += 1;
@@ -523,6 +546,8 @@ impl Shared {
         }
         st.live_readers += 1;
         st.startup_failures = 0;
+        st.stats[slot].pid = Some(pid);
+        tracing::debug!(pid, slot, "pool worker started");
         st.workers[slot] = Some(Worker {
             pid,
             tx,
@@ -678,12 +703,23 @@ impl Shared {
                 ));
             }
             front.received += count;
+            let failed = wire::count_failed(&frame[body_at..]).ok_or_else(|| {
+                ProtocolError::Malformed("a results body overruns its frame".to_owned())
+            })?;
+            let stats = &mut st.stats[slot];
+            stats.items += u64::from(count);
+            stats.failures += failed as u64;
+            if failed > 0 {
+                tracing::debug!(pid, failed, "items failed in a pool worker");
+            }
             let job = front.chunk.job;
             let start = front.chunk.first + first as usize;
             if front.received == front.chunk.count {
                 let now = Instant::now();
-                worker.last_chunk_time = Some(now - front.sent.max(worker.last_done));
+                let took = now - front.sent.max(worker.last_done);
+                worker.last_chunk_time = Some(took);
                 worker.last_done = now;
+                st.stats[slot].busy += took;
                 worker.in_flight.pop_front();
                 if worker.budget == Some(0) && worker.in_flight.is_empty() {
                     // Spent: it exits, its reader sees the end, and the
@@ -720,6 +756,26 @@ impl Shared {
         let Some(worker) = st.workers[slot].take() else {
             return;
         };
+        st.stats[slot].pid = None;
+        if !st.terminated && st.broken.is_none() && self.config.remote.is_none() {
+            st.stats[slot].respawns += 1;
+        }
+        if st.terminated {
+            tracing::debug!(pid, %cause, "pool worker exited");
+        } else if let Some(timeout) = worker.timed_out {
+            tracing::warn!(
+                pid,
+                ?timeout,
+                "pool worker killed: a task exceeded its timeout"
+            );
+        } else if let Some(err) = &protocol {
+            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
+        } else if worker.budget == Some(0) {
+            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
+        } else {
+            let signal = cause.signal_name();
+            tracing::warn!(pid, %cause, signal, "pool worker died");
+        }
         let (running_chunk, running_item, _) = match &worker.progress {
             Some(progress) => progress.read(),
             // Without a progress page, blame the first unreported item.
@@ -729,6 +785,7 @@ impl Shared {
                 .map_or((0, 0, 0), |f| (f.id, u64::from(f.received), 0)),
         };
         let mut requeue = Vec::new();
+        let mut blamed = 0;
         let mut protocol = protocol;
         for (n, flight) in worker.in_flight.into_iter().enumerate() {
             let InFlight {
@@ -772,6 +829,8 @@ impl Shared {
                         cause,
                     },
                 };
+                tracing::debug!(pid, task = job.task, index, error = %error, "item failed with its worker");
+                blamed += 1;
                 outbox
                     .0
                     .push((job.events.clone(), (chunk.job, Event::Failed(error))));
@@ -780,6 +839,7 @@ impl Shared {
                 requeue.extend(sub_chunk(&chunk, received, chunk.count));
             }
         }
+        st.stats[slot].failures += blamed;
         for chunk in requeue.into_iter().rev() {
             st.queue.push_front(chunk);
         }
