@@ -97,13 +97,14 @@ impl<T> Shared<T> {
 /// If the pool is terminated or dropped first, the result is
 /// [`Error::Terminated`]: it never hangs.
 ///
-/// ```no_run
+/// ```
 /// # use pool_runtime::prelude::*;
 /// # use pool_runtime::task;
 /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+/// # #[pool_runtime::main]
 /// # fn main() -> Result<(), pool_runtime::Error> {
 /// # let pool = Pool::new()?;
-/// let pending = pool.starmap_async(task!(power), [(2, 3), (3, 2)])?;
+/// let mut pending = pool.starmap_async(task!(power), [(2, 3), (3, 2)])?;
 /// // ... other work ...
 /// assert_eq!(pending.get_timeout(std::time::Duration::from_secs(2))?, [8, 9]);
 /// # Ok(()) }

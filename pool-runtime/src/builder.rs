@@ -17,7 +17,8 @@ use crate::worker;
 
 /// Settings of a [`Pool`]; made by [`Pool::builder`].
 ///
-/// ```no_run
+/// ```
+/// # #[pool_runtime::main]
 /// # fn main() -> Result<(), pool_runtime::Error> {
 /// let pool = pool_runtime::Pool::builder().processes(4).build()?;
 /// # Ok(()) }
@@ -118,7 +119,7 @@ impl PoolBuilder {
     /// later, the pool retries twice, then fails its calls with
     /// [`Error::Broken`] instead of respawning forever.
     ///
-    /// ```no_run
+    /// ```
     /// use std::sync::OnceLock;
     /// use pool_runtime::prelude::*;
     /// use pool_runtime::task;

@@ -1,7 +1,7 @@
 //! A typed process pool: Python's `multiprocessing.Pool`, checked by the
 //! compiler.
 //!
-//! ```no_run
+//! ```
 //! use pool_runtime::prelude::*; // Pool, Error and the task!(...) macro
 //! use pool_runtime::task; // the #[task] attribute
 //!
@@ -27,7 +27,7 @@
 //!   `init()` serves tasks and never returns. Whatever runs before it runs in
 //!   every worker too.
 //! - Arguments and results travel as postcard over a private socket; the
-//!   worker's stdout and stderr are the terminal's, so `println!` in a task
+//!   workers' stdout and stderr are the program's, so `println!` in a task
 //!   prints as in Python.
 //! - A panic in a task, or a worker that dies (abort, signal,
 //!   `process::exit`), is an [`Error`] naming the task and the item; the pool
@@ -35,18 +35,181 @@
 //!
 //! # Operations
 //!
-//! | Python | Rust |
+//! Every example below is a complete program; `cargo test --doc` runs them.
+//!
+//! ## `map`, `starmap`, `apply`: blocking, results in input order
+//!
+//! ```
+//! use pool_runtime::prelude::*;
+//! use pool_runtime::task;
+//!
+//! #[task]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[task]
+//! fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     assert_eq!(pool.map(task!(square), [1, 2, 3])?, [1, 4, 9]); // one-argument tasks
+//!     assert_eq!(pool.starmap(task!(power), [(2, 3), (3, 2)])?, [8, 9]); // argument tuples
+//!     assert_eq!(pool.apply(task!(power), (2, 10))?, 1024); // one call
+//!     // Per-call options come first: chunk size, timeout, retries, progress.
+//!     let big = pool.chunksize(100).map(task!(square), 0..10_000)?;
+//!     assert_eq!(big[9_999], 9_999 * 9_999);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## `_async`: an [`AsyncResult`] now, the value later
+//!
+//! ```
+//! use std::time::Duration;
+//! use pool_runtime::prelude::*;
+//! use pool_runtime::task;
+//!
+//! #[task]
+//! fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     let mut all = pool.starmap_async(task!(power), [(2, 3), (3, 2)])?;
+//!     let one = pool
+//!         .apply_async(task!(power), (2, 4))?
+//!         .callback(|v| println!("callback got {v}")) // on the pool's result thread
+//!         .error_callback(|e| eprintln!("failed: {e}"));
+//!     assert_eq!(all.get_timeout(Duration::from_secs(10))?, [8, 9]);
+//!     assert_eq!(one.get()?, 16); // or `.await` it in async code
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## `imap` and friends: lazy input, one `Result` per item
+//!
+//! ```
+//! use pool_runtime::prelude::*;
+//! use pool_runtime::task;
+//!
+//! #[task]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     // An endless input: pulled only as fast as results are consumed.
+//!     let first: Vec<u64> = pool.imap(task!(square), 0u64..).take(5).collect::<Result<_, _>>()?;
+//!     assert_eq!(first, [0, 1, 4, 9, 16]);
+//!     // In completion order; `istarmap(_unordered)` take argument tuples.
+//!     let mut any: Vec<u64> = pool.imap_unordered(task!(square), [3, 1, 2]).collect::<Result<_, _>>()?;
+//!     any.sort();
+//!     assert_eq!(any, [1, 4, 9]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Faults: errors per item, timeouts, retries
+//!
+//! ```
+//! use std::time::Duration;
+//! use pool_runtime::prelude::*;
+//! use pool_runtime::task;
+//!
+//! #[task]
+//! fn risky(x: u64) -> u64 {
+//!     if x == 3 { panic!("three is bad") }
+//!     x
+//! }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     match pool.map(task!(risky), 0..10) {
+//!         Err(Error::TaskPanicked { index, message, .. }) => assert_eq!((index, message.as_str()), (3, "three is bad")),
+//!         other => panic!("{other:?}"),
+//!     }
+//!     // Per item instead: the other nine succeed.
+//!     let ok = pool.imap(task!(risky), 0..10).filter(Result::is_ok).count();
+//!     assert_eq!(ok, 9);
+//!     // A stuck item is killed after its timeout; a dead worker's item can be retried.
+//!     let out = pool.timeout(Duration::from_secs(5)).retries(1).map(task!(risky), [1, 2])?;
+//!     assert_eq!(out, [1, 2]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## Worker set-up and lifecycle
+//!
+//! ```
+//! use std::sync::OnceLock;
+//! use pool_runtime::prelude::*;
+//! use pool_runtime::task;
+//!
+//! static DATA: OnceLock<Vec<u64>> = OnceLock::new();
+//!
+//! #[task]
+//! fn load(len: usize) { DATA.get_or_init(|| (0..len as u64).collect()); }
+//!
+//! #[task]
+//! fn lookup(i: usize) -> u64 { DATA.get().map_or(0, |d| d[i]) }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder()
+//!         .processes(2)
+//!         .initializer(task!(load), 100) // once per worker, before its first task
+//!         .max_tasks_per_child(1000) // then it is replaced by a fresh process
+//!         .build()?;
+//!     assert_eq!(pool.map(task!(lookup), [5, 50])?, [5, 50]);
+//!     println!("{:?}", pool.stats()); // items, failures, respawns, busy time per worker
+//!     pool.close(); // no new calls
+//!     pool.join(); // wait for submitted work, then stop and reap every worker
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Coming from Python
+//!
+//! | `multiprocessing.Pool` | pool-runtime |
 //! |---|---|
-//! | `Pool(processes=4)` | [`Pool::builder()`](Pool::builder)`.processes(4).build()?` |
-//! | `pool.map(f, xs)` | [`pool.map(task!(f), xs)?`](Pool::map) |
+//! | `Pool()` / `Pool(processes=4)` | [`Pool::new()`](Pool::new) / [`Pool::builder()`](Pool::builder)`.processes(4).build()?` |
+//! | `initializer=f, initargs=(a,)` | [`.initializer(task!(f), a)`](PoolBuilder::initializer) |
+//! | `maxtasksperchild=100` | [`.max_tasks_per_child(100)`](PoolBuilder::max_tasks_per_child) (counted in items) |
+//! | `pool.map(f, xs)` / `chunksize=2` | [`pool.map(task!(f), xs)?`](Pool::map) / [`pool.chunksize(2).map(..)`](Pool::chunksize) |
 //! | `pool.starmap(f, pairs)` | [`pool.starmap(task!(f), pairs)?`](Pool::starmap) |
-//! | `pool.starmap(f, pairs, chunksize=2)` | [`pool.chunksize(2).starmap(task!(f), pairs)?`](Pool::chunksize) |
 //! | `pool.apply(f, (a, b))` | [`pool.apply(task!(f), (a, b))?`](Pool::apply) |
-//! | `pool.imap(f, xs)` | [`pool.imap(task!(f), xs)`](Pool::imap), an iterator of `Result` |
+//! | `map_async`, `starmap_async`, `apply_async` | the same names, returning an [`AsyncResult`] |
+//! | `callback=`, `error_callback=` | [`.callback(..)`](AsyncResult::callback), [`.error_callback(..)`](AsyncResult::error_callback) |
+//! | `res.get(timeout=2)` | [`res.get_timeout(Duration::from_secs(2))`](AsyncResult::get_timeout) (or [`get()`](AsyncResult::get), `.await`) |
+//! | `res.wait()`, `res.ready()`, `res.successful()` | the same names |
+//! | `pool.imap(f, xs, chunksize=k)` | [`pool.chunksize(k).imap(task!(f), xs)`](Pool::imap), lazy, bounded memory |
 //! | `pool.imap_unordered(f, xs)` | [`pool.imap_unordered(task!(f), xs)`](Pool::imap_unordered) |
-//! | `pool.close(); pool.join()` | [`pool.close()`](Pool::close); [`pool.join()`](Pool::join) |
-//! | `pool.terminate()` / `with Pool() as pool:` | [`pool.terminate()`](Pool::terminate) / dropping the pool |
-//! | — | [`pool.timeout(d).map(...)`](Pool::timeout): a per-item timeout |
+//! | `pool.close()`, `pool.join()`, `pool.terminate()` | the same names |
+//! | `with Pool() as pool:` | scope: dropping the pool ends every worker |
+//! | `if __name__ == '__main__':` | [`#[pool_runtime::main]`](macro@main) or [`init()`](init) first in `main` |
+//! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats) |
+//!
+//! # Limits
+//!
+//! - **Arguments and results must be postcard-friendly.** postcard is not
+//!   self-describing, so serde features that need that fail: a type with
+//!   `#[serde(flatten)]` cannot be written, and an `#[serde(untagged)]` enum
+//!   (or anything calling `deserialize_any`) cannot be read back. The item
+//!   fails with [`Error::Serialization`] naming the type
+//!   (`could not decode arguments of type `my::Args`: ... WontImplement`).
+//!   Workaround: give the task plain structs and tagged enums (the serde
+//!   default), converting at the edges.
+//! - **Tasks are plain, non-generic functions.** Borrowed parameters (`&str`,
+//!   `&[T]`, `&T`) are copied into owned values; `&mut` parameters are
+//!   rejected, since changes could not reach the caller.
+//! - **One frame is at most 1 GiB by default** ([`PoolBuilder::max_frame_size`]);
+//!   a bigger argument or result fails that item with a clear error.
+//! - **No pools inside tasks** ([`Error::NestedPool`]): a worker never
+//!   starts workers.
+//! - **Platforms:** Unix. On Linux the pool uses `/proc/self/exe`, a
+//!   parent-death signal and a `memfd` progress page; elsewhere a worker whose
+//!   parent died exits at its next read.
 //!
 //! # Tests
 //!
@@ -60,6 +223,10 @@
 //!
 //! It adds an ignored test, `pool_runtime_worker_entry`, that the pool runs
 //! in its workers; it works under `cargo test` and `cargo nextest`.
+//!
+//! # Features
+//!
+//! - `progress`: [`Call::progress`] draws an `indicatif` bar on stderr.
 
 use std::sync::atomic::Ordering;
 
@@ -83,7 +250,7 @@ pub use stats::{PoolStats, WorkerStats};
 
 /// Registers a function as a pool task.
 ///
-/// ```no_run
+/// ```
 /// use pool_runtime::task;
 ///
 /// #[task]
@@ -134,7 +301,7 @@ pub use pool_macros::task;
 
 /// Makes `main` worker-capable: inserts [`init()`](init) as its first statement.
 ///
-/// ```no_run
+/// ```
 /// #[pool_runtime::main]
 /// fn main() {
 ///     // ...
@@ -156,7 +323,7 @@ pub mod prelude {
     /// that `#[task]` generated beside the function, so anything that can
     /// name the function (including a `use` of it) can name its task.
     ///
-    /// ```no_run
+    /// ```
     /// use pool_runtime::prelude::*;
     /// use pool_runtime::task;
     ///

@@ -25,7 +25,7 @@ use crate::scheduler::Shared;
 /// Dropping the pool ends every worker: idle ones exit, busy ones are killed,
 /// and every process is reaped before `drop` returns (within about 2 s).
 ///
-/// ```no_run
+/// ```
 /// use pool_runtime::prelude::*;
 /// use pool_runtime::task;
 ///
@@ -345,10 +345,11 @@ impl Drop for Pool {
 /// Made by [`Pool::call`], [`Pool::chunksize`] or [`Pool::timeout`]; the
 /// operations are the same as on [`Pool`].
 ///
-/// ```no_run
+/// ```
 /// # use pool_runtime::prelude::*;
 /// # use pool_runtime::task;
 /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+/// # #[pool_runtime::main]
 /// # fn main() -> Result<(), pool_runtime::Error> {
 /// # let pool = Pool::new()?;
 /// let out = pool.chunksize(2).starmap(task!(power), [(2, 3), (3, 2), (4, 1)])?;
@@ -414,10 +415,11 @@ impl<'p> Call<'p> {
     /// family; async calls do not report progress. Runs on the thread that
     /// waits for the results; keep it short.
     ///
-    /// ```no_run
+    /// ```
     /// # use pool_runtime::prelude::*;
     /// # use pool_runtime::task;
     /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
     /// # fn main() -> Result<(), Error> {
     /// # let pool = Pool::new()?;
     /// let squares = pool.call().on_progress(|done, total| eprintln!("{done}/{total:?}")).map(task!(square), 0..1000)?;

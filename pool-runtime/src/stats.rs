@@ -22,8 +22,9 @@ pub struct WorkerStats {
 
 /// A snapshot of a pool's activity.
 ///
-/// ```no_run
+/// ```
 /// # use pool_runtime::prelude::*;
+/// # #[pool_runtime::main]
 /// # fn main() -> Result<(), Error> {
 /// # let pool = Pool::new()?;
 /// let stats = pool.stats();
