@@ -446,7 +446,8 @@ fn stats_count_items_failures_and_respawns() {
 #[test]
 fn the_progress_hook_sees_every_item_come_back() {
     let pool = pool();
-    let seen: Arc<Mutex<Vec<(usize, Option<usize>)>>> = Arc::default();
+    type Log = Arc<Mutex<Vec<(usize, Option<usize>)>>>;
+    let seen: Log = Arc::default();
     let log = Arc::clone(&seen);
     let out = pool
         .chunksize(7)
