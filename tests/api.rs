@@ -7,18 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::process_exists;
+use common::{pool, process_exists};
 use pool_runtime::prelude::*;
 use pool_runtime::task;
 
 pool_runtime::test_support!();
-
-fn pool() -> Pool {
-    Pool::builder()
-        .processes(2)
-        .build()
-        .expect("a pool of two workers starts")
-}
 
 #[test]
 fn async_calls_return_at_once_and_get_their_results() {

@@ -5,18 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process_exists;
+use common::{pool, process_exists};
 use pool_runtime::prelude::*;
 use pool_runtime::{ExitCause, task};
 
 pool_runtime::test_support!();
-
-fn pool() -> Pool {
-    Pool::builder()
-        .processes(2)
-        .build()
-        .expect("a pool of two workers starts")
-}
 
 /// The per-item results of `f(x, ...)` over 0..n via `istarmap`.
 fn per_item<T>(results: impl Iterator<Item = Result<T, Error>>) -> (Vec<T>, Vec<Error>) {

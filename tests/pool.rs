@@ -2,18 +2,11 @@
 
 mod common;
 
-use common::{power, square};
+use common::{pool, power, square};
 use pool_runtime::prelude::*;
 use pool_runtime::task;
 
 pool_runtime::test_support!();
-
-fn pool() -> Pool {
-    Pool::builder()
-        .processes(2)
-        .build()
-        .expect("a pool of two workers starts")
-}
 
 #[test]
 fn starmap_keeps_input_order_over_100_000_items() {

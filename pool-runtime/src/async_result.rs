@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use pool_core::Task;
 
 use crate::error::Error;
-use crate::run::{Detached, JobGuard, decode};
+use crate::run::{Detached, JobGuard, event_batch};
 use crate::scheduler::{Event, Routed};
 
 type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
@@ -305,16 +305,9 @@ impl<T: Task, R: Send + 'static> Collect<T, R> {
 
 impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
     fn on_event(&mut self, event: Event) -> bool {
-        let batch = match event {
-            Event::Results {
-                first,
-                count,
-                frame,
-                body_at,
-                pid,
-            } => decode::<T>(first, count, &frame[body_at..], pid),
-            Event::Failed(err) => vec![(err.index().unwrap_or(usize::MAX), Err(err))],
-            Event::Fatal(err) => {
+        let batch = match event_batch::<T>(event) {
+            Ok(batch) => batch,
+            Err(err) => {
                 self.fail(err);
                 return true;
             }

@@ -322,36 +322,34 @@ where
                     .map_or(Event::Fatal(Error::Terminated), |(_, event)| event),
                 None => Event::Fatal(Error::Terminated),
             };
-            match event {
-                Event::Results {
-                    first,
-                    count,
-                    frame,
-                    body_at,
-                    pid,
-                } => {
-                    self.delivered += count as usize;
+            match event_batch::<T>(event) {
+                Ok(batch) => {
+                    self.delivered += batch.len();
                     self.reporter.update(self.delivered);
-                    return Some(Ok(decode::<T>(first, count, &frame[body_at..], pid)));
+                    return Some(Ok(batch));
                 }
-                Event::Failed(err) => {
-                    self.delivered += 1;
-                    self.reporter.update(self.delivered);
-                    let index = err.index().unwrap_or(usize::MAX);
-                    return Some(Ok(vec![(index, Err(err))]));
-                }
-                Event::Fatal(err) => self.fatal = Some(err),
+                Err(err) => self.fatal = Some(err),
             }
         }
     }
 }
 
-pub(crate) fn decode<T: Task>(
-    first: usize,
-    count: u32,
-    body: &[u8],
-    pid: u32,
-) -> Vec<Indexed<T::Output>> {
+/// The results an event carries, or the error that ends the whole call.
+pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output>>, Error> {
+    match event {
+        Event::Results {
+            first,
+            count,
+            frame,
+            body_at,
+            pid,
+        } => Ok(decode::<T>(first, count, &frame[body_at..], pid)),
+        Event::Failed(err) => Ok(vec![(err.index().unwrap_or(usize::MAX), Err(err))]),
+        Event::Fatal(err) => Err(err),
+    }
+}
+
+fn decode<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Vec<Indexed<T::Output>> {
     let mut items = Items::new(body);
     (0..count as usize)
         .map(|i| {

@@ -76,26 +76,20 @@ pub(crate) enum Event {
     Fatal(Error),
 }
 
-struct Job {
-    task: &'static str,
-    events: Sender<Routed>,
-    timeout: Option<Duration>,
+/// A registered call, as the scheduler sees it.
+pub(crate) struct JobSpec {
+    /// The task's full path, for errors.
+    pub(crate) task: &'static str,
+    /// Where its consumer receives events.
+    pub(crate) events: Sender<Routed>,
+    /// Per-item time limit.
+    pub(crate) timeout: Option<Duration>,
     /// An `imap` iterator: its consumer may stop pulling at any time, so
     /// `join` does not wait for it.
-    lazy: bool,
-    /// Runs an item gets on fresh workers after its worker died under it.
-    retries: u32,
-    /// Extra runs, in place, for an item that panics.
-    panic_retries: u32,
-}
-
-/// What a job asks of the scheduler.
-pub(crate) struct JobSpec {
-    pub(crate) task: &'static str,
-    pub(crate) events: Sender<Routed>,
-    pub(crate) timeout: Option<Duration>,
     pub(crate) lazy: bool,
+    /// Runs an item gets on fresh workers after its worker died under it.
     pub(crate) retries: u32,
+    /// Extra runs, in place, for an item that panics.
     pub(crate) panic_retries: u32,
 }
 
@@ -141,7 +135,7 @@ struct Worker {
 pub(crate) struct State {
     workers: Vec<Option<Worker>>,
     queue: VecDeque<Chunk>,
-    jobs: HashMap<u64, Job>,
+    jobs: HashMap<u64, JobSpec>,
     next_job: u64,
     next_chunk: u64,
     closed: bool,
@@ -156,6 +150,8 @@ pub(crate) struct State {
 enum Supervise {
     Initial(Sender<Result<(), Error>>),
     Respawn(usize),
+    /// Re-check whether timeouts need watching.
+    Wake,
     Shutdown,
 }
 
@@ -242,29 +238,11 @@ impl Shared {
         }
         let id = st.next_job;
         st.next_job += 1;
-        let JobSpec {
-            task,
-            events,
-            timeout,
-            lazy,
-            retries,
-            panic_retries,
-        } = spec;
-        if timeout.is_some() {
+        if spec.timeout.is_some() {
             self.timeouts.fetch_add(1, Ordering::Relaxed);
-            let _ = self.supervisor.send(Supervise::Respawn(usize::MAX)); // wake the timer
+            let _ = self.supervisor.send(Supervise::Wake);
         }
-        st.jobs.insert(
-            id,
-            Job {
-                task,
-                events,
-                timeout,
-                lazy,
-                retries,
-                panic_retries,
-            },
-        );
+        st.jobs.insert(id, spec);
         Ok(id)
     }
 
@@ -425,10 +403,9 @@ impl Shared {
                     };
                     let _ = reply.send(started);
                 }
-                Some(Supervise::Respawn(slot)) if slot != usize::MAX => self.respawn(slot),
-                Some(Supervise::Respawn(_)) => {}
+                Some(Supervise::Respawn(slot)) => self.respawn(slot),
                 Some(Supervise::Shutdown) => return,
-                None => {}
+                Some(Supervise::Wake) | None => {}
             }
             if self.timeouts.load(Ordering::Relaxed) > 0 {
                 self.enforce_timeouts();

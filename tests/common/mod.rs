@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use pool_runtime::Pool;
 use pool_runtime::task;
 
 /// `x` to the power `n`.
@@ -72,4 +73,12 @@ pub fn sleepy(x: u64, ms: u64) -> u64 {
 /// Whether `pid` names a live process (or an unreaped zombie).
 pub fn process_exists(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// A pool of two workers, the size every test uses.
+pub fn pool() -> Pool {
+    Pool::builder()
+        .processes(2)
+        .build()
+        .expect("a pool of two workers starts")
 }
