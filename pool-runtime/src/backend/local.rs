@@ -228,7 +228,13 @@ fn run_init(stream: &UnixStream, init: &InitSpec, max_frame: usize) -> Result<()
         }
         Err(err) => return Err(err.to_string()),
     }
-    match wire::split_frame::<FromWorker>(&buf).map_err(|err| err.to_string())? {
+    check_init_done(&buf, init)
+}
+
+/// Checks a worker's answer to [`ToWorker::Init`] (a frame without its
+/// length prefix).
+pub(crate) fn check_init_done(frame: &[u8], init: &InitSpec) -> Result<(), String> {
+    match wire::split_frame::<FromWorker>(frame).map_err(|err| err.to_string())? {
         (
             FromWorker::InitDone {
                 failure: Some(failure),
@@ -240,20 +246,19 @@ fn run_init(stream: &UnixStream, init: &InitSpec, max_frame: usize) -> Result<()
     }
 }
 
-fn send_hello(stream: &UnixStream, launch: &Launch) -> Result<(), String> {
-    let hello = ToWorker::Hello {
+/// The encoded header of the handshake a worker gets first.
+pub(crate) fn hello_header(launch: &Launch) -> Vec<u8> {
+    wire::encode_header(&ToWorker::Hello {
         protocol: wire::PROTOCOL_VERSION,
         fingerprint: launch.fingerprint,
         max_frame: launch.max_frame as u64,
-    };
+    })
+}
+
+fn send_hello(stream: &UnixStream, launch: &Launch) -> Result<(), String> {
     let mut writer = stream;
-    wire::write_frame(
-        &mut writer,
-        &wire::encode_header(&hello),
-        &[],
-        launch.max_frame,
-    )
-    .map_err(|err| format!("could not send the handshake: {err}"))
+    wire::write_frame(&mut writer, &hello_header(launch), &[], launch.max_frame)
+        .map_err(|err| format!("could not send the handshake: {err}"))
 }
 
 fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), String> {
@@ -283,12 +288,23 @@ fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), Stri
         }
         Err(err) => return Err(format!("bad handshake: {err}")),
     }
-    match wire::split_frame::<FromWorker>(&buf) {
+    let reported = check_ready(&buf, launch)?;
+    if reported != pid {
+        return Err(format!("the worker reports pid {reported}"));
+    }
+    Ok(())
+}
+
+/// Checks a worker's answer to the handshake (a frame without its length
+/// prefix): protocol version and registry fingerprint. Returns the pid the
+/// worker reports.
+pub(crate) fn check_ready(frame: &[u8], launch: &Launch) -> Result<u32, String> {
+    match wire::split_frame::<FromWorker>(frame) {
         Ok((
             FromWorker::Ready {
                 protocol,
                 fingerprint,
-                pid: reported,
+                pid,
             },
             _,
         )) => {
@@ -306,10 +322,7 @@ fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), Stri
                 }
                 .to_string());
             }
-            if reported != pid {
-                return Err(format!("the worker reports pid {reported}"));
-            }
-            Ok(())
+            Ok(pid)
         }
         Ok(_) => Err("unexpected first frame".to_owned()),
         Err(err) => Err(format!("bad handshake: {err}")),
