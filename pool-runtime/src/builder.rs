@@ -82,7 +82,9 @@ impl PoolBuilder {
     }
 
     /// Number of worker processes. Default: the number of available CPUs
-    /// ([`std::thread::available_parallelism`]).
+    /// ([`std::thread::available_parallelism`]). Under an MPI launcher
+    /// (feature `mpi`): the world size minus one, and a larger `n` is
+    /// capped to that.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -220,10 +222,19 @@ impl PoolBuilder {
         if worker::spawned_as_worker() {
             return Err(Error::WorkerContext);
         }
-        let processes = match self.processes {
-            Some(0) => return Err(Error::InvalidSetting("processes must be at least 1".into())),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Under an MPI launcher the workers are the other ranks.
+        #[cfg(feature = "mpi")]
+        let mpi = crate::backend::mpi::pool_ranks()?;
+        #[cfg(not(feature = "mpi"))]
+        let mpi: Option<(usize, crate::scheduler::RemoteStart)> = None;
+        let processes = match (self.processes, mpi) {
+            (Some(0), _) => {
+                return Err(Error::InvalidSetting("processes must be at least 1".into()));
+            }
+            (Some(n), Some((ranks, _))) => n.min(ranks),
+            (Some(n), None) => n,
+            (None, Some((ranks, _))) => ranks,
+            (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         if self.depth == 0 {
             return Err(Error::InvalidSetting(
@@ -252,7 +263,9 @@ impl PoolBuilder {
             })?;
         let registry = Registry::collect()?;
         let harness_args = crate::harness_args();
-        if harness_args.is_none() && !worker::INIT_CALLED.load(std::sync::atomic::Ordering::Relaxed)
+        if mpi.is_none()
+            && harness_args.is_none()
+            && !worker::INIT_CALLED.load(std::sync::atomic::Ordering::Relaxed)
         {
             return Err(Error::NotWorkerCapable);
         }
@@ -266,9 +279,10 @@ impl PoolBuilder {
         let config = Config {
             processes,
             depth: self.depth,
-            max_tasks: self.max_tasks,
+            // An MPI rank cannot be replaced by a fresh process.
+            max_tasks: self.max_tasks.filter(|_| mpi.is_none()),
             defaults: self.defaults,
-            remote: None,
+            remote: mpi.map(|(_, start)| start),
             launch,
         };
         let (shared, supervisor) = Shared::start(config)?;

@@ -354,6 +354,30 @@ pub fn init() {
     worker::enter();
 }
 
+/// This process's rank when the program runs under an MPI launcher
+/// (`mpirun`, `mpiexec`, `srun`) and was built with the `mpi` feature: `0`
+/// in the process that runs `main` and owns the pool, `1..` in its workers.
+/// `None` otherwise, and before [`init`] ran.
+///
+/// ```no_run
+/// use pool_runtime::task;
+///
+/// #[task]
+/// fn whoami() -> String {
+///     match pool_runtime::mpi_rank() {
+///         Some(rank) => format!("MPI rank {rank}"),
+///         None => format!("process {}", std::process::id()),
+///     }
+/// }
+/// # fn main() {}
+/// ```
+pub fn mpi_rank() -> Option<u32> {
+    #[cfg(feature = "mpi")]
+    return backend::mpi::rank();
+    #[cfg(not(feature = "mpi"))]
+    None
+}
+
 /// Makes a test binary worker-capable: put it once at the top of an
 /// integration test file (or inside the `#[cfg(test)]` module of a crate).
 ///

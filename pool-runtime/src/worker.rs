@@ -27,6 +27,9 @@ const EXIT_PARENT_GONE: i32 = 71;
 /// If this process was started as a worker, serves as one and exits;
 /// otherwise records that `main` reached this point and returns.
 pub(crate) fn enter() {
+    // Under an MPI launcher: rank 0 returns, the other ranks serve and exit.
+    #[cfg(feature = "mpi")]
+    crate::backend::mpi::enter();
     match std::env::var(WORKER_ENV) {
         Ok(value) => match WorkerEnv::decode(&value) {
             Some(env) => run(env),
@@ -48,7 +51,7 @@ thread_local! {
     static PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
 }
 
-fn install_panic_hook() {
+pub(crate) fn install_panic_hook() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if IN_TASK.with(Cell::get) {

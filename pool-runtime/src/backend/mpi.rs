@@ -1,0 +1,1328 @@
+//! The MPI backend (feature `mpi`): the same binary under `mpirun`,
+//! `mpiexec` or `srun`; rank 0 runs `main` and owns the pool, every other
+//! rank is a worker.
+//!
+//! - **Start-up.** [`enter`] (called by `init()`) sees the launcher's
+//!   variables, initialises MPI with `Threading::Funneled` and checks the
+//!   world MPI reports against the launcher's. Rank 0 initialises MPI on a
+//!   thread of its own, `pool-mpi`, which then makes every MPI call of the
+//!   process; the other ranks initialise it on their main thread and serve
+//!   tasks there until rank 0 finalises.
+//! - **Frames.** Each direction between rank 0 and a worker rank is a byte
+//!   stream of [`TAG_DATA`] messages carrying the usual frames
+//!   (`u32 length ++ header ++ body`); a frame is one message, or several
+//!   when it is large, so no message comes near MPI's 2 GiB count limit.
+//!   The worker runs the unchanged [`worker::serve`] over that stream.
+//! - **Pools.** A pool's remote start ([`attach_all`]) asks the `pool-mpi`
+//!   thread for free ranks; it sends each the handshake, runs the
+//!   initializer, and attaches them to the scheduler. A pool's `Exit` frame
+//!   ends `serve` on the worker, which answers [`TAG_BYE`] and waits for the
+//!   next pool; rank 0 then detaches it.
+//! - **End.** When rank 0's process exits (an `atexit` hook), every rank
+//!   gets [`TAG_FINALIZE`], answers [`TAG_DONE`] and calls `MPI_Finalize`.
+//!   A worker that cannot go on calls `MPI_Abort` instead of hanging in
+//!   `MPI_Finalize`.
+//! - **Idle ranks** poll with a backoff (spin briefly, then sleep up to
+//!   1 ms), so they do not burn a core inside MPI.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Select, Sender, TryRecvError};
+use mpi::environment::Universe;
+use mpi::request::{Request, StaticScope};
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::{Communicator, Destination, Equivalence, Source};
+use mpi::{Tag, Threading};
+use pool_core::ProtocolError;
+use pool_core::wire::{self, ToWorker};
+
+use super::local::{self, Launch, WORKER_ENV};
+use crate::error::{Error, ExitCause};
+use crate::scheduler::{Outgoing, RemoteStart, Shared};
+use crate::worker;
+
+/// Stream bytes (frames) in either direction.
+const TAG_DATA: Tag = 1;
+/// Worker → rank 0: `serve` ended (the pool said exit); body: `i32` LE code.
+const TAG_BYE: Tag = 2;
+/// Rank 0 → worker: the job ends; finalise MPI and exit.
+const TAG_FINALIZE: Tag = 3;
+/// Worker → rank 0: finalising now.
+const TAG_DONE: Tag = 4;
+
+/// The largest MPI message sent: a frame above it travels as several
+/// messages (MPI counts are C `int`s, so one message stays below 2 GiB).
+const MAX_MESSAGE: usize = 1 << 30;
+/// A frame body up to this size is copied into the message that carries the
+/// header; a larger one is sent from the pool's buffer as messages of its own.
+const INLINE_BODY: usize = 64 * 1024;
+/// How long rank 0 waits, once `main` has returned, for busy worker ranks
+/// to finish their chunks and finalise before it aborts the job.
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exit code of a worker rank that broke off (as the local backend's).
+const EXIT_PROTOCOL: i32 = 70;
+
+/// What the program was started by, from the launcher's variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Launcher {
+    /// The variables that identified it, for messages.
+    what: &'static str,
+    rank: i32,
+    /// The world size the launcher announced, if it did.
+    size: Option<i32>,
+}
+
+impl Launcher {
+    /// Reads the launcher's variables; `None` without a launcher.
+    fn detect(var: impl Fn(&str) -> Option<String>) -> Option<Launcher> {
+        let num = |name: &str| var(name).and_then(|v| v.trim().parse::<i32>().ok());
+        if let Some(rank) = num("OMPI_COMM_WORLD_RANK") {
+            return Some(Launcher {
+                what: "Open MPI's mpirun (OMPI_COMM_WORLD_RANK/OMPI_COMM_WORLD_SIZE)",
+                rank,
+                size: num("OMPI_COMM_WORLD_SIZE"),
+            });
+        }
+        if let Some(rank) = num("PMIX_RANK") {
+            let size = num("PMIX_SIZE")
+                .or_else(|| num("SLURM_STEP_NUM_TASKS"))
+                .or_else(|| num("SLURM_NTASKS"));
+            return Some(Launcher {
+                what: "a PMIx launcher such as srun --mpi=pmix (PMIX_RANK, SLURM_NTASKS)",
+                rank,
+                size,
+            });
+        }
+        if let Some(rank) = num("PMI_RANK") {
+            return Some(Launcher {
+                what: "a PMI launcher such as MPICH's mpiexec or srun --mpi=pmi2 (PMI_RANK/PMI_SIZE)",
+                rank,
+                size: num("PMI_SIZE"),
+            });
+        }
+        None
+    }
+
+    /// Checks the world MPI reports against the launcher's.
+    fn check(&self, rank: i32, size: i32) -> Result<(), String> {
+        if rank == self.rank && self.size.is_none_or(|s| s == size) {
+            return Ok(());
+        }
+        let announced = self
+            .size
+            .map_or_else(|| "an unknown number".to_owned(), |s| s.to_string());
+        Err(format!(
+            "pool-runtime: started by {} as rank {} of {announced}, but MPI reports rank {rank} of {size}: \
+             the MPI library this binary is linked with does not belong to that launcher \
+             (each process would run alone). Start it with the mpirun/mpiexec of the MPI library \
+             it was built against, or rebuild it against the launcher's.",
+            self.what, self.rank
+        ))
+    }
+}
+
+/// Rank 0's link to its `pool-mpi` thread.
+struct Rank0 {
+    commands: Sender<Command>,
+    size: usize,
+}
+
+static RANK0: OnceLock<Rank0> = OnceLock::new();
+/// This process's rank, once MPI is initialised by [`enter`].
+static RANK: OnceLock<u32> = OnceLock::new();
+/// Set once this process called `MPI_Finalize` (or is about to).
+static FINALIZED: AtomicBool = AtomicBool::new(false);
+
+/// The MPI rank of this process, when it runs under an MPI launcher.
+pub(crate) fn rank() -> Option<u32> {
+    RANK.get().copied()
+}
+
+/// Under an MPI launcher: initialises MPI; on rank 0 returns, on any other
+/// rank serves as a worker and exits. Without a launcher, returns at once.
+pub(crate) fn enter() {
+    if RANK.get().is_some() || std::env::var_os(WORKER_ENV).is_some() {
+        return; // called twice, or a local worker process
+    }
+    let Some(launcher) = Launcher::detect(|name| std::env::var(name).ok()) else {
+        return;
+    };
+    if launcher.rank == 0 {
+        start_rank0(launcher);
+    } else {
+        run_worker_rank(&launcher);
+    }
+}
+
+/// Ranks a new pool may use, and how it attaches them; `None` when this
+/// program does not run under an MPI launcher.
+///
+/// # Errors
+///
+/// [`Error::NotWorkerCapable`] under a launcher when `init()` never ran;
+/// [`Error::InvalidSetting`] when the job has no rank besides rank 0.
+pub(crate) fn pool_ranks() -> Result<Option<(usize, RemoteStart)>, Error> {
+    let Some(rank0) = RANK0.get() else {
+        if Launcher::detect(|name| std::env::var(name).ok()).is_some() {
+            // Every rank is running `main`: a pool here would be one of N.
+            return Err(Error::NotWorkerCapable);
+        }
+        return Ok(None);
+    };
+    if rank0.size < 2 {
+        return Err(Error::InvalidSetting(
+            "the MPI job has a single rank, so no rank can be a worker: start at least two \
+             (mpirun -n 2 ...), or run the program without a launcher for local worker processes"
+                .into(),
+        ));
+    }
+    Ok(Some((rank0.size - 1, attach_all)))
+}
+
+/// The remote start of a pool under MPI: attaches `processes` free ranks.
+fn attach_all(shared: &Arc<Shared>) -> Result<(), Error> {
+    let stopped = || Error::Spawn(io::Error::other("the pool-mpi thread has stopped"));
+    let rank0 = RANK0.get().ok_or_else(stopped)?;
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    rank0
+        .commands
+        .send(Command::Attach(AttachRequest {
+            shared: Arc::clone(shared),
+            reply,
+            deadline: Instant::now() + shared.config.launch.startup_timeout,
+        }))
+        .map_err(|_| stopped())?;
+    answer.recv().unwrap_or_else(|_| Err(stopped()))
+}
+
+// ----- start-up -----
+
+fn start_rank0(launcher: Launcher) {
+    let (commands, inbox) = crossbeam_channel::unbounded();
+    let (started_tx, started) = crossbeam_channel::bounded(1);
+    let spawned = thread::Builder::new()
+        .name("pool-mpi".into())
+        .spawn(move || {
+            // The thread that initialises MPI is the one `Funneled` allows
+            // to call it: all of rank 0's MPI calls happen here.
+            let universe = match init_mpi(&launcher) {
+                Ok(universe) => universe,
+                Err(message) => {
+                    let _ = started_tx.send(Err(message));
+                    return;
+                }
+            };
+            let world = universe.world();
+            let _ = started_tx.send(Ok(world.size() as usize));
+            let mut hub = Hub::new(world, inbox);
+            let reply = hub.run();
+            FINALIZED.store(true, Ordering::SeqCst);
+            drop(hub);
+            drop(universe); // MPI_Finalize
+            let _ = reply.send(());
+        });
+    if let Err(err) = spawned {
+        eprintln!("pool-runtime: cannot start the MPI thread: {err}");
+        std::process::exit(1);
+    }
+    match started.recv() {
+        Ok(Ok(size)) => {
+            let _ = RANK.set(0);
+            let _ = RANK0.set(Rank0 { commands, size });
+            // SAFETY: registering a plain `extern "C" fn` with no arguments.
+            if unsafe { libc::atexit(finalize_at_exit) } != 0 {
+                eprintln!("pool-runtime: cannot register the MPI finalisation at exit");
+            }
+        }
+        Ok(Err(message)) => {
+            eprintln!("{message}");
+            std::process::exit(1);
+        }
+        Err(_) => {
+            eprintln!("pool-runtime: the MPI thread stopped during start-up");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Initialises MPI on the calling thread and checks the world it reports.
+fn init_mpi(launcher: &Launcher) -> Result<Universe, String> {
+    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Funneled) else {
+        return Err(
+            "pool-runtime: MPI was initialised before pool_runtime::init(); call init() first in main"
+                .to_owned(),
+        );
+    };
+    let world = universe.world();
+    launcher.check(world.rank(), world.size())?;
+    if threading < Threading::Funneled {
+        return Err(format!(
+            "pool-runtime: the MPI library offers thread support {threading:?}, below the Funneled this backend needs"
+        ));
+    }
+    let _ = RANK.set(world.rank() as u32);
+    Ok(universe)
+}
+
+/// `atexit` on rank 0: ends every worker rank and finalises MPI.
+extern "C" fn finalize_at_exit() {
+    let Some(rank0) = RANK0.get() else { return };
+    let (reply, done) = crossbeam_channel::bounded(1);
+    if rank0.commands.send(Command::Finalize(reply)).is_ok() {
+        let _ = done.recv();
+    }
+}
+
+/// `atexit` on a worker rank: reached only if a task ends the process
+/// (`std::process::exit`); under MPI that ends the job, so say so clearly.
+extern "C" fn worker_exit_hook() {
+    if FINALIZED.load(Ordering::SeqCst) {
+        return;
+    }
+    let rank = rank().unwrap_or(0);
+    eprintln!(
+        "pool-runtime: worker rank {rank} is exiting in the middle of the job (a task called \
+         std::process::exit?): under MPI a lost rank ends the whole job; aborting it"
+    );
+    SimpleCommunicator::world().abort(EXIT_PROTOCOL);
+}
+
+// ----- worker ranks -----
+
+fn run_worker_rank(launcher: &Launcher) -> ! {
+    let universe = match init_mpi(launcher) {
+        Ok(universe) => universe,
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::exit(1);
+        }
+    };
+    let world = universe.world();
+    let rank = world.rank(); // the launcher's, which is not 0 (`init_mpi` checked)
+    // SAFETY: registering a plain `extern "C" fn` with no arguments.
+    unsafe { libc::atexit(worker_exit_hook) };
+    worker::install_panic_hook();
+    let mut reader = RankReader::new(&world);
+    let mut writer = RankWriter::new(&world);
+    loop {
+        let outcome = worker::serve(&mut reader, &mut writer, None);
+        if reader.finalize {
+            break;
+        }
+        let code = match outcome {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("pool-runtime worker (MPI rank {rank}): {err}");
+                EXIT_PROTOCOL
+            }
+        };
+        // Ready for the next pool: drop whatever a broken exchange left.
+        reader.reset();
+        writer.buf.clear();
+        let _ = io::stdout().flush();
+        world
+            .process_at_rank(0)
+            .send_with_tag(&code.to_le_bytes()[..], TAG_BYE);
+    }
+    let _ = io::stdout().flush();
+    world.process_at_rank(0).send_with_tag(&[0u8][..], TAG_DONE);
+    FINALIZED.store(true, Ordering::SeqCst);
+    drop(universe); // MPI_Finalize
+    std::process::exit(0)
+}
+
+/// Polls without burning a core: spins (yielding) for a short while after
+/// the last activity, then sleeps for an eighth of the idle time so far,
+/// between 10 µs and 1 ms.
+struct Backoff {
+    since: Instant,
+}
+
+impl Backoff {
+    const SPIN: Duration = Duration::from_micros(100);
+
+    fn new() -> Self {
+        Backoff {
+            since: Instant::now(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.since = Instant::now();
+    }
+
+    /// How long to sleep now; zero while still spinning.
+    fn next(&self) -> Duration {
+        let idle = self.since.elapsed();
+        if idle < Self::SPIN {
+            Duration::ZERO
+        } else {
+            (idle / 8).clamp(Duration::from_micros(10), Duration::from_millis(1))
+        }
+    }
+
+    fn pause(&self) {
+        match self.next() {
+            Duration::ZERO => thread::yield_now(),
+            nap => thread::sleep(nap),
+        }
+    }
+}
+
+/// Receives a probed message whole.
+fn receive(message: mpi::point_to_point::Message, status: &mpi::point_to_point::Status) -> Vec<u8> {
+    let count = usize::try_from(status.count(u8::equivalent_datatype())).unwrap_or(0);
+    let mut buf = vec![0u8; count];
+    message.matched_receive_into(&mut buf[..]);
+    buf
+}
+
+/// The worker's side of the stream from rank 0.
+struct RankReader<'a> {
+    world: &'a SimpleCommunicator,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Rank 0 said finalise: the stream has ended.
+    finalize: bool,
+}
+
+impl<'a> RankReader<'a> {
+    fn new(world: &'a SimpleCommunicator) -> Self {
+        RankReader {
+            world,
+            buf: Vec::new(),
+            pos: 0,
+            finalize: false,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.buf = Vec::new();
+        self.pos = 0;
+    }
+}
+
+impl Read for RankReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.buf.len() {
+            if self.finalize || out.is_empty() {
+                return Ok(0);
+            }
+            let root = self.world.process_at_rank(0);
+            let backoff = Backoff::new();
+            let (message, status) = loop {
+                if let Some(found) = root.immediate_matched_probe() {
+                    break found;
+                }
+                backoff.pause();
+            };
+            let data = receive(message, &status);
+            match status.tag() {
+                TAG_DATA => {
+                    self.buf = data;
+                    self.pos = 0;
+                }
+                TAG_FINALIZE => self.finalize = true,
+                tag => {
+                    return Err(io::Error::other(format!(
+                        "an MPI message with unknown tag {tag} from rank 0"
+                    )));
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The worker's side of the stream to rank 0: sends each frame once it is
+/// complete, as one message or (above [`MAX_MESSAGE`]) several.
+struct RankWriter<'a> {
+    world: &'a SimpleCommunicator,
+    buf: Vec<u8>,
+}
+
+impl<'a> RankWriter<'a> {
+    fn new(world: &'a SimpleCommunicator) -> Self {
+        RankWriter {
+            world,
+            buf: Vec::new(),
+        }
+    }
+
+    fn send_complete_frames(&mut self) {
+        while let Some(len) = complete_frame_len(&self.buf) {
+            let root = self.world.process_at_rank(0);
+            for piece in pieces(len) {
+                root.send_with_tag(&self.buf[piece], TAG_DATA);
+            }
+            self.buf.drain(..len);
+        }
+    }
+}
+
+impl Write for RankWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.send_complete_frames();
+        Ok(data.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut total = 0;
+        for data in bufs {
+            self.buf.extend_from_slice(data);
+            total += data.len();
+        }
+        self.send_complete_frames();
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The length (prefix included) of the complete frame at the start of `buf`.
+fn complete_frame_len(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    let len = 4 + u32::from_le_bytes(prefix) as usize;
+    (buf.len() >= len).then_some(len)
+}
+
+/// Splits `0..len` into message-sized ranges (at least one, even if empty).
+fn pieces(len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = len.div_ceil(MAX_MESSAGE).max(1);
+    (0..count).map(move |i| i * MAX_MESSAGE..((i + 1) * MAX_MESSAGE).min(len))
+}
+
+/// Reassembles frames from a worker's stream of messages.
+#[derive(Default)]
+struct Assembler {
+    buf: Vec<u8>,
+}
+
+impl Assembler {
+    /// Appends one message; pushes every frame it completes (without the
+    /// length prefix) to `frames`.
+    fn push(
+        &mut self,
+        message: Vec<u8>,
+        max: usize,
+        frames: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            self.buf = message;
+        } else {
+            self.buf.extend_from_slice(&message);
+        }
+        loop {
+            let Some(prefix) = self.buf.get(..4) else {
+                return Ok(());
+            };
+            let size = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+            if size > max {
+                return Err(ProtocolError::TooLarge { size, limit: max });
+            }
+            if self.buf.len() < 4 + size {
+                self.buf.reserve(4 + size - self.buf.len());
+                return Ok(());
+            }
+            let rest = self.buf.split_off(4 + size);
+            let mut frame = std::mem::replace(&mut self.buf, rest);
+            frame.drain(..4);
+            frames.push(frame);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf = Vec::new();
+    }
+}
+
+// ----- rank 0: the pool-mpi thread -----
+
+enum Command {
+    Attach(AttachRequest),
+    Finalize(Sender<()>),
+}
+
+struct AttachRequest {
+    shared: Arc<Shared>,
+    reply: Sender<Result<(), Error>>,
+    deadline: Instant,
+}
+
+/// Where a worker rank stands, seen from rank 0.
+enum Phase {
+    /// Serving no pool.
+    Free,
+    /// Sent the handshake of batch `batch`; waiting for `Ready`.
+    Hello { batch: u64, slot: usize },
+    /// Sent the initializer; waiting for `InitDone`.
+    Init { batch: u64, slot: usize },
+    /// Handshake done; waiting for the rest of its batch.
+    Ready { batch: u64, slot: usize },
+    /// A worker of a pool: frames for it arrive on `rx`.
+    Attached {
+        shared: Arc<Shared>,
+        slot: usize,
+        rx: Receiver<Outgoing>,
+    },
+    /// Sent `Exit`; waiting for `BYE`, then detached from `pool` if any.
+    Releasing { pool: Option<(Arc<Shared>, usize)> },
+    /// Broke the protocol: never given work again.
+    Lost,
+    /// Acknowledged the end of the job.
+    Done,
+}
+
+struct Worker {
+    phase: Phase,
+    stream: Assembler,
+}
+
+/// A pool being attached: its ranks go through the handshake together.
+struct Batch {
+    id: u64,
+    shared: Arc<Shared>,
+    reply: Sender<Result<(), Error>>,
+    deadline: Instant,
+    ranks: Vec<usize>,
+}
+
+/// A send in progress, with the buffer it reads from.
+struct PendingSend {
+    request: Option<Request<'static, [u8]>>,
+    _keep: Keep,
+}
+
+// Never read: each variant only keeps a buffer alive while MPI reads it.
+#[allow(dead_code)]
+enum Keep {
+    Owned(Box<[u8]>),
+    Shared(Arc<Vec<u8>>),
+}
+
+/// The state of rank 0's MPI thread.
+struct Hub {
+    world: SimpleCommunicator,
+    inbox: Receiver<Command>,
+    /// Indexed by rank; rank 0's entry is unused.
+    workers: Vec<Worker>,
+    waiting: VecDeque<AttachRequest>,
+    batches: Vec<Batch>,
+    next_batch: u64,
+    pending: Vec<PendingSend>,
+    finalizing: Option<(Instant, Sender<()>)>,
+}
+
+impl Hub {
+    fn new(world: SimpleCommunicator, inbox: Receiver<Command>) -> Hub {
+        let size = world.size() as usize;
+        Hub {
+            world,
+            inbox,
+            workers: (0..size)
+                .map(|_| Worker {
+                    phase: Phase::Free,
+                    stream: Assembler::default(),
+                })
+                .collect(),
+            waiting: VecDeque::new(),
+            batches: Vec::new(),
+            next_batch: 0,
+            pending: Vec::new(),
+            finalizing: None,
+        }
+    }
+
+    /// Runs until every rank acknowledged the end of the job; returns whom
+    /// to tell once MPI is finalised.
+    fn run(&mut self) -> Sender<()> {
+        let mut backoff = Backoff::new();
+        loop {
+            let mut busy = false;
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(Command::Attach(request)) => self.waiting.push_back(request),
+                    Ok(Command::Finalize(reply)) => self.begin_finalize(reply),
+                    Err(TryRecvError::Empty) => break,
+                    // Unreachable: RANK0 keeps the sender for good.
+                    Err(TryRecvError::Disconnected) => break,
+                }
+                busy = true;
+            }
+            busy |= self.start_waiting();
+            busy |= self.forward_frames();
+            busy |= self.receive_messages();
+            self.complete_sends();
+            self.check_deadlines();
+            if let Some(deadline) = self.finalizing.as_ref().map(|(d, _)| *d) {
+                let all_done = self.workers[1..]
+                    .iter()
+                    .all(|w| matches!(w.phase, Phase::Done));
+                if all_done
+                    && self.pending.is_empty()
+                    && let Some((_, reply)) = self.finalizing.take()
+                {
+                    return reply;
+                }
+                if Instant::now() > deadline {
+                    let busy: Vec<usize> = (1..self.workers.len())
+                        .filter(|&r| !matches!(self.workers[r].phase, Phase::Done))
+                        .collect();
+                    eprintln!(
+                        "pool-runtime: MPI rank(s) {busy:?} still had work {FINALIZE_TIMEOUT:?} after main \
+                         returned; aborting the MPI job"
+                    );
+                    self.world.abort(1);
+                }
+            }
+            if busy {
+                backoff.reset();
+            } else {
+                self.idle(backoff.next());
+            }
+        }
+    }
+
+    /// Waits for a command or an outgoing frame, at most `nap`.
+    fn idle(&self, nap: Duration) {
+        if nap.is_zero() {
+            thread::yield_now();
+            return;
+        }
+        let mut select = Select::new();
+        select.recv(&self.inbox);
+        for worker in &self.workers {
+            if let Phase::Attached { rx, .. } = &worker.phase {
+                select.recv(rx);
+            }
+        }
+        let _ = select.ready_timeout(nap);
+    }
+
+    // ----- attaching pools -----
+
+    /// Starts the handshakes of waiting pools whose ranks are free.
+    fn start_waiting(&mut self) -> bool {
+        let mut progressed = false;
+        while let Some(request) = self.waiting.pop_front() {
+            if self.finalizing.is_some() {
+                let _ = request.reply.send(Err(Error::Terminated));
+                progressed = true;
+                continue;
+            }
+            let wanted = request.shared.config.processes;
+            let free: Vec<usize> = (1..self.workers.len())
+                .filter(|&r| matches!(self.workers[r].phase, Phase::Free))
+                .take(wanted)
+                .collect();
+            if free.len() < wanted {
+                // Ranks still leaving a pool become free shortly; wait for them.
+                let soon = (1..self.workers.len())
+                    .filter(|&r| {
+                        matches!(
+                            self.workers[r].phase,
+                            Phase::Free
+                                | Phase::Releasing { .. }
+                                | Phase::Hello { .. }
+                                | Phase::Init { .. }
+                        )
+                    })
+                    .count();
+                if soon >= wanted && Instant::now() < request.deadline {
+                    self.waiting.push_front(request);
+                    break;
+                }
+                let busy = self.workers.len() - 1 - free.len();
+                let _ = request.reply.send(Err(Error::Spawn(io::Error::other(format!(
+                    "a pool of {wanted} needs {wanted} free MPI worker ranks, but {busy} of the {} serve another pool",
+                    self.workers.len() - 1
+                )))));
+                progressed = true;
+                continue;
+            }
+            let id = self.next_batch;
+            self.next_batch += 1;
+            let hello = local::hello_header(&request.shared.config.launch);
+            for (slot, &rank) in free.iter().enumerate() {
+                self.workers[rank].phase = Phase::Hello { batch: id, slot };
+                self.workers[rank].stream.clear();
+                self.send_frame(rank, &hello, &Arc::new(Vec::new()));
+            }
+            self.batches.push(Batch {
+                id,
+                shared: request.shared,
+                reply: request.reply,
+                deadline: request.deadline,
+                ranks: free,
+            });
+            progressed = true;
+        }
+        progressed
+    }
+
+    fn batch(&self, id: u64) -> Option<&Batch> {
+        self.batches.iter().find(|b| b.id == id)
+    }
+
+    /// A handshake frame from `rank`, in phase Hello or Init.
+    fn on_handshake(&mut self, rank: usize, frame: &[u8]) {
+        let (batch_id, slot, init_phase) = match self.workers[rank].phase {
+            Phase::Hello { batch, slot } => (batch, slot, false),
+            Phase::Init { batch, slot } => (batch, slot, true),
+            _ => return,
+        };
+        let Some(batch) = self.batch(batch_id) else {
+            // Its pool gave up on it (a timeout or another rank failed).
+            self.release(rank, None);
+            return;
+        };
+        let launch: &Launch = &batch.shared.config.launch;
+        let init = launch.init.clone();
+        let outcome = if init_phase {
+            match &init {
+                Some(spec) => {
+                    local::check_init_done(frame, spec).map_err(|reason| Error::Initializer {
+                        task: spec.name,
+                        pid: rank as u32,
+                        reason,
+                    })
+                }
+                None => Err(Error::Startup {
+                    pid: rank as u32,
+                    reason: "an answer to an initializer that was never sent".into(),
+                }),
+            }
+        } else {
+            local::check_ready(frame, launch)
+                .map(|_pid| ())
+                .map_err(|reason| Error::Startup {
+                    pid: rank as u32,
+                    reason: format!("MPI rank {rank}: {reason}"),
+                })
+        };
+        match outcome {
+            Err(err) => {
+                self.release(rank, None);
+                self.fail_batch(batch_id, err);
+            }
+            Ok(()) => match (&init, init_phase) {
+                (Some(spec), false) => {
+                    let header = wire::encode_header(&ToWorker::Init { task: spec.task });
+                    let body = Arc::new(spec.body.clone());
+                    self.workers[rank].phase = Phase::Init {
+                        batch: batch_id,
+                        slot,
+                    };
+                    self.send_frame(rank, &header, &body);
+                }
+                _ => {
+                    self.workers[rank].phase = Phase::Ready {
+                        batch: batch_id,
+                        slot,
+                    };
+                    self.finish_batch_if_ready(batch_id);
+                }
+            },
+        }
+    }
+
+    /// Attaches the ranks of a batch once all of them are ready.
+    fn finish_batch_if_ready(&mut self, id: u64) {
+        let Some(index) = self.batches.iter().position(|b| b.id == id) else {
+            return;
+        };
+        let ready = self.batches[index]
+            .ranks
+            .iter()
+            .all(|&r| matches!(self.workers[r].phase, Phase::Ready { .. }));
+        if !ready {
+            return;
+        }
+        let batch = self.batches.swap_remove(index);
+        for &rank in &batch.ranks {
+            let Phase::Ready { slot, .. } = self.workers[rank].phase else {
+                continue;
+            };
+            let (tx, rx) = crossbeam_channel::unbounded();
+            if batch.shared.attach(slot, rank as u32, tx, None, false) {
+                self.workers[rank].phase = Phase::Attached {
+                    shared: Arc::clone(&batch.shared),
+                    slot,
+                    rx,
+                };
+            } else {
+                self.release(rank, None);
+            }
+        }
+        let _ = batch.reply.send(Ok(()));
+    }
+
+    /// Gives up a batch: its pool fails to start with `err`; its ranks that
+    /// finished the handshake are released now, the others when they answer.
+    fn fail_batch(&mut self, id: u64, err: Error) {
+        let Some(index) = self.batches.iter().position(|b| b.id == id) else {
+            return;
+        };
+        let batch = self.batches.swap_remove(index);
+        for &rank in &batch.ranks {
+            if matches!(self.workers[rank].phase, Phase::Ready { .. }) {
+                self.release(rank, None);
+            }
+        }
+        let _ = batch.reply.send(Err(err));
+    }
+
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let late: Vec<(u64, usize)> = self
+            .batches
+            .iter()
+            .filter(|b| now > b.deadline)
+            .filter_map(|b| {
+                let rank = b.ranks.iter().copied().find(|&r| {
+                    matches!(
+                        self.workers[r].phase,
+                        Phase::Hello { .. } | Phase::Init { .. }
+                    )
+                })?;
+                Some((b.id, rank))
+            })
+            .collect();
+        for (id, rank) in late {
+            let timeout = self
+                .batch(id)
+                .map_or(Duration::ZERO, |b| b.shared.config.launch.startup_timeout);
+            let err = Error::Startup {
+                pid: rank as u32,
+                reason: format!(
+                    "MPI rank {rank} did not complete the handshake within {timeout:?}: does `main` call \
+                     `pool_runtime::init()` before anything slow?"
+                ),
+            };
+            self.fail_batch(id, err);
+        }
+    }
+
+    /// Sends `Exit` to `rank`; once it says goodbye it is free again (and
+    /// detached from `pool`).
+    fn release(&mut self, rank: usize, pool: Option<(Arc<Shared>, usize)>) {
+        let header = wire::encode_header(&ToWorker::Exit);
+        self.send_frame(rank, &header, &Arc::new(Vec::new()));
+        self.workers[rank].phase = Phase::Releasing { pool };
+    }
+
+    // ----- frames out -----
+
+    /// Forwards the frames pools queued for their ranks.
+    fn forward_frames(&mut self) -> bool {
+        let mut progressed = false;
+        for rank in 1..self.workers.len() {
+            while let Phase::Attached { rx, .. } = &self.workers[rank].phase {
+                let Ok(out) = rx.try_recv() else { break };
+                progressed = true;
+                self.forward(rank, out);
+            }
+        }
+        progressed
+    }
+
+    fn forward(&mut self, rank: usize, out: Outgoing) {
+        let Phase::Attached { shared, slot, .. } = &self.workers[rank].phase else {
+            return;
+        };
+        let (shared, slot) = (Arc::clone(shared), *slot);
+        let size = out.header.len() + out.body.len();
+        let max = shared.config.launch.max_frame;
+        if size > max {
+            // As a failed write does locally: the worker is lost to the pool.
+            shared.mark_dying(slot);
+            let limit = max.min(u32::MAX as usize);
+            shared.detach(
+                slot,
+                rank as u32,
+                ExitCause::Unknown,
+                Some(ProtocolError::TooLarge { size, limit }),
+            );
+            self.release(rank, None);
+            return;
+        }
+        let exit = matches!(
+            wire::split_frame::<ToWorker>(&out.header),
+            Ok((ToWorker::Exit, _))
+        );
+        self.send_frame(rank, &out.header, &out.body);
+        if exit {
+            // Anything the pool sends after its exit frame is dropped: the
+            // worker would read it as the start of the next pool.
+            self.workers[rank].phase = Phase::Releasing {
+                pool: Some((shared, slot)),
+            };
+        }
+    }
+
+    /// Sends one frame to `rank` without waiting: small frames as one
+    /// message, large ones as a header message and body pieces.
+    fn send_frame(&mut self, rank: usize, header: &[u8], body: &Arc<Vec<u8>>) {
+        let len = ((header.len() + body.len()) as u32).to_le_bytes();
+        if body.len() <= INLINE_BODY {
+            let mut message = Vec::with_capacity(4 + header.len() + body.len());
+            message.extend_from_slice(&len);
+            message.extend_from_slice(header);
+            message.extend_from_slice(body);
+            self.isend_owned(rank, message.into_boxed_slice(), TAG_DATA);
+        } else {
+            let mut head = Vec::with_capacity(4 + header.len());
+            head.extend_from_slice(&len);
+            head.extend_from_slice(header);
+            self.isend_owned(rank, head.into_boxed_slice(), TAG_DATA);
+            for piece in pieces(body.len()) {
+                let slice = &body[piece];
+                // SAFETY: the slice points into `body`'s heap buffer, which the
+                // pending send keeps alive (an `Arc` clone) until MPI reports
+                // the send complete; nothing writes to it meanwhile.
+                let data: &'static [u8] =
+                    unsafe { std::slice::from_raw_parts(slice.as_ptr(), slice.len()) };
+                let request = self
+                    .world
+                    .process_at_rank(rank as i32)
+                    .immediate_send_with_tag(StaticScope, data, TAG_DATA);
+                self.pending.push(PendingSend {
+                    request: Some(request),
+                    _keep: Keep::Shared(Arc::clone(body)),
+                });
+            }
+        }
+    }
+
+    fn isend_owned(&mut self, rank: usize, message: Box<[u8]>, tag: Tag) {
+        // SAFETY: the boxed buffer moves into the pending send, which keeps it
+        // (at the same heap address) until MPI reports the send complete.
+        let data: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(message.as_ptr(), message.len()) };
+        let request = self
+            .world
+            .process_at_rank(rank as i32)
+            .immediate_send_with_tag(StaticScope, data, tag);
+        self.pending.push(PendingSend {
+            request: Some(request),
+            _keep: Keep::Owned(message),
+        });
+    }
+
+    fn complete_sends(&mut self) {
+        self.pending.retain_mut(|send| match send.request.take() {
+            Some(request) => match request.test() {
+                Ok(_) => false,
+                Err(request) => {
+                    send.request = Some(request);
+                    true
+                }
+            },
+            None => false,
+        });
+    }
+
+    // ----- messages in -----
+
+    fn receive_messages(&mut self) -> bool {
+        let mut progressed = false;
+        while let Some((message, status)) = self.world.any_process().immediate_matched_probe() {
+            progressed = true;
+            let data = receive(message, &status);
+            let rank = status.source_rank() as usize;
+            if rank == 0 || rank >= self.workers.len() {
+                continue;
+            }
+            match status.tag() {
+                TAG_DATA => self.on_data(rank, data),
+                TAG_BYE => {
+                    let code = data
+                        .get(..4)
+                        .and_then(|b| b.try_into().ok())
+                        .map_or(EXIT_PROTOCOL, i32::from_le_bytes);
+                    self.on_bye(rank, code);
+                }
+                TAG_DONE => {
+                    self.workers[rank].phase = Phase::Done;
+                }
+                tag => eprintln!(
+                    "pool-runtime: ignoring an MPI message with tag {tag} from rank {rank}"
+                ),
+            }
+        }
+        progressed
+    }
+
+    fn on_data(&mut self, rank: usize, data: Vec<u8>) {
+        if self.finalizing.is_some() {
+            return; // the job is ending: late results have no reader
+        }
+        let max = match &self.workers[rank].phase {
+            Phase::Attached { shared, .. }
+            | Phase::Releasing {
+                pool: Some((shared, _)),
+            } => shared.config.launch.max_frame,
+            _ => 4096,
+        };
+        let mut frames = Vec::new();
+        let pushed = self.workers[rank].stream.push(data, max, &mut frames);
+        for frame in frames {
+            match &self.workers[rank].phase {
+                Phase::Attached { shared, slot, .. }
+                | Phase::Releasing {
+                    pool: Some((shared, slot)),
+                } => {
+                    let (shared, slot) = (Arc::clone(shared), *slot);
+                    if let Err(err) = shared.deliver(slot, rank as u32, frame) {
+                        self.lose(rank, err);
+                        return;
+                    }
+                }
+                Phase::Hello { .. } | Phase::Init { .. } => self.on_handshake(rank, &frame),
+                Phase::Releasing { pool: None } => {} // e.g. a late `Ready`
+                Phase::Free | Phase::Ready { .. } | Phase::Lost | Phase::Done => {
+                    self.lose(
+                        rank,
+                        ProtocolError::Unexpected("a frame from an idle MPI rank"),
+                    );
+                    return;
+                }
+            }
+        }
+        if let Err(err) = pushed {
+            self.lose(rank, err);
+        }
+    }
+
+    /// `rank` broke the protocol: its pool (if any) sees a protocol error,
+    /// and the rank gets no more work.
+    fn lose(&mut self, rank: usize, err: ProtocolError) {
+        let phase = std::mem::replace(&mut self.workers[rank].phase, Phase::Lost);
+        self.workers[rank].stream.clear();
+        match phase {
+            Phase::Attached { shared, slot, .. }
+            | Phase::Releasing {
+                pool: Some((shared, slot)),
+            } => {
+                shared.mark_dying(slot);
+                shared.detach(slot, rank as u32, ExitCause::Unknown, Some(err));
+            }
+            Phase::Hello { batch, .. } | Phase::Init { batch, .. } | Phase::Ready { batch, .. } => {
+                self.fail_batch(
+                    batch,
+                    Error::Protocol {
+                        pid: rank as u32,
+                        source: err,
+                    },
+                );
+            }
+            _ => eprintln!("pool-runtime: MPI rank {rank}: {err}"),
+        }
+    }
+
+    fn on_bye(&mut self, rank: usize, code: i32) {
+        self.workers[rank].stream.clear();
+        let phase = std::mem::replace(&mut self.workers[rank].phase, Phase::Free);
+        match phase {
+            Phase::Attached { shared, slot, .. }
+            | Phase::Releasing {
+                pool: Some((shared, slot)),
+            } => {
+                shared.mark_dying(slot);
+                shared.detach(slot, rank as u32, ExitCause::Code(code), None);
+            }
+            Phase::Hello { batch, .. } | Phase::Init { batch, .. } | Phase::Ready { batch, .. } => {
+                let err = Error::Startup {
+                    pid: rank as u32,
+                    reason: format!("MPI rank {rank} left the handshake (code {code})"),
+                };
+                self.fail_batch(batch, err);
+            }
+            Phase::Done => self.workers[rank].phase = Phase::Done,
+            Phase::Lost => self.workers[rank].phase = Phase::Lost,
+            Phase::Free | Phase::Releasing { pool: None } => {}
+        }
+    }
+
+    // ----- the end -----
+
+    fn begin_finalize(&mut self, reply: Sender<()>) {
+        if self.finalizing.is_some() {
+            return;
+        }
+        for request in self.waiting.drain(..) {
+            let _ = request.reply.send(Err(Error::Terminated));
+        }
+        let ids: Vec<u64> = self.batches.iter().map(|b| b.id).collect();
+        for id in ids {
+            self.fail_batch(id, Error::Terminated);
+        }
+        for rank in 1..self.workers.len() {
+            if let Phase::Attached { shared, slot, .. } = &self.workers[rank].phase {
+                // A pool still alive at exit: its calls end now.
+                let (shared, slot) = (Arc::clone(shared), *slot);
+                shared.mark_dying(slot);
+                shared.detach(slot, rank as u32, ExitCause::Unknown, None);
+            }
+            if !matches!(self.workers[rank].phase, Phase::Done) {
+                self.workers[rank].phase = Phase::Releasing { pool: None };
+            }
+            self.isend_owned(rank, Box::new([]), TAG_FINALIZE);
+        }
+        self.finalizing = Some((Instant::now() + FINALIZE_TIMEOUT, reply));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn launchers_are_recognised_by_their_variables() {
+        assert_eq!(Launcher::detect(vars(&[])), None);
+        // Inside an sbatch script but not under srun: no MPI.
+        assert_eq!(
+            Launcher::detect(vars(&[("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4")])),
+            None
+        );
+        let ompi = Launcher::detect(vars(&[
+            ("OMPI_COMM_WORLD_RANK", "2"),
+            ("OMPI_COMM_WORLD_SIZE", "3"),
+            ("PMIX_RANK", "2"),
+        ]))
+        .expect("mpirun");
+        assert_eq!((ompi.rank, ompi.size), (2, Some(3)));
+        let srun = Launcher::detect(vars(&[("PMIX_RANK", "0"), ("SLURM_NTASKS", "64")]))
+            .expect("srun --mpi=pmix");
+        assert_eq!((srun.rank, srun.size), (0, Some(64)));
+        let hydra =
+            Launcher::detect(vars(&[("PMI_RANK", "1"), ("PMI_SIZE", "8")])).expect("mpiexec");
+        assert_eq!((hydra.rank, hydra.size), (1, Some(8)));
+    }
+
+    #[test]
+    fn a_world_that_does_not_match_the_launcher_is_an_error() {
+        let launcher = Launcher {
+            what: "test",
+            rank: 0,
+            size: Some(3),
+        };
+        assert!(launcher.check(0, 3).is_ok());
+        let err = launcher.check(0, 1).expect_err("singleton");
+        assert!(
+            err.contains("rank 0 of 3") && err.contains("rank 0 of 1"),
+            "{err}"
+        );
+        let unknown = Launcher {
+            size: None,
+            ..launcher
+        };
+        assert!(unknown.check(0, 5).is_ok());
+    }
+
+    #[test]
+    fn large_frames_are_split_below_the_mpi_count_limit() {
+        assert_eq!(
+            pieces(0).map(|r| (r.start, r.end)).collect::<Vec<_>>(),
+            [(0, 0)]
+        );
+        assert_eq!(
+            pieces(10).map(|r| (r.start, r.end)).collect::<Vec<_>>(),
+            [(0, 10)]
+        );
+        let big = 2 * MAX_MESSAGE + 5;
+        let parts: Vec<_> = pieces(big).collect();
+        assert_eq!(
+            parts,
+            [
+                0..MAX_MESSAGE,
+                MAX_MESSAGE..2 * MAX_MESSAGE,
+                2 * MAX_MESSAGE..big
+            ]
+        );
+        assert!(parts.iter().all(|p| p.len() <= i32::MAX as usize));
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn frames_are_reassembled_from_any_split() {
+        let mut stream = frame(b"first");
+        stream.extend(frame(b""));
+        stream.extend(frame(&[7; 300]));
+        for cut in [1, 3, 4, 7, 100, stream.len()] {
+            let mut assembler = Assembler::default();
+            let mut frames = Vec::new();
+            for message in stream.chunks(cut) {
+                assembler
+                    .push(message.to_vec(), 4096, &mut frames)
+                    .expect("well formed");
+            }
+            assert_eq!(
+                frames,
+                [b"first".to_vec(), Vec::new(), vec![7; 300]],
+                "cut {cut}"
+            );
+            assert!(assembler.buf.is_empty());
+        }
+        let mut assembler = Assembler::default();
+        let err = assembler
+            .push(frame(&[0; 5000]), 4096, &mut Vec::new())
+            .expect_err("too large");
+        assert!(matches!(
+            err,
+            ProtocolError::TooLarge {
+                size: 5000,
+                limit: 4096
+            }
+        ));
+    }
+
+    #[test]
+    fn complete_frames_are_found_by_their_prefix() {
+        assert_eq!(complete_frame_len(&[]), None);
+        assert_eq!(complete_frame_len(&[2, 0, 0]), None);
+        assert_eq!(complete_frame_len(&[2, 0, 0, 0, 9]), None);
+        assert_eq!(complete_frame_len(&[2, 0, 0, 0, 9, 9, 1]), Some(6));
+    }
+
+    #[test]
+    fn backoff_spins_then_sleeps_at_most_a_millisecond() {
+        let mut backoff = Backoff::new();
+        assert_eq!(backoff.next(), Duration::ZERO);
+        backoff.since = Instant::now() - Duration::from_secs(60);
+        assert_eq!(backoff.next(), Duration::from_millis(1));
+        backoff.since = Instant::now() - Duration::from_micros(200);
+        assert!(backoff.next() >= Duration::from_micros(10));
+        backoff.reset();
+        assert_eq!(backoff.next(), Duration::ZERO);
+    }
+}
