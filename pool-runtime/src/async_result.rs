@@ -215,9 +215,14 @@ impl<T: Send + 'static> AsyncResult<T> {
             slot.busy += 1;
         }
         let shared = Arc::clone(&self.shared);
-        let _ = self
-            .driver
-            .send(Control::Run(Box::new(move || shared.run_late(f))));
+        // Runs even if the result thread is gone: dropping an undelivered
+        // message runs it too, so `get` never waits for it in vain.
+        let late = Late(Some(Box::new(move || shared.run_late(f))));
+        if let Err(crossbeam_channel::SendError(Control::Run(mut late))) =
+            self.driver.send(Control::Run(late))
+        {
+            late.run();
+        }
         self
     }
 }
@@ -344,8 +349,26 @@ impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
 
 enum Control {
     Add(u64, Box<dyn Pending>),
-    Run(Box<dyn FnOnce() + Send>),
+    Run(Late),
     Stop,
+}
+
+/// A callback registered after completion: run by the result thread, or,
+/// if that thread is gone, wherever the message is dropped.
+struct Late(Option<Box<dyn FnOnce() + Send>>);
+
+impl Late {
+    fn run(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Late {
+    fn drop(&mut self) {
+        self.run();
+    }
 }
 
 /// The pool's result thread for async calls.
@@ -427,7 +450,10 @@ impl Driver {
 fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
     let mut pending: HashMap<u64, Box<dyn Pending>> = HashMap::new();
     // Events can overtake the `Add` of their job: keep them until it comes.
+    // Jobs are added in id order, so events of a job at or below the last
+    // added id that is not pending belong to a finished call: dropped.
     let mut early: HashMap<u64, Vec<Event>> = HashMap::new();
+    let mut last_added: Option<u64> = None;
     let handle = |pending: &mut HashMap<u64, Box<dyn Pending>>,
                   early: &mut HashMap<u64, Vec<Event>>,
                   job: u64,
@@ -441,10 +467,18 @@ fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
             None => early.entry(job).or_default().push(event),
         }
     };
+    let forget_finished = |early: &mut HashMap<u64, Vec<Event>>, last_added: Option<u64>| {
+        if let Some(last) = last_added {
+            early.retain(|&job, _| job > last);
+        }
+    };
     loop {
         select! {
             recv(events) -> msg => match msg {
-                Ok((job, event)) => handle(&mut pending, &mut early, job, event),
+                Ok((job, event)) => {
+                    handle(&mut pending, &mut early, job, event);
+                    forget_finished(&mut early, last_added);
+                }
                 Err(_) => break,
             },
             recv(control) -> msg => match msg {
@@ -458,8 +492,10 @@ fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
                     if !done {
                         pending.insert(job, call);
                     }
+                    last_added = Some(job);
+                    forget_finished(&mut early, last_added);
                 }
-                Ok(Control::Run(f)) => f(),
+                Ok(Control::Run(mut late)) => late.run(),
                 Ok(Control::Stop) | Err(_) => break,
             },
         }
@@ -473,7 +509,7 @@ fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
             Control::Add(job, call) => {
                 pending.insert(job, call);
             }
-            Control::Run(f) => f(),
+            Control::Run(mut late) => late.run(),
             Control::Stop => {}
         }
     }

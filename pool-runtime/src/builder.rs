@@ -105,7 +105,7 @@ impl PoolBuilder {
     }
 
     /// Chunks each worker holds at once: one running and the rest waiting in
-    /// its channel, so it never idles between chunks. Default: 2.
+    /// its channel, so it never idles between chunks. Default: 2; at most 64.
     pub fn chunks_in_flight(mut self, n: usize) -> Self {
         self.depth = n;
         self
@@ -236,10 +236,11 @@ impl PoolBuilder {
             (None, Some((ranks, _))) => ranks,
             (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        if self.depth == 0 {
-            return Err(Error::InvalidSetting(
-                "chunks_in_flight must be at least 1".into(),
-            ));
+        if self.depth == 0 || self.depth > 64 {
+            return Err(Error::InvalidSetting(format!(
+                "chunks_in_flight must be between 1 and 64, not {}",
+                self.depth
+            )));
         }
         if self.max_frame < 4096 || self.max_frame > u32::MAX as usize {
             return Err(Error::InvalidSetting(format!(

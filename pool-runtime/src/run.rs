@@ -233,7 +233,7 @@ where
                 return Ok(());
             };
             let mut body = Vec::new();
-            let first = self.pulled;
+            let mut first = self.pulled;
             let mut count = 0u32;
             let mut exhausted = false;
             while (count as usize) < size && body.len() < CHUNK_BYTES {
@@ -253,6 +253,15 @@ where
                     )),
                     Err(err) => Some(err.to_string()),
                 };
+                if failure.is_none() && body.len() > max_item && count > 0 {
+                    // The chunk would outgrow a frame: send the items before
+                    // this one, and start the next chunk with it.
+                    let tail = body.split_off(mark);
+                    let head = std::mem::replace(&mut body, tail);
+                    submit::<T>(&self.shared, self.guard.job, first, count, head)?;
+                    first = index;
+                    count = 0;
+                }
                 if let Some(message) = failure {
                     body.truncate(mark);
                     let ty = std::any::type_name::<T::Args>().to_owned();
@@ -283,14 +292,7 @@ where
     }
 
     fn submit(&self, first: usize, count: u32, body: Vec<u8>) -> Result<(), Error> {
-        self.shared.submit(Chunk {
-            job: self.guard.job,
-            task: T::ID,
-            first,
-            count,
-            body: Arc::new(body),
-            attempt: 0,
-        })
+        submit::<T>(&self.shared, self.guard.job, first, count, body)
     }
 
     /// The next results, in completion order; `None` once every item was
@@ -334,6 +336,24 @@ where
     }
 }
 
+/// Queues `count` encoded items of `job`, the first being item `first`.
+fn submit<T: Task>(
+    shared: &Shared,
+    job: u64,
+    first: usize,
+    count: u32,
+    body: Vec<u8>,
+) -> Result<(), Error> {
+    shared.submit(Chunk {
+        job,
+        task: T::ID,
+        first,
+        count,
+        body: Arc::new(body),
+        attempt: 0,
+    })
+}
+
 /// The results an event carries, or the error that ends the whole call.
 pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output>>, Error> {
     match event {
@@ -344,7 +364,7 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
             body_at,
             pid,
         } => Ok(decode::<T>(first, count, &frame[body_at..], pid)),
-        Event::Failed(err) => Ok(vec![(err.index().unwrap_or(usize::MAX), Err(err))]),
+        Event::Failed { index, error } => Ok(vec![(index, Err(error))]),
         Event::Fatal(err) => Err(err),
     }
 }

@@ -12,7 +12,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::process::Child;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -70,8 +69,8 @@ pub(crate) enum Event {
         body_at: usize,
         pid: u32,
     },
-    /// One item failed outside the task (its worker died or timed out).
-    Failed(Error),
+    /// Item `index` failed outside the task (its worker died or timed out).
+    Failed { index: usize, error: Error },
     /// The whole job ended (pool terminated, broken).
     Fatal(Error),
 }
@@ -98,6 +97,9 @@ struct InFlight {
     chunk: Chunk,
     received: u32,
     sent: Instant,
+    /// The job's per-item timeout, kept here so a cancelled job's stuck
+    /// item is still killed.
+    timeout: Option<Duration>,
 }
 
 /// A worker gets a second chunk queued behind its running one only if its
@@ -121,6 +123,10 @@ struct Worker {
     /// A local process the pool may signal; remote workers get an exit
     /// frame instead.
     local: bool,
+    /// A handle on a local worker's channel: shut down when it is killed or
+    /// found dead, so its reader wakes even if a process the task forked
+    /// still holds the other end.
+    stream: Option<UnixStream>,
     /// The reader saw the end; the pid may be reaped: never signal it again.
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
@@ -144,6 +150,9 @@ pub(crate) struct State {
     startup_failures: u32,
     /// Counters per slot.
     stats: Vec<WorkerStats>,
+    /// Worker processes started but not yet attached (handshake,
+    /// initializer): shutdown kills them too.
+    starting: Vec<u32>,
     broken: Option<String>,
 }
 
@@ -161,7 +170,6 @@ pub(crate) struct Shared {
     changed: Condvar,
     pub(crate) config: Config,
     supervisor: Sender<Supervise>,
-    timeouts: AtomicUsize,
 }
 
 /// Deliveries made after the state lock is released.
@@ -192,12 +200,12 @@ impl Shared {
                 live_readers: 0,
                 startup_failures: 0,
                 stats: vec![WorkerStats::default(); config.processes],
+                starting: Vec::new(),
                 broken: None,
             }),
             changed: Condvar::new(),
             config,
             supervisor: tx.clone(),
-            timeouts: AtomicUsize::new(0),
         });
         let sup = Arc::clone(&shared);
         let handle = thread::Builder::new()
@@ -239,7 +247,7 @@ impl Shared {
         let id = st.next_job;
         st.next_job += 1;
         if spec.timeout.is_some() {
-            self.timeouts.fetch_add(1, Ordering::Relaxed);
+            // Let the supervisor start watching at its fast pace.
             let _ = self.supervisor.send(Supervise::Wake);
         }
         st.jobs.insert(id, spec);
@@ -263,10 +271,7 @@ impl Shared {
     /// Forgets a job: its queued chunks are dropped, late results ignored.
     pub(crate) fn cancel(&self, job: u64) {
         let mut st = self.lock();
-        if let Some(removed) = st.jobs.remove(&job) {
-            if removed.timeout.is_some() {
-                self.timeouts.fetch_sub(1, Ordering::Relaxed);
-            }
+        if st.jobs.remove(&job).is_some() {
             st.queue.retain(|c| c.job != job);
         }
         self.changed.notify_all();
@@ -311,6 +316,10 @@ impl Shared {
                     .0
                     .push((job.events, (id, Event::Fatal(Error::Terminated))));
             }
+            for &pid in &st.starting {
+                // Not attached yet: its handshake or initializer fails at once.
+                kill_pid(pid);
+            }
             for worker in st.workers.iter_mut().flatten() {
                 if graceful && worker.in_flight.is_empty() {
                     let header = wire::encode_header(&ToWorker::Exit);
@@ -323,6 +332,7 @@ impl Shared {
                 }
             }
         }
+        self.changed.notify_all();
         outbox.send();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.lock();
@@ -380,17 +390,23 @@ impl Shared {
 
     fn supervise(self: Arc<Self>, rx: Receiver<Supervise>) {
         loop {
-            let msg = if self.timeouts.load(Ordering::Relaxed) > 0 {
-                match rx.recv_timeout(Duration::from_millis(10)) {
-                    Ok(msg) => Some(msg),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                }
+            // Fast ticks while an item with a timeout runs; slow ones to
+            // notice workers that exited while something kept their channel open.
+            let tick = if self
+                .lock()
+                .workers
+                .iter()
+                .flatten()
+                .any(|w| w.in_flight.iter().any(|f| f.timeout.is_some()))
+            {
+                Duration::from_millis(10)
             } else {
-                match rx.recv() {
-                    Ok(msg) => Some(msg),
-                    Err(_) => return,
-                }
+                Duration::from_millis(100)
+            };
+            let msg = match rx.recv_timeout(tick) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
             };
             match msg {
                 Some(Supervise::Initial(reply)) => {
@@ -407,8 +423,22 @@ impl Shared {
                 Some(Supervise::Shutdown) => return,
                 Some(Supervise::Wake) | None => {}
             }
-            if self.timeouts.load(Ordering::Relaxed) > 0 {
-                self.enforce_timeouts();
+            self.enforce_timeouts();
+            self.notice_exits();
+        }
+    }
+
+    /// Cuts the channel of any local worker that has exited, so its reader
+    /// sees the end even if a process the task forked keeps the channel open.
+    fn notice_exits(&self) {
+        let st = self.lock();
+        for worker in st.workers.iter().flatten() {
+            if let Some(stream) = &worker.stream
+                && worker.local
+                && !worker.dying
+                && has_exited(worker.pid)
+            {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
             }
         }
     }
@@ -437,6 +467,7 @@ impl Shared {
                 let _ = self.supervisor.send(Supervise::Respawn(slot));
             }
             drop(st);
+            self.changed.notify_all();
             outbox.send();
         }
     }
@@ -447,68 +478,85 @@ impl Shared {
             .iter()
             .map(|_| local::start(&self.config.launch))
             .collect();
+        {
+            let mut st = self.lock();
+            for pending in started.iter().flatten() {
+                st.starting.push(pending.pid());
+                if st.terminated {
+                    kill_pid(pending.pid());
+                }
+            }
+        }
         let mut first_err = None;
         for (&slot, pending) in slots.iter().zip(started) {
-            match pending.and_then(|p| local::finish(p, &self.config.launch)) {
-                Ok(spawned) => self.install(slot, spawned),
-                Err(err) => {
-                    first_err.get_or_insert(err);
-                }
+            let pid = pending.as_ref().ok().map(local::Pending::pid);
+            let outcome = pending.and_then(|p| local::finish(p, &self.config.launch));
+            if let Some(pid) = pid {
+                self.lock().starting.retain(|&p| p != pid);
+            }
+            if let Err(err) = outcome.and_then(|spawned| self.install(slot, spawned)) {
+                first_err.get_or_insert(err);
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    fn install(self: &Arc<Self>, slot: usize, spawned: Spawned) {
+    fn install(self: &Arc<Self>, slot: usize, spawned: Spawned) -> Result<(), Error> {
         let Spawned {
             mut child,
             pid,
             stream,
             progress,
         } = spawned;
-        let writer_stream = match stream.try_clone() {
-            Ok(s) => s,
-            Err(_) => {
+        let clones = stream
+            .try_clone()
+            .and_then(|w| stream.try_clone().map(|k| (w, k)));
+        let (writer_stream, kill_stream) = match clones {
+            Ok(pair) => pair,
+            Err(err) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return;
+                return Err(Error::Spawn(err));
             }
         };
         let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
         let max = self.config.launch.max_frame;
-        // The reader thread starts only once the worker is attached, so it
-        // always finds it.
-        let (go, ready) = crossbeam_channel::bounded::<bool>(1);
+        if !self.attach_inner(
+            slot,
+            pid,
+            tx,
+            Some(Arc::new(progress)),
+            true,
+            Some(kill_stream),
+        ) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
+        }
+        let writer = thread::Builder::new()
+            .name(format!("pool-writer-{pid}"))
+            .spawn(move || write_loop(rx, writer_stream, max));
         let reader_shared = Arc::clone(self);
         let reader = thread::Builder::new()
             .name(format!("pool-reader-{pid}"))
-            .spawn(move || {
-                if ready.recv() == Ok(true) {
-                    reader_shared.read_loop(slot, pid, stream, child);
-                } else {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-            });
-        if reader.is_err() {
-            // The child moved into the failed closure and was dropped; kill by pid.
+            .spawn(move || reader_shared.read_loop(slot, pid, stream, child));
+        if let Err(err) = writer.as_ref().map(|_| ()).and(reader.as_ref().map(|_| ())) {
+            // The child may have been dropped with a failed closure: reap by pid.
+            self.mark_dying(slot);
             kill_pid(pid);
-            return;
+            // SAFETY: waiting for our own child process by pid.
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+            self.detach(slot, pid, ExitCause::Signal(libc::SIGKILL), None);
+            return Err(Error::Spawn(std::io::Error::other(err.to_string())));
         }
-        if self.attach(slot, pid, tx, Some(Arc::new(progress)), true) {
-            let _ = thread::Builder::new()
-                .name(format!("pool-writer-{pid}"))
-                .spawn(move || write_loop(rx, writer_stream, max));
-            let _ = go.send(true);
-        } else {
-            let _ = go.send(false);
-        }
+        Ok(())
     }
 
     /// Adds a ready worker in `slot`: frames for it go to `tx`; whoever reads
     /// its frames calls [`Shared::deliver`], and [`Shared::detach`] once it
     /// is gone. Returns `false` (and attaches nothing) once the pool is
     /// terminated.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend attaches its ranks with it
     pub(crate) fn attach(
         &self,
         slot: usize,
@@ -516,6 +564,18 @@ impl Shared {
         tx: Sender<Outgoing>,
         progress: Option<Arc<Progress>>,
         local: bool,
+    ) -> bool {
+        self.attach_inner(slot, pid, tx, progress, local, None)
+    }
+
+    fn attach_inner(
+        &self,
+        slot: usize,
+        pid: u32,
+        tx: Sender<Outgoing>,
+        progress: Option<Arc<Progress>>,
+        local: bool,
+        stream: Option<UnixStream>,
     ) -> bool {
         let mut st = self.lock();
         if st.terminated {
@@ -531,6 +591,7 @@ impl Shared {
             in_flight: VecDeque::new(),
             progress,
             local,
+            stream,
             dying: false,
             timed_out: None,
             last_done: Instant::now(),
@@ -544,21 +605,24 @@ impl Shared {
     fn enforce_timeouts(&self) {
         let now = now_ns();
         let mut st = self.lock();
-        let State { workers, jobs, .. } = &mut *st;
-        for worker in workers.iter_mut().flatten() {
+        for worker in st.workers.iter_mut().flatten() {
             if worker.dying || worker.timed_out.is_some() {
                 continue;
             }
             let Some(front) = worker.in_flight.front() else {
                 continue;
             };
-            let Some(timeout) = jobs.get(&front.chunk.job).and_then(|j| j.timeout) else {
+            let Some(timeout) = front.timeout else {
                 continue;
             };
             let Some(progress) = &worker.progress else {
                 continue;
             };
-            let (chunk, _, started) = progress.read();
+            // Two equal reads: the worker was not midway through updating.
+            let (chunk, item, started) = progress.read();
+            if progress.read() != (chunk, item, started) {
+                continue;
+            }
             if chunk == front.id && now.saturating_sub(started) > timeout.as_nanos() as u64 {
                 worker.timed_out = Some(timeout);
                 kill(worker);
@@ -598,6 +662,14 @@ impl Shared {
                 Some(other)
             }
         };
+        // The channel ended; the process normally exits with it. If it does
+        // not within a moment (it closed the channel but kept running), it
+        // is killed: a worker without its channel is of no use.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
         let cause = child.wait().map_or(ExitCause::Unknown, exit_cause);
         self.detach(slot, pid, cause, protocol);
     }
@@ -679,10 +751,10 @@ impl Shared {
                     "results for another chunk or range",
                 ));
             }
-            front.received += count;
             let failed = wire::count_failed(&frame[body_at..]).ok_or_else(|| {
                 ProtocolError::Malformed("a results body overruns its frame".to_owned())
             })?;
+            front.received += count;
             let stats = &mut st.stats[slot];
             stats.items += u64::from(count);
             stats.failures += failed as u64;
@@ -808,9 +880,10 @@ impl Shared {
                 };
                 tracing::debug!(pid, task = job.task, index, error = %error, "item failed with its worker");
                 blamed += 1;
-                outbox
-                    .0
-                    .push((job.events.clone(), (chunk.job, Event::Failed(error))));
+                outbox.0.push((
+                    job.events.clone(),
+                    (chunk.job, Event::Failed { index, error }),
+                ));
                 requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
             } else {
                 requeue.extend(sub_chunk(&chunk, received, chunk.count));
@@ -869,7 +942,9 @@ impl State {
             }
             let id = self.next_chunk;
             self.next_chunk += 1;
-            let panic_retries = self.jobs.get(&chunk.job).map_or(0, |j| j.panic_retries);
+            let job = self.jobs.get(&chunk.job);
+            let panic_retries = job.map_or(0, |j| j.panic_retries);
+            let timeout = job.and_then(|j| j.timeout);
             let header = wire::encode_header(&ToWorker::Run {
                 chunk: id,
                 task: chunk.task,
@@ -886,6 +961,7 @@ impl State {
                     chunk,
                     received: 0,
                     sent: Instant::now(),
+                    timeout,
                 });
             }
         }
@@ -935,7 +1011,8 @@ fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
         if broken {
             continue;
         }
-        if wire::write_frame(&mut out, &msg.header, &msg.body, max).is_err() {
+        if let Err(err) = wire::write_frame(&mut out, &msg.header, &msg.body, max) {
+            tracing::debug!(error = %err, "writing to a pool worker failed");
             // The worker is gone or broken; its reader reports it.
             broken = true;
             let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -948,6 +1025,9 @@ fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
 fn kill(worker: &Worker) {
     if worker.local {
         kill_pid(worker.pid);
+        if let Some(stream) = &worker.stream {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     } else {
         let header = wire::encode_header(&ToWorker::Exit);
         let _ = worker.tx.send(Outgoing {
@@ -955,6 +1035,23 @@ fn kill(worker: &Worker) {
             body: Arc::new(Vec::new()),
         });
     }
+}
+
+/// Whether the child `pid` has exited (without reaping it).
+fn has_exited(pid: u32) -> bool {
+    // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: WNOWAIT leaves the child for its reader to reap.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
+    rc == 0 && unsafe { info.si_pid() } != 0
 }
 
 fn kill_pid(pid: u32) {

@@ -98,6 +98,13 @@ pub(crate) struct Pending {
     progress: Progress,
 }
 
+impl Pending {
+    /// The started process's id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
 /// Starts one worker process and sends it the handshake; [`finish`] reads the answer.
 pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     let (ours, theirs) = UnixStream::pair().map_err(Error::Spawn)?;

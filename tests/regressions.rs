@@ -1,0 +1,338 @@
+//! Regression tests for hangs and lost results found in review: each one
+//! hung, lost an item or panicked before its fix. Every call is bounded.
+use std::sync::mpsc;
+use std::time::Duration;
+
+use pool_runtime::prelude::*;
+use pool_runtime::task;
+
+pool_runtime::test_support!();
+
+/// Runs `f` on a thread; panics with "HANG" if it takes longer than `secs`.
+fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("HANG: no answer within {secs} s"))
+}
+
+#[task]
+fn blob_len(blob: String) -> usize {
+    blob.len()
+}
+
+/// A chunk whose encoded body exceeds max_frame_size although every item fits.
+#[test]
+fn a_chunk_larger_than_a_frame_is_split() {
+    let out = within(20, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_size(8192)
+            .build()
+            .expect("pool");
+        let items: Vec<String> = (0..4).map(|_| "x".repeat(3000)).collect();
+        let r = pool.chunksize(4).map(task!(blob_len), items);
+        let stats = pool.stats();
+        (r.map_err(|e| e.to_string()), stats.workers[0].respawns)
+    });
+    assert_eq!(out.0, Ok(vec![3000; 4]), "respawns: {}", out.1);
+}
+
+/// Writes the start of a frame on the pool channel and dies, as a worker
+/// SIGKILLed (or OOM-killed) in the middle of writing a large results frame.
+#[task]
+fn die_mid_frame(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        for entry in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
+            let link = std::fs::read_link(entry.path()).unwrap_or_default();
+            if link.to_string_lossy().starts_with("socket:") {
+                let fd: i32 = entry.file_name().to_string_lossy().parse().expect("fd");
+                let partial = [100u8, 0, 0, 0, 1, 2, 3];
+                // SAFETY: a write of a local buffer.
+                unsafe { libc::write(fd, partial.as_ptr().cast(), partial.len()) };
+            }
+        }
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x
+}
+
+/// A truncated frame gives Event::Failed(Error::Protocol), whose index()
+/// is None; Imap places it at usize::MAX.
+#[test]
+fn a_worker_dying_mid_frame_fails_its_item_in_imap() {
+    let out = within(20, || {
+        let pool = Pool::builder().processes(2).build().expect("pool");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.chunksize(1)
+                .istarmap(task!(die_mid_frame), (0..10u64).map(|x| (x, 3)))
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect::<Vec<_>>()
+        }));
+        r.map_err(|p| {
+            p.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        })
+    });
+    let items = out.expect("imap panicked");
+    assert_eq!(items.len(), 10, "{items:?}");
+}
+
+fn channel_fd() -> i32 {
+    for entry in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
+        let link = std::fs::read_link(entry.path()).unwrap_or_default();
+        if link.to_string_lossy().starts_with("socket:") {
+            return entry.file_name().to_string_lossy().parse().expect("fd");
+        }
+    }
+    panic!("no channel");
+}
+
+/// Sends, for chunk 1 (the first of a fresh pool), a results frame whose
+/// header is right and whose body overruns the frame.
+#[task]
+fn malformed_results(x: u64) -> u64 {
+    if x == 0 {
+        // len 9 | Results { chunk: 1, first: 0, count: 1 } | tag 0, len u32::MAX
+        let frame = [9u8, 0, 0, 0, 1, 1, 0, 1, 0, 255, 255, 255, 255];
+        // SAFETY: a write of a local buffer.
+        unsafe { libc::write(channel_fd(), frame.as_ptr().cast(), frame.len()) };
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    x
+}
+
+/// on_results bumps `received` before count_failed fails: the item is
+/// neither delivered, failed nor requeued, and `map` never returns.
+#[test]
+fn a_malformed_results_body_loses_no_item() {
+    let out = within(15, || {
+        let pool = Pool::builder().processes(1).build().expect("pool");
+        pool.chunksize(1)
+            .map(task!(malformed_results), 0..3u64)
+            .map_err(|e| e.to_string())
+    });
+    assert!(out.is_err(), "{out:?}");
+}
+
+#[task]
+fn spin_or_len(s: String) -> usize {
+    if s == "spin" {
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    s.len()
+}
+
+/// The writer fails on an oversized prefetched chunk and shuts the socket
+/// down; the reader marks the worker dying and blocks in child.wait() while
+/// the worker still runs an endless item. Dying workers are neither timed
+/// out nor killed by shutdown: the call and Pool::drop hang.
+#[test]
+fn drop_returns_while_a_worker_spins_behind_a_large_chunk() {
+    within(30, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_size(8192)
+            .build()
+            .expect("pool");
+        // Fast chunks, so the worker gets a second chunk queued behind its running one.
+        for _ in 0..20 {
+            pool.chunksize(1)
+                .map(task!(blob_len), vec![String::new(); 4])
+                .expect("warm up");
+        }
+        let mut items = vec!["spin".to_owned(), String::new(), String::new()];
+        items.extend((0..3).map(|_| "x".repeat(3000)));
+        let r = pool
+            .call()
+            .chunksize(3)
+            .timeout(Duration::from_secs(1))
+            .map(task!(spin_or_len), items);
+        eprintln!("returned: {:?}", r.map_err(|e| e.to_string()));
+        drop(pool);
+    });
+}
+
+/// The task forks (no exec); the child inherits the pool channel and lives
+/// on for 60 s; the worker itself then dies. The reader never sees EOF.
+#[task]
+fn fork_then_abort(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        // SAFETY: the child only sleeps and _exits.
+        unsafe {
+            if libc::fork() == 0 {
+                libc::sleep(60);
+                libc::_exit(0);
+            }
+            libc::abort();
+        }
+    }
+    x
+}
+
+#[test]
+fn a_forked_child_holding_the_channel_does_not_hide_a_death() {
+    let out = within(20, || {
+        let pool = Pool::builder().processes(2).build().expect("pool");
+        pool.chunksize(1)
+            .starmap(task!(fork_then_abort), (0..6u64).map(|x| (x, 2)))
+            .map_err(|e| e.to_string())
+    });
+    assert!(out.is_err());
+}
+
+#[task]
+fn double(x: u64) -> u64 {
+    2 * x
+}
+
+/// A callback registered on a completed AsyncResult after the pool's result
+/// thread stopped: `busy` is raised, the Run message is dropped, and `get`
+/// waits for a callback that never runs.
+#[test]
+fn a_callback_added_after_terminate_still_runs() {
+    let out = within(10, || {
+        let pool = Pool::builder().processes(1).build().expect("pool");
+        let res = pool.apply_async(task!(double), 21u64).expect("submitted");
+        res.wait();
+        pool.terminate();
+        let res = res.callback(|v| eprintln!("callback: {v}"));
+        res.get().map_err(|e| e.to_string())
+    });
+    assert_eq!(out, Ok(42));
+}
+
+#[task]
+fn init_slow_if(marker: String) {
+    if std::path::Path::new(&marker).exists() {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[task]
+fn abort_on(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        std::process::abort();
+    }
+    x
+}
+
+/// A replacement worker's initializer runs on the supervisor thread with no
+/// timeout; shutdown joins the supervisor, so terminate()/drop wait for it.
+#[test]
+fn terminate_does_not_wait_for_a_starting_workers_initializer() {
+    let marker = std::env::temp_dir().join(format!("review-init-{}", std::process::id()));
+    let m = marker.to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&marker);
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(task!(init_slow_if), m.clone())
+        .build()
+        .expect("pool");
+    std::fs::write(&marker, b"").expect("marker");
+    let r = pool
+        .chunksize(1)
+        .starmap(task!(abort_on), (0..3u64).map(|x| (x, 1)));
+    assert!(r.is_err());
+    let t = std::time::Instant::now();
+    within(10, move || pool.terminate());
+    eprintln!("terminate took {:?}", t.elapsed());
+    let _ = std::fs::remove_file(&marker);
+}
+
+#[task]
+fn panic_or_spin(x: u64) -> u64 {
+    if x == 0 {
+        std::thread::sleep(Duration::from_millis(300));
+        panic!("item 0");
+    }
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// `map` returns at its first error and cancels its job; the timeout is
+/// looked up in `jobs`, so the other worker's endless item is no longer
+/// timed out: it spins forever, and `join` never returns.
+#[test]
+fn a_cancelled_calls_stuck_item_still_times_out() {
+    within(15, || {
+        let pool = Pool::builder().processes(2).build().expect("pool");
+        let r = pool
+            .call()
+            .chunksize(1)
+            .timeout(Duration::from_secs(1))
+            .map(task!(panic_or_spin), [0u64, 1]);
+        assert!(matches!(r, Err(Error::TaskPanicked { .. })), "{r:?}");
+        pool.join();
+    });
+}
+
+#[task]
+fn init_fail_if(marker: String) -> Result<(), String> {
+    if std::path::Path::new(&marker).exists() {
+        return Err("marker present".into());
+    }
+    Ok(())
+}
+
+/// The pool turns broken (three failed respawns) while `join` waits for
+/// queued chunks of an imap: the queue is cleared with no notify_all.
+#[test]
+fn join_wakes_when_the_pool_breaks() {
+    let marker = std::env::temp_dir().join(format!("review-broken-{}", std::process::id()));
+    let m = marker.to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&marker);
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(task!(init_fail_if), m)
+        .build()
+        .expect("pool");
+    std::fs::write(&marker, b"").expect("marker");
+    let mut it = pool
+        .chunksize(1)
+        .istarmap(task!(abort_on), (0..100u64).map(|x| (x, 0)));
+    let first = it.next();
+    assert!(
+        matches!(first, Some(Err(Error::WorkerDied { .. }))),
+        "{first:?}"
+    );
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        within(10, move || {
+            pool.join();
+            drop(it);
+        })
+    }));
+    let _ = std::fs::remove_file(&marker);
+    r.expect("join returns");
+}
+
+#[test]
+fn terminate_returns_while_a_worker_spins_behind_a_large_chunk() {
+    let pool = std::sync::Arc::new(
+        Pool::builder()
+            .processes(1)
+            .max_frame_size(8192)
+            .build()
+            .expect("pool"),
+    );
+    for _ in 0..20 {
+        pool.chunksize(1)
+            .map(task!(blob_len), vec![String::new(); 4])
+            .expect("warm up");
+    }
+    let p = std::sync::Arc::clone(&pool);
+    std::thread::spawn(move || {
+        let mut items = vec!["spin".to_owned(), String::new(), String::new()];
+        items.extend((0..3).map(|_| "x".repeat(3000)));
+        let _ = p.call().chunksize(3).map(task!(spin_or_len), items);
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    within(10, move || pool.terminate());
+}
