@@ -8,10 +8,16 @@ use pool_runtime::prelude::*;
 
 #[test]
 fn a_binary_without_a_worker_entry_cannot_start_a_pool() {
-    let err = Pool::builder().processes(2).build().expect_err("no worker entry in this binary");
+    let err = Pool::builder()
+        .processes(2)
+        .build()
+        .expect_err("no worker entry in this binary");
     assert!(matches!(err, Error::NotWorkerCapable), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("pool_runtime::init()") && text.contains("test_support!"), "{text}");
+    assert!(
+        text.contains("pool_runtime::init()") && text.contains("test_support!"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -28,12 +34,23 @@ fn started_as_a_worker_without_reaching_the_entry() {
     // As if a pool had started this binary as a worker: the variable is set,
     // but nothing here serves as the worker entry.
     let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["probe_pool_in_worker_context", "--exact", "--ignored", "--nocapture"])
+        .args([
+            "probe_pool_in_worker_context",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("POOL_RUNTIME_WORKER", "v1:1000:1001:-1:1")
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().find_map(|l| l.split_once("PROBE: ").map(|(_, r)| r)).expect("the probe ran");
-    assert!(line.contains("started as a pool worker but never reached the worker entry point"), "{line}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("PROBE: ").map(|(_, r)| r))
+        .expect("the probe ran");
+    assert!(
+        line.contains("started as a pool worker but never reached the worker entry point"),
+        "{line}"
+    );
     assert!(line.contains("pool_runtime::init()"), "{line}");
 }
