@@ -227,6 +227,15 @@
 //! # Features
 //!
 //! - `progress`: [`Call::progress`] draws an `indicatif` bar on stderr.
+//! - `mpi`: the same binary on a cluster. Started by `mpirun`, `mpiexec` or
+//!   `srun --mpi=pmix`, [`init`] initialises MPI: rank 0 returns to `main`
+//!   and its pools use ranks 1..N-1 as their workers; the other ranks serve
+//!   tasks and exit with the job. Without a launcher nothing changes.
+//!   [`mpi_rank`] says which rank runs a task. A rank cannot be killed or
+//!   replaced alone, so timeouts and `max_tasks_per_child` do not apply, and
+//!   a rank that dies ends the whole job. Needs an MPI library and libclang
+//!   to build (Debian: `openmpi-bin libopenmpi-dev libclang-dev`); the
+//!   README's "Running on a cluster" says more.
 
 use std::sync::atomic::Ordering;
 
