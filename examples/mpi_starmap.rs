@@ -10,7 +10,8 @@
 //!
 //! An argument picks another program: `tour` (every kind of call, an
 //! initializer, two pools one after the other), `panic` (a task panics),
-//! `abort` (a task aborts its process: under MPI that ends the job), `big`
+//! `abort` (a task aborts its process: under MPI that ends the job), `exit`
+//! (a task calls `std::process::exit`: the same), `big`
 //! (an argument above MPI's 2 GiB message limit) and `idle` (the CPU time
 //! an idle pool costs).
 
@@ -51,6 +52,16 @@ fn doomed(identifier: u32) -> u32 {
     if identifier == 2 {
         eprintln!("Task {identifier} aborting on {}", place());
         std::process::abort();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    identifier
+}
+
+/// Item 2 ends its process with `std::process::exit(3)`.
+#[task]
+fn leave(identifier: u32) -> u32 {
+    if identifier == 2 {
+        std::process::exit(3);
     }
     std::thread::sleep(Duration::from_millis(200));
     identifier
@@ -189,6 +200,15 @@ fn idle() -> Result<(), Error> {
     Ok(())
 }
 
+fn exit() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    match pool.map(task!(leave), 0..4) {
+        Ok(results) => println!("Unexpected success: {results:?}"),
+        Err(err) => println!("Got error: {err}"),
+    }
+    Ok(())
+}
+
 fn big() -> Result<(), Error> {
     // 2 GiB + 1 MiB: above what one MPI message can carry.
     let len = (2usize << 30) + (1 << 20);
@@ -212,10 +232,11 @@ fn main() -> Result<(), Error> {
         Some("tour") => tour(),
         Some("panic") => panics(),
         Some("abort") => abort(),
+        Some("exit") => exit(),
         Some("big") => big(),
         Some("idle") => idle(),
         Some(other) => {
-            eprintln!("unknown program {other:?}: expected tour, panic, abort, big or idle");
+            eprintln!("unknown program {other:?}: expected tour, panic, abort, exit, big or idle");
             std::process::exit(2);
         }
     }

@@ -286,6 +286,21 @@ fn a_dead_rank_ends_the_whole_job_and_leaves_no_rank_behind() {
 }
 
 #[test]
+fn a_task_calling_process_exit_aborts_the_job_with_a_message() {
+    if !mpi_available("a_task_calling_process_exit_aborts_the_job_with_a_message") {
+        return;
+    }
+    let output = mpirun(Some("exit"), Duration::from_secs(120));
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("is exiting in the middle of the job"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("Unexpected success"), "{stdout}");
+}
+
+#[test]
 fn a_frame_above_mpis_2_gib_message_limit_is_split() {
     if !mpi_available("a_frame_above_mpis_2_gib_message_limit_is_split") {
         return;
