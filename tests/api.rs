@@ -249,7 +249,7 @@ fn imap_pulls_an_endless_input_lazily_within_a_bounded_window() {
         .collect();
     assert_eq!(first, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
     // Stopped reading: the pulling stopped too, a few chunks per worker ahead.
-    let bound = 10_000 + 4 * pool.processes() * chunk;
+    let bound = 10_000 + 10 * pool.processes() * chunk;
     let at_stop = pulled.load(Ordering::Relaxed);
     assert!(
         at_stop <= bound,

@@ -51,6 +51,8 @@ pub enum ToWorker {
         items: u32,
         /// How many more times to run an item that panics before reporting it.
         panic_retries: u32,
+        /// A timeout watches these items: record each one's start time.
+        timed: bool,
     },
     /// Run the initializer `task` once; the body holds one item.
     Init {
@@ -334,6 +336,7 @@ mod tests {
             task: 9,
             items: 2,
             panic_retries: 0,
+            timed: false,
         };
         let bytes = frame(&header, &body);
         let mut buf = Vec::new();

@@ -42,6 +42,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 task: 2,
                 items: 2,
                 panic_retries: 0,
+                timed: false,
             }),
             &args,
         ),

@@ -74,7 +74,7 @@ impl PoolBuilder {
             processes: None,
             max_frame: DEFAULT_MAX_FRAME,
             startup_timeout: Duration::from_secs(10),
-            depth: 2,
+            depth: 32,
             max_tasks: None,
             defaults: CallOptions::default(),
             init: None,
@@ -104,8 +104,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Chunks each worker holds at once: one running and the rest waiting in
-    /// its channel, so it never idles between chunks. Default: 2; at most 64.
+    /// The most chunks a worker holds at once: one running and the rest
+    /// waiting in its channel, so it never idles between chunks. The pool
+    /// gives a worker about 1 ms of work ahead, measured by its last chunk,
+    /// within this limit; a worker whose chunks take longer gets one at a
+    /// time. Default: 32; at most 64.
     pub fn chunks_in_flight(mut self, n: usize) -> Self {
         self.depth = n;
         self

@@ -480,13 +480,24 @@ impl<'p> Call<'p> {
             self.hook,
         )?;
         let mut slots: Vec<Option<T::Output>> = Vec::new();
-        while let Some(batch) = run.next_batch() {
-            for (index, result) in batch? {
-                let value = result?;
+        if let Some(len) = run.len_hint() {
+            slots.resize_with(len, || None);
+        }
+        let mut failed: Option<Error> = None;
+        while let Some(outcome) = run.next_with(&mut |index, result| match result {
+            Ok(value) => {
                 if slots.len() <= index {
                     slots.resize_with(index + 1, || None);
                 }
                 slots[index] = Some(value);
+            }
+            Err(err) => {
+                failed.get_or_insert(err);
+            }
+        }) {
+            outcome?;
+            if let Some(err) = failed {
+                return Err(err);
             }
         }
         let expected = run.pulled();

@@ -30,6 +30,11 @@ impl Reporter {
         }
     }
 
+    /// The call's item count, when known.
+    pub(crate) fn total(&self) -> Option<usize> {
+        self.total
+    }
+
     /// `done` items have come back.
     pub(crate) fn update(&self, done: usize) {
         if let Some(hook) = &self.hook {

@@ -19,6 +19,8 @@ use crate::scheduler::{Chunk, Event, JobSpec, Routed, Shared};
 const CHUNK_BYTES: usize = 4 << 20;
 /// The adaptive chunk size aims at chunks of about this duration per worker.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
+/// Chunks per worker an `imap` keeps pulled ahead of its consumer.
+const LAZY_WINDOW: usize = 8;
 /// The largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1 << 17;
 
@@ -161,7 +163,12 @@ where
             delivered: 0,
             released: 0,
             ordered,
-            window: processes * (shared.config.depth + 1),
+            // Blocking calls already hold their input: room for every
+            // worker's full pipeline. `imap` keeps memory small instead.
+            window: match mode {
+                Mode::Blocking => processes * (shared.config.depth + 2),
+                Mode::Ordered | Mode::Unordered => processes * LAZY_WINDOW,
+            },
             fixed: options.chunksize,
             cap,
             auto: 1,
@@ -182,6 +189,11 @@ where
     /// Items pulled from the input so far.
     pub(crate) fn pulled(&self) -> usize {
         self.pulled
+    }
+
+    /// The input's length, when its iterator knows it exactly.
+    pub(crate) fn len_hint(&self) -> Option<usize> {
+        self.reporter.total()
     }
 
     /// Pulls and submits the whole input at once, in chunks of the
@@ -298,6 +310,18 @@ where
     /// The next results, in completion order; `None` once every item was
     /// delivered; `Some(Err)` once if the whole call failed.
     pub(crate) fn next_batch(&mut self) -> Option<Result<Vec<Indexed<T::Output>>, Error>> {
+        let mut batch = Vec::new();
+        self.next_with(&mut |index, result| batch.push((index, result)))
+            .map(|outcome| outcome.map(|()| batch))
+    }
+
+    /// Hands the next results to `sink` as `(index, result)`, in completion
+    /// order, without collecting them; `None` once every item was
+    /// delivered; `Some(Err)` once if the whole call failed.
+    pub(crate) fn next_with(
+        &mut self,
+        sink: &mut impl FnMut(usize, Result<T::Output, Error>),
+    ) -> Option<Result<(), Error>> {
         loop {
             if self.done {
                 return None;
@@ -311,7 +335,8 @@ where
                 return Some(Err(err));
             }
             if let Some((index, err)) = self.local.pop_front() {
-                return Some(Ok(vec![(index, Err(err))]));
+                sink(index, Err(err));
+                return Some(Ok(()));
             }
             if self.input.is_none() && self.delivered == self.pulled {
                 self.done = true;
@@ -324,14 +349,28 @@ where
                     .map_or(Event::Fatal(Error::Terminated), |(_, event)| event),
                 None => Event::Fatal(Error::Terminated),
             };
-            match event_batch::<T>(event) {
-                Ok(batch) => {
-                    self.delivered += batch.len();
-                    self.reporter.update(self.delivered);
-                    return Some(Ok(batch));
+            match event {
+                Event::Results {
+                    first,
+                    count,
+                    frame,
+                    body_at,
+                    pid,
+                } => {
+                    decode_into::<T>(first, count, &frame[body_at..], pid, sink);
+                    self.delivered += count as usize;
                 }
-                Err(err) => self.fatal = Some(err),
+                Event::Failed { index, error } => {
+                    sink(index, Err(error));
+                    self.delivered += 1;
+                }
+                Event::Fatal(err) => {
+                    self.fatal = Some(err);
+                    continue;
+                }
             }
+            self.reporter.update(self.delivered);
+            return Some(Ok(()));
         }
     }
 }
@@ -370,25 +409,38 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
 }
 
 fn decode<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Vec<Indexed<T::Output>> {
+    let mut out = Vec::with_capacity(count as usize);
+    decode_into::<T>(first, count, body, pid, &mut |index, result| {
+        out.push((index, result))
+    });
+    out
+}
+
+/// Decodes a results body, handing each `(index, result)` to `sink`.
+fn decode_into<T: Task>(
+    first: usize,
+    count: u32,
+    body: &[u8],
+    pid: u32,
+    sink: &mut impl FnMut(usize, Result<T::Output, Error>),
+) {
     let mut items = Items::new(body);
-    (0..count as usize)
-        .map(|i| {
-            let index = first + i;
-            let result = match items.next_result() {
-                Err(source) => Err(Error::Protocol { pid, source }),
-                Ok(Err(failure)) => Err(Error::from_failure(T::NAME, index, failure)),
-                Ok(Ok(bytes)) => {
-                    postcard::from_bytes::<T::Output>(bytes).map_err(|err| Error::Serialization {
-                        task: T::NAME,
-                        index,
-                        failure: TaskFailure::BadOutput {
-                            ty: std::any::type_name::<T::Output>().to_owned(),
-                            message: format!("the parent could not decode it: {err}"),
-                        },
-                    })
-                }
-            };
-            (index, result)
-        })
-        .collect()
+    for i in 0..count as usize {
+        let index = first + i;
+        let result = match items.next_result() {
+            Err(source) => Err(Error::Protocol { pid, source }),
+            Ok(Err(failure)) => Err(Error::from_failure(T::NAME, index, failure)),
+            Ok(Ok(bytes)) => {
+                postcard::from_bytes::<T::Output>(bytes).map_err(|err| Error::Serialization {
+                    task: T::NAME,
+                    index,
+                    failure: TaskFailure::BadOutput {
+                        ty: std::any::type_name::<T::Output>().to_owned(),
+                        message: format!("the parent could not decode it: {err}"),
+                    },
+                })
+            }
+        };
+        sink(index, result);
+    }
 }

@@ -102,10 +102,12 @@ struct InFlight {
     timeout: Option<Duration>,
 }
 
-/// A worker gets a second chunk queued behind its running one only if its
-/// last chunk took less than this: pipelining pays for short chunks, while a
-/// long one would make the queued chunk wait although another worker is free.
-const PREFETCH_BELOW: Duration = Duration::from_millis(1);
+/// How much work, measured by its last chunk's duration, a worker is given
+/// ahead: enough to hide the round trip for short chunks (up to the
+/// configured maximum); a worker whose chunks take longer than this gets
+/// one at a time, so nothing waits behind a long chunk while another worker
+/// is free.
+const PIPELINE: Duration = Duration::from_millis(1);
 
 /// A frame for one worker: an encoded header and a shared body.
 pub(crate) struct Outgoing {
@@ -836,7 +838,11 @@ impl Shared {
         let mut requeue = Vec::new();
         let mut blamed = 0;
         let mut protocol = protocol;
-        for (n, flight) in worker.in_flight.into_iter().enumerate() {
+        // The worker runs its chunks in order and may not have sent the
+        // results of finished ones yet (it batches them): the chunks before
+        // the running one are requeued whole, and in the running one only
+        // the running item is blamed.
+        for flight in worker.in_flight {
             let InFlight {
                 id,
                 chunk,
@@ -845,8 +851,7 @@ impl Shared {
             } = flight;
             let job = st.jobs.get(&chunk.job);
             let Some(job) = job else { continue };
-            if n == 0
-                && id == running_chunk
+            if id == running_chunk
                 && (running_item as u32) >= received
                 && (running_item as u32) < chunk.count
             {
@@ -913,10 +918,12 @@ impl State {
                 .enumerate()
                 .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
                 .filter(|(_, w)| {
-                    let depth = if w.last_chunk_time.is_some_and(|t| t < PREFETCH_BELOW) {
-                        config.depth
-                    } else {
-                        1
+                    let depth = match w.last_chunk_time {
+                        Some(t) if t < PIPELINE => {
+                            let ahead = PIPELINE.as_nanos() / t.as_nanos().max(1);
+                            (ahead as usize).clamp(2, config.depth.max(2))
+                        }
+                        _ => 1,
                     };
                     !w.dying && w.in_flight.len() < depth && w.budget != Some(0)
                 })
@@ -950,6 +957,7 @@ impl State {
                 task: chunk.task,
                 items: chunk.count,
                 panic_retries,
+                timed: timeout.is_some(),
             });
             if let Some(worker) = self.workers[slot].as_mut() {
                 let _ = worker.tx.send(Outgoing {
@@ -1006,18 +1014,66 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
 
 fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
     let mut out = &stream;
-    let mut broken = false;
-    for msg in rx {
-        if broken {
-            continue;
+    let mut batch: Vec<Outgoing> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        // Whatever else is already queued goes out in the same system call.
+        batch.push(first);
+        let mut bytes = batch[0].body.len();
+        while batch.len() < 64 && bytes < (1 << 20) {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    bytes += msg.body.len();
+                    batch.push(msg);
+                }
+                Err(_) => break,
+            }
         }
-        if let Err(err) = wire::write_frame(&mut out, &msg.header, &msg.body, max) {
+        if let Err(err) = write_frames(&mut out, &batch, max) {
             tracing::debug!(error = %err, "writing to a pool worker failed");
-            // The worker is gone or broken; its reader reports it.
-            broken = true;
+            // The worker is gone or broken; its reader reports it. Later
+            // frames are dropped with the channel.
             let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Writes frames back to back with as few system calls as possible.
+fn write_frames(
+    out: &mut impl std::io::Write,
+    frames: &[Outgoing],
+    max: usize,
+) -> Result<(), ProtocolError> {
+    if let [one] = frames {
+        return wire::write_frame(out, &one.header, &one.body, max);
+    }
+    let mut lens = Vec::with_capacity(frames.len());
+    for f in frames {
+        let size = f.header.len() + f.body.len();
+        if size > max || size > u32::MAX as usize {
+            return Err(ProtocolError::TooLarge { size, limit: max });
+        }
+        lens.push((size as u32).to_le_bytes());
+    }
+    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
+    for (f, len) in frames.iter().zip(&lens) {
+        slices.push(std::io::IoSlice::new(len));
+        slices.push(std::io::IoSlice::new(&f.header));
+        if !f.body.is_empty() {
+            slices.push(std::io::IoSlice::new(&f.body));
         }
     }
+    let mut parts: &mut [std::io::IoSlice<'_>] = &mut slices;
+    while !parts.is_empty() {
+        match out.write_vectored(parts) {
+            Ok(0) => return Err(ProtocolError::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut parts, n),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ProtocolError::Io(err)),
+        }
+    }
+    Ok(())
 }
 
 /// Stops a worker now: SIGKILL for a local process, an exit frame (honoured

@@ -6,7 +6,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pool_core::registry::Registry;
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
@@ -123,8 +123,12 @@ fn run(env: WorkerEnv) -> ! {
         libc::fcntl(env.channel, libc::F_SETFD, libc::FD_CLOEXEC);
         UnixStream::from_raw_fd(env.channel)
     };
-    let mut reader = BufReader::with_capacity(64 * 1024, &stream);
-    let code = match serve(&mut reader, &mut &stream, Some(&progress)) {
+    let mut reader = BufReader::with_capacity(256 * 1024, &stream);
+    // Results are buffered and written in one system call once no more work
+    // is waiting: a worker fed many small chunks answers them in batches.
+    let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &stream);
+    let more_input = |r: &BufReader<&UnixStream>| !r.buffer().is_empty() || readable(r.get_ref());
+    let code = match serve_with(&mut reader, &mut writer, Some(&progress), more_input) {
         Ok(()) => 0,
         Err(ProtocolError::Closed) => 0,
         Err(err) => {
@@ -140,10 +144,34 @@ fn run(env: WorkerEnv) -> ! {
 ///
 /// `reader` and `writer` carry the frames (a socket locally; a backend's
 /// adapter elsewhere); `progress`, if any, is the page shared with the pool.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend serves through it
 pub(crate) fn serve(
     reader: &mut impl Read,
     writer: &mut impl Write,
     progress: Option<&Progress>,
+) -> Result<(), ProtocolError> {
+    serve_with(reader, writer, progress, |_| false)
+}
+
+/// Whether the socket has bytes to read now.
+fn readable(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+}
+
+/// [`serve`], where `more_input(reader)` says whether another frame is
+/// already waiting: the writer is flushed only before reading would block.
+fn serve_with<R: Read, W: Write>(
+    reader: &mut R,
+    writer: &mut W,
+    progress: Option<&Progress>,
+    more_input: impl Fn(&R) -> bool,
 ) -> Result<(), ProtocolError> {
     IN_WORKER.store(true, Ordering::Relaxed);
     let registry = Registry::collect().map_err(|err| ProtocolError::Malformed(err.to_string()))?;
@@ -166,6 +194,7 @@ pub(crate) fn serve(
                 pid: std::process::id(),
             };
             wire::write_frame(writer, &wire::encode_header(&ready), &[], 4096)?;
+            writer.flush()?;
             if protocol != wire::PROTOCOL_VERSION {
                 return Err(ProtocolError::Version {
                     ours: wire::PROTOCOL_VERSION,
@@ -179,6 +208,9 @@ pub(crate) fn serve(
 
     let mut out = Vec::with_capacity(64 * 1024);
     loop {
+        if !more_input(reader) {
+            writer.flush()?;
+        }
         wire::read_frame(reader, max_frame, &mut frame)?;
         let (header, body) = wire::split_frame::<ToWorker>(&frame)?;
         match header {
@@ -187,10 +219,12 @@ pub(crate) fn serve(
                 task,
                 items,
                 panic_retries,
+                timed,
             } => {
                 let work = ChunkWork {
                     chunk,
                     task,
+                    timed,
                     count: items,
                     panic_retries,
                     body,
@@ -203,7 +237,10 @@ pub(crate) fn serve(
                     Some(entry) => {
                         let arg = Items::new(body).next_arg()?;
                         out.clear();
-                        call(entry.run, arg, &mut out).err()
+                        IN_TASK.with(|f| f.set(true));
+                        let outcome = call(entry.run, arg, &mut out);
+                        IN_TASK.with(|f| f.set(false));
+                        outcome.err()
                     }
                 };
                 let body = if failure.is_none() { &out[..] } else { &[][..] };
@@ -211,18 +248,20 @@ pub(crate) fn serve(
                 wire::write_frame(writer, &wire::encode_header(&done), body, max_frame)?;
                 let _ = std::io::stdout().flush();
             }
-            ToWorker::Exit => return Ok(()),
+            ToWorker::Exit => {
+                writer.flush()?;
+                return Ok(());
+            }
             ToWorker::Hello { .. } => return Err(ProtocolError::Unexpected("a second handshake")),
         }
     }
 }
 
 /// Runs one item, catching panics from the task and from serde impls.
+/// The caller sets `IN_TASK` around it, so the panic hook records locations.
 fn call(run: pool_core::registry::RunFn, arg: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
-    IN_TASK.with(|f| f.set(true));
     let mark = out.len();
     let result = catch_unwind(AssertUnwindSafe(|| run(arg, out)));
-    IN_TASK.with(|f| f.set(false));
     match result {
         Ok(outcome) => outcome,
         Err(payload) => {
@@ -236,6 +275,7 @@ fn call(run: pool_core::registry::RunFn, arg: &[u8], out: &mut Vec<u8>) -> Resul
 struct ChunkWork<'a> {
     chunk: u64,
     task: u64,
+    timed: bool,
     count: u32,
     panic_retries: u32,
     body: &'a [u8],
@@ -252,6 +292,7 @@ fn run_chunk(
     let ChunkWork {
         chunk,
         task,
+        timed,
         count,
         panic_retries,
         body,
@@ -260,10 +301,24 @@ fn run_chunk(
     let mut items = Items::new(body);
     out.clear();
     let mut first = 0u32;
-    let mut last_flush = Instant::now();
+    // The coarse clock read for the progress page also paces partial sends.
+    let mut last_flush = now_ns();
+    let mut last_now = last_flush;
+    // Panics are caught per item; the hook records their location while
+    // this chunk runs.
+    IN_TASK.with(|f| f.set(true));
+    let interval = FLUSH_INTERVAL.as_nanos() as u64;
     for i in 0..count {
+        // The clock is read for every item only under a timeout; otherwise
+        // every 32nd item, to pace partial sends.
+        let now = if timed || i % 32 == 0 {
+            now_ns()
+        } else {
+            last_now
+        };
+        last_now = now;
         if let Some(progress) = progress {
-            progress.start(chunk, u64::from(i), now_ns());
+            progress.start(chunk, u64::from(i), now);
         }
         let arg = items.next_arg()?;
         let mark = out.len();
@@ -320,12 +375,11 @@ fn run_chunk(
             )?;
             out.drain(..mark);
             first = i;
-            last_flush = Instant::now();
+            last_flush = now;
         }
         let done = i + 1;
-        let flush =
-            done == count || out.len() >= FLUSH_BYTES || last_flush.elapsed() >= FLUSH_INTERVAL;
-        if flush {
+        let partial = out.len() >= FLUSH_BYTES || now.saturating_sub(last_flush) >= interval;
+        if done == count || partial {
             let _ = std::io::stdout().flush();
             let header = FromWorker::Results {
                 chunk,
@@ -333,11 +387,16 @@ fn run_chunk(
                 count: done - first,
             };
             wire::write_frame(writer, &wire::encode_header(&header), out, max_frame)?;
+            if done < count {
+                // Mid-chunk: send now, so a long chunk reports as it goes.
+                writer.flush()?;
+            }
             out.clear();
             first = done;
-            last_flush = Instant::now();
+            last_flush = now;
         }
     }
+    IN_TASK.with(|f| f.set(false));
     if !items.is_empty() {
         return Err(ProtocolError::Malformed(
             "trailing bytes after the last item".to_owned(),
