@@ -12,6 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -109,10 +110,75 @@ struct InFlight {
 /// is free.
 const PIPELINE: Duration = Duration::from_millis(1);
 
+/// The dispatching side's handle on a local worker's channel.
+struct LocalChannel {
+    /// Shut down when the worker is killed or found dead, so its reader
+    /// wakes even if a process the task forked still holds the other end;
+    /// and written to directly while `backlog` is zero.
+    stream: UnixStream,
+    /// Frames handed to the worker's writer thread and not yet written.
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    /// Sends a frame: to an idle worker whose writer thread has nothing
+    /// queued, written right here without blocking, which saves a thread
+    /// hand-off on the round trip; otherwise, or for what did not fit,
+    /// queued to the writer thread.
+    fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, max: usize) {
+        let mut skip = 0;
+        if let Some(ch) = &self.channel {
+            let size = header.len() + body.len();
+            // Only an idle worker is written to directly: a busy one reads
+            // later anyway, and its writer thread batches frames into one call.
+            if self.in_flight.is_empty() && ch.backlog.load(Ordering::Acquire) == 0 && size <= max {
+                let len = (size as u32).to_le_bytes();
+                match send_nowait(&ch.stream, &[&len, &header, &body]) {
+                    Some(n) if n == 4 + size => return,
+                    Some(n) => skip = n,
+                    None => {}
+                }
+            }
+            ch.backlog.fetch_add(1, Ordering::AcqRel);
+        }
+        let _ = self.tx.send(Outgoing { header, body, skip });
+    }
+}
+
+/// One non-blocking `sendmsg` of `parts`; the bytes written, or `None` if
+/// none could be (the socket is full, or the worker is gone).
+fn send_nowait(stream: &UnixStream, parts: &[&[u8]]) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut iov: Vec<libc::iovec> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid; the iovecs point into `parts`,
+    // which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: a valid socket and message; MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::sendmsg(
+            stream.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    (n > 0).then_some(n as usize)
+}
+
 /// A frame for one worker: an encoded header and a shared body.
 pub(crate) struct Outgoing {
     pub(crate) header: Vec<u8>,
     pub(crate) body: Arc<Vec<u8>>,
+    /// Bytes of this frame already written by the dispatching thread.
+    pub(crate) skip: usize,
 }
 
 struct Worker {
@@ -125,10 +191,8 @@ struct Worker {
     /// A local process the pool may signal; remote workers get an exit
     /// frame instead.
     local: bool,
-    /// A handle on a local worker's channel: shut down when it is killed or
-    /// found dead, so its reader wakes even if a process the task forked
-    /// still holds the other end.
-    stream: Option<UnixStream>,
+    /// A local worker's channel, seen from the dispatching side.
+    channel: Option<LocalChannel>,
     /// The reader saw the end; the pid may be reaped: never signal it again.
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
@@ -325,10 +389,7 @@ impl Shared {
             for worker in st.workers.iter_mut().flatten() {
                 if graceful && worker.in_flight.is_empty() {
                     let header = wire::encode_header(&ToWorker::Exit);
-                    let _ = worker.tx.send(Outgoing {
-                        header,
-                        body: Arc::new(Vec::new()),
-                    });
+                    worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
                 } else if !worker.dying {
                     kill(worker);
                 }
@@ -435,7 +496,7 @@ impl Shared {
     fn notice_exits(&self) {
         let st = self.lock();
         for worker in st.workers.iter().flatten() {
-            if let Some(stream) = &worker.stream
+            if let Some(LocalChannel { stream, .. }) = &worker.channel
                 && worker.local
                 && !worker.dying
                 && has_exited(worker.pid)
@@ -523,21 +584,19 @@ impl Shared {
         };
         let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
         let max = self.config.launch.max_frame;
-        if !self.attach_inner(
-            slot,
-            pid,
-            tx,
-            Some(Arc::new(progress)),
-            true,
-            Some(kill_stream),
-        ) {
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let channel = LocalChannel {
+            stream: kill_stream,
+            backlog: Arc::clone(&backlog),
+        };
+        if !self.attach_inner(slot, pid, tx, Some(Arc::new(progress)), true, Some(channel)) {
             let _ = child.kill();
             let _ = child.wait();
             return Ok(());
         }
         let writer = thread::Builder::new()
             .name(format!("pool-writer-{pid}"))
-            .spawn(move || write_loop(rx, writer_stream, max));
+            .spawn(move || write_loop(rx, writer_stream, max, &backlog));
         let reader_shared = Arc::clone(self);
         let reader = thread::Builder::new()
             .name(format!("pool-reader-{pid}"))
@@ -577,7 +636,7 @@ impl Shared {
         tx: Sender<Outgoing>,
         progress: Option<Arc<Progress>>,
         local: bool,
-        stream: Option<UnixStream>,
+        channel: Option<LocalChannel>,
     ) -> bool {
         let mut st = self.lock();
         if st.terminated {
@@ -593,7 +652,7 @@ impl Shared {
             in_flight: VecDeque::new(),
             progress,
             local,
-            stream,
+            channel,
             dying: false,
             timed_out: None,
             last_done: Instant::now(),
@@ -776,10 +835,7 @@ impl Shared {
                     // Spent: it exits, its reader sees the end, and the
                     // supervisor starts a replacement.
                     let header = wire::encode_header(&ToWorker::Exit);
-                    let _ = worker.tx.send(Outgoing {
-                        header,
-                        body: Arc::new(Vec::new()),
-                    });
+                    worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
                 }
                 st.dispatch(&self.config);
                 self.changed.notify_all();
@@ -960,10 +1016,7 @@ impl State {
                 timed: timeout.is_some(),
             });
             if let Some(worker) = self.workers[slot].as_mut() {
-                let _ = worker.tx.send(Outgoing {
-                    header,
-                    body: Arc::clone(&chunk.body),
-                });
+                worker.send(header, Arc::clone(&chunk.body), config.launch.max_frame);
                 worker.in_flight.push_back(InFlight {
                     id,
                     chunk,
@@ -1012,7 +1065,7 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
     })
 }
 
-fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
+fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize, backlog: &AtomicUsize) {
     let mut out = &stream;
     let mut batch: Vec<Outgoing> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -1028,10 +1081,14 @@ fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize) {
                 Err(_) => break,
             }
         }
-        if let Err(err) = write_frames(&mut out, &batch, max) {
+        let written = write_frames(&mut out, &batch, max);
+        backlog.fetch_sub(batch.len(), Ordering::AcqRel);
+        if let Err(err) = written {
             tracing::debug!(error = %err, "writing to a pool worker failed");
             // The worker is gone or broken; its reader reports it. Later
-            // frames are dropped with the channel.
+            // frames are dropped with the channel (the backlog stays up, so
+            // nothing more is written directly either).
+            backlog.fetch_add(1, Ordering::AcqRel);
             let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
@@ -1045,7 +1102,9 @@ fn write_frames(
     frames: &[Outgoing],
     max: usize,
 ) -> Result<(), ProtocolError> {
-    if let [one] = frames {
+    if let [one] = frames
+        && one.skip == 0
+    {
         return wire::write_frame(out, &one.header, &one.body, max);
     }
     let mut lens = Vec::with_capacity(frames.len());
@@ -1065,6 +1124,10 @@ fn write_frames(
         }
     }
     let mut parts: &mut [std::io::IoSlice<'_>] = &mut slices;
+    // Only the first frame can have been started directly (the direct path
+    // is taken only while nothing is queued).
+    let skip = frames.first().map_or(0, |f| f.skip);
+    std::io::IoSlice::advance_slices(&mut parts, skip);
     while !parts.is_empty() {
         match out.write_vectored(parts) {
             Ok(0) => return Err(ProtocolError::Io(std::io::ErrorKind::WriteZero.into())),
@@ -1081,15 +1144,12 @@ fn write_frames(
 fn kill(worker: &Worker) {
     if worker.local {
         kill_pid(worker.pid);
-        if let Some(stream) = &worker.stream {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+        if let Some(ch) = &worker.channel {
+            let _ = ch.stream.shutdown(std::net::Shutdown::Both);
         }
     } else {
         let header = wire::encode_header(&ToWorker::Exit);
-        let _ = worker.tx.send(Outgoing {
-            header,
-            body: Arc::new(Vec::new()),
-        });
+        worker.send(header, Arc::new(Vec::new()), usize::MAX);
     }
 }
 
