@@ -144,7 +144,7 @@ fn run(env: WorkerEnv) -> ! {
 ///
 /// `reader` and `writer` carry the frames (a socket locally; a backend's
 /// adapter elsewhere); `progress`, if any, is the page shared with the pool.
-#[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend serves through it
+#[allow(dead_code)] // the seam for backends that need no batching; MPI uses `serve_with`
 pub(crate) fn serve(
     reader: &mut impl Read,
     writer: &mut impl Write,
@@ -167,7 +167,7 @@ fn readable(stream: &UnixStream) -> bool {
 
 /// [`serve`], where `more_input(reader)` says whether another frame is
 /// already waiting: the writer is flushed only before reading would block.
-fn serve_with<R: Read, W: Write>(
+pub(crate) fn serve_with<R: Read, W: Write>(
     reader: &mut R,
     writer: &mut W,
     progress: Option<&Progress>,

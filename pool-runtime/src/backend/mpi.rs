@@ -12,7 +12,8 @@
 //!   stream of [`TAG_DATA`] messages carrying the usual frames
 //!   (`u32 length ++ header ++ body`); a frame is one message, or several
 //!   when it is large, so no message comes near MPI's 2 GiB count limit.
-//!   The worker runs the unchanged [`worker::serve`] over that stream.
+//!   The worker runs the unchanged [`worker::serve_with`] over that stream,
+//!   and sends its results in batches while more input is waiting.
 //! - **Pools.** A pool's remote start ([`attach_all`]) asks the `pool-mpi`
 //!   thread for free ranks; it sends each the handshake, runs the
 //!   initializer, and attaches them to the scheduler. A pool's `Exit` frame
@@ -309,8 +310,12 @@ fn run_worker_rank(launcher: &Launcher) -> ! {
     worker::install_panic_hook();
     let mut reader = RankReader::new(&world);
     let mut writer = RankWriter::new(&world);
+    // Another message from rank 0 is waiting (or buffered): results can wait.
+    let more_input = |r: &RankReader<'_>| {
+        r.pos < r.buf.len() || r.world.process_at_rank(0).immediate_probe().is_some()
+    };
     loop {
-        let outcome = worker::serve(&mut reader, &mut writer, None);
+        let outcome = worker::serve_with(&mut reader, &mut writer, None, more_input);
         if reader.finalize {
             break;
         }
@@ -444,12 +449,17 @@ impl Read for RankReader<'_> {
     }
 }
 
-/// The worker's side of the stream to rank 0: sends each frame once it is
-/// complete, as one message or (above [`MAX_MESSAGE`]) several.
+/// The worker's side of the stream to rank 0: keeps whole frames until
+/// `flush` (which `serve_with` calls before it would wait for input) or
+/// until [`BATCH`] bytes wait, then sends them as one message (several
+/// above [`MAX_MESSAGE`]): a rank fed many small chunks answers in batches.
 struct RankWriter<'a> {
     world: &'a SimpleCommunicator,
     buf: Vec<u8>,
 }
+
+/// Bytes of finished frames a worker rank keeps before sending them anyway.
+const BATCH: usize = 256 * 1024;
 
 impl<'a> RankWriter<'a> {
     fn new(world: &'a SimpleCommunicator) -> Self {
@@ -459,22 +469,26 @@ impl<'a> RankWriter<'a> {
         }
     }
 
+    /// Sends the complete frames at the start of the buffer.
     fn send_complete_frames(&mut self) {
-        while let Some(len) = complete_frame_len(&self.buf) {
-            let root = self.world.process_at_rank(0);
-            for piece in pieces(len) {
-                root.send_with_tag(&self.buf[piece], TAG_DATA);
-            }
-            self.buf.drain(..len);
+        let mut len = 0;
+        while let Some(next) = complete_frame_len(&self.buf[len..]) {
+            len += next;
         }
+        if len == 0 {
+            return;
+        }
+        let root = self.world.process_at_rank(0);
+        for piece in pieces(len) {
+            root.send_with_tag(&self.buf[piece], TAG_DATA);
+        }
+        self.buf.drain(..len);
     }
 }
 
 impl Write for RankWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        self.send_complete_frames();
-        Ok(data.len())
+        self.write_vectored(&[io::IoSlice::new(data)])
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
@@ -483,11 +497,14 @@ impl Write for RankWriter<'_> {
             self.buf.extend_from_slice(data);
             total += data.len();
         }
-        self.send_complete_frames();
+        if self.buf.len() >= BATCH {
+            self.send_complete_frames();
+        }
         Ok(total)
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.send_complete_frames();
         Ok(())
     }
 }
