@@ -115,7 +115,7 @@ def close(pool):
 def raw(opts):
     """One byte there and back over a socket pair, between this process and
     a fork: what the pool's own round trip is compared with."""
-    trips = 20_000
+    trips = 5_000
     samples = []
     for rep in range(opts.warmup + opts.reps):
         a, b = socket.socketpair()

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --example bench
 exec python3 - "$@" <<'PY'
-import json, os, platform, re, signal, statistics, subprocess, sys, time
+import json, os, platform, re, resource, signal, statistics, subprocess, sys, time
 
 ROOT = os.getcwd()
 RUST = os.path.join(ROOT, "target/release/examples/bench")
@@ -57,16 +57,46 @@ def cpu_busy(seconds=0.3):
     return 1 - (i1 - i0) / max(t1 - t0, 1)
 
 
-def wait_quiet(limit=15.0):
-    """Waits (up to `limit` s) for the machine to be quiet; returns busy%."""
-    deadline = time.time() + limit
+BUDGET = 285.0  # seconds: the whole benchmark stays under five minutes
+NOISY = 0.10  # a run during which other processes used over 10% of the CPUs
+QUIET_BUDGET = [30.0]  # seconds the whole run may spend waiting for quiet
+
+
+def wait_quiet(limit=5.0):
+    """Waits (up to `limit` s, and 30 s per run in all) for the other
+    processes to leave the CPUs alone; returns the busy share seen last."""
+    t0 = time.time()
+    deadline = t0 + min(limit, QUIET_BUDGET[0])
     while True:
-        busy = cpu_busy()
+        busy = cpu_busy(0.2)
         if busy < 0.15 or time.time() > deadline:
+            QUIET_BUDGET[0] = max(0.0, QUIET_BUDGET[0] - (time.time() - t0))
             return busy
 
 
+def busy_seconds():
+    """CPU seconds spent not idle so far, all CPUs together."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_seconds():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def run(cmd):
+    """Runs one side of one workload; returns (records, error, share of the
+    machine's CPU used by other processes meanwhile)."""
+    b0, c0, t0 = busy_seconds(), children_seconds(), time.time()
+    recs, err = run_child(cmd)
+    b1, c1, t1 = busy_seconds(), children_seconds(), time.time()
+    other = max(0.0, (b1 - b0) - (c1 - c0)) / max(t1 - t0, 1e-9) / os.cpu_count()
+    return recs, err, other
+
+
+def run_child(cmd):
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     try:
@@ -75,6 +105,10 @@ def run(cmd):
         os.killpg(proc.pid, signal.SIGKILL)  # our own child's group
         out, err = proc.communicate()
         return None, f"timed out: {' '.join(cmd)}\n{err}"
+    except BaseException:  # Ctrl-C: the child runs in its own session
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     if proc.returncode != 0:
         return None, f"exit {proc.returncode}: {' '.join(cmd)}\n{err}"
     sys.stderr.write(err)
@@ -107,18 +141,28 @@ def machine():
 
 
 def leftovers():
-    """Processes still running our benchmark binaries (workers included)."""
+    """Processes still running our benchmark programs (pool workers included:
+    Rust workers re-execute the same binary, Python's are forks)."""
+    ours = os.path.realpath(RUST)
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
+            exe = os.path.realpath(f"/proc/{pid}/exe")
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if "examples/bench" in cmd or "bench/python_pool.py" in cmd:
-            found.append(f"{pid} {cmd.strip()}")
+        args = [a.decode(errors="replace") for a in argv]
+        script = ""
+        if len(args) > 1 and args[1].endswith("python_pool.py"):
+            try:
+                script = os.path.realpath(os.path.join(os.readlink(f"/proc/{pid}/cwd"), args[1]))
+            except OSError:
+                pass
+        if exe == ours or script == os.path.realpath(PY[1]):
+            found.append(f"{pid} {' '.join(args).strip()}")
     return found
 
 
@@ -146,23 +190,47 @@ def main():
           f"load {' '.join(info['loadavg_start'])}", flush=True)
     results = {}  # (row, impl, metric) -> record
     errors = []
-    for row, group, label, argv in PLAN:
-        if only and group not in only and row not in only:
+    def measure(row, label, argv, impl, cmd, attempt):
+        busy = wait_quiet()
+        t0 = time.time()
+        recs, err, other = run(cmd + argv + reps)
+        took = time.time() - t0
+        noisy = "  NOISY" if other > NOISY else ""
+        again = " (again)" if attempt else ""
+        print(f"# {label:<28} {impl:<6} {took:6.1f} s  other processes used {other:4.0%} of the CPUs "
+              f"(before: {busy:.0%}){noisy}{again}", flush=True)
+        if err:
+            errors.append(err)
+            print(err, file=sys.stderr)
+            return None
+        for r in recs:
+            r.update(stats(r["samples"]), row=row, label=label, seconds=round(took, 1),
+                     busy_before=round(busy, 3), other_cpu=round(other, 3), attempt=attempt)
+        return recs
+
+    runs = {}  # (row, impl) -> records of the attempt kept
+    todo = [(row, label, argv, impl, cmd) for row, group, label, argv in PLAN
+            if not only or group in only or row in only
+            for impl, cmd in (("rust", [RUST]), ("python", PY))]
+    for row, label, argv, impl, cmd in todo:
+        recs = measure(row, label, argv, impl, cmd, 0)
+        if recs is not None:
+            runs[(row, impl)] = recs
+    # Runs that other processes disturbed get one more try while the whole
+    # benchmark stays within its budget; the less disturbed attempt is kept
+    # (chosen by disturbance, never by result).
+    for row, label, argv, impl, cmd in todo:
+        recs = runs.get((row, impl))
+        if not recs or recs[0]["other_cpu"] <= NOISY:
             continue
-        for impl, cmd in (("rust", [RUST]), ("python", PY)):
-            busy = wait_quiet()
-            t0 = time.time()
-            recs, err = run(cmd + argv + reps)
-            took = time.time() - t0
-            print(f"# {label:<28} {impl:<6} {took:6.1f} s  (background CPU before: {busy:.0%})", flush=True)
-            if err:
-                errors.append(err)
-                print(err, file=sys.stderr)
-                continue
-            for r in recs:
-                r.update(stats(r["samples"]), row=row, label=label, seconds=round(took, 1),
-                         busy_before=round(busy, 3))
-                results[(row, impl, r["metric"])] = r
+        if time.time() - began + recs[0]["seconds"] + 5 > BUDGET:
+            continue
+        again = measure(row, label, argv, impl, cmd, 1)
+        if again is not None and again[0]["other_cpu"] < recs[0]["other_cpu"]:
+            runs[(row, impl)] = again
+    for (row, impl), recs in runs.items():
+        for r in recs:
+            results[(row, impl, r["metric"])] = r
 
     def get(row, impl, metric):
         r = results.get((row, impl, metric))
@@ -180,9 +248,10 @@ def main():
                 continue
             r = results[key]
             p = results.get((row, "python", key[2]))
-            rs = f"{fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])}) {r['unit']}"
+            flag = lambda rec: " ⚠" if rec["other_cpu"] > NOISY else ""
+            rs = f"{fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])}) {r['unit']}{flag(r)}"
             if p:
-                ps = f"{fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}) {p['unit']}"
+                ps = f"{fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}) {p['unit']}{flag(p)}"
                 ratio = r["median"] / p["median"]
                 adv = ratio if r["higher_is_better"] else 1 / ratio
                 lines.append(f"| {label} | {key[2]} | {rs} | {ps} | {ratio:.3g} | {adv:.2f}× |")
@@ -202,13 +271,17 @@ def main():
     if r and p:
         target("start", r <= p / 4 and r < 2.0, f"{r:.2f} ms vs Python {p:.2f} ms (≤ {p / 4:.2f} and < 2 ms)")
     r, p = both("rt2", "roundtrip_us")
-    raw = get("raw", "rust", "raw_socketpair_rtt_us")
+    sock = get("raw", "rust", "raw_socketpair_rtt_us")
     pipe = get("raw", "rust", "raw_pipe_rtt_us")
+    pinned = get("raw", "rust", "raw_pipe_cross_cpu_rtt_us")
     if r and p:
         target("round trip vs Python", p / r >= 10, f"{p / r:.1f}× faster (≥ 10×)")
-    if r and raw:
-        target("round trip vs raw socketpair", r <= 2 * raw,
-               f"{r:.1f} µs vs raw socketpair {raw:.1f} µs / pipe {pipe or 0:.1f} µs (≤ 2× = {2 * raw:.1f} µs)")
+    if r and pinned:
+        # The unpinned raw round trip is erratic on some VMs; the pinned
+        # one (one process per CPU) is the stable floor.
+        target("round trip vs raw pipe", r <= 2 * pinned,
+               f"{r:.1f} µs vs raw pipe {pinned:.1f} µs pinned (≤ 2× = {2 * pinned:.1f} µs); "
+               f"unpinned: pipe {pipe or 0:.1f} µs, socketpair {sock or 0:.1f} µs")
     r, p = both("auto2", "items_per_s")
     if r and p:
         target("tiny, auto", r / p >= 10, f"{r / p:.1f}× Python's items/s (≥ 10×)")
@@ -231,6 +304,8 @@ def main():
 
     print()
     print("\n".join(lines))
+    if any(r["other_cpu"] > NOISY for r in results.values()):
+        print("\n⚠: other processes used over 10% of the CPUs during that run: treat it as noisy.")
     print()
     print("| target | result | status |")
     print("|---|---|---|")

@@ -205,12 +205,32 @@ fn mean(xs: &[f64]) -> f64 {
 /// socket pair, and over two pipes, between this process and a fork. The
 /// floor every pool round trip pays.
 fn raw(opts: &Opts) -> Result<(), Error> {
-    const TRIPS: usize = 20_000;
-    for kind in ["socketpair", "pipe"] {
+    const TRIPS: usize = 5_000;
+    // Unpinned (as the pool runs), then both ends pinned to one CPU or to
+    // two CPUs: what a wake-up across CPUs costs here. `two_socketpairs`
+    // uses one socket pair per direction, as pipes do.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut kinds = vec![
+        ("socketpair", Link::Socketpair, None),
+        ("pipe", Link::Pipes, None),
+    ];
+    if cpus >= 2 {
+        kinds.extend([
+            ("socketpair_same_cpu", Link::Socketpair, Some((0, 0))),
+            ("socketpair_cross_cpu", Link::Socketpair, Some((0, 1))),
+            (
+                "two_socketpairs_cross_cpu",
+                Link::TwoSocketpairs,
+                Some((0, 1)),
+            ),
+            ("pipe_cross_cpu", Link::Pipes, Some((0, 1))),
+        ]);
+    }
+    for (kind, link, pin) in kinds {
         let mut samples = Vec::new();
         for rep in 0..opts.warmup + opts.reps {
-            let per_trip =
-                raw_once(kind, TRIPS).map_err(|e| Error::Broken(format!("raw {kind}: {e}")))?;
+            let per_trip = raw_once(link, pin, TRIPS)
+                .map_err(|e| Error::Broken(format!("raw {kind}: {e}")))?;
             if rep >= opts.warmup {
                 samples.push(per_trip * 1e6);
             }
@@ -220,31 +240,73 @@ fn raw(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
-fn raw_once(kind: &str, trips: usize) -> std::io::Result<f64> {
+/// How the two processes of the raw round trip are connected.
+#[derive(Clone, Copy)]
+enum Link {
+    /// One socket pair, both directions (as the pool does).
+    Socketpair,
+    /// One socket pair per direction.
+    TwoSocketpairs,
+    /// One pipe per direction.
+    Pipes,
+}
+
+/// Pins the calling process to one CPU, or unpins it (`None`).
+fn pin_to(cpu: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes in bounds.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for c in 0..cpus {
+            if cpu.is_none_or(|only| only == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn raw_once(link: Link, pin: Option<(usize, usize)>, trips: usize) -> std::io::Result<f64> {
     let os = std::io::Error::last_os_error;
-    // (parent writes, child reads), (child writes, parent reads)
-    let (p_w, c_r, c_w, p_r);
-    if kind == "socketpair" {
+    let pair = || -> std::io::Result<[libc::c_int; 2]> {
         let mut fds = [0; 2];
         // SAFETY: fds is a valid out-array of two descriptors.
         if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
             return Err(os());
         }
-        (p_w, p_r, c_r, c_w) = (fds[0], fds[0], fds[1], fds[1]);
-    } else {
-        let (mut a, mut b) = ([0; 2], [0; 2]);
-        // SAFETY: valid out-arrays.
-        if unsafe { libc::pipe(a.as_mut_ptr()) } != 0 || unsafe { libc::pipe(b.as_mut_ptr()) } != 0
-        {
+        Ok(fds)
+    };
+    let pipe = || -> std::io::Result<[libc::c_int; 2]> {
+        let mut fds = [0; 2];
+        // SAFETY: as above.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
             return Err(os());
         }
-        (c_r, p_w, p_r, c_w) = (a[0], a[1], b[0], b[1]);
-    }
+        Ok(fds)
+    };
+    // (parent writes, child reads), (child writes, parent reads)
+    let (p_w, c_r, c_w, p_r) = match link {
+        Link::Socketpair => {
+            let fds = pair()?;
+            (fds[0], fds[1], fds[1], fds[0])
+        }
+        Link::TwoSocketpairs => {
+            let (a, b) = (pair()?, pair()?);
+            (a[0], a[1], b[1], b[0])
+        }
+        Link::Pipes => {
+            let (a, b) = (pipe()?, pipe()?);
+            (a[1], a[0], b[1], b[0])
+        }
+    };
     // SAFETY: this process has no other threads here (no pool was built), and
     // the child only calls read, write and _exit.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(os());
+    }
+    if let Some((parent, child)) = pin {
+        pin_to(Some(if pid == 0 { child } else { parent }));
     }
     let mut byte = [0u8; 1];
     if pid == 0 {
@@ -292,6 +354,9 @@ fn raw_once(kind: &str, trips: usize) -> std::io::Result<f64> {
         }
         let mut status = 0;
         libc::waitpid(pid, &mut status, 0);
+    }
+    if pin.is_some() {
+        pin_to(None);
     }
     Ok(elapsed.as_secs_f64() / trips as f64)
 }
