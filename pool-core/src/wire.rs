@@ -100,7 +100,13 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
+        if data.len() <= 16 {
+            // Varints and short fields: copied inline, without a `memcpy`
+            // call per field (a third of the caller's time on tiny tasks).
+            push_short(self.0, data);
+        } else {
+            self.0.extend_from_slice(data);
+        }
         Ok(())
     }
 
@@ -113,6 +119,38 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
     }
+}
+
+/// Appends `data` (at most 16 bytes) with fixed-size copies only: two
+/// possibly overlapping copies of 8, 4 or 2 bytes cover any length up to 16,
+/// and fixed-size copies compile to plain loads and stores.
+#[inline]
+fn push_short(out: &mut Vec<u8>, data: &[u8]) {
+    let n = data.len();
+    debug_assert!(n <= 16);
+    out.reserve(n);
+    let len = out.len();
+    let spare = &mut out.spare_capacity_mut()[..n];
+    fn pair<const K: usize>(spare: &mut [std::mem::MaybeUninit<u8>], data: &[u8]) {
+        let n = data.len();
+        for (dst, src) in [(0, 0), (n - K, n - K)] {
+            let chunk: [u8; K] = data[src..src + K].try_into().unwrap_or([0; K]);
+            for (d, s) in spare[dst..dst + K].iter_mut().zip(chunk) {
+                d.write(s);
+            }
+        }
+    }
+    match n {
+        0 => {}
+        1 => {
+            spare[0].write(data[0]);
+        }
+        2..=3 => pair::<2>(spare, data),
+        4..=7 => pair::<4>(spare, data),
+        _ => pair::<8>(spare, data),
+    }
+    // SAFETY: the `n` bytes after `len` were just written.
+    unsafe { out.set_len(len + n) };
 }
 
 /// Encodes a frame header.
@@ -182,6 +220,15 @@ pub fn read_frame(
         });
     }
     Ok(())
+}
+
+/// Whether `buf` starts with a whole frame: its length prefix and all the
+/// bytes it announces.
+pub fn holds_frame(buf: &[u8]) -> bool {
+    match buf.first_chunk::<4>() {
+        Some(len) => buf.len() - 4 >= u32::from_le_bytes(*len) as usize,
+        None => false,
+    }
 }
 
 /// Reads until `buf` is full or the stream ends; returns the bytes read.
@@ -318,12 +365,26 @@ impl<'a> Items<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use postcard::ser_flavors::Flavor;
 
     fn frame(header: &ToWorker, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         write_frame(&mut out, &encode_header(header), body, DEFAULT_MAX_FRAME)
             .expect("write to a Vec");
         out
+    }
+
+    #[test]
+    fn short_copies_append_every_length_exactly() {
+        let data: Vec<u8> = (1..=40).collect();
+        for n in 0..=40 {
+            let mut out = vec![0xAA; 3];
+            VecFlavor(&mut out)
+                .try_extend(&data[..n])
+                .expect("appending to a Vec");
+            assert_eq!(&out[..3], &[0xAA; 3]);
+            assert_eq!(&out[3..], &data[..n], "length {n}");
+        }
     }
 
     #[test]

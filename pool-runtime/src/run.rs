@@ -6,13 +6,12 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use pool_core::wire::{self, Items};
 use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
 use crate::progress::{ProgressHook, Reporter};
-use crate::scheduler::{Chunk, Event, JobSpec, Routed, Shared};
+use crate::scheduler::{Chunk, Event, EventQueue, JobSpec, Routed, Shared, Sink};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
 /// large payloads stream instead of piling up in one frame.
@@ -23,6 +22,12 @@ const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
 const LAZY_WINDOW: usize = 8;
 /// The largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1 << 17;
+/// How long a one-item call watches for its result before sleeping.
+const SPIN_ONE: Duration = Duration::from_micros(100);
+/// How much the automatic chunk size may grow per measurement.
+const RAMP: usize = 32;
+/// How far the automatic chunk size shrinks at the end of a call.
+const TAIL_SHRINK: usize = 16;
 
 /// Options of one call.
 #[derive(Clone, Copy, Debug, Default)]
@@ -75,7 +80,9 @@ pub(crate) struct Run<T: Task, I> {
     shared: Arc<Shared>,
     guard: JobGuard,
     /// `None` when results go to a shared consumer (async calls).
-    rx: Option<Receiver<Routed>>,
+    rx: Option<Arc<EventQueue>>,
+    /// Events received and not yet handled.
+    pending: VecDeque<Event>,
     input: Option<I>,
     /// Items pulled from the input so far.
     pulled: usize,
@@ -119,10 +126,10 @@ where
             return Err(Error::InvalidSetting("chunksize must be at least 1".into()));
         }
         let (tx, rx) = match sink {
-            Some(tx) => (tx, None),
+            Some(tx) => (Sink::Channel(tx), None),
             None => {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                (tx, Some(rx))
+                let (rx, tx) = EventQueue::new();
+                (Sink::Queue(tx), Some(rx))
             }
         };
         let lazy = matches!(mode, Mode::Ordered | Mode::Unordered);
@@ -158,6 +165,7 @@ where
             shared: Arc::clone(shared),
             guard,
             rx,
+            pending: VecDeque::new(),
             input: Some(items),
             pulled: 0,
             delivered: 0,
@@ -221,10 +229,24 @@ where
             let rate = (self.delivered - at) as f64 / elapsed.as_secs_f64();
             let per_worker = rate / self.shared.config.processes as f64;
             let target = (per_worker * TARGET_CHUNK_TIME.as_secs_f64()) as usize;
-            self.auto = target.clamp(1, self.auto.saturating_mul(4));
+            // Small chunks measure a rate held down by the round trip, so
+            // the estimate errs low: follow it in large steps, or the
+            // first tenth of a big call runs on chunks far too small.
+            self.auto = target.clamp(1, self.auto.saturating_mul(RAMP));
             self.rate_mark = (Instant::now(), self.delivered);
         }
-        self.auto.min(self.cap)
+        let size = self.auto.min(self.cap);
+        match self.reporter.total() {
+            // Near the end, smaller chunks, so that the workers finish
+            // together instead of one idling while another runs a last
+            // large chunk.
+            Some(total) => {
+                let left = total.saturating_sub(self.pulled);
+                let share = left.div_ceil(2 * self.shared.config.processes);
+                size.min(share.max(size / TAIL_SHRINK)).max(1)
+            }
+            None => size,
+        }
     }
 
     /// Pulls and submits chunks while the window has room.
@@ -343,11 +365,26 @@ where
                 self.reporter.finish();
                 return None;
             }
-            let event = match &self.rx {
-                Some(rx) => rx
-                    .recv()
-                    .map_or(Event::Fatal(Error::Terminated), |(_, event)| event),
-                None => Event::Fatal(Error::Terminated),
+            if self.pending.is_empty() {
+                // A call of one item (`apply`) is all latency: it watches
+                // for its result a moment before sleeping, which spares the
+                // wake-up of a sleeping thread (tens of µs on a VM). Larger
+                // calls sleep at once: the CPUs belong to the workers.
+                let spin = if self.reporter.total() == Some(1) {
+                    SPIN_ONE
+                } else {
+                    Duration::ZERO
+                };
+                let live = match &self.rx {
+                    Some(rx) => rx.recv_all(&mut self.pending, spin),
+                    None => false,
+                };
+                if !live {
+                    self.pending.push_back(Event::Fatal(Error::Terminated));
+                }
+            }
+            let Some(event) = self.pending.pop_front() else {
+                continue;
             };
             match event {
                 Event::Results {

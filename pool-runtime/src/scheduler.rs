@@ -76,12 +76,135 @@ pub(crate) enum Event {
     Fatal(Error),
 }
 
+/// Where a job's events go.
+#[derive(Clone)]
+pub(crate) enum Sink {
+    /// A consumer shared by several jobs (the async driver, which selects
+    /// over this channel and its control channel).
+    Channel(Sender<Routed>),
+    /// One call's own consumer.
+    Queue(QueueTx),
+}
+
+impl Sink {
+    /// Delivers `events` of `job`, in order.
+    fn send(&self, job: u64, events: Vec<Event>) {
+        match self {
+            Sink::Channel(tx) => {
+                for event in events {
+                    let _ = tx.send((job, event));
+                }
+            }
+            Sink::Queue(tx) => tx.push(events),
+        }
+    }
+}
+
+/// The events of one call, waited for by its consumer.
+///
+/// A mutex and a condition variable rather than a channel: the consumer
+/// sleeps at once instead of spinning and yielding the CPU that the worker
+/// and the reader thread need, and a reader delivers every frame of one
+/// read with one lock and at most one wake-up.
+pub(crate) struct EventQueue {
+    inner: Mutex<QueueInner>,
+    ready: Condvar,
+    /// Set while events are queued: lets the consumer watch for them
+    /// without taking the lock.
+    queued: std::sync::atomic::AtomicBool,
+}
+
+struct QueueInner {
+    events: VecDeque<Event>,
+    /// Live [`QueueTx`] handles; none left and nothing queued means no
+    /// event can come any more.
+    senders: usize,
+}
+
+/// The sending side of an [`EventQueue`] (counted, like a channel's).
+pub(crate) struct QueueTx(Arc<EventQueue>);
+
+impl EventQueue {
+    /// A queue and its first sender.
+    pub(crate) fn new() -> (Arc<EventQueue>, QueueTx) {
+        let queue = Arc::new(EventQueue {
+            inner: Mutex::new(QueueInner {
+                events: VecDeque::new(),
+                senders: 1,
+            }),
+            ready: Condvar::new(),
+            queued: std::sync::atomic::AtomicBool::new(false),
+        });
+        let tx = QueueTx(Arc::clone(&queue));
+        (queue, tx)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves every queued event to `out`, waiting for one if there is none
+    /// (first spinning up to `spin`); `false` once none is queued and every
+    /// sender is gone.
+    pub(crate) fn recv_all(&self, out: &mut VecDeque<Event>, spin: Duration) -> bool {
+        if !spin.is_zero() && !self.queued.load(Ordering::Acquire) {
+            let start = Instant::now();
+            while !self.queued.load(Ordering::Acquire) && start.elapsed() < spin {
+                std::hint::spin_loop();
+            }
+        }
+        let mut inner = self.lock();
+        loop {
+            if !inner.events.is_empty() {
+                out.append(&mut inner.events);
+                self.queued.store(false, Ordering::Release);
+                return true;
+            }
+            if inner.senders == 0 {
+                return false;
+            }
+            inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl QueueTx {
+    fn push(&self, events: Vec<Event>) {
+        let mut inner = self.0.lock();
+        let was_empty = inner.events.is_empty();
+        inner.events.extend(events);
+        self.0.queued.store(true, Ordering::Release);
+        drop(inner);
+        if was_empty {
+            self.0.ready.notify_one();
+        }
+    }
+}
+
+impl Clone for QueueTx {
+    fn clone(&self) -> Self {
+        self.0.lock().senders += 1;
+        QueueTx(Arc::clone(&self.0))
+    }
+}
+
+impl Drop for QueueTx {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        inner.senders -= 1;
+        if inner.senders == 0 {
+            drop(inner);
+            self.0.ready.notify_one();
+        }
+    }
+}
+
 /// A registered call, as the scheduler sees it.
 pub(crate) struct JobSpec {
     /// The task's full path, for errors.
     pub(crate) task: &'static str,
     /// Where its consumer receives events.
-    pub(crate) events: Sender<Routed>,
+    pub(crate) events: Sink,
     /// Per-item time limit.
     pub(crate) timeout: Option<Duration>,
     /// An `imap` iterator: its consumer may stop pulling at any time, so
@@ -220,6 +343,8 @@ pub(crate) struct State {
     /// initializer): shutdown kills them too.
     starting: Vec<u32>,
     broken: Option<String>,
+    /// The slot that wins the next tie in [`State::dispatch`].
+    turn: usize,
 }
 
 enum Supervise {
@@ -238,14 +363,22 @@ pub(crate) struct Shared {
     supervisor: Sender<Supervise>,
 }
 
-/// Deliveries made after the state lock is released.
+/// Deliveries made after the state lock is released: consecutive events
+/// of one job travel together.
 #[derive(Default)]
-struct Outbox(Vec<(Sender<Routed>, Routed)>);
+struct Outbox(Vec<(Sink, u64, Vec<Event>)>);
 
 impl Outbox {
+    fn push(&mut self, sink: &Sink, job: u64, event: Event) {
+        match self.0.last_mut() {
+            Some((_, last, events)) if *last == job => events.push(event),
+            _ => self.0.push((sink.clone(), job, vec![event])),
+        }
+    }
+
     fn send(self) {
-        for (tx, event) in self.0 {
-            let _ = tx.send(event);
+        for (sink, job, events) in self.0 {
+            sink.send(job, events);
         }
     }
 }
@@ -268,6 +401,7 @@ impl Shared {
                 stats: vec![WorkerStats::default(); config.processes],
                 starting: Vec::new(),
                 broken: None,
+                turn: 0,
             }),
             changed: Condvar::new(),
             config,
@@ -378,9 +512,7 @@ impl Shared {
             st.terminated = true;
             st.queue.clear();
             for (id, job) in st.jobs.drain() {
-                outbox
-                    .0
-                    .push((job.events, (id, Event::Fatal(Error::Terminated))));
+                outbox.push(&job.events, id, Event::Fatal(Error::Terminated));
             }
             for &pid in &st.starting {
                 // Not attached yet: its handshake or initializer fails at once.
@@ -521,10 +653,7 @@ impl Shared {
                 st.broken = Some(reason.clone());
                 st.queue.clear();
                 for (id, job) in st.jobs.drain() {
-                    outbox.0.push((
-                        job.events,
-                        (id, Event::Fatal(Error::Broken(reason.clone()))),
-                    ));
+                    outbox.push(&job.events, id, Event::Fatal(Error::Broken(reason.clone())));
                 }
             } else {
                 let _ = self.supervisor.send(Supervise::Respawn(slot));
@@ -696,12 +825,24 @@ impl Shared {
     fn read_loop(self: Arc<Self>, slot: usize, pid: u32, stream: UnixStream, mut child: Child) {
         let max = self.config.launch.max_frame;
         let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+        let mut frames = Vec::new();
         let failure = loop {
-            let mut frame = Vec::new();
-            if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
+            // One frame, waiting for it; then every frame already complete
+            // in the buffer, all handled under one lock.
+            let read = loop {
+                let mut frame = Vec::new();
+                if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
+                    break Err(err);
+                }
+                frames.push(frame);
+                if frames.len() >= 256 || !wire::holds_frame(reader.buffer()) {
+                    break Ok(());
+                }
+            };
+            if let Err(err) = self.deliver_all(slot, pid, &mut frames) {
                 break err;
             }
-            if let Err(err) = self.deliver(slot, pid, frame) {
+            if let Err(err) = read {
                 break err;
             }
         };
@@ -736,27 +877,126 @@ impl Shared {
     }
 
     /// Handles one frame from the worker in `slot`.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend delivers frame by frame
     pub(crate) fn deliver(
         &self,
         slot: usize,
         pid: u32,
         frame: Vec<u8>,
     ) -> Result<(), ProtocolError> {
+        self.deliver_all(slot, pid, &mut vec![frame])
+    }
+
+    /// Handles frames from the worker in `slot`, in order, under one lock,
+    /// draining `frames`. On a bad frame, those before it are delivered.
+    pub(crate) fn deliver_all(
+        &self,
+        slot: usize,
+        pid: u32,
+        frames: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        let mut outbox = Outbox::default();
+        let mut finished = false;
+        let mut outcome = Ok(());
+        {
+            let mut st = self.lock();
+            for frame in frames.drain(..) {
+                match self.on_frame(&mut st, slot, pid, frame, &mut outbox) {
+                    Ok(done) => finished |= done,
+                    Err(err) => {
+                        outcome = Err(err);
+                        break;
+                    }
+                }
+            }
+            if finished {
+                st.dispatch(&self.config);
+            }
+        }
+        frames.clear();
+        if finished {
+            self.changed.notify_all();
+        }
+        outbox.send();
+        outcome
+    }
+
+    /// Applies one results frame; `true` if it completed a chunk.
+    fn on_frame(
+        &self,
+        st: &mut State,
+        slot: usize,
+        pid: u32,
+        frame: Vec<u8>,
+        outbox: &mut Outbox,
+    ) -> Result<bool, ProtocolError> {
         let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
             Ok((header, body)) => (header, body.len()),
             Err(err) => return Err(err),
         };
-        match header {
-            FromWorker::Results {
-                chunk,
-                first,
-                count,
-            } => {
-                let body_at = frame.len() - body_len;
-                self.on_results(slot, pid, chunk, first, count, frame, body_at)
-            }
-            _ => Err(ProtocolError::Unexpected("a frame other than results")),
+        let FromWorker::Results {
+            chunk,
+            first,
+            count,
+        } = header
+        else {
+            return Err(ProtocolError::Unexpected("a frame other than results"));
+        };
+        let body_at = frame.len() - body_len;
+        let worker = st.workers[slot]
+            .as_mut()
+            .ok_or(ProtocolError::Unexpected("results from a removed worker"))?;
+        let front = worker
+            .in_flight
+            .front_mut()
+            .ok_or(ProtocolError::Unexpected("results with no chunk in flight"))?;
+        if front.id != chunk
+            || first != front.received
+            || count > front.chunk.count - front.received
+        {
+            return Err(ProtocolError::Unexpected(
+                "results for another chunk or range",
+            ));
         }
+        let failed = wire::count_failed(&frame[body_at..]).ok_or_else(|| {
+            ProtocolError::Malformed("a results body overruns its frame".to_owned())
+        })?;
+        front.received += count;
+        let stats = &mut st.stats[slot];
+        stats.items += u64::from(count);
+        stats.failures += failed as u64;
+        if failed > 0 {
+            tracing::debug!(pid, failed, "items failed in a pool worker");
+        }
+        let job = front.chunk.job;
+        let start = front.chunk.first + first as usize;
+        let mut finished = false;
+        if front.received == front.chunk.count {
+            let now = Instant::now();
+            let took = now - front.sent.max(worker.last_done);
+            worker.last_chunk_time = Some(took);
+            worker.last_done = now;
+            st.stats[slot].busy += took;
+            worker.in_flight.pop_front();
+            if worker.budget == Some(0) && worker.in_flight.is_empty() {
+                // Spent: it exits, its reader sees the end, and the
+                // supervisor starts a replacement.
+                let header = wire::encode_header(&ToWorker::Exit);
+                worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
+            }
+            finished = true;
+        }
+        if let Some(spec) = st.jobs.get(&job) {
+            let event = Event::Results {
+                first: start,
+                count,
+                frame,
+                body_at,
+                pid,
+            };
+            outbox.push(&spec.events, job, event);
+        }
+        Ok(finished)
     }
 
     /// The worker in `slot` is ending: nothing more is sent to it, and its
@@ -781,80 +1021,6 @@ impl Shared {
         st.live_readers -= 1;
         drop(st);
         self.changed.notify_all();
-    }
-
-    #[allow(clippy::too_many_arguments)] // the fields of one frame
-    fn on_results(
-        &self,
-        slot: usize,
-        pid: u32,
-        chunk: u64,
-        first: u32,
-        count: u32,
-        frame: Vec<u8>,
-        body_at: usize,
-    ) -> Result<(), ProtocolError> {
-        let tx = {
-            let mut guard = self.lock();
-            let st = &mut *guard;
-            let worker = st.workers[slot]
-                .as_mut()
-                .ok_or(ProtocolError::Unexpected("results from a removed worker"))?;
-            let front = worker
-                .in_flight
-                .front_mut()
-                .ok_or(ProtocolError::Unexpected("results with no chunk in flight"))?;
-            if front.id != chunk
-                || first != front.received
-                || count > front.chunk.count - front.received
-            {
-                return Err(ProtocolError::Unexpected(
-                    "results for another chunk or range",
-                ));
-            }
-            let failed = wire::count_failed(&frame[body_at..]).ok_or_else(|| {
-                ProtocolError::Malformed("a results body overruns its frame".to_owned())
-            })?;
-            front.received += count;
-            let stats = &mut st.stats[slot];
-            stats.items += u64::from(count);
-            stats.failures += failed as u64;
-            if failed > 0 {
-                tracing::debug!(pid, failed, "items failed in a pool worker");
-            }
-            let job = front.chunk.job;
-            let start = front.chunk.first + first as usize;
-            if front.received == front.chunk.count {
-                let now = Instant::now();
-                let took = now - front.sent.max(worker.last_done);
-                worker.last_chunk_time = Some(took);
-                worker.last_done = now;
-                st.stats[slot].busy += took;
-                worker.in_flight.pop_front();
-                if worker.budget == Some(0) && worker.in_flight.is_empty() {
-                    // Spent: it exits, its reader sees the end, and the
-                    // supervisor starts a replacement.
-                    let header = wire::encode_header(&ToWorker::Exit);
-                    worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
-                }
-                st.dispatch(&self.config);
-                self.changed.notify_all();
-            }
-            st.jobs.get(&job).map(|j| (j.events.clone(), job, start))
-        };
-        if let Some((tx, job, start)) = tx {
-            let _ = tx.send((
-                job,
-                Event::Results {
-                    first: start,
-                    count,
-                    frame,
-                    body_at,
-                    pid,
-                },
-            ));
-        }
-        Ok(())
     }
 
     fn on_death(&self, slot: usize, pid: u32, cause: ExitCause, protocol: Option<ProtocolError>) {
@@ -941,10 +1107,7 @@ impl Shared {
                 };
                 tracing::debug!(pid, task = job.task, index, error = %error, "item failed with its worker");
                 blamed += 1;
-                outbox.0.push((
-                    job.events.clone(),
-                    (chunk.job, Event::Failed { index, error }),
-                ));
+                outbox.push(&job.events, chunk.job, Event::Failed { index, error });
                 requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
             } else {
                 requeue.extend(sub_chunk(&chunk, received, chunk.count));
@@ -967,6 +1130,7 @@ impl Shared {
 impl State {
     /// Hands queued chunks to workers with room, least loaded first.
     fn dispatch(&mut self, config: &Config) {
+        let slots = self.workers.len().max(1);
         while !self.queue.is_empty() {
             let best = self
                 .workers
@@ -983,9 +1147,11 @@ impl State {
                     };
                     !w.dying && w.in_flight.len() < depth && w.budget != Some(0)
                 })
-                .min_by_key(|(_, w)| w.in_flight.len())
+                // Ties go round the workers, not always to the first.
+                .min_by_key(|&(i, w)| (w.in_flight.len(), (i + slots - self.turn) % slots))
                 .map(|(i, _)| i);
             let Some(slot) = best else { break };
+            self.turn = (slot + 1) % slots;
             let Some(mut chunk) = self.queue.pop_front() else {
                 break;
             };
