@@ -501,13 +501,14 @@ pub mod __private {
 mod tests {
     #[test]
     fn worker_env_round_trips() {
-        let env = crate::backend::local::WorkerEnv::decode("v1:5:6:-1:42").expect("valid");
-        assert_eq!(
-            (env.channel, env.progress, env.stdout, env.parent),
-            (5, 6, None, 42)
-        );
-        assert!(crate::backend::local::WorkerEnv::decode("v2:5:6:-1:42").is_none());
-        assert!(crate::backend::local::WorkerEnv::decode("v1:x").is_none());
+        use crate::backend::local::WorkerEnv;
+        let env = WorkerEnv::decode("v2:1:42").expect("valid");
+        assert_eq!((env.stdout, env.parent), (true, 42));
+        let env = WorkerEnv::decode("v2:0:7").expect("valid");
+        assert_eq!((env.stdout, env.parent), (false, 7));
+        for bad in ["v1:5:6:-1:42", "v2:2:42", "v2:1", "v2:1:42:9", "v2:x:42"] {
+            assert!(WorkerEnv::decode(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

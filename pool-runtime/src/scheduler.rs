@@ -664,36 +664,85 @@ impl Shared {
         }
     }
 
-    /// Starts workers for `slots`, all processes first, then all handshakes.
+    /// Starts workers for `slots`, each from its own thread, all at once;
+    /// returns when every one is ready or has failed (the first failure).
+    ///
+    /// The thread that starts a worker process goes on as its reader and
+    /// ends after reaping it: the worker's parent-death signal is tied to
+    /// that thread, which lives exactly as long as the worker.
     fn spawn_into(self: &Arc<Self>, slots: &[usize]) -> Result<(), Error> {
-        let started: Vec<_> = slots
-            .iter()
-            .map(|_| local::start(&self.config.launch))
-            .collect();
-        {
-            let mut st = self.lock();
-            for pending in started.iter().flatten() {
-                st.starting.push(pending.pid());
-                if st.terminated {
-                    kill_pid(pending.pid());
+        let (done_tx, done_rx) = crossbeam_channel::bounded(slots.len());
+        let mut launched = 0;
+        let mut first_err = None;
+        for &slot in slots {
+            let shared = Arc::clone(self);
+            let done = done_tx.clone();
+            let thread = thread::Builder::new()
+                .name(format!("pool-worker-{slot}"))
+                .spawn(move || shared.run_worker(slot, done));
+            match thread {
+                Ok(_) => launched += 1,
+                Err(err) => {
+                    first_err.get_or_insert(Error::Spawn(err));
                 }
             }
         }
-        let mut first_err = None;
-        for (&slot, pending) in slots.iter().zip(started) {
-            let pid = pending.as_ref().ok().map(local::Pending::pid);
-            let outcome = pending.and_then(|p| local::finish(p, &self.config.launch));
-            if let Some(pid) = pid {
-                self.lock().starting.retain(|&p| p != pid);
-            }
-            if let Err(err) = outcome.and_then(|spawned| self.install(slot, spawned)) {
+        drop(done_tx);
+        for _ in 0..launched {
+            let outcome = done_rx.recv().unwrap_or_else(|_| {
+                Err(Error::Spawn(std::io::Error::other(
+                    "a worker's thread ended before it started",
+                )))
+            });
+            if let Err(err) = outcome {
                 first_err.get_or_insert(err);
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 
-    fn install(self: &Arc<Self>, slot: usize, spawned: Spawned) -> Result<(), Error> {
+    /// Starts the worker for `slot`, reports to `done`, then reads its
+    /// frames until it is gone.
+    fn run_worker(self: Arc<Self>, slot: usize, done: Sender<Result<(), Error>>) {
+        let pending = match local::start(&self.config.launch) {
+            Ok(pending) => pending,
+            Err(err) => {
+                let _ = done.send(Err(err));
+                return;
+            }
+        };
+        let pid = pending.pid();
+        {
+            let mut st = self.lock();
+            st.starting.push(pid);
+            if st.terminated {
+                kill_pid(pid);
+            }
+        }
+        let outcome = local::finish(pending, &self.config.launch);
+        self.lock().starting.retain(|&p| p != pid);
+        match outcome.and_then(|spawned| self.install(slot, spawned)) {
+            Ok(Some((stream, child))) => {
+                let _ = done.send(Ok(()));
+                drop(done);
+                self.read_loop(slot, pid, stream, child);
+            }
+            Ok(None) => {
+                let _ = done.send(Ok(()));
+            }
+            Err(err) => {
+                let _ = done.send(Err(err));
+            }
+        }
+    }
+
+    /// Attaches a started worker and starts its writer thread; returns what
+    /// its reader needs, or `None` if the pool was terminated meanwhile.
+    fn install(
+        self: &Arc<Self>,
+        slot: usize,
+        spawned: Spawned,
+    ) -> Result<Option<(UnixStream, Child)>, Error> {
         let Spawned {
             mut child,
             pid,
@@ -721,25 +770,19 @@ impl Shared {
         if !self.attach_inner(slot, pid, tx, Some(Arc::new(progress)), true, Some(channel)) {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(());
+            return Ok(None);
         }
         let writer = thread::Builder::new()
             .name(format!("pool-writer-{pid}"))
             .spawn(move || write_loop(rx, writer_stream, max, &backlog));
-        let reader_shared = Arc::clone(self);
-        let reader = thread::Builder::new()
-            .name(format!("pool-reader-{pid}"))
-            .spawn(move || reader_shared.read_loop(slot, pid, stream, child));
-        if let Err(err) = writer.as_ref().map(|_| ()).and(reader.as_ref().map(|_| ())) {
-            // The child may have been dropped with a failed closure: reap by pid.
+        if let Err(err) = writer {
             self.mark_dying(slot);
-            kill_pid(pid);
-            // SAFETY: waiting for our own child process by pid.
-            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
-            self.detach(slot, pid, ExitCause::Signal(libc::SIGKILL), None);
-            return Err(Error::Spawn(std::io::Error::other(err.to_string())));
+            let _ = child.kill();
+            let cause = child.wait().map_or(ExitCause::Unknown, exit_cause);
+            self.detach(slot, pid, cause, None);
+            return Err(Error::Spawn(err));
         }
-        Ok(())
+        Ok(Some((stream, child)))
     }
 
     /// Adds a ready worker in `slot`: frames for it go to `tx`; whoever reads

@@ -2,7 +2,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, Read, Write};
-use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +11,7 @@ use pool_core::registry::Registry;
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
-use crate::backend::local::{WORKER_ENV, WorkerEnv};
+use crate::backend::local::{self, WORKER_ENV, WorkerEnv};
 use crate::backend::shm::{Progress, now_ns};
 
 /// Set by `init()` in a parent: its `main` reaches `init()`, so workers will too.
@@ -92,37 +91,75 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Or once this many result bytes are waiting.
 const FLUSH_BYTES: usize = 1 << 20;
 
+/// Takes the channel from stdin (which becomes `/dev/null`, close-on-exec
+/// channel, so programs a task starts inherit neither), then the descriptors
+/// the pool sends first: the progress page, and the real stdout under a
+/// test harness.
+fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, Progress)> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    // SAFETY: plain descriptor calls on fd 0 and descriptors we own.
+    let channel = unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let channel = OwnedFd::from_raw_fd(fd);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(null);
+        channel
+    };
+    let mut fds = local::recv_fds(
+        std::os::fd::AsRawFd::as_raw_fd(&channel),
+        1 + usize::from(env.stdout),
+    )?
+    .into_iter();
+    let progress = fds
+        .next()
+        .ok_or_else(|| std::io::Error::other("no progress page"))?;
+    let progress = Progress::open(progress.into_raw_fd())?;
+    if let Some(stdout) = fds.next() {
+        // SAFETY: dup2 of a descriptor we own onto stdout.
+        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&stdout), 1) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((UnixStream::from(channel), progress))
+}
+
 fn run(env: WorkerEnv) -> ! {
     IN_WORKER.store(true, Ordering::Relaxed);
     // SAFETY: removing our own variable so that programs a task launches do
     // not become workers. Called before any task runs; the only other thread
     // that can exist here is a test harness's main thread, which is blocked.
     unsafe { std::env::remove_var(WORKER_ENV) };
+    // Killed with the pool's supervisor thread, which started us. Set before
+    // the parent check, so that a parent dying in between is seen by one.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with an integer argument.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
     // SAFETY: getppid has no preconditions.
     if unsafe { libc::getppid() } as u32 != env.parent {
         std::process::exit(EXIT_PARENT_GONE);
     }
-    if let Some(fd) = env.stdout {
-        // SAFETY: fd was inherited for this purpose; dup2 onto stdout, then close it.
-        unsafe {
-            libc::dup2(fd, 1);
-            libc::close(fd);
-        }
-    }
-    install_panic_hook();
-    let progress = match Progress::open(env.progress) {
-        Ok(p) => p,
+    let (stream, progress) = match take_channel(&env) {
+        Ok(pair) => pair,
         Err(err) => {
-            eprintln!("pool-runtime worker: cannot map the progress page: {err}");
+            eprintln!("pool-runtime worker: cannot set up the channel to the pool: {err}");
             std::process::exit(EXIT_PROTOCOL);
         }
     };
-    // SAFETY: the parent passed this end of a socket pair to us; we own it.
-    // Close-on-exec again, so programs a task starts do not inherit it.
-    let stream = unsafe {
-        libc::fcntl(env.channel, libc::F_SETFD, libc::FD_CLOEXEC);
-        UnixStream::from_raw_fd(env.channel)
-    };
+    install_panic_hook();
     let mut reader = BufReader::with_capacity(256 * 1024, &stream);
     // Results are buffered and written in one system call once no more work
     // is waiting: a worker fed many small chunks answers them in batches.

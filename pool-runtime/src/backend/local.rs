@@ -24,38 +24,39 @@ pub(crate) struct Spawned {
 }
 
 /// What a worker needs to know about its parent.
+///
+/// The channel is the worker's stdin; the descriptors of its progress page
+/// and, under a test harness, of the real stdout come first on the channel
+/// (see [`send_fds`]). Nothing but stdin is inherited, so std starts workers
+/// with `posix_spawn` (no copy of the parent's page tables) and no
+/// descriptor of a worker can leak into a process started meanwhile.
 pub(crate) struct WorkerEnv {
-    pub(crate) channel: RawFd,
-    pub(crate) progress: RawFd,
-    pub(crate) stdout: Option<RawFd>,
+    /// A copy of the real stdout comes after the progress page.
+    pub(crate) stdout: bool,
     pub(crate) parent: u32,
 }
 
 impl WorkerEnv {
     fn encode(&self) -> String {
-        let stdout = self.stdout.map_or(-1, |fd| fd);
-        format!(
-            "v1:{}:{}:{}:{}",
-            self.channel, self.progress, stdout, self.parent
-        )
+        format!("v2:{}:{}", u8::from(self.stdout), self.parent)
     }
 
     /// Parses the variable's value; `None` if it is not ours.
     pub(crate) fn decode(value: &str) -> Option<WorkerEnv> {
         let mut parts = value.split(':');
-        if parts.next()? != "v1" {
+        if parts.next()? != "v2" {
             return None;
         }
-        let channel = parts.next()?.parse().ok()?;
-        let progress = parts.next()?.parse().ok()?;
-        let stdout: RawFd = parts.next()?.parse().ok()?;
+        let stdout = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
         let parent = parts.next()?.parse().ok()?;
-        Some(WorkerEnv {
-            channel,
-            progress,
-            stdout: (stdout >= 0).then_some(stdout),
-            parent,
-        })
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(WorkerEnv { stdout, parent })
     }
 }
 
@@ -112,18 +113,14 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     let progress_fd = progress
         .fd()
         .ok_or_else(|| Error::Spawn(io::Error::other("no progress descriptor")))?;
-    let channel_fd = theirs.as_raw_fd();
     // Under a test harness the worker's stdout is /dev/null until the worker
     // entry restores this copy of ours, which hides the harness's chatter.
     let stdout_copy = match launch.harness_args {
         Some(_) => Some(dup_cloexec(1).map_err(Error::Spawn)?),
         None => None,
     };
-    let stdout_fd = stdout_copy.as_ref().map(AsRawFd::as_raw_fd);
     let env = WorkerEnv {
-        channel: channel_fd,
-        progress: progress_fd,
-        stdout: stdout_fd,
+        stdout: stdout_copy.is_some(),
         parent: std::process::id(),
     };
 
@@ -131,50 +128,134 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     if let Ok(exe) = std::env::current_exe() {
         cmd.arg0(exe);
     }
-    cmd.env(WORKER_ENV, env.encode()).stdin(Stdio::null());
+    cmd.env(WORKER_ENV, env.encode())
+        .stdin(Stdio::from(OwnedFd::from(theirs)));
     if let Some(args) = &launch.harness_args {
         cmd.args(args).stdout(Stdio::null());
     }
-    let inherit = [Some(channel_fd), Some(progress_fd), stdout_fd];
-    // SAFETY: the closure only calls async-signal-safe functions (fcntl, prctl).
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in inherit.into_iter().flatten() {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            #[cfg(target_os = "linux")]
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().map_err(Error::Spawn)?;
-    drop(theirs);
-    drop(stdout_copy);
+    let spawned = cmd.spawn();
+    // The command holds the worker's end of the channel: close it here, or
+    // the worker's exit would not end the channel.
+    drop(cmd);
+    let child = spawned.map_err(Error::Spawn)?;
     let pid = child.id();
+    let mut fds = vec![progress_fd];
+    fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
+    let sent = send_fds(&ours, &fds)
+        .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
+    drop(stdout_copy);
     let pending = Pending {
         child,
         pid,
         stream: ours,
         progress,
     };
-    match send_hello(&pending.stream, launch) {
+    match sent.and_then(|()| send_hello(&pending.stream, launch)) {
         Ok(()) => Ok(pending),
         Err(reason) => Err(Error::Startup {
             pid,
             reason: reap(pending.child, reason),
         }),
     }
+}
+
+/// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
+fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = std::mem::size_of_val(fds);
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut marker = [FD_MARKER];
+    let mut iov = libc::iovec {
+        iov_base: marker.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: an all-zero msghdr is valid; every pointer set below points
+    // into a buffer that outlives the call, of the length given.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: the control buffer holds one header and `bytes` of data.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+    }
+    loop {
+        // SAFETY: a valid socket and message.
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        match n {
+            1 => return Ok(()),
+            n if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+            n if n < 0 => return Err(io::Error::last_os_error()),
+            _ => return Err(io::ErrorKind::WriteZero.into()),
+        }
+    }
+}
+
+/// The byte that carries a worker's descriptors.
+const FD_MARKER: u8 = 0xFD;
+
+/// Receives the descriptors [`send_fds`] sent (worker side): exactly
+/// `count`, close-on-exec.
+pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
+    let bytes = count * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut marker = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: marker.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
+    // buffers that outlive the call, of the lengths given.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: a valid descriptor and message.
+        let n = unsafe { libc::recvmsg(channel, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote into `control`;
+    // every descriptor in an SCM_RIGHTS message is new and ours to own.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if n != 1 || marker[0] != FD_MARKER || fds.len() != count {
+        return Err(io::Error::other(format!(
+            "expected {count} descriptors from the pool, got {} (in {n} bytes)",
+            fds.len()
+        )));
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("the pool's descriptors were truncated"));
+    }
+    Ok(fds)
 }
 
 /// Completes the handshake of a started worker.
