@@ -210,8 +210,13 @@ pub fn read_frame(
     if size > max {
         return Err(ProtocolError::TooLarge { size, limit: max });
     }
-    buf.clear();
-    buf.resize(size, 0);
+    // Bytes left from an earlier frame are overwritten, not zeroed first:
+    // a reused buffer is zero-filled only where it grows.
+    if buf.len() < size {
+        buf.resize(size, 0);
+    } else {
+        buf.truncate(size);
+    }
     let got = read_full(input, buf)?;
     if got < size {
         return Err(ProtocolError::Truncated {
