@@ -64,6 +64,13 @@ fn main() -> Result<(), Error> {
         );
     });
 
+    // The lost worker is replaced in the background; wait for it (a few ms)
+    // so that the counters below show the replacement.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pool.worker_pids().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
     let stats = pool.stats();
     for (slot, w) in stats.workers.iter().enumerate() {
         println!(

@@ -709,9 +709,10 @@ fn workers_do_not_pass_their_variable_or_channel_to_programs_they_start() {
         !targets.contains("socket:") && !targets.contains("memfd:"),
         "a grandchild inherited: {targets}"
     );
-    // The worker itself holds exactly one socket (its channel).
+    // The worker itself holds exactly two sockets (its channel, one per
+    // direction).
     let own = pool.apply(task!(fd_links), ()).expect("probe");
-    assert_eq!(own.matches("socket:").count(), 1, "{own}");
+    assert_eq!(own.matches("socket:").count(), 2, "{own}");
 }
 
 /// This worker's open descriptors and what they are.

@@ -82,14 +82,22 @@ fn a_worker_dying_mid_frame_fails_its_item_in_imap() {
     assert_eq!(items.len(), 10, "{items:?}");
 }
 
+/// The worker's socket towards the pool. A worker holds two sockets: its
+/// input, taken from stdin first, and its output, received afterwards, so
+/// the output has the higher descriptor.
 fn channel_fd() -> i32 {
-    for entry in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
-        let link = std::fs::read_link(entry.path()).unwrap_or_default();
-        if link.to_string_lossy().starts_with("socket:") {
-            return entry.file_name().to_string_lossy().parse().expect("fd");
-        }
-    }
-    panic!("no channel");
+    let mut sockets: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("fds")
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|link| link.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+        .collect();
+    sockets.sort_unstable();
+    assert_eq!(sockets.len(), 2, "a worker holds two sockets: {sockets:?}");
+    sockets[1]
 }
 
 /// Sends, for chunk 1 (the first of a fresh pool), a results frame whose
@@ -116,7 +124,8 @@ fn a_malformed_results_body_loses_no_item() {
             .map(task!(malformed_results), 0..3u64)
             .map_err(|e| e.to_string())
     });
-    assert!(out.is_err(), "{out:?}");
+    let err = out.expect_err("the malformed frame is an error");
+    assert!(err.starts_with("protocol error"), "{err}");
 }
 
 #[task]

@@ -5,8 +5,10 @@
 //! spawning a worker) takes the lock, updates it and dispatches queued chunks.
 //! Each worker has a reader thread (frames in) and a writer thread (frames
 //! out), so a large frame being written never blocks the reading of results.
-//! The supervisor thread starts every worker (so the parent-death signal is
-//! tied to a thread that lives as long as the pool) and enforces timeouts.
+//! The reader thread is also the one that started the worker process and
+//! reaps it, so the worker's parent-death signal is tied to a thread that
+//! lives exactly as long as the worker. The supervisor thread asks for
+//! workers (all at once at start, one per lost worker) and enforces timeouts.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
@@ -235,12 +237,34 @@ const PIPELINE: Duration = Duration::from_millis(1);
 
 /// The dispatching side's handle on a local worker's channel.
 struct LocalChannel {
-    /// Shut down when the worker is killed or found dead, so its reader
-    /// wakes even if a process the task forked still holds the other end;
-    /// and written to directly while `backlog` is zero.
+    /// Written to directly while `backlog` is zero.
     stream: UnixStream,
+    /// Both directions, cut when the worker is killed or found dead.
+    ends: Ends,
     /// Frames handed to the worker's writer thread and not yet written.
     backlog: Arc<AtomicUsize>,
+}
+
+/// Both sockets of a local worker's channel, as the pool holds them.
+struct Ends {
+    to: UnixStream,
+    from: UnixStream,
+}
+
+impl Ends {
+    fn clone_of(to: &UnixStream, from: &UnixStream) -> std::io::Result<Ends> {
+        Ok(Ends {
+            to: to.try_clone()?,
+            from: from.try_clone()?,
+        })
+    }
+
+    /// Shuts both down, so the worker's reader wakes (and its writer fails)
+    /// even if a process the task forked still holds the other ends.
+    fn cut(&self) {
+        let _ = self.to.shutdown(std::net::Shutdown::Both);
+        let _ = self.from.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Worker {
@@ -628,12 +652,12 @@ impl Shared {
     fn notice_exits(&self) {
         let st = self.lock();
         for worker in st.workers.iter().flatten() {
-            if let Some(LocalChannel { stream, .. }) = &worker.channel
+            if let Some(LocalChannel { ends, .. }) = &worker.channel
                 && worker.local
                 && !worker.dying
                 && has_exited(worker.pid)
             {
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                ends.cut();
             }
         }
     }
@@ -746,13 +770,13 @@ impl Shared {
         let Spawned {
             mut child,
             pid,
-            stream,
+            to,
+            from,
             progress,
         } = spawned;
-        let clones = stream
-            .try_clone()
-            .and_then(|w| stream.try_clone().map(|k| (w, k)));
-        let (writer_stream, kill_stream) = match clones {
+        let clones = Ends::clone_of(&to, &from)
+            .and_then(|writer| Ends::clone_of(&to, &from).map(|ends| (writer, ends)));
+        let (writer_ends, ends) = match clones {
             Ok(pair) => pair,
             Err(err) => {
                 let _ = child.kill();
@@ -764,7 +788,8 @@ impl Shared {
         let max = self.config.launch.max_frame;
         let backlog = Arc::new(AtomicUsize::new(0));
         let channel = LocalChannel {
-            stream: kill_stream,
+            stream: to,
+            ends,
             backlog: Arc::clone(&backlog),
         };
         if !self.attach_inner(slot, pid, tx, Some(Arc::new(progress)), true, Some(channel)) {
@@ -774,7 +799,7 @@ impl Shared {
         }
         let writer = thread::Builder::new()
             .name(format!("pool-writer-{pid}"))
-            .spawn(move || write_loop(rx, writer_stream, max, &backlog));
+            .spawn(move || write_loop(rx, &writer_ends, max, &backlog));
         if let Err(err) = writer {
             self.mark_dying(slot);
             let _ = child.kill();
@@ -782,7 +807,7 @@ impl Shared {
             self.detach(slot, pid, cause, None);
             return Err(Error::Spawn(err));
         }
-        Ok(Some((stream, child)))
+        Ok(Some((from, child)))
     }
 
     /// Adds a ready worker in `slot`: frames for it go to `tx`; whoever reads
@@ -1274,8 +1299,8 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
     })
 }
 
-fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize, backlog: &AtomicUsize) {
-    let mut out = &stream;
+fn write_loop(rx: Receiver<Outgoing>, ends: &Ends, max: usize, backlog: &AtomicUsize) {
+    let mut out = &ends.to;
     let mut batch: Vec<Outgoing> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Whatever else is already queued goes out in the same system call.
@@ -1298,7 +1323,7 @@ fn write_loop(rx: Receiver<Outgoing>, stream: UnixStream, max: usize, backlog: &
             // frames are dropped with the channel (the backlog stays up, so
             // nothing more is written directly either).
             backlog.fetch_add(1, Ordering::AcqRel);
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            ends.cut();
             return;
         }
         batch.clear();
@@ -1354,7 +1379,7 @@ fn kill(worker: &Worker) {
     if worker.local {
         kill_pid(worker.pid);
         if let Some(ch) = &worker.channel {
-            let _ = ch.stream.shutdown(std::net::Shutdown::Both);
+            ch.ends.cut();
         }
     } else {
         let header = wire::encode_header(&ToWorker::Exit);

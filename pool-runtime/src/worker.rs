@@ -91,11 +91,12 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// Or once this many result bytes are waiting.
 const FLUSH_BYTES: usize = 1 << 20;
 
-/// Takes the channel from stdin (which becomes `/dev/null`, close-on-exec
-/// channel, so programs a task starts inherit neither), then the descriptors
-/// the pool sends first: the progress page, and the real stdout under a
-/// test harness.
-fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, Progress)> {
+/// Takes the channel's input from stdin, moving it to a close-on-exec
+/// descriptor and giving stdin `/dev/null` (so tasks, and programs they
+/// start, never see it); then receives the descriptors the pool sends
+/// first: the channel's output, the progress page, and the real stdout
+/// under a test harness.
+fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Progress)> {
     use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     // SAFETY: plain descriptor calls on fd 0 and descriptors we own.
     let channel = unsafe {
@@ -113,9 +114,12 @@ fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, Progress)> {
     };
     let mut fds = local::recv_fds(
         std::os::fd::AsRawFd::as_raw_fd(&channel),
-        1 + usize::from(env.stdout),
+        2 + usize::from(env.stdout),
     )?
     .into_iter();
+    let output = fds
+        .next()
+        .ok_or_else(|| std::io::Error::other("no output channel"))?;
     let progress = fds
         .next()
         .ok_or_else(|| std::io::Error::other("no progress page"))?;
@@ -126,7 +130,11 @@ fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, Progress)> {
             return Err(std::io::Error::last_os_error());
         }
     }
-    Ok((UnixStream::from(channel), progress))
+    Ok((
+        UnixStream::from(channel),
+        UnixStream::from(output),
+        progress,
+    ))
 }
 
 fn run(env: WorkerEnv) -> ! {
@@ -152,18 +160,18 @@ fn run(env: WorkerEnv) -> ! {
     if unsafe { libc::getppid() } as u32 != env.parent {
         std::process::exit(EXIT_PARENT_GONE);
     }
-    let (stream, progress) = match take_channel(&env) {
-        Ok(pair) => pair,
+    let (input, output, progress) = match take_channel(&env) {
+        Ok(parts) => parts,
         Err(err) => {
             eprintln!("pool-runtime worker: cannot set up the channel to the pool: {err}");
             std::process::exit(EXIT_PROTOCOL);
         }
     };
     install_panic_hook();
-    let mut reader = BufReader::with_capacity(256 * 1024, &stream);
+    let mut reader = BufReader::with_capacity(256 * 1024, &input);
     // Results are buffered and written in one system call once no more work
     // is waiting: a worker fed many small chunks answers them in batches.
-    let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &stream);
+    let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &output);
     let more_input = |r: &BufReader<&UnixStream>| !r.buffer().is_empty() || readable(r.get_ref());
     let code = match serve_with(&mut reader, &mut writer, Some(&progress), more_input) {
         Ok(()) => 0,

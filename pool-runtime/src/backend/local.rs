@@ -19,15 +19,21 @@ pub(crate) const WORKER_ENV: &str = "POOL_RUNTIME_WORKER";
 pub(crate) struct Spawned {
     pub(crate) child: Child,
     pub(crate) pid: u32,
-    pub(crate) stream: UnixStream,
+    /// Frames to the worker.
+    pub(crate) to: UnixStream,
+    /// Frames from the worker.
+    pub(crate) from: UnixStream,
     pub(crate) progress: Progress,
 }
 
 /// What a worker needs to know about its parent.
 ///
-/// The channel is the worker's stdin; the descriptors of its progress page
-/// and, under a test harness, of the real stdout come first on the channel
-/// (see [`send_fds`]). Nothing but stdin is inherited, so std starts workers
+/// The channel is two socket pairs, one per direction, so that a side
+/// reading frames never wakes the other side's reader (a stream socket
+/// wakes its peer's waiters whenever its buffer drains). The worker's stdin
+/// is its end of the first; its end of the second, the descriptor of its
+/// progress page and, under a test harness, of the real stdout come first
+/// on it (see [`send_fds`]). Nothing but stdin is inherited, so std starts workers
 /// with `posix_spawn` (no copy of the parent's page tables) and no
 /// descriptor of a worker can leak into a process started meanwhile.
 pub(crate) struct WorkerEnv {
@@ -95,7 +101,8 @@ fn executable() -> io::Result<std::path::PathBuf> {
 pub(crate) struct Pending {
     child: Child,
     pid: u32,
-    stream: UnixStream,
+    to: UnixStream,
+    from: UnixStream,
     progress: Progress,
 }
 
@@ -108,7 +115,8 @@ impl Pending {
 
 /// Starts one worker process and sends it the handshake; [`finish`] reads the answer.
 pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
-    let (ours, theirs) = UnixStream::pair().map_err(Error::Spawn)?;
+    let (to, their_in) = UnixStream::pair().map_err(Error::Spawn)?;
+    let (from, their_out) = UnixStream::pair().map_err(Error::Spawn)?;
     let progress = Progress::create().map_err(Error::Spawn)?;
     let progress_fd = progress
         .fd()
@@ -129,7 +137,7 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
         cmd.arg0(exe);
     }
     cmd.env(WORKER_ENV, env.encode())
-        .stdin(Stdio::from(OwnedFd::from(theirs)));
+        .stdin(Stdio::from(OwnedFd::from(their_in)));
     if let Some(args) = &launch.harness_args {
         cmd.args(args).stdout(Stdio::null());
     }
@@ -139,18 +147,21 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     drop(cmd);
     let child = spawned.map_err(Error::Spawn)?;
     let pid = child.id();
-    let mut fds = vec![progress_fd];
+    let mut fds = vec![their_out.as_raw_fd(), progress_fd];
     fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
-    let sent = send_fds(&ours, &fds)
+    let sent = send_fds(&to, &fds)
         .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
+    // Only the worker holds these now: its exit ends the channel.
+    drop(their_out);
     drop(stdout_copy);
     let pending = Pending {
         child,
         pid,
-        stream: ours,
+        to,
+        from,
         progress,
     };
-    match sent.and_then(|()| send_hello(&pending.stream, launch)) {
+    match sent.and_then(|()| send_hello(&pending.to, launch)) {
         Ok(()) => Ok(pending),
         Err(reason) => Err(Error::Startup {
             pid,
@@ -263,17 +274,18 @@ pub(crate) fn finish(pending: Pending, launch: &Launch) -> Result<Spawned, Error
     let Pending {
         child,
         pid,
-        stream,
+        to,
+        from,
         progress,
     } = pending;
-    if let Err(reason) = read_ready(&stream, launch, pid) {
+    if let Err(reason) = read_ready(&from, launch, pid) {
         return Err(Error::Startup {
             pid,
             reason: reap(child, reason),
         });
     }
     if let Some(init) = &launch.init
-        && let Err(reason) = run_init(&stream, init, launch.max_frame)
+        && let Err(reason) = run_init(&to, &from, init, launch.max_frame)
     {
         return Err(Error::Initializer {
             task: init.name,
@@ -284,7 +296,8 @@ pub(crate) fn finish(pending: Pending, launch: &Launch) -> Result<Spawned, Error
     Ok(Spawned {
         child,
         pid,
-        stream,
+        to,
+        from,
         progress,
     })
 }
@@ -300,13 +313,18 @@ fn reap(mut child: Child, reason: String) -> String {
 }
 
 /// Runs the initializer in a new worker and checks its outcome.
-fn run_init(stream: &UnixStream, init: &InitSpec, max_frame: usize) -> Result<(), String> {
+fn run_init(
+    to: &UnixStream,
+    from: &UnixStream,
+    init: &InitSpec,
+    max_frame: usize,
+) -> Result<(), String> {
     let header = wire::encode_header(&ToWorker::Init { task: init.task });
-    let mut writer = stream;
+    let mut writer = to;
     wire::write_frame(&mut writer, &header, &init.body, max_frame)
         .map_err(|err| err.to_string())?;
     let mut buf = Vec::new();
-    match wire::read_frame(&mut BufReader::new(stream), max_frame, &mut buf) {
+    match wire::read_frame(&mut BufReader::new(from), max_frame, &mut buf) {
         Ok(()) => {}
         Err(pool_core::ProtocolError::Closed) => {
             return Err("the worker exited while running it".to_owned());
