@@ -100,6 +100,8 @@ pub(crate) struct Run<T: Task, I> {
     cap: usize,
     auto: usize,
     rate_mark: (Instant, usize),
+    /// Encoded bytes per item in the last chunk, to size the next.
+    item_bytes: usize,
     local: VecDeque<(usize, Error)>,
     fatal: Option<Error>,
     done: bool,
@@ -129,7 +131,7 @@ where
             Some(tx) => (Sink::Channel(tx), None),
             None => {
                 let (rx, tx) = EventQueue::new();
-                (Sink::Queue(tx), Some(rx))
+                (Sink::Queue(Arc::new(tx)), Some(rx))
             }
         };
         let lazy = matches!(mode, Mode::Ordered | Mode::Unordered);
@@ -181,6 +183,7 @@ where
             cap,
             auto: 1,
             rate_mark: (Instant::now(), 0),
+            item_bytes: 0,
             local: VecDeque::new(),
             fatal: None,
             done: false,
@@ -266,7 +269,14 @@ where
             let Some(input) = self.input.as_mut() else {
                 return Ok(());
             };
-            let mut body = Vec::new();
+            // Sized from the previous chunk's bytes per item: no chain of
+            // reallocations while encoding.
+            let mut body = Vec::with_capacity(
+                self.item_bytes
+                    .saturating_mul(size)
+                    .saturating_add(64)
+                    .min(CHUNK_BYTES + (CHUNK_BYTES >> 2)),
+            );
             let mut first = self.pulled;
             let mut count = 0u32;
             let mut exhausted = false;
@@ -317,6 +327,7 @@ where
                 count += 1;
             }
             if count > 0 {
+                self.item_bytes = body.len().div_ceil(count as usize);
                 self.submit(first, count, body)?;
             }
             if exhausted {

@@ -84,8 +84,9 @@ pub(crate) enum Sink {
     /// A consumer shared by several jobs (the async driver, which selects
     /// over this channel and its control channel).
     Channel(Sender<Routed>),
-    /// One call's own consumer.
-    Queue(QueueTx),
+    /// One call's own consumer (shared without touching the sender count:
+    /// the queue closes when the job's own handle goes).
+    Queue(Arc<QueueTx>),
 }
 
 impl Sink {
@@ -118,12 +119,15 @@ pub(crate) struct EventQueue {
 
 struct QueueInner {
     events: VecDeque<Event>,
-    /// Live [`QueueTx`] handles; none left and nothing queued means no
-    /// event can come any more.
-    senders: usize,
+    /// The [`QueueTx`] is gone: once the queue is empty, no event can
+    /// come any more.
+    closed: bool,
+    /// The consumer sleeps on the condition variable: only then does a
+    /// sender pay for a wake-up (a system call even with nobody waiting).
+    sleeping: bool,
 }
 
-/// The sending side of an [`EventQueue`] (counted, like a channel's).
+/// The sending side of an [`EventQueue`]; dropping it closes the queue.
 pub(crate) struct QueueTx(Arc<EventQueue>);
 
 impl EventQueue {
@@ -132,7 +136,8 @@ impl EventQueue {
         let queue = Arc::new(EventQueue {
             inner: Mutex::new(QueueInner {
                 events: VecDeque::new(),
-                senders: 1,
+                closed: false,
+                sleeping: false,
             }),
             ready: Condvar::new(),
             queued: std::sync::atomic::AtomicBool::new(false),
@@ -146,7 +151,7 @@ impl EventQueue {
     }
 
     /// Moves every queued event to `out`, waiting for one if there is none
-    /// (first spinning up to `spin`); `false` once none is queued and every
+    /// (first spinning up to `spin`); `false` once none is queued and the
     /// sender is gone.
     pub(crate) fn recv_all(&self, out: &mut VecDeque<Event>, spin: Duration) -> bool {
         if !spin.is_zero() && !self.queued.load(Ordering::Acquire) {
@@ -162,10 +167,12 @@ impl EventQueue {
                 self.queued.store(false, Ordering::Release);
                 return true;
             }
-            if inner.senders == 0 {
+            if inner.closed {
                 return false;
             }
+            inner.sleeping = true;
             inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
+            inner.sleeping = false;
         }
     }
 }
@@ -173,28 +180,24 @@ impl EventQueue {
 impl QueueTx {
     fn push(&self, events: Vec<Event>) {
         let mut inner = self.0.lock();
-        let was_empty = inner.events.is_empty();
         inner.events.extend(events);
-        self.0.queued.store(true, Ordering::Release);
+        let wake = inner.sleeping;
         drop(inner);
-        if was_empty {
+        // Set after the unlock, so that a spinning consumer seeing it does
+        // not then block on the lock. A late store after the consumer took
+        // the events only costs it one look at an empty queue.
+        self.0.queued.store(true, Ordering::Release);
+        if wake {
             self.0.ready.notify_one();
         }
-    }
-}
-
-impl Clone for QueueTx {
-    fn clone(&self) -> Self {
-        self.0.lock().senders += 1;
-        QueueTx(Arc::clone(&self.0))
     }
 }
 
 impl Drop for QueueTx {
     fn drop(&mut self) {
         let mut inner = self.0.lock();
-        inner.senders -= 1;
-        if inner.senders == 0 {
+        inner.closed = true;
+        if inner.sleeping {
             drop(inner);
             self.0.ready.notify_one();
         }
@@ -369,6 +372,10 @@ pub(crate) struct State {
     broken: Option<String>,
     /// The slot that wins the next tie in [`State::dispatch`].
     turn: usize,
+    /// Threads waiting on [`Shared::changed`]: the hot paths signal it only
+    /// when there are some (a signal is a system call even with nobody
+    /// waiting).
+    waiters: usize,
 }
 
 enum Supervise {
@@ -426,6 +433,7 @@ impl Shared {
                 starting: Vec::new(),
                 broken: None,
                 turn: 0,
+                waiters: 0,
             }),
             changed: Condvar::new(),
             config,
@@ -495,10 +503,37 @@ impl Shared {
     /// Forgets a job: its queued chunks are dropped, late results ignored.
     pub(crate) fn cancel(&self, job: u64) {
         let mut st = self.lock();
-        if st.jobs.remove(&job).is_some() {
+        let spec = st.jobs.remove(&job);
+        if spec.is_some() {
             st.queue.retain(|c| c.job != job);
         }
-        self.changed.notify_all();
+        let wake = st.waiters > 0;
+        drop(st);
+        // Its event sink is released outside the lock.
+        drop(spec);
+        if wake {
+            self.changed.notify_all();
+        }
+    }
+
+    /// Waits for a change of the state (see [`State::waiters`]).
+    fn wait_changed<'a>(
+        &self,
+        mut st: MutexGuard<'a, State>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, State> {
+        st.waiters += 1;
+        let mut st = match timeout {
+            None => self.changed.wait(st).unwrap_or_else(|p| p.into_inner()),
+            Some(t) => {
+                self.changed
+                    .wait_timeout(st, t)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+        st.waiters -= 1;
+        st
     }
 
     /// Stops accepting new jobs.
@@ -522,7 +557,7 @@ impl Shared {
                 || !st.queue.is_empty()
                 || st.workers.iter().flatten().any(|w| !w.in_flight.is_empty()))
         {
-            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.wait_changed(st, None);
         }
     }
 
@@ -563,13 +598,9 @@ impl Shared {
                         kill(worker);
                     }
                 }
-                st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                st = self.wait_changed(st, None);
             } else {
-                st = self
-                    .changed
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                st = self.wait_changed(st, Some(left));
             }
         }
         drop(st);
@@ -965,6 +996,7 @@ impl Shared {
     ) -> Result<(), ProtocolError> {
         let mut outbox = Outbox::default();
         let mut finished = false;
+        let mut wake = false;
         let mut outcome = Ok(());
         {
             let mut st = self.lock();
@@ -979,10 +1011,11 @@ impl Shared {
             }
             if finished {
                 st.dispatch(&self.config);
+                wake = st.waiters > 0;
             }
         }
         frames.clear();
-        if finished {
+        if wake {
             self.changed.notify_all();
         }
         outbox.send();
