@@ -238,6 +238,9 @@ struct InFlight {
 /// is free.
 const PIPELINE: Duration = Duration::from_millis(1);
 
+/// The largest frame the dispatching thread writes itself.
+const DIRECT_MAX: usize = 64 << 10;
+
 /// The dispatching side's handle on a local worker's channel.
 struct LocalChannel {
     /// Written to directly while `backlog` is zero.
@@ -281,7 +284,13 @@ impl Worker {
             let size = header.len() + body.len();
             // Only an idle worker is written to directly: a busy one reads
             // later anyway, and its writer thread batches frames into one call.
-            if self.in_flight.is_empty() && ch.backlog.load(Ordering::Acquire) == 0 && size <= max {
+            // A large frame goes to the writer thread: its copy into the
+            // socket is work the dispatching thread (often the caller,
+            // encoding the next chunk) is better spared.
+            if self.in_flight.is_empty()
+                && ch.backlog.load(Ordering::Acquire) == 0
+                && size <= max.min(DIRECT_MAX)
+            {
                 let len = (size as u32).to_le_bytes();
                 match send_nowait(&ch.stream, &[&len, &header, &body]) {
                     Some(n) if n == 4 + size => return,
