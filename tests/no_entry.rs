@@ -40,7 +40,7 @@ fn started_as_a_worker_without_reaching_the_entry() {
             "--ignored",
             "--nocapture",
         ])
-        .env("POOL_RUNTIME_WORKER", "v1:1000:1001:-1:1")
+        .env("POOL_RUNTIME_WORKER", "v2:0:1")
         .output()
         .expect("runs");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -121,13 +121,16 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     }
 }
 
-/// Appends `data` (at most 16 bytes) with fixed-size copies only: two
+/// Appends `data`; up to 16 bytes with fixed-size copies only: two
 /// possibly overlapping copies of 8, 4 or 2 bytes cover any length up to 16,
 /// and fixed-size copies compile to plain loads and stores.
 #[inline]
 fn push_short(out: &mut Vec<u8>, data: &[u8]) {
     let n = data.len();
-    debug_assert!(n <= 16);
+    if n > 16 {
+        out.extend_from_slice(data);
+        return;
+    }
     out.reserve(n);
     let len = out.len();
     let spare = &mut out.spare_capacity_mut()[..n];
@@ -149,7 +152,8 @@ fn push_short(out: &mut Vec<u8>, data: &[u8]) {
         4..=7 => pair::<4>(spare, data),
         _ => pair::<8>(spare, data),
     }
-    // SAFETY: the `n` bytes after `len` were just written.
+    // SAFETY: the `n` (at most 16) bytes after `len` were just written: for
+    // 2 to 16 bytes, a copy at the start and one ending at `n` cover them.
     unsafe { out.set_len(len + n) };
 }
 

@@ -358,9 +358,9 @@ pub mod prelude {
 /// In a process the pool started as a worker, it serves tasks until the pool
 /// is done with it, then exits the process: it never returns, and the rest
 /// of `main` never runs there. Anywhere else it returns at once. Code placed
-/// before it runs in every worker as well, and must not read stdin: until
-/// `init()` takes it over, a worker's stdin is its channel to the pool (its
-/// tasks then see an empty stdin).
+/// before it runs in every worker as well, and must not read stdin nor start
+/// programs that inherit it: until `init()` takes it over, a worker's stdin
+/// is its channel to the pool (its tasks then see an empty stdin).
 pub fn init() {
     worker::enter();
 }

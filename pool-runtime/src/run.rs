@@ -24,6 +24,9 @@ const LAZY_WINDOW: usize = 8;
 const MAX_AUTO_CHUNK: usize = 1 << 17;
 /// How long a one-item call watches for its result before sleeping.
 const SPIN_ONE: Duration = Duration::from_micros(100);
+/// Spinning only pays with a CPU for it beside the worker's.
+static SPIN_WORTH: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
 /// How much the automatic chunk size may grow per measurement.
 const RAMP: usize = 32;
 /// How far the automatic chunk size shrinks at the end of a call.
@@ -381,7 +384,7 @@ where
                 // for its result a moment before sleeping, which spares the
                 // wake-up of a sleeping thread (tens of µs on a VM). Larger
                 // calls sleep at once: the CPUs belong to the workers.
-                let spin = if self.reporter.total() == Some(1) {
+                let spin = if self.reporter.total() == Some(1) && *SPIN_WORTH {
                     SPIN_ONE
                 } else {
                     Duration::ZERO

@@ -783,13 +783,20 @@ impl Shared {
                 kill_pid(pid);
             }
         }
-        let outcome = local::finish(pending, &self.config.launch);
-        self.lock().starting.retain(|&p| p != pid);
+        let forget = |pid: u32| self.lock().starting.retain(|&p| p != pid);
+        let outcome = local::finish(pending, &self.config.launch, forget);
+        forget(pid);
         match outcome.and_then(|spawned| self.install(slot, spawned)) {
             Ok(Some((stream, child))) => {
                 let _ = done.send(Ok(()));
                 drop(done);
-                self.read_loop(slot, pid, stream, child);
+                let shared = Arc::clone(&self);
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.read_loop(slot, pid, stream, child);
+                }));
+                if read.is_err() {
+                    self.after_reader_panic(slot, pid);
+                }
             }
             Ok(None) => {
                 let _ = done.send(Ok(()));
@@ -798,6 +805,30 @@ impl Shared {
                 let _ = done.send(Err(err));
             }
         }
+    }
+
+    /// Cleans up after a reader that panicked (a bug): its worker is killed
+    /// and reaped if it was not yet, and detached if it still is attached,
+    /// so that shutdown does not wait for it forever.
+    fn after_reader_panic(&self, slot: usize, pid: u32) {
+        tracing::error!(pid, "the reader thread of a pool worker panicked");
+        let attached = self.lock().workers[slot]
+            .as_ref()
+            .is_some_and(|w| w.pid == pid);
+        if !attached {
+            return;
+        }
+        self.mark_dying(slot);
+        // SAFETY: waitpid on our own child; WNOHANG tells whether it is
+        // still unreaped (only then may its pid be signalled).
+        let unreaped =
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) } == 0;
+        if unreaped {
+            kill_pid(pid);
+            // SAFETY: as above, now waiting for it to end.
+            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        }
+        self.detach(slot, pid, ExitCause::Unknown, None);
     }
 
     /// Attaches a started worker and starts its writer thread; returns what

@@ -143,10 +143,14 @@ fn run(env: WorkerEnv) -> ! {
     // not become workers. Called before any task runs; the only other thread
     // that can exist here is a test harness's main thread, which is blocked.
     unsafe { std::env::remove_var(WORKER_ENV) };
-    // Killed with the pool's supervisor thread, which started us. Set before
-    // the parent check, so that a parent dying in between is seen by one.
+    // Killed when the pool's thread that started us ends (it lives as long
+    // as this worker, or the pool process dies). Set only now, after `exec`
+    // and the code of `main` before `init()`; set before the parent check,
+    // so that a pool dying in between is seen by one of the two. It cannot
+    // fail with these arguments; without it, the end of the channel still
+    // ends the worker at its next read.
     #[cfg(target_os = "linux")]
-    // SAFETY: prctl with an integer argument.
+    // SAFETY: prctl with integer arguments.
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,

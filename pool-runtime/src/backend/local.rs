@@ -249,7 +249,7 @@ pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>>
         while !cmsg.is_null() {
             if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 for i in 0..len / std::mem::size_of::<RawFd>() {
                     fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
                 }
@@ -269,8 +269,14 @@ pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>>
     Ok(fds)
 }
 
-/// Completes the handshake of a started worker.
-pub(crate) fn finish(pending: Pending, launch: &Launch) -> Result<Spawned, Error> {
+/// Completes the handshake of a started worker. On failure the worker is
+/// killed and reaped, after `forget(pid)`: the pid must not be signalled
+/// once reaped, as it may be reused.
+pub(crate) fn finish(
+    pending: Pending,
+    launch: &Launch,
+    forget: impl Fn(u32),
+) -> Result<Spawned, Error> {
     let Pending {
         child,
         pid,
@@ -279,6 +285,7 @@ pub(crate) fn finish(pending: Pending, launch: &Launch) -> Result<Spawned, Error
         progress,
     } = pending;
     if let Err(reason) = read_ready(&from, launch, pid) {
+        forget(pid);
         return Err(Error::Startup {
             pid,
             reason: reap(child, reason),
@@ -287,6 +294,7 @@ pub(crate) fn finish(pending: Pending, launch: &Launch) -> Result<Spawned, Error
     if let Some(init) = &launch.init
         && let Err(reason) = run_init(&to, &from, init, launch.max_frame)
     {
+        forget(pid);
         return Err(Error::Initializer {
             task: init.name,
             pid,
@@ -385,7 +393,7 @@ fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), Stri
             ) =>
         {
             return Err(format!(
-                "no handshake within {:?}: does `main` call `pool_runtime::init()` before anything slow?",
+                "no handshake within {:?}: does `main` call `pool_runtime::init()` first, before anything slow and before anything that reads stdin or starts programs that do?",
                 launch.startup_timeout
             ));
         }
