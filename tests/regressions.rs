@@ -345,3 +345,70 @@ fn terminate_returns_while_a_worker_spins_behind_a_large_chunk() {
     std::thread::sleep(Duration::from_secs(1));
     within(10, move || pool.terminate());
 }
+
+/// Waits while `marker` exists.
+#[task]
+fn init_wait_while(marker: String) {
+    while std::path::Path::new(&marker).exists() {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Item 0 aborts its worker; any other item spins forever.
+#[task]
+fn abort_or_spin(x: u64) -> u64 {
+    if x == 0 {
+        std::process::abort();
+    }
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+/// The supervisor that enforces timeouts used to start replacement workers
+/// itself, initializer included, so a stuck item on another worker was not
+/// timed out while a replacement started. Here the replacement's
+/// initializer waits until the test has both results: before the fix, the
+/// second never came.
+#[test]
+fn timeouts_are_enforced_while_a_replacement_starts() {
+    let marker = std::env::temp_dir().join(format!("review-respawn-{}", std::process::id()));
+    let m = marker.to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&marker);
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(task!(init_wait_while), m)
+        .build()
+        .expect("pool");
+    std::fs::write(&marker, b"").expect("marker");
+    let outcome = std::panic::catch_unwind(|| {
+        within(20, move || {
+            let mut results: Vec<_> = pool
+                .call()
+                .chunksize(1)
+                .timeout(Duration::from_secs(1))
+                .imap_unordered(task!(abort_or_spin), [0u64, 1])
+                .map(|r| r.map_err(|e| e.to_string()))
+                .collect();
+            results.sort();
+            (results, pool)
+        })
+    });
+    // Let the replacements finish starting, then end the pool.
+    let _ = std::fs::remove_file(&marker);
+    let (results, pool) = outcome.expect("both results arrive");
+    within(20, move || drop(pool));
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .any(|r| r.as_ref().is_err_and(|e| e.contains("timeout"))),
+        "{results:?}"
+    );
+    assert!(
+        results.iter().any(|r| r
+            .as_ref()
+            .is_err_and(|e| e.contains("SIGABRT") || e.contains("signal"))),
+        "{results:?}"
+    );
+}

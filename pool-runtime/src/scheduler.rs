@@ -381,6 +381,8 @@ pub(crate) struct State {
     broken: Option<String>,
     /// The slot that wins the next tie in [`State::dispatch`].
     turn: usize,
+    /// Worker threads still starting their worker: shutdown waits for them.
+    launching: usize,
     /// Threads waiting on [`Shared::changed`]: the hot paths signal it only
     /// when there are some (a signal is a system call even with nobody
     /// waiting).
@@ -442,6 +444,7 @@ impl Shared {
                 starting: Vec::new(),
                 broken: None,
                 turn: 0,
+                launching: 0,
                 waiters: 0,
             }),
             changed: Condvar::new(),
@@ -599,7 +602,7 @@ impl Shared {
         outbox.send();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.lock();
-        while st.live_readers > 0 {
+        while st.live_readers > 0 || st.launching > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 for worker in st.workers.iter_mut().flatten() {
@@ -702,29 +705,64 @@ impl Shared {
         }
     }
 
+    /// Starts a replacement for the worker of `slot` without waiting for
+    /// it: the supervisor goes on enforcing timeouts and noticing exits
+    /// while the replacement starts (and runs its initializer).
     fn respawn(self: &Arc<Self>, slot: usize) {
-        if self.lock().terminated || self.config.remote.is_some() {
+        if self.config.remote.is_some() {
             return;
         }
-        tracing::debug!(slot, "starting a replacement pool worker");
-        if let Err(err) = self.spawn_into(&[slot]) {
-            tracing::warn!(slot, error = %err, "a replacement pool worker failed to start");
-            let mut outbox = Outbox::default();
+        {
             let mut st = self.lock();
-            st.startup_failures += 1;
-            if st.startup_failures >= 3 {
-                let reason = err.to_string();
-                st.broken = Some(reason.clone());
-                st.queue.clear();
-                for (id, job) in st.jobs.drain() {
-                    outbox.push(&job.events, id, Event::Fatal(Error::Broken(reason.clone())));
-                }
-            } else {
-                let _ = self.supervisor.send(Supervise::Respawn(slot));
+            if st.terminated {
+                return;
             }
-            drop(st);
+            st.launching += 1;
+        }
+        tracing::debug!(slot, "starting a replacement pool worker");
+        let shared = Arc::clone(self);
+        let thread = thread::Builder::new()
+            .name(format!("pool-worker-{slot}"))
+            .spawn(move || shared.run_worker(slot, None));
+        if let Err(err) = thread {
+            self.launched();
+            self.replacement_failed(slot, Error::Spawn(err));
+        }
+    }
+
+    /// A replacement worker failed to start: try again, or after three
+    /// failures in a row mark the pool broken.
+    fn replacement_failed(&self, slot: usize, err: Error) {
+        let mut st = self.lock();
+        if st.terminated {
+            return;
+        }
+        tracing::warn!(slot, error = %err, "a replacement pool worker failed to start");
+        let mut outbox = Outbox::default();
+        st.startup_failures += 1;
+        if st.startup_failures >= 3 {
+            let reason = err.to_string();
+            st.broken = Some(reason.clone());
+            st.queue.clear();
+            for (id, job) in st.jobs.drain() {
+                outbox.push(&job.events, id, Event::Fatal(Error::Broken(reason.clone())));
+            }
+        } else {
+            let _ = self.supervisor.send(Supervise::Respawn(slot));
+        }
+        drop(st);
+        self.changed.notify_all();
+        outbox.send();
+    }
+
+    /// A worker thread is done starting its worker (attached or failed).
+    fn launched(&self) {
+        let mut st = self.lock();
+        st.launching -= 1;
+        let wake = st.waiters > 0;
+        drop(st);
+        if wake {
             self.changed.notify_all();
-            outbox.send();
         }
     }
 
@@ -741,12 +779,14 @@ impl Shared {
         for &slot in slots {
             let shared = Arc::clone(self);
             let done = done_tx.clone();
+            self.lock().launching += 1;
             let thread = thread::Builder::new()
                 .name(format!("pool-worker-{slot}"))
-                .spawn(move || shared.run_worker(slot, done));
+                .spawn(move || shared.run_worker(slot, Some(done)));
             match thread {
                 Ok(_) => launched += 1,
                 Err(err) => {
+                    self.launched();
                     first_err.get_or_insert(Error::Spawn(err));
                 }
             }
@@ -765,16 +805,43 @@ impl Shared {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Starts the worker for `slot`, reports to `done`, then reads its
-    /// frames until it is gone.
-    fn run_worker(self: Arc<Self>, slot: usize, done: Sender<Result<(), Error>>) {
-        let pending = match local::start(&self.config.launch) {
-            Ok(pending) => pending,
-            Err(err) => {
-                let _ = done.send(Err(err));
-                return;
+    /// Starts the worker for `slot`, reports how that went (to `done`, or
+    /// as a failed replacement), then reads its frames until it is gone.
+    fn run_worker(self: Arc<Self>, slot: usize, done: Option<Sender<Result<(), Error>>>) {
+        let started = self.start_worker(slot);
+        // Counted until here, so that shutdown waits for a start under way.
+        self.launched();
+        let report = |outcome: Result<(), Error>| match (&done, outcome) {
+            (Some(done), outcome) => {
+                let _ = done.send(outcome);
             }
+            (None, Ok(())) => {}
+            (None, Err(err)) => self.replacement_failed(slot, err),
         };
+        match started {
+            Ok(Some((pid, stream, child))) => {
+                report(Ok(()));
+                drop(done);
+                let shared = Arc::clone(&self);
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.read_loop(slot, pid, stream, child);
+                }));
+                if read.is_err() {
+                    self.after_reader_panic(slot, pid);
+                }
+            }
+            Ok(None) => report(Ok(())),
+            Err(err) => report(Err(err)),
+        }
+    }
+
+    /// Starts and attaches the worker for `slot`; what its reader needs, or
+    /// `None` if the pool was terminated meanwhile.
+    fn start_worker(
+        self: &Arc<Self>,
+        slot: usize,
+    ) -> Result<Option<(u32, UnixStream, Child)>, Error> {
+        let pending = local::start(&self.config.launch)?;
         let pid = pending.pid();
         {
             let mut st = self.lock();
@@ -786,25 +853,9 @@ impl Shared {
         let forget = |pid: u32| self.lock().starting.retain(|&p| p != pid);
         let outcome = local::finish(pending, &self.config.launch, forget);
         forget(pid);
-        match outcome.and_then(|spawned| self.install(slot, spawned)) {
-            Ok(Some((stream, child))) => {
-                let _ = done.send(Ok(()));
-                drop(done);
-                let shared = Arc::clone(&self);
-                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    shared.read_loop(slot, pid, stream, child);
-                }));
-                if read.is_err() {
-                    self.after_reader_panic(slot, pid);
-                }
-            }
-            Ok(None) => {
-                let _ = done.send(Ok(()));
-            }
-            Err(err) => {
-                let _ = done.send(Err(err));
-            }
-        }
+        Ok(self
+            .install(slot, outcome?)?
+            .map(|(stream, child)| (pid, stream, child)))
     }
 
     /// Cleans up after a reader that panicked (a bug): its worker is killed
