@@ -251,6 +251,14 @@ struct LocalChannel {
     backlog: Arc<AtomicUsize>,
 }
 
+/// A local worker's writer thread, seen from the pool.
+struct WriterSide {
+    tx: Sender<Outgoing>,
+    backlog: Arc<AtomicUsize>,
+    /// The channel's sockets, to cut when the worker is killed.
+    ends: Ends,
+}
+
 /// Both sockets of a local worker's channel, as the pool holds them.
 struct Ends {
     to: UnixStream,
@@ -390,6 +398,8 @@ pub(crate) struct State {
 }
 
 enum Supervise {
+    /// Attach a remote backend's workers (local ones are started by
+    /// [`Shared::start`] itself).
     Initial(Sender<Result<(), Error>>),
     Respawn(usize),
     /// Re-check whether timeouts need watching.
@@ -456,9 +466,16 @@ impl Shared {
             .name("pool-supervisor".into())
             .spawn(move || sup.supervise(rx))
             .map_err(Error::Spawn)?;
-        let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-        let _ = tx.send(Supervise::Initial(reply_tx));
-        let started = reply_rx.recv().unwrap_or(Err(Error::Terminated));
+        let started = if shared.config.remote.is_some() {
+            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+            let _ = tx.send(Supervise::Initial(reply_tx));
+            reply_rx.recv().unwrap_or(Err(Error::Terminated))
+        } else {
+            // Local workers are started from here: each by its own thread,
+            // so no other thread needs to be involved (or woken).
+            let slots: Vec<usize> = (0..shared.config.processes).collect();
+            shared.spawn_into(&slots)
+        };
         match started {
             Ok(()) => Ok((shared, handle)),
             Err(err) => {
@@ -674,10 +691,7 @@ impl Shared {
                 Some(Supervise::Initial(reply)) => {
                     let started = match self.config.remote {
                         Some(attach_all) => attach_all(&self),
-                        None => {
-                            let slots: Vec<usize> = (0..self.config.processes).collect();
-                            self.spawn_into(&slots)
-                        }
+                        None => Ok(()),
                     };
                     let _ = reply.send(started);
                 }
@@ -850,12 +864,42 @@ impl Shared {
                 kill_pid(pid);
             }
         }
+        // The writer thread starts while the worker boots.
+        let writer = self.start_writer(pid, pending.channel());
         let forget = |pid: u32| self.lock().starting.retain(|&p| p != pid);
         let outcome = local::finish(pending, &self.config.launch, forget);
         forget(pid);
+        let mut spawned = outcome?;
+        let writer = match writer {
+            Ok(writer) => writer,
+            Err(err) => {
+                let _ = spawned.child.kill();
+                let _ = spawned.child.wait();
+                return Err(err);
+            }
+        };
         Ok(self
-            .install(slot, outcome?)?
+            .install(slot, spawned, writer)?
             .map(|(stream, child)| (pid, stream, child)))
+    }
+
+    /// Starts the writer thread of the worker `pid` on its channel.
+    fn start_writer(
+        &self,
+        pid: u32,
+        (to, from): (&UnixStream, &UnixStream),
+    ) -> Result<WriterSide, Error> {
+        let writer_ends = Ends::clone_of(to, from).map_err(Error::Spawn)?;
+        let ends = Ends::clone_of(to, from).map_err(Error::Spawn)?;
+        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
+        let max = self.config.launch.max_frame;
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&backlog);
+        thread::Builder::new()
+            .name(format!("pool-writer-{pid}"))
+            .spawn(move || write_loop(rx, &writer_ends, max, &counter))
+            .map_err(Error::Spawn)?;
+        Ok(WriterSide { tx, backlog, ends })
     }
 
     /// Cleans up after a reader that panicked (a bug): its worker is killed
@@ -882,12 +926,13 @@ impl Shared {
         self.detach(slot, pid, ExitCause::Unknown, None);
     }
 
-    /// Attaches a started worker and starts its writer thread; returns what
-    /// its reader needs, or `None` if the pool was terminated meanwhile.
+    /// Attaches a started worker, with its writer thread; returns what its
+    /// reader needs, or `None` if the pool was terminated meanwhile.
     fn install(
         self: &Arc<Self>,
         slot: usize,
         spawned: Spawned,
+        writer: WriterSide,
     ) -> Result<Option<(UnixStream, Child)>, Error> {
         let Spawned {
             mut child,
@@ -896,38 +941,16 @@ impl Shared {
             from,
             progress,
         } = spawned;
-        let clones = Ends::clone_of(&to, &from)
-            .and_then(|writer| Ends::clone_of(&to, &from).map(|ends| (writer, ends)));
-        let (writer_ends, ends) = match clones {
-            Ok(pair) => pair,
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Error::Spawn(err));
-            }
-        };
-        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
-        let max = self.config.launch.max_frame;
-        let backlog = Arc::new(AtomicUsize::new(0));
         let channel = LocalChannel {
             stream: to,
-            ends,
-            backlog: Arc::clone(&backlog),
+            ends: writer.ends,
+            backlog: writer.backlog,
         };
-        if !self.attach_inner(slot, pid, tx, Some(Arc::new(progress)), true, Some(channel)) {
+        let progress = Some(Arc::new(progress));
+        if !self.attach_inner(slot, pid, writer.tx, progress, true, Some(channel)) {
             let _ = child.kill();
             let _ = child.wait();
             return Ok(None);
-        }
-        let writer = thread::Builder::new()
-            .name(format!("pool-writer-{pid}"))
-            .spawn(move || write_loop(rx, &writer_ends, max, &backlog));
-        if let Err(err) = writer {
-            self.mark_dying(slot);
-            let _ = child.kill();
-            let cause = child.wait().map_or(ExitCause::Unknown, exit_cause);
-            self.detach(slot, pid, cause, None);
-            return Err(Error::Spawn(err));
         }
         Ok(Some((from, child)))
     }

@@ -111,6 +111,11 @@ impl Pending {
     pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
+
+    /// The channel: frames to the worker, frames from it.
+    pub(crate) fn channel(&self) -> (&UnixStream, &UnixStream) {
+        (&self.to, &self.from)
+    }
 }
 
 /// Starts one worker process and sends it the handshake; [`finish`] reads the answer.
