@@ -7,8 +7,10 @@
 //! out), so a large frame being written never blocks the reading of results.
 //! The reader thread is also the one that started the worker process and
 //! reaps it, so the worker's parent-death signal is tied to a thread that
-//! lives exactly as long as the worker. The supervisor thread asks for
-//! workers (all at once at start, one per lost worker) and enforces timeouts.
+//! lives exactly as long as the worker. The thread that builds the pool
+//! starts the first workers and waits for them; the supervisor thread
+//! starts replacements (without waiting for them), enforces timeouts and
+//! notices exits.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
