@@ -87,7 +87,7 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let workload = args
         .next()
-        .ok_or("usage: bench <raw|start|roundtrip|tiny|payload|cpu> [options]")?;
+        .ok_or("usage: bench <raw|start|roundtrip|tiny|sweep|payload|cpu> [options]")?;
     let mut opts = Opts {
         workload,
         reps: 5,
@@ -450,6 +450,56 @@ fn tiny(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// The tiny workload with automatic chunks and with each hand-picked chunk
+/// size, interleaved on one pool: every repetition runs every setting (in
+/// a rotating order), so a drift of the machine affects them alike and the
+/// comparison of automatic against hand-picked stays fair.
+fn sweep(opts: &Opts) -> Result<(), Error> {
+    const SIZES: [Option<usize>; 5] = [None, Some(1000), Some(10_000), Some(62_500), Some(125_000)];
+    let items = tiny_items(opts.items);
+    let expected: u64 = items
+        .iter()
+        .map(|&(x, n)| x.pow(n))
+        .fold(0, u64::wrapping_add);
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let run = |size: Option<usize>, n: usize| -> Result<Duration, Error> {
+        let input = items[..n].iter().copied();
+        let t0 = Instant::now();
+        let out = match size {
+            Some(c) => pool.chunksize(c).starmap(task!(power), input)?,
+            None => pool.starmap(task!(power), input)?,
+        };
+        let elapsed = t0.elapsed();
+        check(out.len() == n, "result count")?;
+        if n == items.len() {
+            let sum = out.iter().copied().fold(0, u64::wrapping_add);
+            check(sum == expected, "result sum")?;
+        }
+        Ok(elapsed)
+    };
+    for _ in 0..opts.warmup {
+        for size in SIZES {
+            run(size, (items.len() / 10).max(1))?;
+        }
+    }
+    let mut rates = vec![Vec::new(); SIZES.len()];
+    for rep in 0..opts.reps {
+        for k in 0..SIZES.len() {
+            let i = (k + rep) % SIZES.len();
+            let took = run(SIZES[i], items.len())?;
+            rates[i].push(items.len() as f64 / took.as_secs_f64());
+        }
+    }
+    for (size, rate) in SIZES.iter().zip(&rates) {
+        let metric = match size {
+            None => "items_per_s_auto".to_owned(),
+            Some(c) => format!("items_per_s_chunksize_{c}"),
+        };
+        emit(&metric, "items/s", true, rate, &[]);
+    }
+    Ok(())
+}
+
 /// `map(length)` over `count` distinct `Vec<u8>` of `mib` MiB each.
 fn payload(opts: &Opts) -> Result<(), Error> {
     let size = opts.mib << 20;
@@ -549,6 +599,7 @@ fn main() -> Result<(), Error> {
         "start" => start(&opts),
         "roundtrip" => roundtrip(&opts),
         "tiny" => tiny(&opts),
+        "sweep" => sweep(&opts),
         "payload" => payload(&opts),
         "cpu" => cpu(&opts),
         other => {
