@@ -26,7 +26,7 @@
 //!   why `main` starts with [`init`] (or [`#[main]`](macro@main)): in a worker,
 //!   `init()` serves tasks and never returns. Whatever runs before it runs in
 //!   every worker too.
-//! - Arguments and results travel as postcard over a private socket; the
+//! - Arguments and results travel as postcard over private sockets; the
 //!   workers' stdout and stderr are the program's, so `println!` in a task
 //!   prints as in Python.
 //! - A panic in a task, or a worker that dies (abort, signal,
