@@ -420,28 +420,44 @@ fn roundtrip(opts: &Opts) -> Result<(), Error> {
 }
 
 /// `starmap(power)` over `items` tiny items.
-fn tiny(opts: &Opts) -> Result<(), Error> {
-    let items = tiny_items(opts.items);
-    let expected: u64 = items
-        .iter()
-        .map(|&(x, n)| x.pow(n))
-        .fold(0, u64::wrapping_add);
-    let pool = Pool::builder().processes(opts.procs).build()?;
-    let times = repeat(opts, items.len(), |n| {
-        let input = items[..n].iter().copied();
+/// The tiny workload's items, with the checksum of their results.
+struct TinyInput {
+    items: Vec<(u64, u32)>,
+    expected: u64,
+}
+
+impl TinyInput {
+    fn new(count: usize) -> TinyInput {
+        let items = tiny_items(count);
+        let expected = items
+            .iter()
+            .map(|&(x, n)| x.pow(n))
+            .fold(0, u64::wrapping_add);
+        TinyInput { items, expected }
+    }
+
+    /// One timed `starmap` of the first `n` items, checked.
+    fn run(&self, pool: &Pool, chunksize: Option<usize>, n: usize) -> Result<Duration, Error> {
+        let input = self.items[..n].iter().copied();
         let t0 = Instant::now();
-        let out = match opts.chunksize {
+        let out = match chunksize {
             Some(c) => pool.chunksize(c).starmap(task!(power), input)?,
             None => pool.starmap(task!(power), input)?,
         };
         let elapsed = t0.elapsed();
         check(out.len() == n, "result count")?;
-        if n == items.len() {
+        if n == self.items.len() {
             let sum = out.iter().copied().fold(0, u64::wrapping_add);
-            check(sum == expected, "result sum")?;
+            check(sum == self.expected, "result sum")?;
         }
         Ok(elapsed)
-    })?;
+    }
+}
+
+fn tiny(opts: &Opts) -> Result<(), Error> {
+    let input = TinyInput::new(opts.items);
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, opts.items, |n| input.run(&pool, opts.chunksize, n))?;
     let rate: Vec<f64> = times
         .iter()
         .map(|t| opts.items as f64 / t.as_secs_f64())
@@ -456,38 +472,19 @@ fn tiny(opts: &Opts) -> Result<(), Error> {
 /// comparison of automatic against hand-picked stays fair.
 fn sweep(opts: &Opts) -> Result<(), Error> {
     const SIZES: [Option<usize>; 5] = [None, Some(1000), Some(10_000), Some(62_500), Some(125_000)];
-    let items = tiny_items(opts.items);
-    let expected: u64 = items
-        .iter()
-        .map(|&(x, n)| x.pow(n))
-        .fold(0, u64::wrapping_add);
+    let input = TinyInput::new(opts.items);
     let pool = Pool::builder().processes(opts.procs).build()?;
-    let run = |size: Option<usize>, n: usize| -> Result<Duration, Error> {
-        let input = items[..n].iter().copied();
-        let t0 = Instant::now();
-        let out = match size {
-            Some(c) => pool.chunksize(c).starmap(task!(power), input)?,
-            None => pool.starmap(task!(power), input)?,
-        };
-        let elapsed = t0.elapsed();
-        check(out.len() == n, "result count")?;
-        if n == items.len() {
-            let sum = out.iter().copied().fold(0, u64::wrapping_add);
-            check(sum == expected, "result sum")?;
-        }
-        Ok(elapsed)
-    };
     for _ in 0..opts.warmup {
         for size in SIZES {
-            run(size, (items.len() / 10).max(1))?;
+            input.run(&pool, size, (opts.items / 10).max(1))?;
         }
     }
     let mut rates = vec![Vec::new(); SIZES.len()];
     for rep in 0..opts.reps {
         for k in 0..SIZES.len() {
             let i = (k + rep) % SIZES.len();
-            let took = run(SIZES[i], items.len())?;
-            rates[i].push(items.len() as f64 / took.as_secs_f64());
+            let took = input.run(&pool, SIZES[i], opts.items)?;
+            rates[i].push(opts.items as f64 / took.as_secs_f64());
         }
     }
     for (size, rate) in SIZES.iter().zip(&rates) {

@@ -175,42 +175,56 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     }
 }
 
-/// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
-fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let bytes = std::mem::size_of_val(fds);
+/// Builds a one-byte message over `marker` with room for `count`
+/// descriptors (`SCM_RIGHTS`), and hands it to `f`: the buffers it points
+/// into live on this function's stack for the call.
+fn with_fd_message<R>(
+    marker: &mut [u8; 1],
+    count: usize,
+    f: impl FnOnce(&mut libc::msghdr) -> R,
+) -> R {
+    let bytes = count * std::mem::size_of::<RawFd>();
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
+    // u64s: the control buffer must be aligned for `cmsghdr`.
     let mut control = vec![0u64; space.div_ceil(8)];
-    let mut marker = [FD_MARKER];
     let mut iov = libc::iovec {
         iov_base: marker.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    // SAFETY: an all-zero msghdr is valid; every pointer set below points
-    // into a buffer that outlives the call, of the length given.
+    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
+    // buffers that outlive `f`, of the lengths given.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space as _;
-    // SAFETY: the control buffer holds one header and `bytes` of data.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(bytes as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-    }
-    loop {
-        // SAFETY: a valid socket and message.
-        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        match n {
-            1 => return Ok(()),
-            n if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-            n if n < 0 => return Err(io::Error::last_os_error()),
-            _ => return Err(io::ErrorKind::WriteZero.into()),
+    f(&mut msg)
+}
+
+/// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
+fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    let mut marker = [FD_MARKER];
+    with_fd_message(&mut marker, fds.len(), |msg| {
+        // SAFETY: the control buffer holds one header and room for `fds`.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
         }
-    }
+        loop {
+            // SAFETY: a valid socket and message.
+            let n = unsafe { libc::sendmsg(stream.as_raw_fd(), msg, libc::MSG_NOSIGNAL) };
+            match n {
+                1 => return Ok(()),
+                n if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                n if n < 0 => return Err(io::Error::last_os_error()),
+                _ => return Err(io::ErrorKind::WriteZero.into()),
+            }
+        }
+    })
 }
 
 /// The byte that carries a worker's descriptors.
@@ -219,56 +233,45 @@ const FD_MARKER: u8 = 0xFD;
 /// Receives the descriptors [`send_fds`] sent (worker side): exactly
 /// `count`, close-on-exec.
 pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
-    let bytes = count * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
     let mut marker = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: marker.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
-    // buffers that outlive the call, of the lengths given.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: a valid descriptor and message.
-        let n = unsafe { libc::recvmsg(channel, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        break n;
-    };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote into `control`;
-    // every descriptor in an SCM_RIGHTS message is new and ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
+    let (n, flags, fds) = with_fd_message(&mut marker, count, |msg| {
+        let n = loop {
+            // SAFETY: a valid descriptor and message.
+            let n = unsafe { libc::recvmsg(channel, msg, libc::MSG_CMSG_CLOEXEC) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            break n;
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
-    }
+        let mut fds = Vec::new();
+        // SAFETY: walking the control messages the kernel wrote; every
+        // descriptor in an SCM_RIGHTS message is new and ours to own.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                    let len =
+                        ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                    for i in 0..len / std::mem::size_of::<RawFd>() {
+                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
+            }
+        }
+        Ok((n, msg.msg_flags, fds))
+    })?;
     if n != 1 || marker[0] != FD_MARKER || fds.len() != count {
         return Err(io::Error::other(format!(
             "expected {count} descriptors from the pool, got {} (in {n} bytes)",
             fds.len()
         )));
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if flags & libc::MSG_CTRUNC != 0 {
         return Err(io::Error::other("the pool's descriptors were truncated"));
     }
     Ok(fds)
