@@ -40,6 +40,43 @@ fn a_chunk_larger_than_a_frame_is_split() {
     assert_eq!(out.0, Ok(vec![3000; 4]), "respawns: {}", out.1);
 }
 
+#[task]
+fn blob_of(len: usize) -> String {
+    "y".repeat(len)
+}
+
+/// Results of one chunk that together outgrow a frame come back in several
+/// frames; a result that alone outgrows one fails, and its neighbours in
+/// the chunk still come back.
+#[test]
+fn results_larger_than_a_frame_are_split_or_refused() {
+    let out = within(20, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_size(8192)
+            .build()
+            .expect("pool");
+        let lens = vec![3000, 3000, 9000, 3000, 3000, 10, 3000];
+        pool.chunksize(lens.len())
+            .imap(task!(blob_of), lens)
+            .map(|r| r.map(|s| s.len()).map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(out.len(), 7);
+    for (i, len) in [
+        (0, 3000),
+        (1, 3000),
+        (3, 3000),
+        (4, 3000),
+        (5, 10),
+        (6, 3000),
+    ] {
+        assert_eq!(out[i], Ok(len), "item {i}");
+    }
+    let err = out[2].as_ref().expect_err("a result above the frame limit");
+    assert!(err.contains("above the frame limit of 8192"), "{err}");
+}
+
 /// Writes the start of a frame on the pool channel and dies, as a worker
 /// SIGKILLed (or OOM-killed) in the middle of writing a large results frame.
 #[task]

@@ -98,7 +98,7 @@ pub struct VecFlavor<'a>(pub &'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     type Output = ();
 
-    #[inline]
+    #[inline(always)]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if data.len() <= 16 {
             // Varints and short fields: copied inline, without a `memcpy`
@@ -121,39 +121,34 @@ impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
     }
 }
 
-/// Appends `data`; up to 16 bytes with fixed-size copies only: two
-/// possibly overlapping copies of 8, 4 or 2 bytes cover any length up to 16,
-/// and fixed-size copies compile to plain loads and stores.
-#[inline]
+/// Appends `data`; up to 16 bytes without a `memcpy` call.
+///
+/// The bytes are read one at a time and written as two 8-byte words.
+/// Postcard hands over each varint right after writing it byte by byte to
+/// a stack buffer: a wider load of that buffer waits for the byte stores
+/// to complete (a store-forwarding stall, once the costliest instruction
+/// of encoding a small item), while byte loads are served at once.
+#[inline(always)]
 fn push_short(out: &mut Vec<u8>, data: &[u8]) {
     let n = data.len();
     if n > 16 {
         out.extend_from_slice(data);
         return;
     }
-    out.reserve(n);
+    out.reserve(16);
     let len = out.len();
-    let spare = &mut out.spare_capacity_mut()[..n];
-    fn pair<const K: usize>(spare: &mut [std::mem::MaybeUninit<u8>], data: &[u8]) {
-        let n = data.len();
-        for (dst, src) in [(0, 0), (n - K, n - K)] {
-            let chunk: [u8; K] = data[src..src + K].try_into().unwrap_or([0; K]);
-            for (d, s) in spare[dst..dst + K].iter_mut().zip(chunk) {
-                d.write(s);
-            }
+    let mut words = [0u64; 2];
+    for (k, &byte) in data.iter().enumerate() {
+        words[k / 8] |= u64::from(byte) << (8 * (k % 8));
+    }
+    let spare = &mut out.spare_capacity_mut()[..16];
+    for (dst, word) in spare.chunks_exact_mut(8).zip(words) {
+        for (d, s) in dst.iter_mut().zip(word.to_le_bytes()) {
+            d.write(s);
         }
     }
-    match n {
-        0 => {}
-        1 => {
-            spare[0].write(data[0]);
-        }
-        2..=3 => pair::<2>(spare, data),
-        4..=7 => pair::<4>(spare, data),
-        _ => pair::<8>(spare, data),
-    }
-    // SAFETY: the `n` (at most 16) bytes after `len` were just written: for
-    // 2 to 16 bytes, a copy at the start and one ending at `n` cover them.
+    // SAFETY: the 16 bytes after `len` were just written, the first `n`
+    // of them (n <= 16) from `data`.
     unsafe { out.set_len(len + n) };
 }
 
@@ -263,9 +258,10 @@ pub fn split_frame<'a, H: Deserialize<'a>>(
 }
 
 /// Appends one item to an arguments body: `u32 length ++ postcard(value)`.
+#[inline]
 pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> postcard::Result<()> {
     let mark = body.len();
-    body.extend_from_slice(&[0; 4]);
+    push_short(body, &[0; 4]);
     match postcard::serialize_with_flavor(value, VecFlavor(body)) {
         Ok(()) => {
             let len = (body.len() - mark - 4) as u32;
@@ -281,13 +277,15 @@ pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> postcard::Result
 
 /// Starts a result item in a results body; returns the mark to pass to
 /// [`finish_result`] once the payload was appended.
+#[inline]
 pub fn begin_result(body: &mut Vec<u8>) -> usize {
     let mark = body.len();
-    body.extend_from_slice(&[ITEM_OK, 0, 0, 0, 0]);
+    push_short(body, &[ITEM_OK, 0, 0, 0, 0]);
     mark
 }
 
 /// Completes a result item begun at `mark` with `tag`.
+#[inline]
 pub fn finish_result(body: &mut [u8], mark: usize, tag: u8) {
     let len = (body.len() - mark - 5) as u32;
     body[mark] = tag;
@@ -329,6 +327,7 @@ impl<'a> Items<'a> {
         Items { rest: body }
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> Result<&'a [u8], ProtocolError> {
         if self.rest.len() < n {
             let left = self.rest.len();
@@ -343,6 +342,7 @@ impl<'a> Items<'a> {
     }
 
     /// The next argument item.
+    #[inline]
     pub fn next_arg(&mut self) -> Result<&'a [u8], ProtocolError> {
         let len = self.take(4)?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
@@ -350,24 +350,33 @@ impl<'a> Items<'a> {
     }
 
     /// The next result item: `Ok(output bytes)` or the decoded failure.
+    #[inline]
     pub fn next_result(&mut self) -> Result<Result<&'a [u8], TaskFailure>, ProtocolError> {
         let head = self.take(5)?;
         let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
         let data = self.take(len)?;
         match head[0] {
             ITEM_OK => Ok(Ok(data)),
-            ITEM_FAILED => postcard::from_bytes(data)
-                .map(Err)
-                .map_err(|err| ProtocolError::Malformed(format!("bad failure record: {err}"))),
-            tag => Err(ProtocolError::Malformed(format!(
-                "unknown result tag {tag}"
-            ))),
+            tag => failed_result(tag, data),
         }
     }
 
     /// Whether every byte was consumed.
     pub fn is_empty(&self) -> bool {
         self.rest.is_empty()
+    }
+}
+
+/// A result item that is not a success: its decoded failure.
+#[cold]
+fn failed_result(tag: u8, data: &[u8]) -> Result<Result<&[u8], TaskFailure>, ProtocolError> {
+    match tag {
+        ITEM_FAILED => postcard::from_bytes(data)
+            .map(Err)
+            .map_err(|err| ProtocolError::Malformed(format!("bad failure record: {err}"))),
+        tag => Err(ProtocolError::Malformed(format!(
+            "unknown result tag {tag}"
+        ))),
     }
 }
 

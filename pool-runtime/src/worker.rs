@@ -7,7 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use pool_core::registry::Registry;
+use pool_core::registry::{Batch, Halt, Registry, TaskEntry};
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
@@ -320,6 +320,39 @@ fn call(run: pool_core::registry::RunFn, arg: &[u8], out: &mut Vec<u8>) -> Resul
     }
 }
 
+/// Runs again an item whose first run panicked, up to `retries` times;
+/// appends its result, or the last failure.
+fn retry(entry: &TaskEntry, arg: &[u8], out: &mut Vec<u8>, mut failure: TaskFailure, retries: u32) {
+    for _ in 0..retries {
+        let start = wire::begin_result(out);
+        match call(entry.run, arg, out) {
+            Ok(()) => {
+                wire::finish_result(out, start, wire::ITEM_OK);
+                return;
+            }
+            Err(again) => {
+                out.truncate(start);
+                let panicked = matches!(again, TaskFailure::Panicked { .. });
+                failure = again;
+                if !panicked {
+                    break;
+                }
+            }
+        }
+    }
+    wire::push_failure(out, &failure);
+}
+
+/// The failure of an item whose result does not fit in a frame.
+fn too_large(entry: &TaskEntry, size: usize, max_frame: usize) -> TaskFailure {
+    TaskFailure::BadOutput {
+        ty: (entry.output_type)().to_owned(),
+        message: format!(
+            "the encoded result takes {size} bytes, above the frame limit of {max_frame}"
+        ),
+    }
+}
+
 /// One `Run` frame.
 struct ChunkWork<'a> {
     chunk: u64,
@@ -352,69 +385,86 @@ fn run_chunk(
     let mut first = 0u32;
     // The coarse clock read for the progress page also paces partial sends.
     let mut last_flush = now_ns();
-    let mut last_now = last_flush;
+    let interval = FLUSH_INTERVAL.as_nanos() as u64;
+    let max_result = max_frame.saturating_sub(64);
+    // Results stop a batch once they need a send: a partial one, or one
+    // before the frame limit is reached.
+    let out_limit = FLUSH_BYTES.min(max_result);
     // Panics are caught per item; the hook records their location while
     // this chunk runs.
     IN_TASK.with(|f| f.set(true));
-    let interval = FLUSH_INTERVAL.as_nanos() as u64;
-    for i in 0..count {
+    let mut i = 0u32;
+    while i < count {
         // The clock is read for every item only under a timeout; otherwise
-        // every 32nd item, to pace partial sends.
-        let now = if timed || i % 32 == 0 {
-            now_ns()
-        } else {
-            last_now
-        };
-        last_now = now;
-        if let Some(progress) = progress {
-            progress.start(chunk, u64::from(i), now);
-        }
-        let arg = items.next_arg()?;
-        let mark = out.len();
-        match entry {
-            None => wire::push_failure(out, &TaskFailure::UnknownTask { id: task }),
-            Some(entry) => {
-                let mut attempt = 0;
-                let outcome = loop {
-                    let start = wire::begin_result(out);
-                    match call(entry.run, arg, out) {
-                        Ok(()) => {
-                            wire::finish_result(out, start, wire::ITEM_OK);
-                            break Ok(());
-                        }
-                        Err(failure) => {
-                            out.truncate(start);
-                            let retry = matches!(failure, TaskFailure::Panicked { .. })
-                                && attempt < panic_retries;
-                            if !retry {
-                                break Err(failure);
-                            }
-                            attempt += 1;
-                        }
-                    }
-                };
-                if let Err(failure) = outcome {
-                    wire::push_failure(out, &failure);
+        // every 32nd item, to pace partial sends. Items between two reads
+        // run as one batch, in a loop compiled for the task.
+        let now = now_ns();
+        let span = if timed { 1 } else { 32 - i % 32 }.min(count - i);
+        let mut mark = out.len();
+        // Whether item `i` ended outside a batch: it failed, or its task
+        // is unknown. Its record was appended at `mark`.
+        let single = match entry {
+            None => {
+                if let Some(progress) = progress {
+                    progress.start(chunk, u64::from(i), now);
                 }
-                let size = out.len() - mark;
-                if size + 64 > max_frame {
-                    out.truncate(mark);
-                    let failure = TaskFailure::BadOutput {
-                        ty: (entry.output_type)().to_owned(),
-                        message: format!(
-                            "the encoded result takes {size} bytes, above the frame limit of {max_frame}"
-                        ),
-                    };
-                    wire::push_failure(out, &failure);
+                items.next_arg()?;
+                wire::push_failure(out, &TaskFailure::UnknownTask { id: task });
+                true
+            }
+            Some(entry) => {
+                if let Some(progress) = progress {
+                    progress.start(chunk, u64::from(i), now);
+                }
+                let mut batch = Batch {
+                    items: &mut items,
+                    limit: span,
+                    out,
+                    out_limit,
+                    max_result,
+                    progress: progress.map(Progress::item_slot),
+                    first_index: u64::from(i),
+                    ran: 0,
+                    last_mark: mark,
+                };
+                let halt = (entry.run_batch)(&mut batch);
+                let (ran, last_mark) = (batch.ran, batch.last_mark);
+                i += ran;
+                mark = if halt.is_some() { out.len() } else { last_mark };
+                match halt {
+                    None => false,
+                    Some(Halt::Protocol(err)) => return Err(err),
+                    Some(Halt::Failed(failure)) => {
+                        wire::push_failure(out, &failure);
+                        true
+                    }
+                    Some(Halt::TooLarge { size }) => {
+                        wire::push_failure(out, &too_large(entry, size, max_frame));
+                        true
+                    }
+                    Some(Halt::Panicked { arg, payload }) => {
+                        let failure = panic_failure(payload);
+                        retry(entry, arg, out, failure, panic_retries);
+                        let size = out.len() - mark;
+                        if size > max_result {
+                            out.truncate(mark);
+                            wire::push_failure(out, &too_large(entry, size, max_frame));
+                        }
+                        true
+                    }
                 }
             }
+        };
+        if single {
+            i += 1;
         }
         if out.len() + 64 > max_frame && mark > 0 {
-            // This result does not fit beside the ones waiting: send those first.
+            // The last result does not fit beside the ones waiting: send
+            // those first.
             let header = FromWorker::Results {
                 chunk,
                 first,
-                count: i - first,
+                count: i - 1 - first,
             };
             wire::write_frame(
                 writer,
@@ -423,25 +473,24 @@ fn run_chunk(
                 max_frame,
             )?;
             out.drain(..mark);
-            first = i;
+            first = i - 1;
             last_flush = now;
         }
-        let done = i + 1;
         let partial = out.len() >= FLUSH_BYTES || now.saturating_sub(last_flush) >= interval;
-        if done == count || partial {
+        if i == count || partial {
             let _ = std::io::stdout().flush();
             let header = FromWorker::Results {
                 chunk,
                 first,
-                count: done - first,
+                count: i - first,
             };
             wire::write_frame(writer, &wire::encode_header(&header), out, max_frame)?;
-            if done < count {
+            if i < count {
                 // Mid-chunk: send now, so a long chunk reports as it goes.
                 writer.flush()?;
             }
             out.clear();
-            first = done;
+            first = i;
             last_flush = now;
         }
     }

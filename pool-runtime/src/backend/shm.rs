@@ -74,6 +74,13 @@ impl Progress {
         slot.started_ns.store(now, Ordering::Release);
     }
 
+    /// Worker: where the index of the running item is kept. Storing a
+    /// later item of the same chunk there keeps the start time of the
+    /// first: only for items no timeout watches.
+    pub(crate) fn item_slot(&self) -> &AtomicU64 {
+        &self.slot().item
+    }
+
     /// Parent: (chunk, item, started_ns) last recorded by the worker.
     pub(crate) fn read(&self) -> (u64, u64, u64) {
         let slot = self.slot();
