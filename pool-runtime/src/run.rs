@@ -32,6 +32,17 @@ const RAMP: usize = 32;
 /// How far the automatic chunk size shrinks at the end of a call.
 const TAIL_SHRINK: usize = 16;
 
+/// The first automatic chunk size of a call of task `id`: one item, or,
+/// if an earlier call of the task settled on a size, one ramp step below
+/// it. A call then reaches its size after one measurement instead of
+/// several, while a task that became much slower since still starts on
+/// chunks well below the old size.
+fn first_auto_chunk(shared: &Shared, id: u64) -> usize {
+    let sizes = shared.chunk_sizes.lock();
+    let last = sizes.ok().and_then(|sizes| sizes.get(&id).copied());
+    last.map_or(1, |size| (size / RAMP).max(1))
+}
+
 /// Options of one call.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CallOptions {
@@ -184,7 +195,7 @@ where
             },
             fixed: options.chunksize,
             cap,
-            auto: 1,
+            auto: first_auto_chunk(shared, T::ID),
             rate_mark: (Instant::now(), 0),
             item_bytes: 0,
             local: VecDeque::new(),
@@ -240,6 +251,9 @@ where
             // first tenth of a big call runs on chunks far too small.
             self.auto = target.clamp(1, self.auto.saturating_mul(RAMP));
             self.rate_mark = (Instant::now(), self.delivered);
+            if let Ok(mut sizes) = self.shared.chunk_sizes.lock() {
+                sizes.insert(T::ID, self.auto);
+            }
         }
         let size = self.auto.min(self.cap);
         match self.reporter.total() {

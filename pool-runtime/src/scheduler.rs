@@ -415,6 +415,9 @@ pub(crate) struct Shared {
     changed: Condvar,
     pub(crate) config: Config,
     supervisor: Sender<Supervise>,
+    /// The automatic chunk size each task's last call settled on, by task
+    /// id: the next call of the task starts from it.
+    pub(crate) chunk_sizes: Mutex<HashMap<u64, usize>>,
 }
 
 /// Deliveries made after the state lock is released: consecutive events
@@ -462,6 +465,7 @@ impl Shared {
             changed: Condvar::new(),
             config,
             supervisor: tx.clone(),
+            chunk_sizes: Mutex::new(HashMap::new()),
         });
         let sup = Arc::clone(&shared);
         let handle = thread::Builder::new()
