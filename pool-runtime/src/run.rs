@@ -350,7 +350,18 @@ where
             if exhausted {
                 self.input = None;
             }
+            if self.results_waiting() {
+                // Results first, one chunk for one: a caller that encoded
+                // its whole input before decoding any result would leave
+                // the workers idle at the end while it decodes the backlog.
+                return Ok(());
+            }
         }
+    }
+
+    /// Whether results wait to be handled by this call's own consumer.
+    fn results_waiting(&self) -> bool {
+        !self.pending.is_empty() || self.rx.as_ref().is_some_and(|rx| rx.has_events())
     }
 
     fn submit(&self, first: usize, count: u32, body: Vec<u8>) -> Result<(), Error> {
