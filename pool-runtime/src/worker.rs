@@ -390,7 +390,7 @@ fn run_chunk(
     // Results stop a batch once they need a send: a partial one, or one
     // before the frame limit is reached.
     let out_limit = FLUSH_BYTES.min(max_result);
-    // Panics are caught per item; the hook records their location while
+    // Panics are caught per run of items; the hook records their location while
     // this chunk runs.
     IN_TASK.with(|f| f.set(true));
     let mut i = 0u32;
