@@ -18,6 +18,15 @@ fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) 
         .unwrap_or_else(|_| panic!("HANG: no answer within {secs} s"))
 }
 
+/// A marker file path of this test process (none left from an earlier
+/// run), and the same path as a task argument.
+fn fresh_marker(tag: &str) -> (std::path::PathBuf, String) {
+    let path = std::env::temp_dir().join(format!("review-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let text = path.to_string_lossy().into_owned();
+    (path, text)
+}
+
 #[task]
 fn blob_len(blob: String) -> usize {
     blob.len()
@@ -273,9 +282,7 @@ fn abort_on(x: u64, bad: u64) -> u64 {
 /// timeout; shutdown joins the supervisor, so terminate()/drop wait for it.
 #[test]
 fn terminate_does_not_wait_for_a_starting_workers_initializer() {
-    let marker = std::env::temp_dir().join(format!("review-init-{}", std::process::id()));
-    let m = marker.to_string_lossy().into_owned();
-    let _ = std::fs::remove_file(&marker);
+    let (marker, m) = fresh_marker("init");
     let pool = Pool::builder()
         .processes(1)
         .initializer(task!(init_slow_if), m.clone())
@@ -332,9 +339,7 @@ fn init_fail_if(marker: String) -> Result<(), String> {
 /// queued chunks of an imap: the queue is cleared with no notify_all.
 #[test]
 fn join_wakes_when_the_pool_breaks() {
-    let marker = std::env::temp_dir().join(format!("review-broken-{}", std::process::id()));
-    let m = marker.to_string_lossy().into_owned();
-    let _ = std::fs::remove_file(&marker);
+    let (marker, m) = fresh_marker("broken");
     let pool = Pool::builder()
         .processes(1)
         .initializer(task!(init_fail_if), m)
@@ -409,9 +414,7 @@ fn abort_or_spin(x: u64) -> u64 {
 /// second never came.
 #[test]
 fn timeouts_are_enforced_while_a_replacement_starts() {
-    let marker = std::env::temp_dir().join(format!("review-respawn-{}", std::process::id()));
-    let m = marker.to_string_lossy().into_owned();
-    let _ = std::fs::remove_file(&marker);
+    let (marker, m) = fresh_marker("respawn");
     let pool = Pool::builder()
         .processes(2)
         .initializer(task!(init_wait_while), m)
