@@ -6,11 +6,13 @@
 //!   and [`IntoArgs`] / [`UnaryTask`], which let the compiler check the
 //!   arguments handed to a pool;
 //! - the [`registry`] of tasks that `#[task]` fills through `inventory`;
-//! - the [`wire`] protocol between a pool and its workers;
+//! - the [`wire`] protocol between a pool and its workers, and the
+//!   postcard [`encode`]r it uses;
 //! - the [`error`] values that cross that protocol.
 //!
 //! Users depend on `pool-runtime`, which re-exports what they need from here.
 
+pub mod encode;
 pub mod error;
 pub mod registry;
 pub mod task;

@@ -6,9 +6,10 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::encode::encode_into;
 use crate::error::{ProtocolError, TaskFailure};
 use crate::task::Task;
-use crate::wire::{self, Items, VecFlavor};
+use crate::wire::{self, Items};
 
 /// Decodes one argument struct from `input`, runs the task, appends the
 /// encoded result to `out`. Panics propagate to the caller, which catches them.
@@ -57,7 +58,7 @@ pub fn run_erased<T: Task>(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFa
     })?;
     let output = T::call(args);
     let mark = out.len();
-    postcard::serialize_with_flavor(&output, VecFlavor(out)).map_err(|err| {
+    encode_into(out, &output).map_err(|err| {
         out.truncate(mark);
         TaskFailure::BadOutput {
             ty: std::any::type_name::<T::Output>().to_owned(),
@@ -148,7 +149,7 @@ pub fn run_batch<'a, T: Task>(batch: &mut Batch<'_, 'a>) -> Option<Halt<'a>> {
             };
             let output = T::call(args);
             wire::begin_result(batch.out);
-            if let Err(err) = postcard::serialize_with_flavor(&output, VecFlavor(batch.out)) {
+            if let Err(err) = encode_into(batch.out, &output) {
                 batch.out.truncate(mark);
                 return Some(Halt::Failed(TaskFailure::BadOutput {
                     ty: std::any::type_name::<T::Output>().to_owned(),

@@ -16,6 +16,7 @@ use std::io::{self, IoSlice, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
+use crate::encode::{EncodeError, encode_into};
 use crate::error::{ProtocolError, TaskFailure};
 
 /// The version both sides must speak; checked in the handshake.
@@ -90,67 +91,6 @@ pub enum FromWorker {
         /// Why it failed, if it did.
         failure: Option<TaskFailure>,
     },
-}
-
-/// A postcard flavor appending to a borrowed `Vec<u8>`.
-pub struct VecFlavor<'a>(pub &'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for VecFlavor<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        match data {
-            // A varint below 128, the most common field of small items.
-            [byte] => self.0.push(*byte),
-            // Longer varints and short fields: copied inline, without a
-            // `memcpy` call per field.
-            _ if data.len() <= 16 => push_short(self.0, data),
-            _ => self.0.extend_from_slice(data),
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-/// Appends `data`; up to 16 bytes without a `memcpy` call.
-///
-/// The bytes are read one at a time and written as two 8-byte words.
-/// Postcard hands over each varint right after writing it byte by byte to
-/// a stack buffer: a wider load of that buffer waits for the byte stores
-/// to complete (a store-forwarding stall, once the costliest instruction
-/// of encoding a small item), while byte loads are served at once.
-#[inline(always)]
-fn push_short(out: &mut Vec<u8>, data: &[u8]) {
-    let n = data.len();
-    if n > 16 {
-        out.extend_from_slice(data);
-        return;
-    }
-    out.reserve(16);
-    let len = out.len();
-    let mut words = [0u64; 2];
-    for (k, &byte) in data.iter().enumerate() {
-        words[k / 8] |= u64::from(byte) << (8 * (k % 8));
-    }
-    let spare = &mut out.spare_capacity_mut()[..16];
-    for (dst, word) in spare.chunks_exact_mut(8).zip(words) {
-        for (d, s) in dst.iter_mut().zip(word.to_le_bytes()) {
-            d.write(s);
-        }
-    }
-    // SAFETY: the 16 bytes after `len` were just written, the first `n`
-    // of them (n <= 16) from `data`.
-    unsafe { out.set_len(len + n) };
 }
 
 /// Encodes a frame header.
@@ -260,10 +200,10 @@ pub fn split_frame<'a, H: Deserialize<'a>>(
 
 /// Appends one item to an arguments body: `u32 length ++ postcard(value)`.
 #[inline]
-pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> postcard::Result<()> {
+pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
     let mark = body.len();
-    push_short(body, &[0; 4]);
-    match postcard::serialize_with_flavor(value, VecFlavor(body)) {
+    body.extend_from_slice(&[0; 4]);
+    match encode_into(body, value) {
         Ok(()) => {
             let len = (body.len() - mark - 4) as u32;
             body[mark..mark + 4].copy_from_slice(&len.to_le_bytes());
@@ -281,7 +221,7 @@ pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> postcard::Result
 #[inline]
 pub fn begin_result(body: &mut Vec<u8>) -> usize {
     let mark = body.len();
-    push_short(body, &[ITEM_OK, 0, 0, 0, 0]);
+    body.extend_from_slice(&[ITEM_OK, 0, 0, 0, 0]);
     mark
 }
 
@@ -297,7 +237,7 @@ pub fn finish_result(body: &mut [u8], mark: usize, tag: u8) {
 pub fn push_failure(body: &mut Vec<u8>, failure: &TaskFailure) {
     let mark = begin_result(body);
     // TaskFailure holds strings and options only: encoding cannot fail.
-    let _ = postcard::serialize_with_flavor(failure, VecFlavor(body));
+    let _ = encode_into(body, failure);
     finish_result(body, mark, ITEM_FAILED);
 }
 
@@ -384,26 +324,12 @@ fn failed_result(tag: u8, data: &[u8]) -> Result<Result<&[u8], TaskFailure>, Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use postcard::ser_flavors::Flavor;
 
     fn frame(header: &ToWorker, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         write_frame(&mut out, &encode_header(header), body, DEFAULT_MAX_FRAME)
             .expect("write to a Vec");
         out
-    }
-
-    #[test]
-    fn short_copies_append_every_length_exactly() {
-        let data: Vec<u8> = (1..=40).collect();
-        for n in 0..=40 {
-            let mut out = vec![0xAA; 3];
-            VecFlavor(&mut out)
-                .try_extend(&data[..n])
-                .expect("appending to a Vec");
-            assert_eq!(&out[..3], &[0xAA; 3]);
-            assert_eq!(&out[3..], &data[..n], "length {n}");
-        }
     }
 
     #[test]
@@ -477,7 +403,7 @@ mod tests {
     fn results_round_trip() {
         let mut body = Vec::new();
         let mark = begin_result(&mut body);
-        postcard::serialize_with_flavor(&42u64, VecFlavor(&mut body)).expect("encode");
+        encode_into(&mut body, &42u64).expect("encode");
         finish_result(&mut body, mark, ITEM_OK);
         let failure = TaskFailure::UnknownTask { id: 3 };
         push_failure(&mut body, &failure);
