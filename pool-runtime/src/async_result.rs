@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use pool_core::Task;
 
 use crate::error::Error;
+use crate::in_order::InOrder;
 use crate::run::{Detached, JobGuard, event_batch};
 use crate::scheduler::{Event, Routed};
 
@@ -273,8 +274,8 @@ trait Pending: Send {
 /// into `R` (a `Vec` for the map family, one value for `apply_async`).
 struct Collect<T: Task, R> {
     shared: Arc<Shared<R>>,
-    slots: Vec<Option<T::Output>>,
-    remaining: usize,
+    results: InOrder<T::Output>,
+    items: usize,
     finish: fn(Vec<T::Output>) -> Option<R>,
     _guard: JobGuard,
 }
@@ -323,18 +324,15 @@ impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
                     self.fail(err);
                     return true;
                 }
-                Ok(value) => {
-                    if let Some(slot) = self.slots.get_mut(index)
-                        && slot.replace(value).is_none()
-                    {
-                        self.remaining -= 1;
-                    }
-                }
+                Ok(value) => self.results.put(index, value),
             }
         }
-        if self.remaining == 0 {
-            let values = self.slots.drain(..).flatten().collect();
-            let outcome = (self.finish)(values)
+        if self.results.len() == self.items {
+            let results = std::mem::replace(&mut self.results, InOrder::with_capacity(0));
+            let outcome = results
+                .finish(self.items)
+                .ok()
+                .and_then(self.finish)
                 .ok_or_else(|| Error::Broken("an async result lost its value".into()));
             self.complete(outcome);
             return true;
@@ -417,8 +415,8 @@ impl Driver {
         let job = detached.guard.job;
         let mut collect = Collect::<T, R> {
             shared: Arc::clone(&shared),
-            slots: (0..detached.items).map(|_| None).collect(),
-            remaining: detached.items,
+            results: InOrder::with_capacity(detached.items),
+            items: detached.items,
             finish,
             _guard: detached.guard,
         };

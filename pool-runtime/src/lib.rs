@@ -243,6 +243,7 @@ mod async_result;
 mod backend;
 mod builder;
 mod error;
+mod in_order;
 mod pool;
 mod progress;
 mod run;

@@ -10,6 +10,7 @@ use pool_core::{IntoArgs, Task, UnaryTask};
 use crate::async_result::{AsyncResult, Driver};
 use crate::builder::PoolBuilder;
 use crate::error::Error;
+use crate::in_order::InOrder;
 use crate::progress::ProgressHook;
 use crate::run::{CallOptions, Indexed, Mode, Run};
 use crate::scheduler::Shared;
@@ -479,18 +480,10 @@ impl<'p> Call<'p> {
             None,
             self.hook,
         )?;
-        let mut slots: Vec<Option<T::Output>> = Vec::new();
-        if let Some(len) = run.len_hint() {
-            slots.resize_with(len, || None);
-        }
+        let mut results = InOrder::with_capacity(run.len_hint().unwrap_or(0));
         let mut failed: Option<Error> = None;
         while let Some(outcome) = run.next_with(&mut |index, result| match result {
-            Ok(value) => {
-                if slots.len() <= index {
-                    slots.resize_with(index + 1, || None);
-                }
-                slots[index] = Some(value);
-            }
+            Ok(value) => results.put(index, value),
             Err(err) => {
                 failed.get_or_insert(err);
             }
@@ -500,13 +493,9 @@ impl<'p> Call<'p> {
                 return Err(err);
             }
         }
-        let expected = run.pulled();
-        slots.resize_with(expected, || None);
-        slots
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| v.ok_or_else(|| lost(T::NAME, i)))
-            .collect()
+        results
+            .finish(run.pulled())
+            .map_err(|missing| lost(T::NAME, missing))
     }
 
     /// Calls a task once and waits for its result.
