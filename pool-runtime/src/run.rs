@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pool_core::wire::{self, Items};
 use pool_core::{IntoArgs, Task, TaskFailure};
@@ -113,7 +113,9 @@ pub(crate) struct Run<T: Task, I> {
     /// Python's cap when the input length is known.
     cap: usize,
     auto: usize,
-    rate_mark: (Instant, usize),
+    /// A worker's time per item in the last chunk that completed, not yet
+    /// used to size a chunk.
+    item_time: Option<Duration>,
     /// Encoded bytes per item in the last chunk, to size the next.
     item_bytes: usize,
     local: VecDeque<(usize, Error)>,
@@ -196,7 +198,7 @@ where
             fixed: options.chunksize,
             cap,
             auto: first_auto_chunk(shared, T::ID),
-            rate_mark: (Instant::now(), 0),
+            item_time: None,
             item_bytes: 0,
             local: VecDeque::new(),
             fatal: None,
@@ -240,17 +242,15 @@ where
         if let Some(n) = self.fixed {
             return n;
         }
-        let (since, at) = self.rate_mark;
-        let elapsed = since.elapsed();
-        if elapsed >= Duration::from_millis(1) && self.delivered > at {
-            let rate = (self.delivered - at) as f64 / elapsed.as_secs_f64();
-            let per_worker = rate / self.shared.config.processes as f64;
-            let target = (per_worker * TARGET_CHUNK_TIME.as_secs_f64()) as usize;
-            // Small chunks measure a rate held down by the round trip, so
-            // the estimate errs low: follow it in large steps, or the
-            // first tenth of a big call runs on chunks far too small.
-            self.auto = target.clamp(1, self.auto.saturating_mul(RAMP));
-            self.rate_mark = (Instant::now(), self.delivered);
+        if let Some(per_item) = self.item_time.take() {
+            // Sized from the workers' own pace (how long a chunk took them,
+            // not how fast results reach this thread, which a busy caller
+            // or a gap between chunks would distort).
+            let target = TARGET_CHUNK_TIME.as_nanos() / per_item.as_nanos().max(1);
+            // A small chunk's time is mostly the round trip, so the
+            // estimate errs low: follow it in large steps, or the first
+            // tenth of a big call runs on chunks far too small.
+            self.auto = (target as usize).clamp(1, self.auto.saturating_mul(RAMP));
             if let Ok(mut sizes) = self.shared.chunk_sizes.lock() {
                 sizes.insert(T::ID, self.auto);
             }
@@ -432,9 +432,13 @@ where
                     frame,
                     body_at,
                     pid,
+                    chunk_time,
                 } => {
                     decode_into::<T>(first, count, &frame[body_at..], pid, sink);
                     self.delivered += count as usize;
+                    if let Some((took, items)) = chunk_time {
+                        self.item_time = Some(took / items.max(1));
+                    }
                 }
                 Event::Failed { index, error } => {
                     sink(index, Err(error));
@@ -478,6 +482,7 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
             frame,
             body_at,
             pid,
+            ..
         } => Ok(decode::<T>(first, count, &frame[body_at..], pid)),
         Event::Failed { index, error } => Ok(vec![(index, Err(error))]),
         Event::Fatal(err) => Err(err),

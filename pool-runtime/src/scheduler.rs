@@ -73,6 +73,9 @@ pub(crate) enum Event {
         frame: Vec<u8>,
         body_at: usize,
         pid: u32,
+        /// Set on a chunk's last results: how long its worker took for it,
+        /// and how many items it had (for automatic chunk sizes).
+        chunk_time: Option<(Duration, u32)>,
     },
     /// Item `index` failed outside the task (its worker died or timed out).
     Failed { index: usize, error: Error },
@@ -1197,9 +1200,11 @@ impl Shared {
         let job = front.chunk.job;
         let start = front.chunk.first + first as usize;
         let mut finished = false;
+        let mut chunk_time = None;
         if front.received == front.chunk.count {
             let now = Instant::now();
             let took = now - front.sent.max(worker.last_done);
+            chunk_time = Some((took, front.chunk.count));
             worker.last_chunk_time = Some(took);
             worker.last_done = now;
             st.stats[slot].busy += took;
@@ -1219,6 +1224,7 @@ impl Shared {
                 frame,
                 body_at,
                 pid,
+                chunk_time,
             };
             outbox.push(&spec.events, job, event);
         }
