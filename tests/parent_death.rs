@@ -1,5 +1,6 @@
 //! When the parent dies (SIGKILL) or the terminal sends Ctrl-C (SIGINT to the
-//! process group) mid-task, no worker survives.
+//! process group) mid-task, no worker survives, whether started afresh or
+//! forked by the fork server (which does not survive either).
 //!
 //! Each test re-runs this binary as a parent program (the ignored test
 //! `probe_parent`), which starts a pool, prints its worker pids and blocks
@@ -23,8 +24,16 @@ fn probe_parent() {
     if std::env::var_os("POOL_PROBE_PARENT").is_none() {
         return;
     }
+    let mut server = None;
+    if std::env::var_os("POOL_PROBE_FORKED").is_some() {
+        // A first pool starts the fork server; the next one's workers are
+        // its forks.
+        drop(Pool::builder().processes(2).build().expect("pool"));
+        server = Some(common::wait_for_fork_server(None));
+    }
     let pool = Pool::builder().processes(2).build().expect("pool");
-    let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+    let mut pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+    pids.extend(server.map(|pid| pid.to_string()));
     println!("pids {}", pids.join(" "));
     // Both workers sleep in a task; this never returns before being killed.
     let _ = pool
@@ -32,8 +41,9 @@ fn probe_parent() {
         .starmap(task!(common::sleepy), [(1, 60_000), (2, 60_000)]);
 }
 
-/// Starts the parent program; returns it and its workers' pids.
-fn start_parent(own_group: bool) -> (Child, Vec<u32>) {
+/// Starts the parent program; returns it and its workers' pids (and its
+/// fork server's, if `forked`: then the workers are forks).
+fn start_parent(own_group: bool, forked: bool) -> (Child, Vec<u32>) {
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
     cmd.args([
         "probe_parent",
@@ -44,6 +54,9 @@ fn start_parent(own_group: bool) -> (Child, Vec<u32>) {
     ])
     .env("POOL_PROBE_PARENT", "1")
     .stdout(Stdio::piped());
+    if forked {
+        cmd.env("POOL_PROBE_FORKED", "1");
+    }
     if own_group {
         cmd.process_group(0);
     }
@@ -63,7 +76,15 @@ fn start_parent(own_group: bool) -> (Child, Vec<u32>) {
                 .collect::<Vec<u32>>();
         }
     };
-    assert_eq!(pids.len(), 2);
+    assert_eq!(pids.len(), 2 + usize::from(forked));
+    if forked {
+        assert!(
+            pids[..2]
+                .iter()
+                .all(|&p| common::started_with(p, "POOL_RUNTIME_FORKSERVER")),
+            "the workers are forks"
+        );
+    }
     (child, pids)
 }
 
@@ -95,21 +116,25 @@ fn wait_all_gone(pids: &[u32]) -> Duration {
 
 #[test]
 fn workers_exit_when_the_parent_is_killed() {
-    let (mut parent, pids) = start_parent(false);
-    assert!(pids.iter().all(|&p| alive(p)));
-    parent.kill().expect("SIGKILL the parent");
-    parent.wait().expect("reap the parent");
-    let took = wait_all_gone(&pids);
-    eprintln!("workers gone {took:?} after their parent was killed");
+    for forked in [false, true] {
+        let (mut parent, pids) = start_parent(false, forked);
+        assert!(pids.iter().all(|&p| alive(p)));
+        parent.kill().expect("SIGKILL the parent");
+        parent.wait().expect("reap the parent");
+        let took = wait_all_gone(&pids);
+        eprintln!("workers (forked: {forked}) gone {took:?} after their parent was killed");
+    }
 }
 
 #[test]
 fn ctrl_c_leaves_no_worker_behind() {
-    let (mut parent, pids) = start_parent(true);
-    let group = parent.id() as i32;
-    // SAFETY: signalling the process group we just created.
-    unsafe { libc::kill(-group, libc::SIGINT) };
-    let status = parent.wait().expect("reap the parent");
-    assert!(!status.success());
-    wait_all_gone(&pids);
+    for forked in [false, true] {
+        let (mut parent, pids) = start_parent(true, forked);
+        let group = parent.id() as i32;
+        // SAFETY: signalling the process group we just created.
+        unsafe { libc::kill(-group, libc::SIGINT) };
+        let status = parent.wait().expect("reap the parent");
+        assert!(!status.success());
+        wait_all_gone(&pids);
+    }
 }

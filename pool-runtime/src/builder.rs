@@ -30,6 +30,7 @@ pub struct PoolBuilder {
     startup_timeout: Duration,
     depth: usize,
     max_tasks: Option<usize>,
+    fork_server: bool,
     defaults: CallOptions,
     /// The initializer, or why its arguments could not be encoded.
     init: Option<Result<Arc<InitSpec>, (&'static str, TaskFailure)>>,
@@ -43,6 +44,7 @@ impl std::fmt::Debug for PoolBuilder {
             .field("startup_timeout", &self.startup_timeout)
             .field("chunks_in_flight", &self.depth)
             .field("max_tasks_per_child", &self.max_tasks)
+            .field("fork_server", &self.fork_server)
             .field(
                 "initializer",
                 &self.init.as_ref().map(|i| i.as_ref().map(|s| s.name).ok()),
@@ -76,6 +78,7 @@ impl PoolBuilder {
             startup_timeout: Duration::from_secs(10),
             depth: 32,
             max_tasks: None,
+            fork_server: true,
             defaults: CallOptions::default(),
             init: None,
         }
@@ -101,6 +104,35 @@ impl PoolBuilder {
     /// How long a new worker may take to answer the handshake. Default: 10 s.
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
         self.startup_timeout = limit;
+        self
+    }
+
+    /// Whether workers may be forked by the fork server. Default: `true`.
+    ///
+    /// A worker is normally a fresh run of this binary, which costs an
+    /// `exec` and the program's start-up (~1.3 ms on a small VM). Once the
+    /// first pool of the process is ready, one more such process is started
+    /// in the background, the fork server, which waits in `init()`; later
+    /// workers (replacements after a crash or
+    /// [`max_tasks_per_child`](Self::max_tasks_per_child), and the workers
+    /// of later pools) are forks of it (~0.2 ms), still children of this
+    /// process. It ends with the process.
+    ///
+    /// A forked worker sees the environment variables and working directory
+    /// this process has when the worker starts, as a fresh one does (a new
+    /// fork server is started when they change). Resource limits, umask,
+    /// signal dispositions and stderr are those the process had when the
+    /// fork server started: turn it off in a program that changes them
+    /// between pools.
+    ///
+    /// ```
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), pool_runtime::Error> {
+    /// let pool = pool_runtime::Pool::builder().fork_server(false).build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn fork_server(mut self, enabled: bool) -> Self {
+        self.fork_server = enabled;
         self
     }
 
@@ -279,6 +311,7 @@ impl PoolBuilder {
             fingerprint: registry.fingerprint(),
             max_frame: self.max_frame,
             startup_timeout: self.startup_timeout,
+            fork_server: self.fork_server,
         };
         let config = Config {
             processes,

@@ -25,7 +25,9 @@
 //! - The pool re-executes this program's own binary as its workers, which is
 //!   why `main` starts with [`init`] (or [`#[main]`](macro@main)): in a worker,
 //!   `init()` serves tasks and never returns. Whatever runs before it runs in
-//!   every worker too.
+//!   every worker too. Once the first pool is ready, later workers are forks
+//!   of one more such process waiting in `init()`, the fork server (see
+//!   [`PoolBuilder::fork_server`]): ~0.2 ms instead of a new `exec`.
 //! - Arguments and results travel as postcard over private sockets; the
 //!   workers' stdout and stderr are the program's, so `println!` in a task
 //!   prints as in Python.

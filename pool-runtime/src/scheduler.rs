@@ -15,7 +15,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
-use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -25,7 +24,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pool_core::ProtocolError;
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 
-use crate::backend::local::{self, Launch, Spawned, exit_cause};
+use crate::backend::forkserver;
+use crate::backend::local::{self, ChildProc, Launch, Spawned};
 use crate::backend::shm::{Progress, now_ns};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
@@ -488,7 +488,12 @@ impl Shared {
             // Local workers are started from here: each by its own thread,
             // so no other thread needs to be involved (or woken).
             let slots: Vec<usize> = (0..shared.config.processes).collect();
-            shared.spawn_into(&slots)
+            let started = shared.spawn_into(&slots);
+            if started.is_ok() {
+                // Later workers (replacements, later pools) are forked.
+                forkserver::prepare(&shared.config.launch);
+            }
+            started
         };
         match started {
             Ok(()) => Ok((shared, handle)),
@@ -798,8 +803,10 @@ impl Shared {
     /// returns when every one is ready or has failed (the first failure).
     ///
     /// The thread that starts a worker process goes on as its reader and
-    /// ends after reaping it: the worker's parent-death signal is tied to
-    /// that thread, which lives exactly as long as the worker.
+    /// ends after reaping it: the parent-death signal of a worker started
+    /// afresh is tied to that thread, which lives exactly as long as the
+    /// worker (a forked worker's, to the fork server's starter thread,
+    /// which lives as long as the process).
     fn spawn_into(self: &Arc<Self>, slots: &[usize]) -> Result<(), Error> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(slots.len());
         let mut launched = 0;
@@ -868,7 +875,7 @@ impl Shared {
     fn start_worker(
         self: &Arc<Self>,
         slot: usize,
-    ) -> Result<Option<(u32, UnixStream, Child)>, Error> {
+    ) -> Result<Option<(u32, UnixStream, ChildProc)>, Error> {
         let pending = local::start(&self.config.launch)?;
         let pid = pending.pid();
         {
@@ -887,8 +894,8 @@ impl Shared {
         let writer = match writer {
             Ok(writer) => writer,
             Err(err) => {
-                let _ = spawned.child.kill();
-                let _ = spawned.child.wait();
+                spawned.child.kill();
+                spawned.child.wait();
                 return Err(err);
             }
         };
@@ -947,7 +954,7 @@ impl Shared {
         slot: usize,
         spawned: Spawned,
         writer: WriterSide,
-    ) -> Result<Option<(UnixStream, Child)>, Error> {
+    ) -> Result<Option<(UnixStream, ChildProc)>, Error> {
         let Spawned {
             mut child,
             pid,
@@ -962,8 +969,8 @@ impl Shared {
         };
         let progress = Some(Arc::new(progress));
         if !self.attach_inner(slot, pid, writer.tx, progress, true, Some(channel)) {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill();
+            child.wait();
             return Ok(None);
         }
         Ok(Some((from, child)))
@@ -1049,7 +1056,7 @@ impl Shared {
 
     // ----- reader side -----
 
-    fn read_loop(self: Arc<Self>, slot: usize, pid: u32, stream: UnixStream, mut child: Child) {
+    fn read_loop(self: Arc<Self>, slot: usize, pid: u32, stream: UnixStream, mut child: ChildProc) {
         let max = self.config.launch.max_frame;
         let mut reader = BufReader::with_capacity(64 * 1024, &stream);
         let mut frames = Vec::new();
@@ -1087,7 +1094,7 @@ impl Shared {
             }
             other => {
                 // The worker broke the protocol: it cannot be trusted further.
-                let _ = child.kill();
+                child.kill();
                 Some(other)
             }
         };
@@ -1095,11 +1102,11 @@ impl Shared {
         // not within a moment (it closed the channel but kept running), it
         // is killed: a worker without its channel is of no use.
         let deadline = Instant::now() + Duration::from_millis(200);
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        while child.try_wait().is_none() && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(2));
         }
-        let _ = child.kill();
-        let cause = child.wait().map_or(ExitCause::Unknown, exit_cause);
+        child.kill();
+        let cause = child.wait();
         self.detach(slot, pid, cause, protocol);
     }
 

@@ -11,6 +11,7 @@ use pool_core::registry::{Batch, Halt, Registry, TaskEntry};
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
+use crate::backend::forkserver::{self, SERVER_ENV, ServerEnv};
 use crate::backend::local::{self, WORKER_ENV, WorkerEnv};
 use crate::backend::shm::{Progress, now_ns};
 
@@ -20,7 +21,7 @@ pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 pub(crate) static IN_WORKER: AtomicBool = AtomicBool::new(false);
 
 /// Exit codes a worker uses when it cannot go on.
-const EXIT_PROTOCOL: i32 = 70;
+pub(crate) const EXIT_PROTOCOL: i32 = 70;
 const EXIT_PARENT_GONE: i32 = 71;
 
 /// If this process was started as a worker, serves as one and exits;
@@ -29,6 +30,12 @@ pub(crate) fn enter() {
     // Under an MPI launcher: rank 0 returns, the other ranks serve and exit.
     #[cfg(feature = "mpi")]
     crate::backend::mpi::enter();
+    if let Ok(value) = std::env::var(SERVER_ENV) {
+        match ServerEnv::decode(&value) {
+            Some(env) => forkserver::serve(env),
+            None => eprintln!("pool-runtime: ignoring a malformed {SERVER_ENV} variable"),
+        }
+    }
     match std::env::var(WORKER_ENV) {
         Ok(value) => match WorkerEnv::decode(&value) {
             Some(env) => run(env),
@@ -42,7 +49,7 @@ pub(crate) fn enter() {
 
 /// Whether this process was started as a worker (and has not entered the loop).
 pub(crate) fn spawned_as_worker() -> bool {
-    std::env::var_os(WORKER_ENV).is_some()
+    std::env::var_os(WORKER_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some()
 }
 
 thread_local! {
@@ -97,21 +104,8 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// first: the channel's output, the progress page, and the real stdout
 /// under a test harness.
 fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Progress)> {
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-    // SAFETY: plain descriptor calls on fd 0 and descriptors we own.
-    let channel = unsafe {
-        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let channel = OwnedFd::from_raw_fd(fd);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::close(null);
-        channel
-    };
+    use std::os::fd::IntoRawFd;
+    let channel = take_stdin()?;
     let mut fds = local::recv_fds(
         std::os::fd::AsRawFd::as_raw_fd(&channel),
         2 + usize::from(env.stdout),
@@ -125,10 +119,7 @@ fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Pro
         .ok_or_else(|| std::io::Error::other("no progress page"))?;
     let progress = Progress::open(progress.into_raw_fd())?;
     if let Some(stdout) = fds.next() {
-        // SAFETY: dup2 of a descriptor we own onto stdout.
-        if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&stdout), 1) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        restore_stdout(&stdout)?;
     }
     Ok((
         UnixStream::from(channel),
@@ -137,18 +128,45 @@ fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Pro
     ))
 }
 
-fn run(env: WorkerEnv) -> ! {
-    IN_WORKER.store(true, Ordering::Relaxed);
-    // SAFETY: removing our own variable so that programs a task launches do
-    // not become workers. Called before any task runs; the only other thread
-    // that can exist here is a test harness's main thread, which is blocked.
-    unsafe { std::env::remove_var(WORKER_ENV) };
-    // Killed when the pool's thread that started us ends (it lives as long
-    // as this worker, or the pool process dies). Set only now, after `exec`
-    // and the code of `main` before `init()`; set before the parent check,
-    // so that a pool dying in between is seen by one of the two. It cannot
-    // fail with these arguments; without it, the end of the channel still
-    // ends the worker at its next read.
+/// Moves stdin (the channel from the pool) to a close-on-exec descriptor
+/// and gives stdin `/dev/null`, so tasks, and programs they start, never
+/// see it.
+pub(crate) fn take_stdin() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain descriptor calls on fd 0 and descriptors we own.
+    unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let channel = OwnedFd::from_raw_fd(fd);
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(null);
+        Ok(channel)
+    }
+}
+
+/// Under a test harness: the real stdout, which the pool passes, replaces
+/// this process's (`/dev/null`).
+fn restore_stdout(stdout: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    // SAFETY: dup2 of a descriptor we own onto stdout.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(stdout), 1) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ties this process's life to the pool's: killed when the thread that
+/// started it ends (it lives as long as this worker, or the pool process
+/// dies); exits at once if the pool's process is already gone.
+pub(crate) fn die_with_parent(parent: u32) {
+    // Set only now, after `exec` and the code of `main` before `init()`;
+    // set before the parent check, so that a pool dying in between is seen
+    // by one of the two. It cannot fail with these arguments; without it,
+    // the end of the channel still ends the worker at its next read.
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with integer arguments.
     unsafe {
@@ -161,9 +179,41 @@ fn run(env: WorkerEnv) -> ! {
         );
     }
     // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } as u32 != env.parent {
+    if unsafe { libc::getppid() } as u32 != parent {
         std::process::exit(EXIT_PARENT_GONE);
     }
+}
+
+/// A worker forked by the fork server, on the descriptors of its request.
+pub(crate) fn run_forked(
+    input: std::os::fd::OwnedFd,
+    output: std::os::fd::OwnedFd,
+    progress: std::os::fd::OwnedFd,
+    stdout: Option<std::os::fd::OwnedFd>,
+    parent: u32,
+) -> ! {
+    use std::os::fd::IntoRawFd;
+    IN_WORKER.store(true, Ordering::Relaxed);
+    die_with_parent(parent);
+    let progress = Progress::open(progress.into_raw_fd());
+    let restored = stdout.as_ref().map_or(Ok(()), restore_stdout);
+    let progress = match (progress, restored) {
+        (Ok(progress), Ok(())) => progress,
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("pool-runtime worker: cannot set up the channel to the pool: {err}");
+            std::process::exit(EXIT_PROTOCOL);
+        }
+    };
+    serve_process(UnixStream::from(input), UnixStream::from(output), progress)
+}
+
+fn run(env: WorkerEnv) -> ! {
+    IN_WORKER.store(true, Ordering::Relaxed);
+    // SAFETY: removing our own variable so that programs a task launches do
+    // not become workers. Called before any task runs; the only other thread
+    // that can exist here is a test harness's main thread, which is blocked.
+    unsafe { std::env::remove_var(WORKER_ENV) };
+    die_with_parent(env.parent);
     let (input, output, progress) = match take_channel(&env) {
         Ok(parts) => parts,
         Err(err) => {
@@ -171,6 +221,11 @@ fn run(env: WorkerEnv) -> ! {
             std::process::exit(EXIT_PROTOCOL);
         }
     };
+    serve_process(input, output, progress)
+}
+
+/// The worker loop on a channel to the pool, then the process's exit.
+fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> ! {
     install_panic_hook();
     let mut reader = BufReader::with_capacity(256 * 1024, &input);
     // Results are buffered and written in one system call once no more work

@@ -82,3 +82,59 @@ pub fn pool() -> Pool {
         .build()
         .expect("a pool of two workers starts")
 }
+
+/// Whether process `pid` was started with environment variable `var`: its
+/// original environment block, which a fork inherits. A worker started
+/// afresh has `POOL_RUNTIME_WORKER`; a worker forked by the fork server
+/// has the server's `POOL_RUNTIME_FORKSERVER`.
+#[allow(dead_code)]
+pub fn started_with(pid: u32, var: &str) -> bool {
+    let prefix = format!("{var}=");
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|&b| b == 0)
+            .any(|entry| entry.starts_with(prefix.as_bytes()))
+    })
+}
+
+/// The parent process id of `pid`, if it is alive.
+#[allow(dead_code)]
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The fork server of this process (other than `not`), once it runs:
+/// waits for it (bounded). It is the child whose thread is named
+/// `pool-forkserver`.
+#[allow(dead_code)]
+pub fn wait_for_fork_server(not: Option<u32>) -> u32 {
+    let me = std::process::id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| Some(pid) != not && parent_of(pid) == Some(me) && is_fork_server(pid));
+        if let Some(pid) = found {
+            return pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no fork server within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a thread of `pid` is named `pool-forkserver`.
+#[allow(dead_code)]
+pub fn is_fork_server(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+        tasks.flatten().any(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.trim_end() == "pool-forkserver")
+        })
+    })
+}

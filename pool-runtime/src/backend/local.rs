@@ -3,21 +3,78 @@
 use std::io::{self, BufReader};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, Stdio};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pool_core::wire::{self, FromWorker, ToWorker};
 
+use super::forkserver;
 use super::shm::Progress;
 use crate::error::{Error, ExitCause};
 
 /// The environment variable that tells a process it is a worker.
 pub(crate) const WORKER_ENV: &str = "POOL_RUNTIME_WORKER";
 
+/// A worker process, a child of this process however it was started
+/// (directly, or by the fork server on this process's behalf): it is
+/// reaped here, so its pid stays ours to signal until [`ChildProc::wait`]
+/// or a successful [`ChildProc::try_wait`].
+pub(crate) struct ChildProc {
+    pid: u32,
+    /// How it ended, once reaped.
+    ended: Option<ExitCause>,
+}
+
+impl ChildProc {
+    pub(crate) fn new(pid: u32) -> Self {
+        ChildProc { pid, ended: None }
+    }
+
+    /// Sends it SIGKILL, unless it was reaped.
+    pub(crate) fn kill(&mut self) {
+        if self.ended.is_none() {
+            // SAFETY: our unreaped child: its pid cannot have been reused.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+
+    /// How it ended, if it has; reaps it then.
+    pub(crate) fn try_wait(&mut self) -> Option<ExitCause> {
+        self.wait_with(libc::WNOHANG)
+    }
+
+    /// Waits for it to end and reaps it.
+    pub(crate) fn wait(&mut self) -> ExitCause {
+        self.wait_with(0).unwrap_or(ExitCause::Unknown)
+    }
+
+    fn wait_with(&mut self, flags: libc::c_int) -> Option<ExitCause> {
+        if let Some(cause) = self.ended {
+            return Some(cause);
+        }
+        let mut status = 0;
+        let rc = loop {
+            // SAFETY: waitpid on our own child.
+            let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, flags) };
+            if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break rc;
+        };
+        let cause = match rc {
+            0 => return None,
+            rc if rc < 0 => ExitCause::Unknown,
+            _ => exit_cause(status),
+        };
+        self.ended = Some(cause);
+        Some(cause)
+    }
+}
+
 /// A started worker process, after a successful handshake.
 pub(crate) struct Spawned {
-    pub(crate) child: Child,
+    pub(crate) child: ChildProc,
     pub(crate) pid: u32,
     /// Frames to the worker.
     pub(crate) to: UnixStream,
@@ -86,6 +143,8 @@ pub(crate) struct Launch {
     pub(crate) fingerprint: u64,
     pub(crate) max_frame: usize,
     pub(crate) startup_timeout: Duration,
+    /// Workers may be forked by the fork server ([`forkserver`]).
+    pub(crate) fork_server: bool,
 }
 
 fn executable() -> io::Result<std::path::PathBuf> {
@@ -99,7 +158,7 @@ fn executable() -> io::Result<std::path::PathBuf> {
 
 /// A worker process that was started and sent the handshake.
 pub(crate) struct Pending {
-    child: Child,
+    child: ChildProc,
     pid: u32,
     to: UnixStream,
     from: UnixStream,
@@ -132,30 +191,23 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
         Some(_) => Some(dup_cloexec(1).map_err(Error::Spawn)?),
         None => None,
     };
-    let env = WorkerEnv {
-        stdout: stdout_copy.is_some(),
-        parent: std::process::id(),
-    };
-
-    let mut cmd = Command::new(executable().map_err(Error::Spawn)?);
-    if let Ok(exe) = std::env::current_exe() {
-        cmd.arg0(exe);
-    }
-    cmd.env(WORKER_ENV, env.encode())
-        .stdin(Stdio::from(OwnedFd::from(their_in)));
-    if let Some(args) = &launch.harness_args {
-        cmd.args(args).stdout(Stdio::null());
-    }
-    let spawned = cmd.spawn();
-    // The command holds the worker's end of the channel: close it here, or
-    // the worker's exit would not end the channel.
-    drop(cmd);
-    let child = spawned.map_err(Error::Spawn)?;
-    let pid = child.id();
-    let mut fds = vec![their_out.as_raw_fd(), progress_fd];
+    // Through the fork server when it runs (a `fork` of a process that is
+    // already past `exec` and `main`'s start); otherwise started afresh.
+    let mut fds = vec![their_in.as_raw_fd(), their_out.as_raw_fd(), progress_fd];
     fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
-    let sent = send_fds(&to, &fds)
-        .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
+    let (child, sent) = match forkserver::fork_worker(launch, &fds) {
+        Some(pid) => {
+            drop(their_in);
+            (ChildProc::new(pid), Ok(()))
+        }
+        None => {
+            let child = spawn(launch, their_in, stdout_copy.is_some())?;
+            let sent = send_fds(&to, &fds[1..])
+                .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
+            (child, sent)
+        }
+    };
+    let pid = child.pid;
     // Only the worker holds these now: its exit ends the channel.
     drop(their_out);
     drop(stdout_copy);
@@ -173,6 +225,38 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
             reason: reap(pending.child, reason),
         }),
     }
+}
+
+/// Starts a worker process afresh: this binary, with the worker variable
+/// set and `their_in` as its stdin.
+fn spawn(launch: &Launch, their_in: UnixStream, stdout: bool) -> Result<ChildProc, Error> {
+    let env = WorkerEnv {
+        stdout,
+        parent: std::process::id(),
+    };
+    let mut cmd = worker_command(launch).map_err(Error::Spawn)?;
+    cmd.env(WORKER_ENV, env.encode())
+        .stdin(Stdio::from(OwnedFd::from(their_in)));
+    let spawned = cmd.spawn();
+    // The command holds the worker's end of the channel: close it here, or
+    // the worker's exit would not end the channel.
+    drop(cmd);
+    // The child is reaped through its pid (`ChildProc`); std's handle
+    // holds nothing else (no pipes) and does nothing when dropped.
+    Ok(ChildProc::new(spawned.map_err(Error::Spawn)?.id()))
+}
+
+/// The command that re-executes this binary (with the harness's
+/// arguments under a test harness, and its stdout silenced).
+pub(crate) fn worker_command(launch: &Launch) -> io::Result<Command> {
+    let mut cmd = Command::new(executable()?);
+    if let Ok(exe) = std::env::current_exe() {
+        cmd.arg0(exe);
+    }
+    if let Some(args) = &launch.harness_args {
+        cmd.args(args).stdout(Stdio::null());
+    }
+    Ok(cmd)
 }
 
 /// Builds a one-byte message over `marker` with room for `count`
@@ -203,7 +287,7 @@ fn with_fd_message<R>(
 }
 
 /// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
-fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+pub(crate) fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
     let mut marker = [FD_MARKER];
     with_fd_message(&mut marker, fds.len(), |msg| {
         // SAFETY: the control buffer holds one header and room for `fds`.
@@ -320,11 +404,11 @@ pub(crate) fn finish(
 
 /// Kills and reaps a worker that failed to start; the reason, with how it
 /// ended when that adds something.
-fn reap(mut child: Child, reason: String) -> String {
-    let _ = child.kill();
-    match child.wait().ok().map(exit_cause) {
-        Some(ExitCause::Signal(libc::SIGKILL)) | None => reason,
-        Some(cause) => format!("{reason} (the worker {cause})"),
+fn reap(mut child: ChildProc, reason: String) -> String {
+    child.kill();
+    match child.wait() {
+        ExitCause::Signal(libc::SIGKILL) | ExitCause::Unknown => reason,
+        cause => format!("{reason} (the worker {cause})"),
     }
 }
 
@@ -461,12 +545,12 @@ fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
-/// How a reaped worker ended.
-pub(crate) fn exit_cause(status: std::process::ExitStatus) -> ExitCause {
-    if let Some(code) = status.code() {
-        ExitCause::Code(code)
-    } else if let Some(sig) = status.signal() {
-        ExitCause::Signal(sig)
+/// How a reaped worker ended, from its `waitpid` status.
+pub(crate) fn exit_cause(status: libc::c_int) -> ExitCause {
+    if libc::WIFEXITED(status) {
+        ExitCause::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        ExitCause::Signal(libc::WTERMSIG(status))
     } else {
         ExitCause::Unknown
     }

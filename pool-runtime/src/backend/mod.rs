@@ -4,6 +4,7 @@
 //! (feature `mpi`) uses the other ranks of an MPI job. The scheduler talks
 //! to every backend through the same frames.
 
+pub(crate) mod forkserver;
 pub(crate) mod local;
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi;

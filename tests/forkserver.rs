@@ -1,0 +1,127 @@
+//! The fork server: once a first pool is ready, later workers are forks of
+//! a waiting copy of the program, still children of the pool's process,
+//! and they see the environment the process has when they start.
+//!
+//! One test in its own binary: it changes the environment, which no other
+//! test thread may read meanwhile.
+
+mod common;
+
+use pool_runtime::prelude::*;
+use pool_runtime::{ExitCause, task};
+
+use common::{parent_of, started_with, wait_for_fork_server};
+
+pool_runtime::test_support!();
+
+/// The value of environment variable `name` in the worker.
+#[task]
+fn env_var(name: String) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Whether `pid` was forked by the fork server (not started afresh).
+fn forked(pid: u32) -> bool {
+    started_with(pid, "POOL_RUNTIME_FORKSERVER") && !started_with(pid, "POOL_RUNTIME_WORKER")
+}
+
+fn pool() -> Pool {
+    Pool::builder().processes(2).build().expect("pool")
+}
+
+/// The workers of `pool`: forked or not, children of this process, and
+/// running tasks.
+fn check_workers(pool: &Pool, want_forked: bool) {
+    let me = std::process::id();
+    // A replacement may still be starting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut pids = pool.worker_pids();
+    while pids.len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        pids = pool.worker_pids();
+    }
+    assert_eq!(pids.len(), 2, "workers: {pids:?}");
+    for &pid in &pids {
+        assert_eq!(forked(pid), want_forked, "worker {pid}");
+        assert_eq!(parent_of(pid), Some(me), "worker {pid} is our child");
+    }
+    let squares = pool
+        .map(task!(common::square), 0..1000u64)
+        .expect("tasks run");
+    assert_eq!(squares, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    let ran_on = pool
+        .chunksize(1)
+        .starmap(task!(common::worker_pid), vec![(); 20])
+        .expect("tasks run");
+    assert!(ran_on.iter().all(|pid| pids.contains(pid)), "{ran_on:?}");
+}
+
+#[test]
+fn later_workers_are_forked_and_see_the_current_environment() {
+    // The first pool of the process starts its workers afresh, then the
+    // fork server.
+    let first = pool();
+    check_workers(&first, false);
+    let server = wait_for_fork_server(None);
+    assert!(!first.worker_pids().contains(&server));
+    drop(first);
+
+    // Later pools are forked.
+    let second = pool();
+    check_workers(&second, true);
+
+    // A replacement for a worker that died is forked too.
+    let err = second
+        .chunksize(1)
+        .starmap(task!(common::exit_on), [(1, 1, 3)])
+        .expect_err("the worker exits");
+    assert!(
+        matches!(
+            err,
+            pool_runtime::Error::WorkerDied {
+                cause: ExitCause::Code(3),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    check_workers(&second, true);
+    drop(second);
+
+    // The environment changed: the workers see it, and a new fork server
+    // replaces the old one, which ends.
+    // SAFETY: the only test of this binary; no other thread reads the
+    // environment now.
+    unsafe { std::env::set_var("POOL_FORKSERVER_TEST", "changed") };
+    let third = pool();
+    let seen = third
+        .apply(task!(env_var), ("POOL_FORKSERVER_TEST".to_owned(),))
+        .expect("task runs");
+    assert_eq!(seen.as_deref(), Some("changed"));
+    drop(third);
+    let renewed = wait_for_fork_server(Some(server));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while parent_of(server).is_some() && common::process_exists(server) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the old fork server still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let fourth = pool();
+    check_workers(&fourth, true);
+    let seen = fourth
+        .apply(task!(env_var), ("POOL_FORKSERVER_TEST".to_owned(),))
+        .expect("task runs");
+    assert_eq!(seen.as_deref(), Some("changed"));
+    assert!(common::process_exists(renewed));
+    drop(fourth);
+
+    // Turned off: started afresh.
+    let fresh = Pool::builder()
+        .processes(2)
+        .fork_server(false)
+        .build()
+        .expect("pool");
+    check_workers(&fresh, false);
+}
