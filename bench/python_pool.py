@@ -4,6 +4,7 @@ one JSON line per metric on stdout, a human summary on stderr.
 
     python3 bench/python_pool.py raw
     python3 bench/python_pool.py start
+    python3 bench/python_pool.py start-cold --procs 2
     python3 bench/python_pool.py roundtrip --procs 2 [--calls 10000]
     python3 bench/python_pool.py tiny --procs 2 [--items 1000000] [--chunksize N]
     python3 bench/python_pool.py payload [--count 64] [--mib 16]
@@ -163,6 +164,29 @@ def start(opts):
     emit("idle_worker_pss_kb", "kB", False, pss)
 
 
+def start_cold(opts):
+    """The first pool of a process: each repetition runs this script
+    afresh (start-once), which times building a pool and the first result."""
+    import subprocess
+    times = []
+    for rep in range(opts.warmup + opts.reps):
+        out = subprocess.run([sys.executable, __file__, "start-once", "--procs", str(opts.procs)],
+                             capture_output=True, text=True, check=True).stdout
+        ms = next(float(l.split()[-1]) for l in out.splitlines() if l.startswith("start-once ms "))
+        if rep >= opts.warmup:
+            times.append(ms)
+    emit("start_cold_ms", "ms", False, times, start_method=multiprocessing.get_start_method())
+
+
+def start_once(opts):
+    t0 = time.perf_counter()
+    pool = multiprocessing.Pool(opts.procs)
+    pool.apply(noop)
+    elapsed = time.perf_counter() - t0
+    close(pool)
+    print(f"start-once ms {elapsed * 1e3}")
+
+
 def roundtrip(opts):
     with multiprocessing.Pool(opts.procs) as pool:
 
@@ -262,6 +286,8 @@ def _timed(f, arg):
 WORKLOADS = {
     "raw": raw,
     "start": start,
+    "start-cold": start_cold,
+    "start-once": start_once,
     "roundtrip": roundtrip,
     "tiny": tiny,
     "payload": payload,

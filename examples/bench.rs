@@ -9,6 +9,7 @@
 //! cargo build --release --example bench
 //! target/release/examples/bench raw
 //! target/release/examples/bench start
+//! target/release/examples/bench start-cold --procs 2
 //! target/release/examples/bench roundtrip --procs 2 [--calls 10000]
 //! target/release/examples/bench tiny --procs 2 [--items 1000000] [--chunksize N]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
@@ -401,6 +402,47 @@ fn start(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// The first pool of a process: each repetition starts this binary afresh
+/// (`start-once`), which times building a pool and getting the first
+/// result; the fork server of earlier pools plays no part.
+fn start_cold(opts: &Opts) -> Result<(), Error> {
+    let exe = std::env::current_exe().map_err(Error::Spawn)?;
+    let mut times = Vec::new();
+    for rep in 0..opts.warmup + opts.reps {
+        let out = std::process::Command::new(&exe)
+            .args(["start-once", "--procs", &opts.procs.to_string()])
+            .output()
+            .map_err(Error::Spawn)?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ms: Option<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("start-once ms "))
+            .and_then(|v| v.trim().parse().ok());
+        let Some(ms) = ms.filter(|_| out.status.success()) else {
+            return Err(Error::Broken(format!(
+                "start-once failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        };
+        if rep >= opts.warmup {
+            times.push(ms);
+        }
+    }
+    emit("start_cold_ms", "ms", false, &times, &[]);
+    Ok(())
+}
+
+/// One repetition of [`start_cold`], in a fresh process.
+fn start_once(opts: &Opts) -> Result<(), Error> {
+    let t0 = Instant::now();
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    pool.apply(task!(noop), ())?;
+    let elapsed = t0.elapsed();
+    drop(pool);
+    println!("start-once ms {}", elapsed.as_secs_f64() * 1e3);
+    Ok(())
+}
+
 /// `calls` sequential `apply` of a no-op.
 fn roundtrip(opts: &Opts) -> Result<(), Error> {
     let pool = Pool::builder().processes(opts.procs).build()?;
@@ -594,6 +636,8 @@ fn main() -> Result<(), Error> {
     match opts.workload.as_str() {
         "raw" => raw(&opts),
         "start" => start(&opts),
+        "start-cold" => start_cold(&opts),
+        "start-once" => start_once(&opts),
         "roundtrip" => roundtrip(&opts),
         "tiny" => tiny(&opts),
         "sweep" => sweep(&opts),

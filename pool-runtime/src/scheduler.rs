@@ -412,6 +412,8 @@ enum Supervise {
     /// [`Shared::start`] itself).
     Initial(Sender<Result<(), Error>>),
     Respawn(usize),
+    /// Start the fork server if it does not run (off the caller's path).
+    ForkServer,
     /// Re-check whether timeouts need watching.
     Wake,
     Shutdown,
@@ -491,7 +493,7 @@ impl Shared {
             let started = shared.spawn_into(&slots);
             if started.is_ok() {
                 // Later workers (replacements, later pools) are forked.
-                forkserver::prepare(&shared.config.launch);
+                let _ = tx.send(Supervise::ForkServer);
             }
             started
         };
@@ -715,6 +717,7 @@ impl Shared {
                     let _ = reply.send(started);
                 }
                 Some(Supervise::Respawn(slot)) => self.respawn(slot),
+                Some(Supervise::ForkServer) => forkserver::prepare(&self.config.launch),
                 Some(Supervise::Shutdown) => return,
                 Some(Supervise::Wake) | None => {}
             }
