@@ -1,6 +1,6 @@
 //! The fork server: once a first pool is ready, later workers are forks of
-//! a waiting copy of the program, still children of the pool's process,
-//! and they see the environment the process has when they start.
+//! a waiting copy of the program, and they see the environment the process
+//! has when they start.
 //!
 //! One test in its own binary: it changes the environment, which no other
 //! test thread may read meanwhile.
@@ -20,6 +20,17 @@ fn env_var(name: String) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// The worker's file mode creation mask.
+#[task]
+fn umask_now() -> u32 {
+    // SAFETY: umask only swaps the mask; the old one is put back.
+    unsafe {
+        let mask = libc::umask(0o22);
+        libc::umask(mask);
+        mask as u32
+    }
+}
+
 /// Whether `pid` was forked by the fork server (not started afresh).
 fn forked(pid: u32) -> bool {
     started_with(pid, "POOL_RUNTIME_FORKSERVER") && !started_with(pid, "POOL_RUNTIME_WORKER")
@@ -29,8 +40,8 @@ fn pool() -> Pool {
     Pool::builder().processes(2).build().expect("pool")
 }
 
-/// The workers of `pool`: forked or not, children of this process, and
-/// running tasks.
+/// The workers of `pool`: forked (children of a fork server) or not
+/// (children of this process), and running tasks.
 fn check_workers(pool: &Pool, want_forked: bool) {
     let me = std::process::id();
     // A replacement may still be starting.
@@ -43,7 +54,16 @@ fn check_workers(pool: &Pool, want_forked: bool) {
     assert_eq!(pids.len(), 2, "workers: {pids:?}");
     for &pid in &pids {
         assert_eq!(forked(pid), want_forked, "worker {pid}");
-        assert_eq!(parent_of(pid), Some(me), "worker {pid} is our child");
+        let parent = parent_of(pid).expect("a live worker");
+        if want_forked {
+            assert!(
+                common::is_fork_server(parent),
+                "worker {pid}: parent {parent}"
+            );
+            assert_eq!(parent_of(parent), Some(me), "the fork server is our child");
+        } else {
+            assert_eq!(parent, me, "worker {pid} is our child");
+        }
     }
     let squares = pool
         .map(task!(common::square), 0..1000u64)
@@ -116,6 +136,44 @@ fn later_workers_are_forked_and_see_the_current_environment() {
     assert_eq!(seen.as_deref(), Some("changed"));
     assert!(common::process_exists(renewed));
     drop(fourth);
+
+    // Another process attribute changed: the same.
+    // SAFETY: umask has no preconditions.
+    let old_mask = unsafe { libc::umask(0o077) };
+    let fifth = pool();
+    assert_eq!(fifth.apply(task!(umask_now), ()).expect("task runs"), 0o077);
+    drop(fifth);
+    let server = wait_for_fork_server(Some(renewed));
+    let sixth = pool();
+    check_workers(&sixth, true);
+    assert_eq!(sixth.apply(task!(umask_now), ()).expect("task runs"), 0o077);
+    drop(sixth);
+
+    // A stalled server: a pool does not wait for it beyond its startup
+    // timeout, and starts its workers afresh; the fork that comes late
+    // finds its channel closed, and the retired server then ends.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server as i32, libc::SIGSTOP) };
+    let stalled = Pool::builder()
+        .processes(2)
+        .startup_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .expect("the pool starts without the server");
+    check_workers(&stalled, false);
+    // SAFETY: as above.
+    unsafe { libc::kill(server as i32, libc::SIGCONT) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while parent_of(server).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled server still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    check_workers(&stalled, false);
+    drop(stalled);
+    // SAFETY: as above.
+    unsafe { libc::umask(old_mask) };
 
     // Turned off: started afresh.
     let fresh = Pool::builder()

@@ -25,7 +25,7 @@ use pool_core::ProtocolError;
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 
 use crate::backend::forkserver;
-use crate::backend::local::{self, ChildProc, Launch, Spawned};
+use crate::backend::local::{self, ChildProc, Launch, Signaller, Spawned};
 use crate::backend::shm::{Progress, now_ns};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
@@ -360,6 +360,8 @@ pub(crate) struct Outgoing {
 
 struct Worker {
     pid: u32,
+    /// How to signal a local worker's process (`None` for a remote one).
+    signal: Option<Signaller>,
     tx: Sender<Outgoing>,
     in_flight: VecDeque<InFlight>,
     /// The page where a local worker records its running item; `None` for
@@ -395,7 +397,7 @@ pub(crate) struct State {
     stats: Vec<WorkerStats>,
     /// Worker processes started but not yet attached (handshake,
     /// initializer): shutdown kills them too.
-    starting: Vec<u32>,
+    starting: Vec<Signaller>,
     broken: Option<String>,
     /// The slot that wins the next tie in [`State::dispatch`].
     turn: usize,
@@ -623,9 +625,9 @@ impl Shared {
             for (id, job) in st.jobs.drain() {
                 outbox.push(&job.events, id, Event::Fatal(Error::Terminated));
             }
-            for &pid in &st.starting {
+            for worker in &st.starting {
                 // Not attached yet: its handshake or initializer fails at once.
-                kill_pid(pid);
+                worker.kill();
             }
             for worker in st.workers.iter_mut().flatten() {
                 if graceful && worker.in_flight.is_empty() {
@@ -732,9 +734,8 @@ impl Shared {
         let st = self.lock();
         for worker in st.workers.iter().flatten() {
             if let Some(LocalChannel { ends, .. }) = &worker.channel
-                && worker.local
                 && !worker.dying
-                && has_exited(worker.pid)
+                && worker.signal.as_ref().is_some_and(Signaller::has_exited)
             {
                 ends.cut();
             }
@@ -883,14 +884,15 @@ impl Shared {
         let pid = pending.pid();
         {
             let mut st = self.lock();
-            st.starting.push(pid);
+            let signal = pending.signaller();
             if st.terminated {
-                kill_pid(pid);
+                signal.kill();
             }
+            st.starting.push(signal);
         }
         // The writer thread starts while the worker boots.
         let writer = self.start_writer(pid, pending.channel());
-        let forget = |pid: u32| self.lock().starting.retain(|&p| p != pid);
+        let forget = |pid: u32| self.lock().starting.retain(|s| s.pid != pid);
         let outcome = local::finish(pending, &self.config.launch, forget);
         forget(pid);
         let mut spawned = outcome?;
@@ -937,15 +939,27 @@ impl Shared {
         if !attached {
             return;
         }
+        let signal = self.lock().workers[slot]
+            .as_ref()
+            .and_then(|w| w.signal.clone());
         self.mark_dying(slot);
-        // SAFETY: waitpid on our own child; WNOHANG tells whether it is
-        // still unreaped (only then may its pid be signalled).
-        let unreaped =
-            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) } == 0;
-        if unreaped {
-            kill_pid(pid);
-            // SAFETY: as above, now waiting for it to end.
-            unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        match signal {
+            // A forked worker: its pidfd names it even once its server
+            // reaped it.
+            Some(signal) if !signal.is_own_child() => signal.kill(),
+            _ => {
+                // SAFETY: waitpid on our own child; WNOHANG tells whether it
+                // is still unreaped (only then may its pid be signalled).
+                let unreaped = unsafe {
+                    libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG)
+                } == 0;
+                if unreaped {
+                    // SAFETY: our unreaped child.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                    // SAFETY: as above, now waiting for it to end.
+                    unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+                }
+            }
         }
         self.detach(slot, pid, ExitCause::Unknown, None);
     }
@@ -971,7 +985,8 @@ impl Shared {
             backlog: writer.backlog,
         };
         let progress = Some(Arc::new(progress));
-        if !self.attach_inner(slot, pid, writer.tx, progress, true, Some(channel)) {
+        let signal = Some(child.signaller());
+        if !self.attach_inner(slot, pid, signal, writer.tx, progress, Some(channel)) {
             child.kill();
             child.wait();
             return Ok(None);
@@ -992,18 +1007,22 @@ impl Shared {
         progress: Option<Arc<Progress>>,
         local: bool,
     ) -> bool {
-        self.attach_inner(slot, pid, tx, progress, local, None)
+        // A local worker attached this way (no channel of ours) is a child
+        // of this process, signalled by pid.
+        let signal = local.then(|| Signaller::own_child(pid));
+        self.attach_inner(slot, pid, signal, tx, progress, None)
     }
 
     fn attach_inner(
         &self,
         slot: usize,
         pid: u32,
+        signal: Option<Signaller>,
         tx: Sender<Outgoing>,
         progress: Option<Arc<Progress>>,
-        local: bool,
         channel: Option<LocalChannel>,
     ) -> bool {
+        let local = signal.is_some();
         let mut st = self.lock();
         if st.terminated {
             return false;
@@ -1014,6 +1033,7 @@ impl Shared {
         tracing::debug!(pid, slot, "pool worker started");
         st.workers[slot] = Some(Worker {
             pid,
+            signal,
             tx,
             in_flight: VecDeque::new(),
             progress,
@@ -1550,8 +1570,8 @@ fn write_frames(
 /// Stops a worker now: SIGKILL for a local process, an exit frame (honoured
 /// between chunks) for a remote one.
 fn kill(worker: &Worker) {
-    if worker.local {
-        kill_pid(worker.pid);
+    if let Some(signal) = worker.signal.as_ref().filter(|_| worker.local) {
+        signal.kill();
         if let Some(ch) = &worker.channel {
             ch.ends.cut();
         }
@@ -1559,27 +1579,4 @@ fn kill(worker: &Worker) {
         let header = wire::encode_header(&ToWorker::Exit);
         worker.send(header, Arc::new(Vec::new()), usize::MAX);
     }
-}
-
-/// Whether the child `pid` has exited (without reaping it).
-fn has_exited(pid: u32) -> bool {
-    // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: WNOWAIT leaves the child for its reader to reap.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
-    rc == 0 && unsafe { info.si_pid() } != 0
-}
-
-fn kill_pid(pid: u32) {
-    // SAFETY: pid belongs to a child not yet reaped (callers check `dying`
-    // under the state lock), so it cannot have been reused.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
 }

@@ -189,14 +189,22 @@ pub(crate) fn run_forked(
     input: std::os::fd::OwnedFd,
     output: std::os::fd::OwnedFd,
     progress: std::os::fd::OwnedFd,
-    stdout: Option<std::os::fd::OwnedFd>,
+    stdio: [std::os::fd::OwnedFd; 2],
     parent: u32,
 ) -> ! {
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::{AsRawFd, IntoRawFd};
     IN_WORKER.store(true, Ordering::Relaxed);
     die_with_parent(parent);
     let progress = Progress::open(progress.into_raw_fd());
-    let restored = stdout.as_ref().map_or(Ok(()), restore_stdout);
+    // The pool's current stdout and stderr, as a worker started now would have.
+    let restored = stdio.iter().zip([1, 2]).try_for_each(|(fd, to)| {
+        // SAFETY: dup2 of a descriptor we own onto a standard one.
+        if unsafe { libc::dup2(fd.as_raw_fd(), to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    });
+    drop(stdio);
     let progress = match (progress, restored) {
         (Ok(progress), Ok(())) => progress,
         (Err(err), _) | (_, Err(err)) => {

@@ -9,9 +9,11 @@
 //! workers (of the same pool after a crash or `max_tasks_per_child`, and of
 //! every later pool) are forks of it.
 //!
-//! The server forks with `CLONE_PARENT`: a new worker is a child of the
-//! pool's process, as a worker started afresh is, and is reaped and
-//! signalled there; nothing else about a worker differs.
+//! The server forks with libc's `fork` (so the child's libc and the
+//! `pthread_atfork` handlers of libraries are as after any `fork`), reaps
+//! its children and reports how each ended; the pool's process signals a
+//! forked worker through a pidfd the server opened before anything could
+//! reap it, so a recycled pid is never signalled.
 //!
 //! What the server does not take from the pool's process when it forks:
 //!
@@ -25,70 +27,106 @@
 //!   server off for a program that changes them between pools.
 //!
 //! The server is single-threaded outside a test harness (it refuses to fork
-//! otherwise), so a raw `clone` copies no lock held by another thread.
-//! Under a test harness its one other thread is the harness's main thread,
-//! which waits for the worker entry test to end.
+//! otherwise), so no lock is held by another thread when it forks. Under a
+//! test harness its one other thread is the harness's main thread, which
+//! waits for the worker entry test to end.
 //!
 //! Lifetimes: the server dies with the pool's process (a parent-death
 //! signal tied to the thread that started it, which never ends, and the
-//! end of its request channel), and so do the workers it forked (their
-//! parent-death signal is tied to that same thread, their channels end).
+//! end of its request channel), and the workers it forked die with the
+//! server (their parent-death signal) and when their channels end.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::process::{Child, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender};
 
-use super::local::{self, Launch};
+use super::local::{self, ChildProc, Launch};
+use crate::error::ExitCause;
 
 /// The environment variable that tells a process it is a fork server.
 pub(crate) const SERVER_ENV: &str = "POOL_RUNTIME_FORKSERVER";
 
-/// Reply kinds, the first 4 bytes of each 8-byte reply (then a `u32`).
+/// Messages are 12 bytes: `kind`, `a`, `b` as `u32`. To the server:
+/// `FORK` with the new worker's descriptors attached, and `RETIRE` (fork
+/// no more; exit once every child has ended). From it: `READY(pid)`,
+/// `FORKED(pid)` with the child's pidfd attached, `FAILED(errno)`,
+/// `EXITED(pid, wait status)`.
+const FORK: u32 = 0;
 const READY: u32 = 1;
 const FORKED: u32 = 2;
 const FAILED: u32 = 3;
+const EXITED: u32 = 4;
+const RETIRE: u32 = 5;
 
 /// A running server, as the pool's process sees it.
 struct Server {
-    /// Requests go here; replies come back on it.
-    conn: UnixStream,
+    /// Requests go here; the starter thread reads the server's messages.
+    conn: OwnedFd,
     pid: u32,
     /// [`snapshot`] when it started.
     key: u64,
+    /// Cleared once it is gone (then its children's ends are unreported).
+    alive: Arc<AtomicBool>,
 }
 
-#[derive(Default)]
 struct State {
-    server: Option<Server>,
+    /// The process these servers belong to: a copy of it made by `fork`
+    /// (without `exec`) must not use them.
+    owner: u32,
+    server: Option<Arc<Server>>,
     /// A start was requested and has not finished.
     starting: bool,
-    /// The server could not start (or forks failed): not tried again.
+    /// The server could not start: not tried again.
     disabled: bool,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
+    owner: 0,
     server: None,
     starting: false,
     disabled: false,
 });
 
-/// The thread that starts servers and waits for them: it never ends.
+/// One fork request at a time.
+static REQUEST: Mutex<()> = Mutex::new(());
+
+/// Answers to fork requests, from the starter thread.
+enum Reply {
+    Forked(u32, OwnedFd),
+    Failed(i32),
+}
+
+fn replies() -> &'static (Sender<Reply>, Receiver<Reply>) {
+    static REPLIES: OnceLock<(Sender<Reply>, Receiver<Reply>)> = OnceLock::new();
+    REPLIES.get_or_init(crossbeam_channel::unbounded)
+}
+
+/// How forked workers ended, as their server reported, until collected.
+static EXITS: std::sync::LazyLock<Mutex<HashMap<u32, ExitCause>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+static EXIT_REPORTED: Condvar = Condvar::new();
+
+/// The thread that starts servers and reads their messages: it never ends.
 static STARTER: OnceLock<Sender<Launch>> = OnceLock::new();
 
-fn state() -> MutexGuard<'static, State> {
-    STATE
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What a forked worker inherits from the server rather than from the
-/// pool's process at the time of the fork: a hash of it.
+/// pool's process at the time of the fork: a hash of it. Read from the
+/// process (its main thread's view), never from the calling thread, so
+/// that every thread computes the same.
 fn snapshot(launch: &Launch) -> u64 {
     let mut hasher = DefaultHasher::new();
     launch.harness_args.hash(&mut hasher);
@@ -97,71 +135,184 @@ fn snapshot(launch: &Launch) -> u64 {
         value.hash(&mut hasher);
     }
     std::env::current_dir().ok().hash(&mut hasher);
+    // Credentials, capabilities, umask, seccomp, ignored signals, CPU and
+    // memory placement.
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status.lines() {
+            let key = line.split(':').next().unwrap_or_default();
+            if matches!(
+                key,
+                "Umask"
+                    | "Uid"
+                    | "Gid"
+                    | "Groups"
+                    | "NoNewPrivs"
+                    | "Seccomp"
+                    | "Seccomp_filters"
+                    | "CapInh"
+                    | "CapPrm"
+                    | "CapEff"
+                    | "CapBnd"
+                    | "CapAmb"
+                    | "SigIgn"
+                    | "Cpus_allowed_list"
+                    | "Mems_allowed_list"
+            ) {
+                line.hash(&mut hasher);
+            }
+        }
+    }
+    // Control groups, namespaces.
+    std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .hash(&mut hasher);
+    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+        std::fs::read_link(format!("/proc/self/ns/{ns}"))
+            .ok()
+            .hash(&mut hasher);
+    }
+    // Process group, session and nice value (fields 5, 6 and 19 of stat).
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some((_, rest)) = stat.rsplit_once(')')
+    {
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        for i in [2, 3, 16] {
+            fields.get(i).hash(&mut hasher);
+        }
+    }
+    // Resource limits.
+    for resource in [
+        libc::RLIMIT_AS,
+        libc::RLIMIT_CORE,
+        libc::RLIMIT_CPU,
+        libc::RLIMIT_DATA,
+        libc::RLIMIT_FSIZE,
+        libc::RLIMIT_LOCKS,
+        libc::RLIMIT_MEMLOCK,
+        libc::RLIMIT_MSGQUEUE,
+        libc::RLIMIT_NICE,
+        libc::RLIMIT_NOFILE,
+        libc::RLIMIT_NPROC,
+        libc::RLIMIT_RSS,
+        libc::RLIMIT_RTPRIO,
+        libc::RLIMIT_RTTIME,
+        libc::RLIMIT_SIGPENDING,
+        libc::RLIMIT_STACK,
+    ] {
+        // SAFETY: an all-zero rlimit is valid; getrlimit writes into it.
+        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::getrlimit(resource, &mut limit) } == 0 {
+            (limit.rlim_cur, limit.rlim_max).hash(&mut hasher);
+        }
+    }
     hasher.finish()
 }
 
 /// Forks a worker through the server, handing it `fds` (its channel input
-/// and output, progress page and, under a test harness, stdout). `None`
-/// when no suitable server runs (the caller starts the worker afresh).
-pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<u32> {
+/// and output, progress page and, under a test harness, stdout).
+///
+/// `None` when no suitable server runs or it could not fork (nothing was
+/// handed over: the caller starts the worker afresh); `Some(Err)` when the
+/// server took the descriptors but did not answer in time (a late fork
+/// would share them, so the start fails instead).
+pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<ChildProc, String>> {
     if !launch.fork_server {
         return None;
     }
     let key = snapshot(launch);
-    let mut st = state();
-    let server = st.server.as_ref()?;
-    if server.key != key {
-        // The environment or working directory changed: this server's
-        // workers would not see it. Closing its channel ends it.
-        st.server = None;
-        drop(st);
-        prepare(launch);
+    let server = {
+        let mut st = lock(&STATE);
+        if st.owner != std::process::id() {
+            return None;
+        }
+        let server = st.server.clone()?;
+        if server.key != key {
+            // The environment or working directory changed: this server's
+            // workers would not see it. Ending its channel ends it.
+            st.server = None;
+            drop(st);
+            end(&server);
+            prepare(launch);
+            return None;
+        }
+        server
+    };
+    let _one = lock(&REQUEST);
+    // It may have been given up while this request waited for its turn.
+    if !lock(&STATE)
+        .server
+        .as_ref()
+        .is_some_and(|s| Arc::ptr_eq(s, &server))
+    {
         return None;
     }
-    match request(server, fds) {
-        Ok(Ok(pid)) => Some(pid),
-        Ok(Err(errno)) => {
-            // It could not fork this time (or it found a second thread in
-            // itself: then it never will).
+    let (_, rx) = replies();
+    // Answers that came after their request gave up: those forks are of no use.
+    while let Ok(late) = rx.try_recv() {
+        if let Reply::Forked(pid, pidfd) = late {
+            tracing::debug!(pid, "killing a worker forked too late");
+            local::signal_pidfd(&pidfd, libc::SIGKILL);
+        }
+    }
+    if let Err(err) = send_msg(server.conn.as_raw_fd(), &message(FORK, 0, 0), fds) {
+        tracing::debug!(error = %err, "the fork server is gone; starting a worker afresh");
+        forget(&server);
+        return None;
+    }
+    match rx.recv_timeout(launch.startup_timeout) {
+        Ok(Reply::Forked(pid, pidfd)) => Some(Ok(ChildProc::forked(
+            pid,
+            Arc::new(pidfd),
+            Arc::clone(&server.alive),
+        ))),
+        Ok(Reply::Failed(errno)) => {
             tracing::debug!(
                 errno,
                 "the fork server could not fork; starting a worker afresh"
             );
             if errno == libc::EDEADLK {
-                st.server = None;
-                st.disabled = true;
+                // It found a second thread in itself: it never will.
+                forget(&server);
+                end(&server);
+                lock(&STATE).disabled = true;
             }
             None
         }
-        Err(err) => {
-            // It is gone; the starter thread reaps it, and the next pool
-            // starts another.
-            tracing::debug!(error = %err, "the fork server is gone; starting a worker afresh");
-            st.server = None;
-            None
+        Err(_) => {
+            forget(&server);
+            end(&server);
+            Some(Err(format!(
+                "the fork server did not answer within {:?}",
+                launch.startup_timeout
+            )))
         }
     }
 }
 
-/// Sends one fork request and reads the reply: the new worker's pid, or
-/// the `errno` of a failed fork.
-fn request(server: &Server, fds: &[RawFd]) -> io::Result<Result<u32, i32>> {
-    local::send_fds(&server.conn, fds)?;
-    match read_reply(&server.conn)? {
-        (FORKED, pid) => Ok(Ok(pid)),
-        (FAILED, errno) => Ok(Err(errno as i32)),
-        _ => Err(io::Error::other("unexpected fork server reply")),
+/// Stops using `server` (a later pool starts another).
+fn forget(server: &Arc<Server>) {
+    let mut st = lock(&STATE);
+    if st.server.as_ref().is_some_and(|s| Arc::ptr_eq(s, server)) {
+        st.server = None;
     }
 }
 
-fn read_reply(mut conn: &UnixStream) -> io::Result<(u32, u32)> {
-    let mut reply = [0u8; 8];
-    conn.read_exact(&mut reply)?;
-    let [a, b, c, d, e, f, g, h] = reply;
-    Ok((
-        u32::from_le_bytes([a, b, c, d]),
-        u32::from_le_bytes([e, f, g, h]),
-    ))
+/// Retires `server`: it forks no more, and exits once the workers it
+/// forked have ended (they go on serving their pools meanwhile).
+fn end(server: &Server) {
+    let _ = send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]);
+}
+
+/// How forked worker `pid` ended, if its server reported it; removes it.
+pub(crate) fn take_exit(pid: u32) -> Option<ExitCause> {
+    lock(&EXITS).remove(&pid)
+}
+
+/// Waits (at most `limit`) for the next exit report.
+pub(crate) fn wait_exit_report(limit: Duration) {
+    let exits = lock(&EXITS);
+    let _ = EXIT_REPORTED.wait_timeout(exits, limit);
 }
 
 /// Makes sure a server for `launch` runs or is starting (in the
@@ -170,192 +321,458 @@ pub(crate) fn prepare(launch: &Launch) {
     if !launch.fork_server {
         return;
     }
-    let mut st = state();
-    if st.disabled || st.starting || st.server.is_some() {
-        return;
+    {
+        let mut st = lock(&STATE);
+        let me = std::process::id();
+        if st.owner == 0 {
+            st.owner = me;
+        }
+        if st.owner != me || st.disabled || st.starting || st.server.is_some() {
+            return;
+        }
+        st.starting = true;
     }
-    st.starting = true;
-    drop(st);
     let starter = STARTER.get_or_init(|| {
         let (tx, rx) = crossbeam_channel::unbounded::<Launch>();
         let spawned = std::thread::Builder::new()
             .name("pool-forkserver".into())
             .spawn(move || {
                 for launch in rx {
-                    serve_one(&launch);
+                    // This thread must not end early (see below): a panic
+                    // (a bug) only costs this server.
+                    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        serve_one(&launch)
+                    }));
+                    if started.is_err() {
+                        let mut st = lock(&STATE);
+                        st.starting = false;
+                        st.disabled = true;
+                    }
                 }
-                // Never ends: the workers the servers forked have their
-                // parent-death signal tied to this thread.
+                // Never ends: the servers' parent-death signal is tied to
+                // this thread.
                 loop {
                     std::thread::park();
                 }
             });
         if spawned.is_err() {
-            state().disabled = true;
+            lock(&STATE).disabled = true;
         }
         tx
     });
     if starter.send(launch.clone()).is_err() {
-        let mut st = state();
+        let mut st = lock(&STATE);
         st.starting = false;
         st.disabled = true;
     }
 }
 
-/// Starts a server, publishes it, and waits (on the starter thread) until
-/// it ends.
+/// Starts a server and publishes it (on the starter thread, to which its
+/// parent-death signal is tied); a relay thread reads its messages and
+/// reaps it once it ends.
 fn serve_one(launch: &Launch) {
+    if lock(&STATE).server.is_some() {
+        lock(&STATE).starting = false;
+        return;
+    }
     let key = snapshot(launch);
     let started = start_server(launch);
-    let mut st = state();
+    let mut st = lock(&STATE);
     st.starting = false;
-    let mut child = match started {
-        Ok((child, conn)) => {
-            let pid = child.id();
-            st.server = Some(Server { conn, pid, key });
-            tracing::debug!(pid, "fork server started");
-            child
-        }
+    let (mut child, conn) = match started {
+        Ok(started) => started,
         Err(err) => {
             tracing::debug!(error = %err, "the fork server did not start; workers start afresh");
             st.disabled = true;
             return;
         }
     };
-    drop(st);
-    let pid = child.id();
-    let _ = child.wait();
-    let mut st = state();
-    if st.server.as_ref().is_some_and(|s| s.pid == pid) {
-        st.server = None;
+    let server = Arc::new(Server {
+        conn,
+        pid: child.id(),
+        key,
+        alive: Arc::new(AtomicBool::new(true)),
+    });
+    let relayed = Arc::clone(&server);
+    let relay_thread = std::thread::Builder::new()
+        .name("pool-forkserver-relay".into())
+        .spawn(move || {
+            relay(&relayed);
+            relayed.alive.store(false, Ordering::Release);
+            forget(&relayed);
+            {
+                let _exits = lock(&EXITS);
+                EXIT_REPORTED.notify_all();
+            }
+            // It exits by itself once retired and childless, or at the end
+            // of its channel; killed only if it broke the protocol.
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        });
+    match relay_thread {
+        Ok(_) => {
+            tracing::debug!(pid = server.pid, "fork server started");
+            st.server = Some(server);
+        }
+        Err(_) => st.disabled = true,
     }
 }
 
-/// Starts the server process and waits for its ready reply.
-fn start_server(launch: &Launch) -> io::Result<(Child, UnixStream)> {
-    let (conn, theirs) = UnixStream::pair()?;
+/// Reads the server's messages until it is gone.
+fn relay(server: &Server) {
+    let (tx, _) = replies();
+    loop {
+        let mut msg = [0u8; 12];
+        let mut fds = match recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
+            Ok((12, fds)) => fds,
+            _ => return,
+        };
+        let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        match (word(0), fds.pop()) {
+            (FORKED, Some(pidfd)) => {
+                let _ = tx.send(Reply::Forked(word(4), pidfd));
+            }
+            (FAILED, _) => {
+                let _ = tx.send(Reply::Failed(word(4) as i32));
+            }
+            (EXITED, _) => {
+                let cause = local::exit_cause(word(8) as libc::c_int);
+                lock(&EXITS).insert(word(4), cause);
+                EXIT_REPORTED.notify_all();
+            }
+            // The end of the channel: it exited.
+            _ => return,
+        }
+    }
+}
+
+/// Starts the server process and waits for its ready message.
+fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
+    let (conn, theirs) = seqpacket_pair()?;
     let mut cmd = local::worker_command(launch)?;
     let env = ServerEnv {
-        stdout: launch.harness_args.is_some(),
+        harness: launch.harness_args.is_some(),
         parent: std::process::id(),
     };
-    cmd.env(SERVER_ENV, env.encode())
-        .stdin(Stdio::from(OwnedFd::from(theirs)));
+    cmd.env(SERVER_ENV, env.encode()).stdin(Stdio::from(theirs));
     let spawned = cmd.spawn();
     drop(cmd);
     let mut child = spawned?;
-    conn.set_read_timeout(Some(launch.startup_timeout))?;
-    match read_reply(&conn) {
-        Ok((READY, pid)) if pid == child.id() => {
-            conn.set_read_timeout(Some(launch.startup_timeout))?;
-            Ok((child, conn))
+    let ready = wait_readable(&conn, launch.startup_timeout).and_then(|()| {
+        let mut msg = [0u8; 12];
+        let (n, _) = recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
+        let pid = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
+        if n == 12 && msg[..4] == READY.to_le_bytes() && pid == child.id() {
+            Ok(())
+        } else {
+            Err(io::Error::other("unexpected fork server handshake"))
         }
-        outcome => {
+    });
+    match ready {
+        Ok(()) => Ok((child, conn)),
+        Err(err) => {
             let _ = child.kill();
             let _ = child.wait();
-            Err(match outcome {
-                Err(err) => err,
-                Ok(_) => io::Error::other("unexpected fork server handshake"),
-            })
+            Err(err)
         }
     }
 }
 
-/// What a fork server needs to know: whether requests carry a stdout, and
-/// the pool's process id.
+fn wait_readable(fd: &OwnedFd, limit: Duration) -> io::Result<()> {
+    let mut poll = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = limit.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut poll, 1, ms) } {
+        1 => Ok(()),
+        0 => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the fork server did not start in time",
+        )),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// A connected pair of `SOCK_SEQPACKET` sockets (message boundaries kept,
+/// descriptors travel with their message), close-on-exec.
+fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair writes two descriptors into `fds`.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both are new descriptors we own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends one message carrying `fds` (`SCM_RIGHTS`, none if empty).
+fn send_msg(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let space = if fds.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
+    };
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
+    // buffers that outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer holds one header and room for `fds`.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
+            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+        }
+    }
+    loop {
+        // SAFETY: a valid socket and message.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Receives one message and up to `max_fds` descriptors (close-on-exec);
+/// the message's length (0 at the end of the channel).
+fn recv_msg(sock: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
+        as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as in `send_msg`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: a valid descriptor and message.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote; every
+    // descriptor in an SCM_RIGHTS message is new and ours to own.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other("descriptors were truncated"));
+    }
+    Ok((n, fds))
+}
+
+/// What a fork server needs to know: whether it runs under a test harness,
+/// and the pool's process id.
 pub(crate) struct ServerEnv {
-    stdout: bool,
+    harness: bool,
     parent: u32,
 }
 
 impl ServerEnv {
     fn encode(&self) -> String {
-        format!("v1:{}:{}", u8::from(self.stdout), self.parent)
+        format!("v1:{}:{}", u8::from(self.harness), self.parent)
     }
 
     /// Parses the variable's value; `None` if it is not ours.
     pub(crate) fn decode(value: &str) -> Option<ServerEnv> {
         let rest = value.strip_prefix("v1:")?;
         let (stdout, parent) = rest.split_once(':')?;
-        let stdout = match stdout {
+        let harness = match stdout {
             "0" => false,
             "1" => true,
             _ => return None,
         };
         Some(ServerEnv {
-            stdout,
+            harness,
             parent: parent.parse().ok()?,
         })
     }
 }
 
+fn message(kind: u32, a: u32, b: u32) -> [u8; 12] {
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&kind.to_le_bytes());
+    bytes[4..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
+    bytes
+}
+
 /// Runs the fork server in this process (started with [`SERVER_ENV`]):
-/// forks a worker per request until the pool's process goes away.
+/// forks a worker per request, and reports how each ended, until the
+/// pool's process goes away.
 pub(crate) fn serve(env: ServerEnv) -> ! {
     // SAFETY: removing our own variable before anything forks; the only
     // other thread that can exist is a test harness's main thread, blocked.
     unsafe { std::env::remove_var(SERVER_ENV) };
     crate::worker::die_with_parent(env.parent);
     let conn = match crate::worker::take_stdin() {
-        Ok(conn) => UnixStream::from(conn),
+        Ok(conn) => conn,
         Err(err) => {
             eprintln!("pool-runtime fork server: cannot take its channel: {err}");
             std::process::exit(crate::worker::EXIT_PROTOCOL);
         }
     };
-    let harness = env.stdout;
+    let me = std::process::id();
     // Named for `ps` and `top`; each forked worker takes back the name.
     let name = thread_name();
     set_thread_name(c"pool-forkserver".as_ptr());
-    let mut out = &conn;
-    if reply(&mut out, READY, std::process::id()).is_err() {
-        std::process::exit(0);
-    }
-    let count = 3 + usize::from(env.stdout);
-    loop {
-        // The pool's process closed the channel (or died): done.
-        let Ok(fds) = local::recv_fds(conn.as_raw_fd(), count) else {
+    let say = |kind, a, b| {
+        if send_msg(conn.as_raw_fd(), &message(kind, a, b), &[]).is_err() {
             std::process::exit(0);
-        };
-        if !harness && !single_threaded() {
-            let _ = reply(&mut out, FAILED, libc::EDEADLK as u32);
+        }
+    };
+    say(READY, me, 0);
+    // The worker's channel input and output, progress page, stdout, stderr.
+    const COUNT: usize = 5;
+    // The children still running, each watched through its pidfd (a
+    // signal would go to another thread under a test harness).
+    let mut children: Vec<(libc::pid_t, OwnedFd)> = Vec::new();
+    let mut retired = false;
+    loop {
+        if retired && children.is_empty() {
+            std::process::exit(0);
+        }
+        let mut polls: Vec<libc::pollfd> = std::iter::once(conn.as_raw_fd())
+            .chain(children.iter().map(|(_, fd)| fd.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: valid pollfds, as many as given.
+        if unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) } < 0 {
             continue;
         }
-        // SAFETY: a fork-like clone of this single-threaded process (see
-        // the module docs); the child only runs the worker below.
-        let pid = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
+        let mut k = 0;
+        children.retain(|(pid, _)| {
+            k += 1;
+            if polls[k].revents == 0 {
+                return true;
+            }
+            let mut status = 0;
+            // SAFETY: reaping our own child, which exited.
+            if unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) } != *pid {
+                return true;
+            }
+            say(EXITED, *pid as u32, status as u32);
+            false
+        });
+        if polls[0].revents == 0 {
+            continue;
+        }
+        // The pool's process closed the channel (or died): done; the
+        // workers forked here die with this process (parent-death signal).
+        let mut request = [0u8; 12];
+        let fds = match recv_msg(conn.as_raw_fd(), &mut request, COUNT) {
+            Ok((12, _)) if request[..4] == RETIRE.to_le_bytes() => {
+                retired = true;
+                continue;
+            }
+            Ok((12, fds)) if fds.len() == COUNT && !retired => fds,
+            Ok((n, _)) if n > 0 => {
+                say(FAILED, libc::EINVAL as u32, 0);
+                continue;
+            }
+            _ => std::process::exit(0),
         };
+        if !alone(env.harness) {
+            say(FAILED, libc::EDEADLK as u32, 0);
+            continue;
+        }
+        // SAFETY: libc's fork of this process, whose only other thread (if
+        // any, under a test harness) waits for us (see the module docs);
+        // the child only runs the worker below.
+        let pid = unsafe { libc::fork() };
         if pid == 0 {
+            drop(children);
             drop(conn);
             set_thread_name(name.as_ptr().cast());
-            become_worker(fds, env.parent);
+            become_worker(fds, me);
         }
         drop(fds);
-        let sent = if pid < 0 {
+        if pid < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            reply(&mut out, FAILED, errno as u32)
-        } else {
-            reply(&mut out, FORKED, pid as u32)
-        };
-        if sent.is_err() {
+            say(FAILED, errno as u32, 0);
+            continue;
+        }
+        // The pidfd is opened before this process can reap the child, so
+        // it names that child and no later process with a recycled pid.
+        // SAFETY: pidfd_open of our own unreaped child.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if pidfd < 0 {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            // SAFETY: our unreaped child, then reaped.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            say(FAILED, errno as u32, 0);
+            continue;
+        }
+        // SAFETY: a new descriptor we own.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        if send_msg(
+            conn.as_raw_fd(),
+            &message(FORKED, pid as u32, 0),
+            &[pidfd.as_raw_fd()],
+        )
+        .is_err()
+        {
             std::process::exit(0);
         }
+        children.push((pid, pidfd));
     }
-}
-
-fn reply(out: &mut &UnixStream, kind: u32, value: u32) -> io::Result<()> {
-    let mut bytes = [0u8; 8];
-    bytes[..4].copy_from_slice(&kind.to_le_bytes());
-    bytes[4..].copy_from_slice(&value.to_le_bytes());
-    out.write_all(&bytes)
 }
 
 /// The calling thread's name (`PR_GET_NAME`: at most 15 bytes and a NUL).
@@ -373,17 +790,24 @@ fn set_thread_name(name: *const libc::c_char) {
     unsafe { libc::prctl(libc::PR_SET_NAME, name, 0, 0, 0) };
 }
 
-/// Whether this process has one thread.
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1)
+/// Whether no other thread of this process can hold a lock when it forks:
+/// it has one thread, or, under a test harness, two, the other being the
+/// harness's main thread, which waits for this one's test to end.
+fn alone(harness: bool) -> bool {
+    let threads = std::fs::read_dir("/proc/self/task").map_or(usize::MAX, Iterator::count);
+    // SAFETY: gettid and getpid have no preconditions.
+    let on_main = unsafe { libc::gettid() == libc::getpid() };
+    threads == 1 || (harness && threads == 2 && !on_main)
 }
 
-/// The forked child: a worker on the descriptors of its request.
-fn become_worker(fds: Vec<OwnedFd>, parent: u32) -> ! {
+/// The forked child: a worker on the descriptors of its request, whose
+/// parent is the server `server`.
+fn become_worker(fds: Vec<OwnedFd>, server: u32) -> ! {
     let mut fds = fds.into_iter();
-    let (Some(input), Some(output), Some(progress)) = (fds.next(), fds.next(), fds.next()) else {
+    let (Some(input), Some(output), Some(progress), Some(stdout), Some(stderr)) =
+        (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
+    else {
         std::process::exit(crate::worker::EXIT_PROTOCOL);
     };
-    let stdout = fds.next();
-    crate::worker::run_forked(input, output, progress, stdout, parent)
+    crate::worker::run_forked(input, output, progress, [stdout, stderr], server)
 }

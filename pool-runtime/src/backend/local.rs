@@ -5,6 +5,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pool_core::wire::{self, FromWorker, ToWorker};
@@ -16,43 +18,101 @@ use crate::error::{Error, ExitCause};
 /// The environment variable that tells a process it is a worker.
 pub(crate) const WORKER_ENV: &str = "POOL_RUNTIME_WORKER";
 
-/// A worker process, a child of this process however it was started
-/// (directly, or by the fork server on this process's behalf): it is
-/// reaped here, so its pid stays ours to signal until [`ChildProc::wait`]
-/// or a successful [`ChildProc::try_wait`].
+/// A worker process: a child of this process (started afresh, reaped
+/// here), or a child of the fork server (reaped there, which reports how it
+/// ended; signalled through a pidfd). Either way its pid is only signalled
+/// while it cannot have been recycled.
 pub(crate) struct ChildProc {
     pid: u32,
-    /// How it ended, once reaped.
+    forked: Option<Forked>,
+    /// How it ended, once known.
     ended: Option<ExitCause>,
 }
 
-impl ChildProc {
-    pub(crate) fn new(pid: u32) -> Self {
-        ChildProc { pid, ended: None }
-    }
+struct Forked {
+    pidfd: Arc<OwnedFd>,
+    /// Whether its server still runs (and so will report its end).
+    server_alive: Arc<AtomicBool>,
+}
 
-    /// Sends it SIGKILL, unless it was reaped.
-    pub(crate) fn kill(&mut self) {
-        if self.ended.is_none() {
-            // SAFETY: our unreaped child: its pid cannot have been reused.
-            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+impl ChildProc {
+    /// A child of this process.
+    pub(crate) fn new(pid: u32) -> Self {
+        ChildProc {
+            pid,
+            forked: None,
+            ended: None,
         }
     }
 
-    /// How it ended, if it has; reaps it then.
+    /// A worker forked by the fork server.
+    pub(crate) fn forked(pid: u32, pidfd: Arc<OwnedFd>, server_alive: Arc<AtomicBool>) -> Self {
+        ChildProc {
+            pid,
+            forked: Some(Forked {
+                pidfd,
+                server_alive,
+            }),
+            ended: None,
+        }
+    }
+
+    /// What the scheduler signals it through.
+    pub(crate) fn signaller(&self) -> Signaller {
+        Signaller {
+            pid: self.pid,
+            pidfd: self.forked.as_ref().map(|f| Arc::clone(&f.pidfd)),
+        }
+    }
+
+    /// Sends it SIGKILL, unless it is known to have ended.
+    pub(crate) fn kill(&mut self) {
+        if self.ended.is_none() {
+            self.signaller().kill();
+        }
+    }
+
+    /// How it ended, if it has; reaps it then (a child of ours).
     pub(crate) fn try_wait(&mut self) -> Option<ExitCause> {
-        self.wait_with(libc::WNOHANG)
-    }
-
-    /// Waits for it to end and reaps it.
-    pub(crate) fn wait(&mut self) -> ExitCause {
-        self.wait_with(0).unwrap_or(ExitCause::Unknown)
-    }
-
-    fn wait_with(&mut self, flags: libc::c_int) -> Option<ExitCause> {
         if let Some(cause) = self.ended {
             return Some(cause);
         }
+        let cause = match &self.forked {
+            None => self.waitpid(libc::WNOHANG)?,
+            Some(forked) => match forkserver::take_exit(self.pid) {
+                Some(cause) => cause,
+                // Its server is gone: nobody reports its end any more.
+                None if !forked.server_alive.load(Ordering::Acquire)
+                    && pidfd_exited(&forked.pidfd) =>
+                {
+                    ExitCause::Unknown
+                }
+                None => return None,
+            },
+        };
+        self.ended = Some(cause);
+        Some(cause)
+    }
+
+    /// Waits for it to end (and reaps it, if a child of ours).
+    pub(crate) fn wait(&mut self) -> ExitCause {
+        if let Some(cause) = self.ended {
+            return cause;
+        }
+        if self.forked.is_none() {
+            let cause = self.waitpid(0).unwrap_or(ExitCause::Unknown);
+            self.ended = Some(cause);
+            return cause;
+        }
+        loop {
+            if let Some(cause) = self.try_wait() {
+                return cause;
+            }
+            forkserver::wait_exit_report(Duration::from_millis(10));
+        }
+    }
+
+    fn waitpid(&self, flags: libc::c_int) -> Option<ExitCause> {
         let mut status = 0;
         let rc = loop {
             // SAFETY: waitpid on our own child.
@@ -62,14 +122,94 @@ impl ChildProc {
             }
             break rc;
         };
-        let cause = match rc {
-            0 => return None,
-            rc if rc < 0 => ExitCause::Unknown,
-            _ => exit_cause(status),
-        };
-        self.ended = Some(cause);
-        Some(cause)
+        match rc {
+            0 => None,
+            rc if rc < 0 => Some(ExitCause::Unknown),
+            _ => Some(exit_cause(status)),
+        }
     }
+}
+
+/// Signals a worker process: by pid for a child of ours (which only the
+/// pool reaps, after which it signals it no more), by pidfd for a forked
+/// one (reaped by the fork server at any time).
+#[derive(Clone)]
+pub(crate) struct Signaller {
+    pub(crate) pid: u32,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl Signaller {
+    /// A child of this process, reaped here.
+    pub(crate) fn own_child(pid: u32) -> Self {
+        Signaller { pid, pidfd: None }
+    }
+
+    /// SIGKILL.
+    pub(crate) fn kill(&self) {
+        match &self.pidfd {
+            Some(pidfd) => signal_pidfd(pidfd, libc::SIGKILL),
+            // SAFETY: a child of ours that the caller knows is unreaped.
+            None => unsafe {
+                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
+            },
+        }
+    }
+
+    /// Whether it has exited (without reaping it).
+    pub(crate) fn has_exited(&self) -> bool {
+        match &self.pidfd {
+            Some(pidfd) => pidfd_exited(pidfd),
+            None => child_exited(self.pid),
+        }
+    }
+
+    /// Whether it is a child of this process (reaped here).
+    pub(crate) fn is_own_child(&self) -> bool {
+        self.pidfd.is_none()
+    }
+}
+
+/// Sends `signal` to the process of `pidfd`.
+pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) {
+    // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
+    }
+}
+
+/// Whether the process of `pidfd` has exited (its pidfd is readable).
+fn pidfd_exited(pidfd: &OwnedFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+}
+
+/// Whether our child `pid` has exited (without reaping it).
+fn child_exited(pid: u32) -> bool {
+    // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: WNOWAIT leaves the child for its reader to reap.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
+    rc == 0 && unsafe { info.si_pid() } != 0
 }
 
 /// A started worker process, after a successful handshake.
@@ -171,6 +311,11 @@ impl Pending {
         self.pid
     }
 
+    /// What to signal it through.
+    pub(crate) fn signaller(&self) -> Signaller {
+        self.child.signaller()
+    }
+
     /// The channel: frames to the worker, frames from it.
     pub(crate) fn channel(&self) -> (&UnixStream, &UnixStream) {
         (&self.to, &self.from)
@@ -193,16 +338,34 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     };
     // Through the fork server when it runs (a `fork` of a process that is
     // already past `exec` and `main`'s start); otherwise started afresh.
-    let mut fds = vec![their_in.as_raw_fd(), their_out.as_raw_fd(), progress_fd];
-    fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
-    let (child, sent) = match forkserver::fork_worker(launch, &fds) {
-        Some(pid) => {
+    // A forked worker also gets this process's current stdout and stderr.
+    let forked = forkserver::fork_worker(
+        launch,
+        &[
+            their_in.as_raw_fd(),
+            their_out.as_raw_fd(),
+            progress_fd,
+            1,
+            2,
+        ],
+    );
+    let (child, sent) = match forked {
+        Some(Ok(child)) => {
             drop(their_in);
-            (ChildProc::new(pid), Ok(()))
+            (child, Ok(()))
+        }
+        Some(Err(reason)) => {
+            // The server took the descriptors and did not answer: they are
+            // given up (a late fork finds its channel closed and exits),
+            // and the worker is started afresh on new ones.
+            tracing::debug!(reason, "starting a worker afresh");
+            return start(launch);
         }
         None => {
+            let mut fds = vec![their_out.as_raw_fd(), progress_fd];
+            fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
             let child = spawn(launch, their_in, stdout_copy.is_some())?;
-            let sent = send_fds(&to, &fds[1..])
+            let sent = send_fds(&to, &fds)
                 .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
             (child, sent)
         }
