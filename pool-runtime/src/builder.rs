@@ -115,15 +115,17 @@ impl PoolBuilder {
     /// in the background, the fork server, which waits in `init()`; later
     /// workers (replacements after a crash or
     /// [`max_tasks_per_child`](Self::max_tasks_per_child), and the workers
-    /// of later pools) are forks of it (~0.2 ms), still children of this
-    /// process. It ends with the process.
+    /// of later pools) are forks of it (~0.2 ms). It ends with the process,
+    /// and so do the workers it forked.
     ///
-    /// A forked worker sees the environment variables and working directory
-    /// this process has when the worker starts, as a fresh one does (a new
-    /// fork server is started when they change). Resource limits, umask,
-    /// signal dispositions and stderr are those the process had when the
-    /// fork server started: turn it off in a program that changes them
-    /// between pools.
+    /// A forked worker gets this process's current stdout and stderr, and
+    /// sees the environment, working directory, credentials, umask, limits
+    /// and other process attributes this process has when the worker
+    /// starts, as a fresh one does: when one of them changed since the fork
+    /// server started, the worker starts afresh and a new server replaces
+    /// the old one. Turn the server off for a program whose workers must
+    /// inherit something else that changes between pools (descriptors
+    /// opened without close-on-exec, a seccomp filter installed later).
     ///
     /// ```
     /// # #[pool_runtime::main]

@@ -15,16 +15,22 @@
 //! forked worker through a pidfd the server opened before anything could
 //! reap it, so a recycled pid is never signalled.
 //!
-//! What the server does not take from the pool's process when it forks:
+//! A forked worker gets the pool process's current stdout and stderr with
+//! its request. What else it inherits is the server's, that is the pool
+//! process's when the server started: before every request the pool
+//! compares a snapshot of its environment, working directory, credentials,
+//! capabilities, umask, ignored signals, CPU and memory placement, control
+//! groups, namespaces, process group, session, nice value and resource
+//! limits with the server's; when one changed, the worker is started afresh
+//! and a new server replaces the old one, which retires: it forks no more
+//! and exits once its workers have ended. What the snapshot does not cover
+//! (a seccomp filter's contents, descriptors opened without close-on-exec)
+//! is why [`PoolBuilder::fork_server`](crate::PoolBuilder::fork_server) can
+//! turn the server off.
 //!
-//! - Its environment, working directory and test-harness arguments are
-//!   those of when the server started. The pool checks them before every
-//!   request; when they changed, the worker is started afresh and a new
-//!   server replaces the old one.
-//! - Other process attributes (resource limits, umask, signal dispositions
-//!   and the file behind stderr) are those of when the server started.
-//!   [`PoolBuilder::fork_server`](crate::PoolBuilder::fork_server) turns the
-//!   server off for a program that changes them between pools.
+//! A server that does not answer within the startup timeout is given up:
+//! that worker starts afresh on new descriptors (a fork that comes late
+//! finds its channel closed and exits).
 //!
 //! The server is single-threaded outside a test harness (it refuses to fork
 //! otherwise), so no lock is held by another thread when it forks. Under a
