@@ -52,7 +52,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 
 use super::local::{self, ChildProc, Launch};
 use crate::error::ExitCause;
@@ -61,9 +61,9 @@ use crate::error::ExitCause;
 pub(crate) const SERVER_ENV: &str = "POOL_RUNTIME_FORKSERVER";
 
 /// Messages are 12 bytes: `kind`, `a`, `b` as `u32`. To the server:
-/// `FORK` with the new worker's descriptors attached, and `RETIRE` (fork
-/// no more; exit once every child has ended). From it: `READY(pid)`,
-/// `FORKED(pid)` with the child's pidfd attached, `FAILED(errno)`,
+/// `FORK(id)` with the new worker's descriptors attached, and `RETIRE`
+/// (fork no more; exit once every child has ended). From it: `READY(pid)`,
+/// `FORKED(pid, id)` with the child's pidfd attached, `FAILED(errno, id)`,
 /// `EXITED(pid, wait status)`.
 const FORK: u32 = 0;
 const READY: u32 = 1;
@@ -101,19 +101,17 @@ static STATE: Mutex<State> = Mutex::new(State {
     disabled: false,
 });
 
-/// One fork request at a time.
-static REQUEST: Mutex<()> = Mutex::new(());
-
-/// Answers to fork requests, from the starter thread.
+/// Answers to fork requests, from the relay thread.
 enum Reply {
     Forked(u32, OwnedFd),
     Failed(i32),
 }
 
-fn replies() -> &'static (Sender<Reply>, Receiver<Reply>) {
-    static REPLIES: OnceLock<(Sender<Reply>, Receiver<Reply>)> = OnceLock::new();
-    REPLIES.get_or_init(crossbeam_channel::unbounded)
-}
+/// The requests waiting for their answer, by id (several may be under way:
+/// the workers of a pool start at once).
+static PENDING: std::sync::LazyLock<Mutex<HashMap<u32, Sender<Reply>>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+static NEXT_REQUEST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// How forked workers ended, as their server reported, until collected.
 static EXITS: std::sync::LazyLock<Mutex<HashMap<u32, ExitCause>>> =
@@ -226,47 +224,58 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
     if !launch.fork_server {
         return None;
     }
-    let key = snapshot(launch);
     let server = {
-        let mut st = lock(&STATE);
+        let st = lock(&STATE);
         if st.owner != std::process::id() {
             return None;
         }
-        let server = st.server.clone()?;
-        if server.key != key {
-            // The environment or working directory changed: this server's
-            // workers would not see it. Ending its channel ends it.
-            st.server = None;
-            drop(st);
-            end(&server);
-            prepare(launch);
-            return None;
-        }
-        server
+        st.server.clone()?
     };
-    let _one = lock(&REQUEST);
-    // It may have been given up while this request waited for its turn.
-    if !lock(&STATE)
-        .server
-        .as_ref()
-        .is_some_and(|s| Arc::ptr_eq(s, &server))
-    {
-        return None;
-    }
-    let (_, rx) = replies();
-    // Answers that came after their request gave up: those forks are of no use.
-    while let Ok(late) = rx.try_recv() {
-        if let Reply::Forked(pid, pidfd) = late {
-            tracing::debug!(pid, "killing a worker forked too late");
-            local::signal_pidfd(&pidfd, libc::SIGKILL);
-        }
-    }
-    if let Err(err) = send_msg(server.conn.as_raw_fd(), &message(FORK, 0, 0), fds) {
+    let id = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    lock(&PENDING).insert(id, tx);
+    if let Err(err) = send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
+        lock(&PENDING).remove(&id);
         tracing::debug!(error = %err, "the fork server is gone; starting a worker afresh");
         forget(&server);
         return None;
     }
-    match rx.recv_timeout(launch.startup_timeout) {
+    // While the server forks: is it still a copy of this process as it is
+    // now (environment, directory, credentials, limits...)?
+    let faithful = snapshot(launch) == server.key;
+    let reply = rx.recv_timeout(launch.startup_timeout);
+    if reply.is_err() {
+        // Given up: a late answer finds no one waiting, and its fork is
+        // killed.
+        lock(&PENDING).remove(&id);
+    }
+    let timed_out = || {
+        forget(&server);
+        end(&server);
+        Some(Err(format!(
+            "the fork server did not answer within {:?}",
+            launch.startup_timeout
+        )))
+    };
+    if !faithful {
+        // Its workers would not see the change: a new server replaces it,
+        // and this worker starts afresh on the same descriptors once the
+        // fork, which has not been told anything yet, is gone.
+        forget(&server);
+        end(&server);
+        match reply {
+            Ok(Reply::Forked(pid, pidfd)) => {
+                let mut child = ChildProc::forked(pid, Arc::new(pidfd), Arc::clone(&server.alive));
+                child.kill();
+                child.wait();
+            }
+            Ok(Reply::Failed(_)) => {}
+            Err(_) => return timed_out(),
+        }
+        prepare(launch);
+        return None;
+    }
+    match reply {
         Ok(Reply::Forked(pid, pidfd)) => Some(Ok(ChildProc::forked(
             pid,
             Arc::new(pidfd),
@@ -285,14 +294,7 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
             }
             None
         }
-        Err(_) => {
-            forget(&server);
-            end(&server);
-            Some(Err(format!(
-                "the fork server did not answer within {:?}",
-                launch.startup_timeout
-            )))
-        }
+        Err(_) => timed_out(),
     }
 }
 
@@ -428,7 +430,6 @@ fn serve_one(launch: &Launch) {
 
 /// Reads the server's messages until it is gone.
 fn relay(server: &Server) {
-    let (tx, _) = replies();
     loop {
         let mut msg = [0u8; 12];
         let mut fds = match recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
@@ -436,12 +437,21 @@ fn relay(server: &Server) {
             _ => return,
         };
         let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
+        let waiting = |id: u32| lock(&PENDING).remove(&id);
         match (word(0), fds.pop()) {
-            (FORKED, Some(pidfd)) => {
-                let _ = tx.send(Reply::Forked(word(4), pidfd));
-            }
+            (FORKED, Some(pidfd)) => match waiting(word(8)) {
+                Some(tx) => {
+                    let _ = tx.send(Reply::Forked(word(4), pidfd));
+                }
+                None => {
+                    tracing::debug!(pid = word(4), "killing a worker forked too late");
+                    local::signal_pidfd(&pidfd, libc::SIGKILL);
+                }
+            },
             (FAILED, _) => {
-                let _ = tx.send(Reply::Failed(word(4) as i32));
+                if let Some(tx) = waiting(word(8)) {
+                    let _ = tx.send(Reply::Failed(word(4) as i32));
+                }
             }
             (EXITED, _) => {
                 let cause = local::exit_cause(word(8) as libc::c_int);
@@ -720,20 +730,22 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         // The pool's process closed the channel (or died): done; the
         // workers forked here die with this process (parent-death signal).
         let mut request = [0u8; 12];
-        let fds = match recv_msg(conn.as_raw_fd(), &mut request, COUNT) {
+        let received = recv_msg(conn.as_raw_fd(), &mut request, COUNT);
+        let id = u32::from_le_bytes([request[4], request[5], request[6], request[7]]);
+        let fds = match received {
             Ok((12, _)) if request[..4] == RETIRE.to_le_bytes() => {
                 retired = true;
                 continue;
             }
             Ok((12, fds)) if fds.len() == COUNT && !retired => fds,
             Ok((n, _)) if n > 0 => {
-                say(FAILED, libc::EINVAL as u32, 0);
+                say(FAILED, libc::EINVAL as u32, id);
                 continue;
             }
             _ => std::process::exit(0),
         };
         if !alone(env.harness) {
-            say(FAILED, libc::EDEADLK as u32, 0);
+            say(FAILED, libc::EDEADLK as u32, id);
             continue;
         }
         // SAFETY: libc's fork of this process, whose only other thread (if
@@ -749,7 +761,7 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         drop(fds);
         if pid < 0 {
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            say(FAILED, errno as u32, 0);
+            say(FAILED, errno as u32, id);
             continue;
         }
         // The pidfd is opened before this process can reap the child, so
@@ -763,14 +775,14 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
                 libc::kill(pid, libc::SIGKILL);
                 libc::waitpid(pid, std::ptr::null_mut(), 0);
             }
-            say(FAILED, errno as u32, 0);
+            say(FAILED, errno as u32, id);
             continue;
         }
         // SAFETY: a new descriptor we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
         if send_msg(
             conn.as_raw_fd(),
-            &message(FORKED, pid as u32, 0),
+            &message(FORKED, pid as u32, id),
             &[pidfd.as_raw_fd()],
         )
         .is_err()
