@@ -175,6 +175,35 @@ fn later_workers_are_forked_and_see_the_current_environment() {
     // SAFETY: as above.
     unsafe { libc::umask(old_mask) };
 
+    // A program that ignores SIGCHLD (its children are then reaped
+    // unseen): a new server starts with it, still reaps and reports its
+    // workers, and a worker's exit code still comes back.
+    // SAFETY: setting a disposition, put back below.
+    let old = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    drop(pool());
+    let ignoring = wait_for_fork_server(Some(server));
+    let seventh = pool();
+    check_workers(&seventh, true);
+    let err = seventh
+        .chunksize(1)
+        .starmap(task!(common::exit_on), [(1, 1, 4)])
+        .expect_err("the worker exits");
+    assert!(
+        matches!(
+            err,
+            pool_runtime::Error::WorkerDied {
+                cause: ExitCause::Code(4),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    check_workers(&seventh, true);
+    drop(seventh);
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGCHLD, old) };
+    assert!(common::process_exists(ignoring));
+
     // Turned off: started afresh.
     let fresh = Pool::builder()
         .processes(2)

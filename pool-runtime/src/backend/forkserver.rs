@@ -61,16 +61,20 @@ use crate::error::ExitCause;
 pub(crate) const SERVER_ENV: &str = "POOL_RUNTIME_FORKSERVER";
 
 /// Messages are 12 bytes: `kind`, `a`, `b` as `u32`. To the server:
-/// `FORK(id)` with the new worker's descriptors attached, and `RETIRE`
-/// (fork no more; exit once every child has ended). From it: `READY(pid)`,
-/// `FORKED(pid, id)` with the child's pidfd attached, `FAILED(errno, id)`,
-/// `EXITED(pid, wait status)`.
+/// `FORK(id)` with the new worker's descriptors attached, `KILL(id)` (kill
+/// that child: its answer could not be used), and `RETIRE` (fork no more;
+/// exit once every child has ended). From it: `READY(pid)`, `FORKED(pid,
+/// id)` with the child's pidfd attached, `FAILED(errno, id)` and
+/// `EXITED(id, wait status)` ([`STATUS_UNKNOWN`] if it could not be read).
 const FORK: u32 = 0;
 const READY: u32 = 1;
 const FORKED: u32 = 2;
 const FAILED: u32 = 3;
 const EXITED: u32 = 4;
 const RETIRE: u32 = 5;
+const KILL: u32 = 6;
+/// The status of a child whose end was seen but whose status was lost.
+const STATUS_UNKNOWN: u32 = u32::MAX;
 
 /// A running server, as the pool's process sees it.
 struct Server {
@@ -104,16 +108,31 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// Answers to fork requests, from the relay thread.
 enum Reply {
     Forked(u32, OwnedFd),
+    /// It did not fork (nothing was handed to anyone).
     Failed(i32),
+    /// The answer is unusable or will never come (the server ended, or this
+    /// process could not take the pidfd): whatever was forked is being
+    /// killed, and the descriptors must not be used again.
+    Lost(&'static str),
 }
+
+/// A request waiting for its answer: the pid of its server, and where the
+/// answer goes.
+type Waiting = (u32, Sender<Reply>);
 
 /// The requests waiting for their answer, by id (several may be under way:
 /// the workers of a pool start at once).
-static PENDING: std::sync::LazyLock<Mutex<HashMap<u32, Sender<Reply>>>> =
+static PENDING: std::sync::LazyLock<Mutex<HashMap<u32, Waiting>>> =
     std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// Requests whose fork nobody will take (given up, or answered unusably):
+/// their exit reports are dropped.
+static ABANDONED: std::sync::LazyLock<Mutex<std::collections::HashSet<u32>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashSet::new()));
 static NEXT_REQUEST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// How forked workers ended, as their server reported, until collected.
+/// How forked workers ended, by request id, as their server reported,
+/// until collected.
 static EXITS: std::sync::LazyLock<Mutex<HashMap<u32, ExitCause>>> =
     std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 static EXIT_REPORTED: Condvar = Condvar::new();
@@ -170,7 +189,18 @@ fn snapshot(launch: &Launch) -> u64 {
     std::fs::read_to_string("/proc/self/cgroup")
         .ok()
         .hash(&mut hasher);
-    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
+    for ns in [
+        "cgroup",
+        "ipc",
+        "mnt",
+        "net",
+        "pid",
+        "pid_for_children",
+        "time",
+        "time_for_children",
+        "user",
+        "uts",
+    ] {
         std::fs::read_link(format!("/proc/self/ns/{ns}"))
             .ok()
             .hash(&mut hasher);
@@ -233,68 +263,76 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
     };
     let id = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::bounded(1);
-    lock(&PENDING).insert(id, tx);
+    lock(&PENDING).insert(id, (server.pid, tx));
     if let Err(err) = send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
+        // Nothing was handed over.
         lock(&PENDING).remove(&id);
-        tracing::debug!(error = %err, "the fork server is gone; starting a worker afresh");
+        tracing::debug!(error = %err, "the fork server cannot be reached; starting a worker afresh");
         forget(&server);
+        end(&server);
         return None;
     }
     // While the server forks: is it still a copy of this process as it is
     // now (environment, directory, credentials, limits...)?
     let faithful = snapshot(launch) == server.key;
-    let reply = rx.recv_timeout(launch.startup_timeout);
-    if reply.is_err() {
-        // Given up: a late answer finds no one waiting, and its fork is
-        // killed.
-        lock(&PENDING).remove(&id);
+    let mut reply = rx.recv_timeout(launch.startup_timeout);
+    if reply.is_err() && lock(&PENDING).remove(&id).is_none() {
+        // The answer came just now, after all.
+        reply = rx
+            .try_recv()
+            .map_err(|_| crossbeam_channel::RecvTimeoutError::Timeout);
     }
-    let timed_out = || {
+    let given_up = |why: String| {
         forget(&server);
         end(&server);
-        Some(Err(format!(
-            "the fork server did not answer within {:?}",
-            launch.startup_timeout
-        )))
+        Some(Err(why))
     };
-    if !faithful {
-        // Its workers would not see the change: a new server replaces it,
-        // and this worker starts afresh on the same descriptors once the
-        // fork, which has not been told anything yet, is gone.
-        forget(&server);
-        end(&server);
-        match reply {
-            Ok(Reply::Forked(pid, pidfd)) => {
-                let mut child = ChildProc::forked(pid, Arc::new(pidfd), Arc::clone(&server.alive));
-                child.kill();
-                child.wait();
-            }
-            Ok(Reply::Failed(_)) => {}
-            Err(_) => return timed_out(),
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(_) => {
+            // A late answer finds no one waiting, and its fork is killed.
+            lock(&ABANDONED).insert(id);
+            return given_up(format!(
+                "the fork server did not answer within {:?}",
+                launch.startup_timeout
+            ));
         }
-        prepare(launch);
-        return None;
-    }
+    };
     match reply {
-        Ok(Reply::Forked(pid, pidfd)) => Some(Ok(ChildProc::forked(
-            pid,
-            Arc::new(pidfd),
-            Arc::clone(&server.alive),
-        ))),
-        Ok(Reply::Failed(errno)) => {
+        Reply::Forked(pid, pidfd) => {
+            let mut child = ChildProc::forked(pid, id, Arc::new(pidfd), Arc::clone(&server.alive));
+            if faithful {
+                return Some(Ok(child));
+            }
+            // Its workers would not see the change: a new server replaces
+            // it, and this worker starts afresh on the same descriptors once
+            // the fork, which has not been told anything yet, is gone.
+            forget(&server);
+            end(&server);
+            child.kill();
+            child.wait();
+            prepare(launch);
+            None
+        }
+        Reply::Failed(errno) => {
             tracing::debug!(
                 errno,
                 "the fork server could not fork; starting a worker afresh"
             );
-            if errno == libc::EDEADLK {
-                // It found a second thread in itself: it never will.
+            if errno == libc::EDEADLK || !faithful {
+                // It found a second thread in itself (it never will fork),
+                // or it is out of date.
                 forget(&server);
                 end(&server);
+            }
+            if errno == libc::EDEADLK {
                 lock(&STATE).disabled = true;
+            } else if !faithful {
+                prepare(launch);
             }
             None
         }
-        Err(_) => timed_out(),
+        Reply::Lost(why) => given_up(why.to_owned()),
     }
 }
 
@@ -307,14 +345,19 @@ fn forget(server: &Arc<Server>) {
 }
 
 /// Retires `server`: it forks no more, and exits once the workers it
-/// forked have ended (they go on serving their pools meanwhile).
+/// forked have ended (they go on serving their pools meanwhile). If even
+/// that message cannot be sent, its channel is shut, which ends it.
 fn end(server: &Server) {
-    let _ = send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]);
+    if send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]).is_err() {
+        // SAFETY: shutdown of a socket we own.
+        unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
+    }
 }
 
-/// How forked worker `pid` ended, if its server reported it; removes it.
-pub(crate) fn take_exit(pid: u32) -> Option<ExitCause> {
-    lock(&EXITS).remove(&pid)
+/// How the worker forked for request `id` ended, if its server reported
+/// it; removes the report.
+pub(crate) fn take_exit(id: u32) -> Option<ExitCause> {
+    lock(&EXITS).remove(&id)
 }
 
 /// Waits (at most `limit`) for the next exit report.
@@ -428,16 +471,18 @@ fn serve_one(launch: &Launch) {
     }
 }
 
-/// Reads the server's messages until it is gone.
+/// Reads the server's messages until it is gone; then answers the requests
+/// it left waiting.
 fn relay(server: &Server) {
     loop {
         let mut msg = [0u8; 12];
-        let mut fds = match recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
-            Ok((12, fds)) => fds,
-            _ => return,
+        let (mut fds, truncated) = match recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
+            Ok((12, fds, truncated)) => (fds, truncated),
+            // The end of the channel (it exited), or a broken message.
+            _ => break,
         };
         let word = |i: usize| u32::from_le_bytes([msg[i], msg[i + 1], msg[i + 2], msg[i + 3]]);
-        let waiting = |id: u32| lock(&PENDING).remove(&id);
+        let waiting = |id: u32| lock(&PENDING).remove(&id).map(|(_, tx)| tx);
         match (word(0), fds.pop()) {
             (FORKED, Some(pidfd)) => match waiting(word(8)) {
                 Some(tx) => {
@@ -445,21 +490,56 @@ fn relay(server: &Server) {
                 }
                 None => {
                     tracing::debug!(pid = word(4), "killing a worker forked too late");
+                    lock(&ABANDONED).insert(word(8));
                     local::signal_pidfd(&pidfd, libc::SIGKILL);
                 }
             },
+            (FORKED, None) => {
+                // Its pidfd did not fit (this process is out of
+                // descriptors, say): the server kills that child itself.
+                let _ = send_msg(server.conn.as_raw_fd(), &message(KILL, word(8), 0), &[]);
+                lock(&ABANDONED).insert(word(8));
+                if let Some(tx) = waiting(word(8)) {
+                    let why = if truncated {
+                        "the fork server's answer lost its descriptor (is this process out of descriptors?)"
+                    } else {
+                        "the fork server's answer had no descriptor"
+                    };
+                    let _ = tx.send(Reply::Lost(why));
+                }
+            }
             (FAILED, _) => {
                 if let Some(tx) = waiting(word(8)) {
                     let _ = tx.send(Reply::Failed(word(4) as i32));
                 }
             }
             (EXITED, _) => {
-                let cause = local::exit_cause(word(8) as libc::c_int);
-                lock(&EXITS).insert(word(4), cause);
+                let id = word(4);
+                if lock(&ABANDONED).remove(&id) {
+                    continue;
+                }
+                let cause = match word(8) {
+                    STATUS_UNKNOWN => ExitCause::Unknown,
+                    status => local::exit_cause(status as libc::c_int),
+                };
+                lock(&EXITS).insert(id, cause);
                 EXIT_REPORTED.notify_all();
             }
-            // The end of the channel: it exited.
-            _ => return,
+            _ => break,
+        }
+    }
+    // Requests it will never answer: those workers start afresh, on new
+    // descriptors (it may have forked before it ended; such a fork dies
+    // with it).
+    let mut pending = lock(&PENDING);
+    let orphans: Vec<u32> = pending
+        .iter()
+        .filter(|(_, (pid, _))| *pid == server.pid)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in orphans {
+        if let Some((_, tx)) = pending.remove(&id) {
+            let _ = tx.send(Reply::Lost("the fork server ended"));
         }
     }
 }
@@ -478,7 +558,7 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     let mut child = spawned?;
     let ready = wait_readable(&conn, launch.startup_timeout).and_then(|()| {
         let mut msg = [0u8; 12];
-        let (n, _) = recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
+        let (n, _, _) = recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
         let pid = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
         if n == 12 && msg[..4] == READY.to_le_bytes() && pid == child.id() {
             Ok(())
@@ -577,9 +657,15 @@ fn send_msg(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
     }
 }
 
-/// Receives one message and up to `max_fds` descriptors (close-on-exec);
-/// the message's length (0 at the end of the channel).
-fn recv_msg(sock: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+/// Receives one message and up to `max_fds` descriptors (close-on-exec):
+/// the message's length (0 at the end of the channel), the descriptors,
+/// and whether some were dropped (`MSG_CTRUNC`: no room for them, or this
+/// process is out of descriptors).
+fn recv_msg(
+    sock: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
         as usize;
@@ -621,10 +707,7 @@ fn recv_msg(sock: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, V
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
-        return Err(io::Error::other("descriptors were truncated"));
-    }
-    Ok((n, fds))
+    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 /// What a fork server needs to know: whether it runs under a test harness,
@@ -688,18 +771,31 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         }
     };
     say(READY, me, 0);
+    // This process reaps its children itself, whatever the program set
+    // (a SIGCHLD ignored, as some daemons do, would reap them unseen);
+    // each child gets the program's disposition back.
+    // SAFETY: an all-zero sigaction is valid; reading, then setting the
+    // default disposition of SIGCHLD.
+    let sigchld = unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigaction(libc::SIGCHLD, &default, &mut old);
+        old
+    };
     // The worker's channel input and output, progress page, stdout, stderr.
     const COUNT: usize = 5;
-    // The children still running, each watched through its pidfd (a
-    // signal would go to another thread under a test harness).
-    let mut children: Vec<(libc::pid_t, OwnedFd)> = Vec::new();
+    // The children still running (pid, pidfd, request id), each watched
+    // through its pidfd (a signal would go to another thread under a test
+    // harness).
+    let mut children: Vec<(libc::pid_t, OwnedFd, u32)> = Vec::new();
     let mut retired = false;
     loop {
         if retired && children.is_empty() {
             std::process::exit(0);
         }
         let mut polls: Vec<libc::pollfd> = std::iter::once(conn.as_raw_fd())
-            .chain(children.iter().map(|(_, fd)| fd.as_raw_fd()))
+            .chain(children.iter().map(|(_, fd, _)| fd.as_raw_fd()))
             .map(|fd| libc::pollfd {
                 fd,
                 events: libc::POLLIN,
@@ -708,20 +804,26 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
             .collect();
         // SAFETY: valid pollfds, as many as given.
         if unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) } < 0 {
-            continue;
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            std::process::exit(crate::worker::EXIT_PROTOCOL);
         }
         let mut k = 0;
-        children.retain(|(pid, _)| {
+        children.retain(|(pid, _, id)| {
             k += 1;
             if polls[k].revents == 0 {
                 return true;
             }
             let mut status = 0;
             // SAFETY: reaping our own child, which exited.
-            if unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) } != *pid {
-                return true;
-            }
-            say(EXITED, *pid as u32, status as u32);
+            let status = match unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) } {
+                0 => return true,
+                rc if rc == *pid => status as u32,
+                // Reaped by someone else: how it ended is lost.
+                _ => STATUS_UNKNOWN,
+            };
+            say(EXITED, *id, status);
             false
         });
         if polls[0].revents == 0 {
@@ -732,13 +834,21 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         let mut request = [0u8; 12];
         let received = recv_msg(conn.as_raw_fd(), &mut request, COUNT);
         let id = u32::from_le_bytes([request[4], request[5], request[6], request[7]]);
+        let kind = u32::from_le_bytes([request[0], request[1], request[2], request[3]]);
         let fds = match received {
-            Ok((12, _)) if request[..4] == RETIRE.to_le_bytes() => {
+            Ok((12, _, _)) if kind == RETIRE => {
                 retired = true;
                 continue;
             }
-            Ok((12, fds)) if fds.len() == COUNT && !retired => fds,
-            Ok((n, _)) if n > 0 => {
+            Ok((12, _, _)) if kind == KILL => {
+                if let Some((pid, _, _)) = children.iter().find(|(_, _, i)| *i == id) {
+                    // SAFETY: our own unreaped child.
+                    unsafe { libc::kill(*pid, libc::SIGKILL) };
+                }
+                continue;
+            }
+            Ok((12, fds, false)) if kind == FORK && fds.len() == COUNT && !retired => fds,
+            Ok((n, _, _)) if n > 0 => {
                 say(FAILED, libc::EINVAL as u32, id);
                 continue;
             }
@@ -755,6 +865,8 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         if pid == 0 {
             drop(children);
             drop(conn);
+            // SAFETY: putting back the program's disposition.
+            unsafe { libc::sigaction(libc::SIGCHLD, &sigchld, std::ptr::null_mut()) };
             set_thread_name(name.as_ptr().cast());
             become_worker(fds, me);
         }
@@ -789,7 +901,7 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         {
             std::process::exit(0);
         }
-        children.push((pid, pidfd));
+        children.push((pid, pidfd, id));
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct ChildProc {
 }
 
 struct Forked {
+    /// Its fork request, under which its server reports its end.
+    request: u32,
     pidfd: Arc<OwnedFd>,
     /// Whether its server still runs (and so will report its end).
     server_alive: Arc<AtomicBool>,
@@ -46,10 +48,16 @@ impl ChildProc {
     }
 
     /// A worker forked by the fork server.
-    pub(crate) fn forked(pid: u32, pidfd: Arc<OwnedFd>, server_alive: Arc<AtomicBool>) -> Self {
+    pub(crate) fn forked(
+        pid: u32,
+        request: u32,
+        pidfd: Arc<OwnedFd>,
+        server_alive: Arc<AtomicBool>,
+    ) -> Self {
         ChildProc {
             pid,
             forked: Some(Forked {
+                request,
                 pidfd,
                 server_alive,
             }),
@@ -79,13 +87,14 @@ impl ChildProc {
         }
         let cause = match &self.forked {
             None => self.waitpid(libc::WNOHANG)?,
-            Some(forked) => match forkserver::take_exit(self.pid) {
+            Some(forked) => match forkserver::take_exit(forked.request) {
                 Some(cause) => cause,
-                // Its server is gone: nobody reports its end any more.
+                // Its server is gone: nobody reports its end any more
+                // (unless it did just before going).
                 None if !forked.server_alive.load(Ordering::Acquire)
                     && pidfd_exited(&forked.pidfd) =>
                 {
-                    ExitCause::Unknown
+                    forkserver::take_exit(forked.request).unwrap_or(ExitCause::Unknown)
                 }
                 None => return None,
             },
@@ -339,16 +348,21 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     // Through the fork server when it runs (a `fork` of a process that is
     // already past `exec` and `main`'s start); otherwise started afresh.
     // A forked worker also gets this process's current stdout and stderr.
-    let forked = forkserver::fork_worker(
-        launch,
-        &[
-            their_in.as_raw_fd(),
-            their_out.as_raw_fd(),
-            progress_fd,
-            1,
-            2,
-        ],
-    );
+    // What `exec` would leave as stdout and stderr (`/dev/null` for a
+    // closed or close-on-exec descriptor); if that cannot be had, no fork.
+    let forked = match (inherited(1), inherited(2)) {
+        (Ok(out), Ok(err)) => forkserver::fork_worker(
+            launch,
+            &[
+                their_in.as_raw_fd(),
+                their_out.as_raw_fd(),
+                progress_fd,
+                out.as_ref().map_or(1, AsRawFd::as_raw_fd),
+                err.as_ref().map_or(2, AsRawFd::as_raw_fd),
+            ],
+        ),
+        _ => None,
+    };
     let (child, sent) = match forked {
         Some(Ok(child)) => {
             drop(their_in);
@@ -388,6 +402,24 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
             reason: reap(pending.child, reason),
         }),
     }
+}
+
+/// What a process started now would have as descriptor `fd` (1 or 2):
+/// `None` when it is `fd` itself; `/dev/null` in place of a descriptor that
+/// is closed or close-on-exec (a forked worker gets the result).
+fn inherited(fd: RawFd) -> io::Result<Option<OwnedFd>> {
+    // SAFETY: F_GETFD on any number only reads its flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+        return Ok(None);
+    }
+    // SAFETY: opening /dev/null; the new descriptor is ours.
+    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if null < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(Some(unsafe { OwnedFd::from_raw_fd(null) }))
 }
 
 /// Starts a worker process afresh: this binary, with the worker variable
