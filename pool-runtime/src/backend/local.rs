@@ -113,9 +113,21 @@ impl ChildProc {
             self.ended = Some(cause);
             return cause;
         }
+        // Its server reports the end of an exited child at once; if it does
+        // not (stopped, say), the end is taken as seen, cause unknown.
+        let mut exited_since = None;
         loop {
             if let Some(cause) = self.try_wait() {
                 return cause;
+            }
+            if let Some(forked) = &self.forked
+                && pidfd_exited(&forked.pidfd)
+            {
+                let since = *exited_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(2) {
+                    self.ended = Some(ExitCause::Unknown);
+                    return ExitCause::Unknown;
+                }
             }
             forkserver::wait_exit_report(Duration::from_millis(10));
         }
