@@ -20,7 +20,7 @@ pub enum EncodeError {
     /// writes the length first), such as a `Serialize` impl that calls
     /// `serialize_seq(None)`.
     #[error(
-        "a sequence or map does not know its length up front, which postcard needs; collect it into a Vec or a map first"
+        "a sequence or map does not know its length up front, which postcard needs (serde's `#[serde(flatten)]` and sequences from iterators without an exact size do this); use plain fields, or collect into a Vec or a map first"
     )]
     LengthUnknown,
     /// A `Display` impl failed while a value was encoded with `collect_str`.
