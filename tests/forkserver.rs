@@ -76,6 +76,25 @@ fn check_workers(pool: &Pool, want_forked: bool) {
     assert!(ran_on.iter().all(|pid| pids.contains(pid)), "{ran_on:?}");
 }
 
+/// A worker of `pool` exits with `code` inside a task: the caller gets
+/// that code (the pool then starts a replacement).
+fn exit_code_comes_back(pool: &Pool, code: i32) {
+    let err = pool
+        .chunksize(1)
+        .starmap(task!(common::exit_on), [(1, 1, code)])
+        .expect_err("the worker exits");
+    assert!(
+        matches!(
+            err,
+            pool_runtime::Error::WorkerDied {
+                cause: ExitCause::Code(c),
+                ..
+            } if c == code
+        ),
+        "{err:?}"
+    );
+}
+
 #[test]
 fn later_workers_are_forked_and_see_the_current_environment() {
     // The first pool of the process starts its workers afresh, then the
@@ -91,20 +110,7 @@ fn later_workers_are_forked_and_see_the_current_environment() {
     check_workers(&second, true);
 
     // A replacement for a worker that died is forked too.
-    let err = second
-        .chunksize(1)
-        .starmap(task!(common::exit_on), [(1, 1, 3)])
-        .expect_err("the worker exits");
-    assert!(
-        matches!(
-            err,
-            pool_runtime::Error::WorkerDied {
-                cause: ExitCause::Code(3),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    exit_code_comes_back(&second, 3);
     check_workers(&second, true);
     drop(second);
 
@@ -184,20 +190,7 @@ fn later_workers_are_forked_and_see_the_current_environment() {
     let ignoring = wait_for_fork_server(Some(server));
     let seventh = pool();
     check_workers(&seventh, true);
-    let err = seventh
-        .chunksize(1)
-        .starmap(task!(common::exit_on), [(1, 1, 4)])
-        .expect_err("the worker exits");
-    assert!(
-        matches!(
-            err,
-            pool_runtime::Error::WorkerDied {
-                cause: ExitCause::Code(4),
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    exit_code_comes_back(&seventh, 4);
     check_workers(&seventh, true);
     drop(seventh);
     // SAFETY: as above.

@@ -263,6 +263,24 @@ fn a_callback_added_after_terminate_still_runs() {
     assert_eq!(out, Ok(42));
 }
 
+/// A pool of `processes` whose initializer `init` gets the path of a fresh
+/// marker file, created once the first workers are up: so only
+/// replacements see it.
+fn armed_pool<T>(tag: &str, processes: usize, init: T) -> (std::path::PathBuf, Pool)
+where
+    T: pool_runtime::Task<Output = ()>,
+    String: pool_runtime::IntoArgs<T>,
+{
+    let (marker, m) = fresh_marker(tag);
+    let pool = Pool::builder()
+        .processes(processes)
+        .initializer(init, m)
+        .build()
+        .expect("pool");
+    std::fs::write(&marker, b"").expect("marker");
+    (marker, pool)
+}
+
 #[task]
 fn init_slow_if(marker: String) {
     if std::path::Path::new(&marker).exists() {
@@ -282,13 +300,7 @@ fn abort_on(x: u64, bad: u64) -> u64 {
 /// timeout; shutdown joins the supervisor, so terminate()/drop wait for it.
 #[test]
 fn terminate_does_not_wait_for_a_starting_workers_initializer() {
-    let (marker, m) = fresh_marker("init");
-    let pool = Pool::builder()
-        .processes(1)
-        .initializer(task!(init_slow_if), m.clone())
-        .build()
-        .expect("pool");
-    std::fs::write(&marker, b"").expect("marker");
+    let (marker, pool) = armed_pool("init", 1, task!(init_slow_if));
     let r = pool
         .chunksize(1)
         .starmap(task!(abort_on), (0..3u64).map(|x| (x, 1)));
@@ -414,13 +426,7 @@ fn abort_or_spin(x: u64) -> u64 {
 /// second never came.
 #[test]
 fn timeouts_are_enforced_while_a_replacement_starts() {
-    let (marker, m) = fresh_marker("respawn");
-    let pool = Pool::builder()
-        .processes(2)
-        .initializer(task!(init_wait_while), m)
-        .build()
-        .expect("pool");
-    std::fs::write(&marker, b"").expect("marker");
+    let (marker, pool) = armed_pool("respawn", 2, task!(init_wait_while));
     let outcome = std::panic::catch_unwind(|| {
         within(20, move || {
             let mut results: Vec<_> = pool

@@ -294,8 +294,8 @@ impl<'a> ser::Serializer for &mut Encoder<'a> {
 
     #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self, EncodeError> {
-        self.length(len.ok_or(EncodeError::LengthUnknown)?);
-        Ok(self)
+        // A map is its length, then keys and values in turn.
+        self.serialize_seq(len)
     }
 
     #[inline]
@@ -306,13 +306,13 @@ impl<'a> ser::Serializer for &mut Encoder<'a> {
     #[inline]
     fn serialize_struct_variant(
         self,
-        _name: &'static str,
+        name: &'static str,
         variant_index: u32,
-        _variant: &'static str,
-        _len: usize,
+        variant: &'static str,
+        len: usize,
     ) -> Result<Self, EncodeError> {
-        self.varint(variant_index.into());
-        Ok(self)
+        // Written as a tuple variant: the index, then the fields.
+        self.serialize_tuple_variant(name, variant_index, variant, len)
     }
 
     fn collect_str<T: std::fmt::Display + ?Sized>(self, value: &T) -> Result<(), EncodeError> {

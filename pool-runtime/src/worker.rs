@@ -2,6 +2,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,11 +107,7 @@ const FLUSH_BYTES: usize = 1 << 20;
 fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Progress)> {
     use std::os::fd::IntoRawFd;
     let channel = take_stdin()?;
-    let mut fds = local::recv_fds(
-        std::os::fd::AsRawFd::as_raw_fd(&channel),
-        2 + usize::from(env.stdout),
-    )?
-    .into_iter();
+    let mut fds = local::recv_fds(channel.as_raw_fd(), 2 + usize::from(env.stdout))?.into_iter();
     let output = fds
         .next()
         .ok_or_else(|| std::io::Error::other("no output channel"))?;
@@ -119,7 +116,8 @@ fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Pro
         .ok_or_else(|| std::io::Error::other("no progress page"))?;
     let progress = Progress::open(progress.into_raw_fd())?;
     if let Some(stdout) = fds.next() {
-        restore_stdout(&stdout)?;
+        // Under a test harness: the real stdout, in place of /dev/null.
+        dup_onto(&stdout, 1)?;
     }
     Ok((
         UnixStream::from(channel),
@@ -149,11 +147,10 @@ pub(crate) fn take_stdin() -> std::io::Result<std::os::fd::OwnedFd> {
     }
 }
 
-/// Under a test harness: the real stdout, which the pool passes, replaces
-/// this process's (`/dev/null`).
-fn restore_stdout(stdout: &std::os::fd::OwnedFd) -> std::io::Result<()> {
-    // SAFETY: dup2 of a descriptor we own onto stdout.
-    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(stdout), 1) } < 0 {
+/// Puts `fd` in place of descriptor `to` (a standard one).
+fn dup_onto(fd: &std::os::fd::OwnedFd, to: std::os::fd::RawFd) -> std::io::Result<()> {
+    // SAFETY: dup2 of a descriptor we own onto a standard one.
+    if unsafe { libc::dup2(fd.as_raw_fd(), to) } < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -192,18 +189,15 @@ pub(crate) fn run_forked(
     stdio: [std::os::fd::OwnedFd; 2],
     parent: u32,
 ) -> ! {
-    use std::os::fd::{AsRawFd, IntoRawFd};
+    use std::os::fd::IntoRawFd;
     IN_WORKER.store(true, Ordering::Relaxed);
     die_with_parent(parent);
     let progress = Progress::open(progress.into_raw_fd());
     // The pool's current stdout and stderr, as a worker started now would have.
-    let restored = stdio.iter().zip([1, 2]).try_for_each(|(fd, to)| {
-        // SAFETY: dup2 of a descriptor we own onto a standard one.
-        if unsafe { libc::dup2(fd.as_raw_fd(), to) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    });
+    let restored = stdio
+        .iter()
+        .zip([1, 2])
+        .try_for_each(|(fd, to)| dup_onto(fd, to));
     drop(stdio);
     let progress = match (progress, restored) {
         (Ok(progress), Ok(())) => progress,
@@ -239,7 +233,9 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
     // Results are buffered and written in one system call once no more work
     // is waiting: a worker fed many small chunks answers them in batches.
     let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &output);
-    let more_input = |r: &BufReader<&UnixStream>| !r.buffer().is_empty() || readable(r.get_ref());
+    let more_input = |r: &BufReader<&UnixStream>| {
+        !r.buffer().is_empty() || local::readable(r.get_ref().as_raw_fd())
+    };
     let code = match serve_with(&mut reader, &mut writer, Some(&progress), more_input) {
         Ok(()) => 0,
         Err(ProtocolError::Closed) => 0,
@@ -263,18 +259,6 @@ pub(crate) fn serve(
     progress: Option<&Progress>,
 ) -> Result<(), ProtocolError> {
     serve_with(reader, writer, progress, |_| false)
-}
-
-/// Whether the socket has bytes to read now.
-fn readable(stream: &UnixStream) -> bool {
-    use std::os::fd::AsRawFd;
-    let mut fd = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut fd, 1, 0) > 0 }
 }
 
 /// [`serve`], where `more_input(reader)` says whether another frame is

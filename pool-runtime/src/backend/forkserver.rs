@@ -264,7 +264,7 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
     let id = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::bounded(1);
     lock(&PENDING).insert(id, (server.pid, tx));
-    if let Err(err) = send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
+    if let Err(err) = local::send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
         // Nothing was handed over.
         lock(&PENDING).remove(&id);
         tracing::debug!(error = %err, "the fork server cannot be reached; starting a worker afresh");
@@ -319,13 +319,14 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
                 errno,
                 "the fork server could not fork; starting a worker afresh"
             );
-            if errno == libc::EDEADLK || !faithful {
+            if errno == libc::EDEADLK || errno == libc::ENOSYS || !faithful {
                 // It found a second thread in itself (it never will fork),
-                // or it is out of date.
+                // the kernel has no pidfds, or it is out of date.
                 forget(&server);
                 end(&server);
             }
-            if errno == libc::EDEADLK {
+            if errno == libc::EDEADLK || errno == libc::ENOSYS {
+                // Nor will it fork usefully later (no pidfds on this kernel).
                 lock(&STATE).disabled = true;
             } else if !faithful {
                 prepare(launch);
@@ -348,7 +349,7 @@ fn forget(server: &Arc<Server>) {
 /// forked have ended (they go on serving their pools meanwhile). If even
 /// that message cannot be sent, its channel is shut, which ends it.
 fn end(server: &Server) {
-    if send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]).is_err() {
+    if local::send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]).is_err() {
         // SAFETY: shutdown of a socket we own.
         unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
     }
@@ -476,7 +477,7 @@ fn serve_one(launch: &Launch) {
 fn relay(server: &Server) {
     loop {
         let mut msg = [0u8; 12];
-        let (mut fds, truncated) = match recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
+        let (mut fds, truncated) = match local::recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
             Ok((12, fds, truncated)) => (fds, truncated),
             // The end of the channel (it exited), or a broken message.
             _ => break,
@@ -497,7 +498,7 @@ fn relay(server: &Server) {
             (FORKED, None) => {
                 // Its pidfd did not fit (this process is out of
                 // descriptors, say): the server kills that child itself.
-                let _ = send_msg(server.conn.as_raw_fd(), &message(KILL, word(8), 0), &[]);
+                let _ = local::send_msg(server.conn.as_raw_fd(), &message(KILL, word(8), 0), &[]);
                 lock(&ABANDONED).insert(word(8));
                 if let Some(tx) = waiting(word(8)) {
                     let why = if truncated {
@@ -558,7 +559,7 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     let mut child = spawned?;
     let ready = wait_readable(&conn, launch.startup_timeout).and_then(|()| {
         let mut msg = [0u8; 12];
-        let (n, _, _) = recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
+        let (n, _, _) = local::recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
         let pid = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
         if n == 12 && msg[..4] == READY.to_le_bytes() && pid == child.id() {
             Ok(())
@@ -612,102 +613,6 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both are new descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Sends one message carrying `fds` (`SCM_RIGHTS`, none if empty).
-fn send_msg(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let space = if fds.is_empty() {
-        0
-    } else {
-        // SAFETY: CMSG_SPACE only computes a size.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
-    };
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
-    // buffers that outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer holds one header and room for `fds`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-        }
-    }
-    loop {
-        // SAFETY: a valid socket and message.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-}
-
-/// Receives one message and up to `max_fds` descriptors (close-on-exec):
-/// the message's length (0 at the end of the channel), the descriptors,
-/// and whether some were dropped (`MSG_CTRUNC`: no room for them, or this
-/// process is out of descriptors).
-fn recv_msg(
-    sock: RawFd,
-    buf: &mut [u8],
-    max_fds: usize,
-) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
-        as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in `send_msg`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: a valid descriptor and message.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote; every
-    // descriptor in an SCM_RIGHTS message is new and ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }
 
 /// What a fork server needs to know: whether it runs under a test harness,
@@ -766,7 +671,7 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
     let name = thread_name();
     set_thread_name(c"pool-forkserver".as_ptr());
     let say = |kind, a, b| {
-        if send_msg(conn.as_raw_fd(), &message(kind, a, b), &[]).is_err() {
+        if local::send_msg(conn.as_raw_fd(), &message(kind, a, b), &[]).is_err() {
             std::process::exit(0);
         }
     };
@@ -832,7 +737,7 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         // The pool's process closed the channel (or died): done; the
         // workers forked here die with this process (parent-death signal).
         let mut request = [0u8; 12];
-        let received = recv_msg(conn.as_raw_fd(), &mut request, COUNT);
+        let received = local::recv_msg(conn.as_raw_fd(), &mut request, COUNT);
         let id = u32::from_le_bytes([request[4], request[5], request[6], request[7]]);
         let kind = u32::from_le_bytes([request[0], request[1], request[2], request[3]]);
         let fds = match received {
@@ -892,7 +797,7 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
         }
         // SAFETY: a new descriptor we own.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-        if send_msg(
+        if local::send_msg(
             conn.as_raw_fd(),
             &message(FORKED, pid as u32, id),
             &[pidfd.as_raw_fd()],

@@ -207,13 +207,7 @@ pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) {
 
 /// Whether the process of `pidfd` has exited (its pidfd is readable).
 fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd: pidfd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+    readable(pidfd.as_raw_fd())
 }
 
 /// Whether our child `pid` has exited (without reaping it).
@@ -466,56 +460,105 @@ pub(crate) fn worker_command(launch: &Launch) -> io::Result<Command> {
     Ok(cmd)
 }
 
-/// Builds a one-byte message over `marker` with room for `count`
-/// descriptors (`SCM_RIGHTS`), and hands it to `f`: the buffers it points
-/// into live on this function's stack for the call.
-fn with_fd_message<R>(
-    marker: &mut [u8; 1],
-    count: usize,
-    f: impl FnOnce(&mut libc::msghdr) -> R,
-) -> R {
-    let bytes = count * std::mem::size_of::<RawFd>();
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(bytes as u32) } as usize;
-    // u64s: the control buffer must be aligned for `cmsghdr`.
+/// Sends one message carrying `fds` (`SCM_RIGHTS`, none if empty).
+pub(crate) fn send_msg(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    let space = if fds.is_empty() {
+        0
+    } else {
+        // SAFETY: CMSG_SPACE only computes a size.
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
+    };
     let mut control = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec {
-        iov_base: marker.as_mut_ptr().cast(),
-        iov_len: 1,
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
     };
     // SAFETY: an all-zero msghdr is valid; the pointers set below point into
-    // buffers that outlive `f`, of the lengths given.
+    // buffers that outlive the call.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    f(&mut msg)
-}
-
-/// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
-pub(crate) fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    let mut marker = [FD_MARKER];
-    with_fd_message(&mut marker, fds.len(), |msg| {
+    if !fds.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
         // SAFETY: the control buffer holds one header and room for `fds`.
         unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
             (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
             std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
         }
-        loop {
-            // SAFETY: a valid socket and message.
-            let n = unsafe { libc::sendmsg(stream.as_raw_fd(), msg, libc::MSG_NOSIGNAL) };
-            match n {
-                1 => return Ok(()),
-                n if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
-                n if n < 0 => return Err(io::Error::last_os_error()),
-                _ => return Err(io::ErrorKind::WriteZero.into()),
-            }
+    }
+    loop {
+        // SAFETY: a valid socket and message.
+        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
         }
-    })
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// Receives one message and up to `max_fds` descriptors (close-on-exec):
+/// the message's length (0 at the end of the channel), the descriptors,
+/// and whether some were dropped (`MSG_CTRUNC`: no room for them, or this
+/// process is out of descriptors).
+pub(crate) fn recv_msg(
+    sock: RawFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
+        as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: as in `send_msg`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    let n = loop {
+        // SAFETY: a valid descriptor and message.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    let mut fds = Vec::new();
+    // SAFETY: walking the control messages the kernel wrote; every
+    // descriptor in an SCM_RIGHTS message is new and ours to own.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
+}
+
+/// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
+pub(crate) fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    send_msg(stream.as_raw_fd(), &[FD_MARKER], fds)
 }
 
 /// The byte that carries a worker's descriptors.
@@ -525,47 +568,28 @@ const FD_MARKER: u8 = 0xFD;
 /// `count`, close-on-exec.
 pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
     let mut marker = [0u8];
-    let (n, flags, fds) = with_fd_message(&mut marker, count, |msg| {
-        let n = loop {
-            // SAFETY: a valid descriptor and message.
-            let n = unsafe { libc::recvmsg(channel, msg, libc::MSG_CMSG_CLOEXEC) };
-            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break n;
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut fds = Vec::new();
-        // SAFETY: walking the control messages the kernel wrote; every
-        // descriptor in an SCM_RIGHTS message is new and ours to own.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(msg);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                    let len =
-                        ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                    for i in 0..len / std::mem::size_of::<RawFd>() {
-                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(msg, cmsg);
-            }
-        }
-        Ok((n, msg.msg_flags, fds))
-    })?;
+    let (n, fds, truncated) = recv_msg(channel, &mut marker, count)?;
     if n != 1 || marker[0] != FD_MARKER || fds.len() != count {
         return Err(io::Error::other(format!(
             "expected {count} descriptors from the pool, got {} (in {n} bytes)",
             fds.len()
         )));
     }
-    if flags & libc::MSG_CTRUNC != 0 {
+    if truncated {
         return Err(io::Error::other("the pool's descriptors were truncated"));
     }
     Ok(fds)
+}
+
+/// Whether `fd` has something to read (or has ended) now.
+pub(crate) fn readable(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
 }
 
 /// Completes the handshake of a started worker. On failure the worker is
