@@ -467,8 +467,43 @@ fn serve_one(launch: &Launch) {
         Ok(_) => {
             tracing::debug!(pid = server.pid, "fork server started");
             st.server = Some(server);
+            static AT_EXIT: std::sync::Once = std::sync::Once::new();
+            // SAFETY: registering a plain function.
+            AT_EXIT.call_once(|| unsafe {
+                libc::atexit(end_at_exit);
+            });
         }
         Err(_) => st.disabled = true,
+    }
+}
+
+/// At the process's exit: ends the current server and reaps it, so that it
+/// does not outlive this process as a zombie waiting for init (which reaps
+/// it only later on some systems). Skipped if another thread holds the
+/// state; waits at most 100 ms.
+extern "C" fn end_at_exit() {
+    let Ok(st) = STATE.try_lock() else { return };
+    let Some(server) = st.server.as_ref() else {
+        return;
+    };
+    if st.owner != std::process::id() {
+        return;
+    }
+    // SAFETY: shutdown of a socket we own; the server exits at its end.
+    unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
+    for _ in 0..100 {
+        // SAFETY: waitpid on our own child (the relay thread may reap it
+        // first: then this fails, and the loop ends).
+        match unsafe {
+            libc::waitpid(
+                server.pid as libc::pid_t,
+                std::ptr::null_mut(),
+                libc::WNOHANG,
+            )
+        } {
+            0 => std::thread::sleep(Duration::from_millis(1)),
+            _ => return,
+        }
     }
 }
 
