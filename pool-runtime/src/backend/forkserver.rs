@@ -28,6 +28,10 @@
 //! is why [`PoolBuilder::fork_server`](crate::PoolBuilder::fork_server) can
 //! turn the server off.
 //!
+//! A worker wanted while a server is starting waits for it (at most the
+//! startup timeout): the server was exec'd earlier than a fresh worker
+//! would be, so it is ready sooner.
+//!
 //! A server that does not answer within the startup timeout is given up:
 //! that worker starts afresh on new descriptors (a fork that comes late
 //! finds its channel closed and exits).
@@ -104,6 +108,16 @@ static STATE: Mutex<State> = Mutex::new(State {
     starting: false,
     disabled: false,
 });
+
+/// Signalled whenever a start requested by [`prepare`] has finished (with
+/// a server or without).
+static START_FINISHED: Condvar = Condvar::new();
+
+/// Marks the start under way as finished and wakes those waiting for it.
+fn start_finished(st: &mut State) {
+    st.starting = false;
+    START_FINISHED.notify_all();
+}
 
 /// Answers to fork requests, from the relay thread.
 enum Reply {
@@ -255,9 +269,23 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
         return None;
     }
     let server = {
-        let st = lock(&STATE);
+        let mut st = lock(&STATE);
         if st.owner != std::process::id() {
             return None;
+        }
+        // A server being started is ready within the startup timeout, and
+        // sooner than a worker started afresh now would be (both exec this
+        // binary, the server earlier): wait for it.
+        let deadline = std::time::Instant::now() + launch.startup_timeout;
+        while st.starting && st.server.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = match START_FINISHED.wait_timeout(st, left) {
+                Ok((st, _)) => st,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
         st.server.clone()?
     };
@@ -397,8 +425,8 @@ pub(crate) fn prepare(launch: &Launch) {
                     }));
                     if started.is_err() {
                         let mut st = lock(&STATE);
-                        st.starting = false;
                         st.disabled = true;
+                        start_finished(&mut st);
                     }
                 }
                 // Never ends: the servers' parent-death signal is tied to
@@ -408,14 +436,16 @@ pub(crate) fn prepare(launch: &Launch) {
                 }
             });
         if spawned.is_err() {
-            lock(&STATE).disabled = true;
+            let mut st = lock(&STATE);
+            st.disabled = true;
+            start_finished(&mut st);
         }
         tx
     });
     if starter.send(launch.clone()).is_err() {
         let mut st = lock(&STATE);
-        st.starting = false;
         st.disabled = true;
+        start_finished(&mut st);
     }
 }
 
@@ -423,14 +453,18 @@ pub(crate) fn prepare(launch: &Launch) {
 /// parent-death signal is tied); a relay thread reads its messages and
 /// reaps it once it ends.
 fn serve_one(launch: &Launch) {
-    if lock(&STATE).server.is_some() {
-        lock(&STATE).starting = false;
-        return;
+    {
+        let mut st = lock(&STATE);
+        if st.server.is_some() {
+            start_finished(&mut st);
+            return;
+        }
     }
     let key = snapshot(launch);
     let started = start_server(launch);
     let mut st = lock(&STATE);
-    st.starting = false;
+    // Those waiting see the outcome once this guard is dropped.
+    start_finished(&mut st);
     let (mut child, conn) = match started {
         Ok(started) => started,
         Err(err) => {
