@@ -105,8 +105,9 @@ pub fn parent_of(pid: u32) -> Option<u32> {
 }
 
 /// The fork server of this process (other than `not`), once it runs:
-/// waits for it (bounded). It is the child whose thread is named
-/// `pool-forkserver`.
+/// waits for it (bounded). It is the live child whose thread is named
+/// `pool-forkserver` (a retired server may also be one, until it ends:
+/// callers exclude it with `not`).
 #[allow(dead_code)]
 pub fn wait_for_fork_server(not: Option<u32>) -> u32 {
     let me = std::process::id();
@@ -116,7 +117,12 @@ pub fn wait_for_fork_server(not: Option<u32>) -> u32 {
             .expect("/proc")
             .flatten()
             .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-            .find(|&pid| Some(pid) != not && parent_of(pid) == Some(me) && is_fork_server(pid));
+            .find(|&pid| {
+                Some(pid) != not
+                    && parent_of(pid) == Some(me)
+                    && !is_zombie(pid)
+                    && is_fork_server(pid)
+            });
         if let Some(pid) = found {
             return pid;
         }
@@ -126,6 +132,16 @@ pub fn wait_for_fork_server(not: Option<u32>) -> u32 {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Whether `pid` has exited and waits to be reaped.
+#[allow(dead_code)]
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            == Some("Z")
+    })
 }
 
 /// Whether a thread of `pid` is named `pool-forkserver`.
