@@ -155,14 +155,14 @@ impl EventQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves every queued event to `out`, waiting for one if there is none
-    /// (first spinning up to `spin`); `false` once none is queued and the
-    /// sender is gone.
     /// Whether events are queued now (without taking the lock).
     pub(crate) fn has_events(&self) -> bool {
         self.queued.load(Ordering::Acquire)
     }
 
+    /// Moves every queued event to `out`, waiting for one if there is none
+    /// (first spinning up to `spin`); `false` once none is queued and the
+    /// sender is gone.
     pub(crate) fn recv_all(&self, out: &mut VecDeque<Event>, spin: Duration) -> bool {
         if !spin.is_zero() && !self.queued.load(Ordering::Acquire) {
             let start = Instant::now();
