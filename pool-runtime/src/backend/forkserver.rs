@@ -44,7 +44,9 @@
 //! Lifetimes: the server dies with the pool's process (a parent-death
 //! signal tied to the thread that started it, which never ends, and the
 //! end of its request channel), and the workers it forked die with the
-//! server (their parent-death signal) and when their channels end.
+//! server (their parent-death signal) and when their channels end. At its
+//! exit the process ends and reaps every server still running, current or
+//! retired, so that none is left to init as a zombie.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -100,6 +102,9 @@ struct State {
     starting: bool,
     /// The server could not start: not tried again.
     disabled: bool,
+    /// Every server not yet gone, the current one and retired ones (which
+    /// end once their workers have): all are ended at the process's exit.
+    running: Vec<Arc<Server>>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -107,6 +112,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     server: None,
     starting: false,
     disabled: false,
+    running: Vec::new(),
 });
 
 /// Signalled whenever a start requested by [`prepare`] has finished (with
@@ -486,6 +492,7 @@ fn serve_one(launch: &Launch) {
             relay(&relayed);
             relayed.alive.store(false, Ordering::Release);
             forget(&relayed);
+            lock(&STATE).running.retain(|s| !Arc::ptr_eq(s, &relayed));
             {
                 let _exits = lock(&EXITS);
                 EXIT_REPORTED.notify_all();
@@ -500,6 +507,7 @@ fn serve_one(launch: &Launch) {
     match relay_thread {
         Ok(_) => {
             tracing::debug!(pid = server.pid, "fork server started");
+            st.running.push(Arc::clone(&server));
             st.server = Some(server);
             static AT_EXIT: std::sync::Once = std::sync::Once::new();
             // SAFETY: registering a plain function.
@@ -511,32 +519,34 @@ fn serve_one(launch: &Launch) {
     }
 }
 
-/// At the process's exit: ends the current server and reaps it, so that it
-/// does not outlive this process as a zombie waiting for init (which reaps
-/// it only later on some systems). Skipped if another thread holds the
-/// state; waits at most 100 ms.
+/// At the process's exit: ends every server still running (the current
+/// one and retired ones) and reaps them, so that none outlives this process
+/// as a zombie waiting for init (which reaps them only later on some
+/// systems). Skipped if another thread holds the state; waits at most
+/// 100 ms in all.
 extern "C" fn end_at_exit() {
     let Ok(st) = STATE.try_lock() else { return };
-    let Some(server) = st.server.as_ref() else {
-        return;
-    };
     if st.owner != std::process::id() {
         return;
     }
-    // SAFETY: shutdown of a socket we own; the server exits at its end.
-    unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
-    for _ in 0..100 {
+    for server in &st.running {
+        // SAFETY: shutdown of a socket we own; the server exits at its end.
+        unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+    let deadline = std::time::Instant::now() + Duration::from_millis(100);
+    for server in &st.running {
         // SAFETY: waitpid on our own child (the relay thread may reap it
         // first: then this fails, and the loop ends).
-        match unsafe {
+        while unsafe {
             libc::waitpid(
                 server.pid as libc::pid_t,
                 std::ptr::null_mut(),
                 libc::WNOHANG,
             )
-        } {
-            0 => std::thread::sleep(Duration::from_millis(1)),
-            _ => return,
+        } == 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
