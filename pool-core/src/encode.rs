@@ -1,8 +1,8 @@
 //! A postcard encoder that appends straight to a `Vec<u8>`.
 //!
 //! It writes exactly the bytes of `postcard::to_stdvec` (the tests compare
-//! both on every serde shape), so workers and callers decode with postcard
-//! as before. It exists for speed: postcard builds every varint in a stack
+//! both on every serde shape), so that postcard and [`crate::decode`] read
+//! it alike. It exists for speed: postcard builds every varint in a stack
 //! buffer and hands it to its flavor as a slice, while this encoder writes
 //! each byte in place, with one capacity check per field. Encoding small
 //! items is a good share of the caller's time on tiny tasks.

@@ -7,11 +7,12 @@
 //!   arguments handed to a pool;
 //! - the [`registry`] of tasks that `#[task]` fills through `inventory`;
 //! - the [`wire`] protocol between a pool and its workers, and the
-//!   postcard [`encode`]r it uses;
+//!   postcard [`encode`]r and [`decode`]r it uses;
 //! - the [`error`] values that cross that protocol.
 //!
 //! Users depend on `pool-runtime`, which re-exports what they need from here.
 
+pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod registry;

@@ -52,10 +52,11 @@ impl TaskEntry {
 
 /// Runs task `T` on encoded arguments; see [`RunFn`].
 pub fn run_erased<T: Task>(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
-    let args: T::Args = postcard::from_bytes(input).map_err(|err| TaskFailure::BadArguments {
-        ty: std::any::type_name::<T::Args>().to_owned(),
-        message: err.to_string(),
-    })?;
+    let args: T::Args =
+        crate::decode::from_bytes(input).map_err(|err| TaskFailure::BadArguments {
+            ty: std::any::type_name::<T::Args>().to_owned(),
+            message: err.to_string(),
+        })?;
     let output = T::call(args);
     let mark = out.len();
     encode_into(out, &output).map_err(|err| {
@@ -138,7 +139,7 @@ pub fn run_batch<'a, T: Task>(batch: &mut Batch<'_, 'a>) -> Option<Halt<'a>> {
                 Err(err) => return Some(Halt::Protocol(err)),
             };
             mark = batch.out.len();
-            let args: T::Args = match postcard::from_bytes(arg) {
+            let args: T::Args = match crate::decode::from_bytes(arg) {
                 Ok(args) => args,
                 Err(err) => {
                     return Some(Halt::Failed(TaskFailure::BadArguments {

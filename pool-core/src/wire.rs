@@ -312,7 +312,7 @@ impl<'a> Items<'a> {
 #[cold]
 fn failed_result(tag: u8, data: &[u8]) -> Result<Result<&[u8], TaskFailure>, ProtocolError> {
     match tag {
-        ITEM_FAILED => postcard::from_bytes(data)
+        ITEM_FAILED => crate::decode::from_bytes(data)
             .map(Err)
             .map_err(|err| ProtocolError::Malformed(format!("bad failure record: {err}"))),
         tag => Err(ProtocolError::Malformed(format!(

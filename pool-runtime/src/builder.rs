@@ -58,7 +58,7 @@ fn check_init<T: Task>(bytes: &[u8]) -> Result<(), String>
 where
     T::Output: InitOutput,
 {
-    let output: T::Output = postcard::from_bytes(bytes)
+    let output: T::Output = pool_core::decode::from_bytes(bytes)
         .map_err(|err| format!("its result could not be decoded: {err}"))?;
     output.failure().map_or(Ok(()), Err)
 }

@@ -1,0 +1,686 @@
+//! A postcard decoder that reads straight from a byte slice.
+//!
+//! It accepts exactly what `postcard::from_bytes` accepts and decodes it to
+//! the same values (the tests compare both on every serde shape and on
+//! random bytes, errors included), so it reads what [`crate::encode`] and
+//! postcard write. It exists for speed: postcard reads every byte through
+//! its flavor's bounds-checked `pop` in a loop that is not inlined into the
+//! caller, while this decoder reads a one-byte varint (every integer below
+//! 128, and most lengths) inline, so that decoding a small result or
+//! argument item compiles down to a few loads. Decoding is a good share of
+//! both the caller's and the workers' time on tiny tasks.
+//!
+//! Its error also keeps the message of a failing `Deserialize` impl, which
+//! postcard replaces by "Serde Deserialization Error".
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
+
+/// Why bytes could not be decoded as a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes ended in the middle of the value.
+    #[error("the encoded value ends early (a field is missing or truncated)")]
+    End,
+    /// An integer or length is longer than its type allows.
+    #[error("an encoded integer or length is out of range for its type")]
+    BadVarint,
+    /// A `bool` byte other than 0 or 1.
+    #[error("an encoded bool is neither 0 nor 1")]
+    BadBool,
+    /// An `Option` tag other than 0 or 1.
+    #[error("an encoded Option tag is neither 0 (None) nor 1 (Some)")]
+    BadOption,
+    /// A `char` that is not one UTF-8 encoded character.
+    #[error("an encoded char is not a UTF-8 character")]
+    BadChar,
+    /// A string that is not UTF-8.
+    #[error("an encoded string is not UTF-8")]
+    BadUtf8,
+    /// A type that needs a self-describing format (`deserialize_any`,
+    /// identifiers, ignored fields): postcard writes no field names or
+    /// type tags.
+    #[error(
+        "this type needs a self-describing format (serde's `deserialize_any`, as used by untagged or internally tagged enums and `#[serde(flatten)]`), which postcard is not"
+    )]
+    NotSelfDescribing,
+    /// A `Deserialize` impl reported an error.
+    #[error("{0}")]
+    Custom(String),
+}
+
+impl de::Error for DecodeError {
+    fn custom<T: std::fmt::Display>(msg: T) -> Self {
+        DecodeError::Custom(msg.to_string())
+    }
+}
+
+/// Decodes a `T` from the start of `bytes` (bytes after it are ignored, as
+/// `postcard::from_bytes` does).
+#[inline]
+pub fn from_bytes<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, DecodeError> {
+    T::deserialize(&mut Decoder { input: bytes })
+}
+
+/// The serde deserializer behind [`from_bytes`].
+pub struct Decoder<'de> {
+    input: &'de [u8],
+}
+
+/// The bits of the integer types read as varints.
+const U16: u32 = 16;
+const U32: u32 = 32;
+const U64: u32 = 64;
+
+impl<'de> Decoder<'de> {
+    #[inline(always)]
+    fn pop(&mut self) -> Result<u8, DecodeError> {
+        let (&byte, rest) = self.input.split_first().ok_or(DecodeError::End)?;
+        self.input = rest;
+        Ok(byte)
+    }
+
+    #[inline(always)]
+    fn take(&mut self, n: usize) -> Result<&'de [u8], DecodeError> {
+        if self.input.len() < n {
+            return Err(DecodeError::End);
+        }
+        let (head, rest) = self.input.split_at(n);
+        self.input = rest;
+        Ok(head)
+    }
+
+    /// A LEB128 varint of an integer of `BITS` bits (at most 64), as
+    /// postcard reads it: at most `ceil(BITS / 7)` bytes, the last of which
+    /// may not carry bits above the type's width.
+    #[inline(always)]
+    fn varint<const BITS: u32>(&mut self) -> Result<u64, DecodeError> {
+        let max = BITS.div_ceil(7) as usize;
+        let last_max = (1u64 << (BITS - 7 * (max as u32 - 1))) - 1;
+        let input = self.input;
+        let n = input.len().min(max);
+        let mut out = 0u64;
+        for (i, &byte) in input[..n].iter().enumerate() {
+            out |= u64::from(byte & 0x7F) << (7 * i);
+            if byte < 0x80 {
+                if i == max - 1 && u64::from(byte) > last_max {
+                    return Err(DecodeError::BadVarint);
+                }
+                self.input = &input[i + 1..];
+                return Ok(out);
+            }
+        }
+        Err(if n == max {
+            DecodeError::BadVarint
+        } else {
+            DecodeError::End
+        })
+    }
+
+    fn varint_u128(&mut self) -> Result<u128, DecodeError> {
+        // 19 bytes of 7 bits; the last may carry 2 (128 - 18 × 7).
+        let mut out = 0u128;
+        for i in 0..19 {
+            let byte = self.pop()?;
+            out |= u128::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                if i == 18 && byte > 0b11 {
+                    return Err(DecodeError::BadVarint);
+                }
+                return Ok(out);
+            }
+        }
+        Err(DecodeError::BadVarint)
+    }
+
+    #[inline(always)]
+    fn length(&mut self) -> Result<usize, DecodeError> {
+        // A 64-bit length that does not fit `usize` cannot be followed by
+        // that many bytes either.
+        usize::try_from(self.varint::<U64>()?).map_err(|_| DecodeError::End)
+    }
+}
+
+fn unzigzag(n: u64) -> i64 {
+    ((n >> 1) as i64) ^ -((n & 1) as i64)
+}
+
+/// The elements of a sequence, tuple or struct, or the entries of a map.
+struct Elements<'a, 'de> {
+    de: &'a mut Decoder<'de>,
+    len: usize,
+}
+
+impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
+    type Error = DecodeError;
+
+    #[inline]
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DecodeError> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        self.len -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        // A length beyond the bytes left is a lie: no hint, so nothing
+        // allocates for it.
+        (self.len <= self.de.input.len()).then_some(self.len)
+    }
+}
+
+impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
+    type Error = DecodeError;
+
+    #[inline]
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DecodeError> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        self.len -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    #[inline]
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, DecodeError> {
+        seed.deserialize(&mut *self.de)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> Option<usize> {
+        (self.len <= self.de.input.len()).then_some(self.len)
+    }
+}
+
+impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+
+    #[inline]
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
+        Err(DecodeError::NotSelfDescribing)
+    }
+
+    #[inline]
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        match self.pop()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            _ => Err(DecodeError::BadBool),
+        }
+    }
+
+    #[inline]
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_i8(self.pop()? as i8)
+    }
+
+    #[inline]
+    fn deserialize_i16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_i16(unzigzag(self.varint::<U16>()?) as i16)
+    }
+
+    #[inline]
+    fn deserialize_i32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_i32(unzigzag(self.varint::<U32>()?) as i32)
+    }
+
+    #[inline]
+    fn deserialize_i64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_i64(unzigzag(self.varint::<U64>()?))
+    }
+
+    fn deserialize_i128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let n = self.varint_u128()?;
+        visitor.visit_i128(((n >> 1) as i128) ^ -((n & 1) as i128))
+    }
+
+    #[inline]
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u8(self.pop()?)
+    }
+
+    #[inline]
+    fn deserialize_u16<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u16(self.varint::<U16>()? as u16)
+    }
+
+    #[inline]
+    fn deserialize_u32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u32(self.varint::<U32>()? as u32)
+    }
+
+    #[inline]
+    fn deserialize_u64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u64(self.varint::<U64>()?)
+    }
+
+    fn deserialize_u128<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_u128(self.varint_u128()?)
+    }
+
+    #[inline]
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let b = self.take(4)?;
+        visitor.visit_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    #[inline]
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let b = self.take(8)?;
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(b);
+        visitor.visit_f64(f64::from_le_bytes(bytes))
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let len = self.length()?;
+        if len > 4 {
+            return Err(DecodeError::BadChar);
+        }
+        let bytes = self.take(len)?;
+        let c = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.chars().next())
+            .ok_or(DecodeError::BadChar)?;
+        visitor.visit_char(c)
+    }
+
+    #[inline]
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let len = self.length()?;
+        let bytes = self.take(len)?;
+        visitor.visit_borrowed_str(std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8)?)
+    }
+
+    #[inline]
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        self.deserialize_str(visitor)
+    }
+
+    #[inline]
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let len = self.length()?;
+        visitor.visit_borrowed_bytes(self.take(len)?)
+    }
+
+    #[inline]
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        self.deserialize_bytes(visitor)
+    }
+
+    #[inline]
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        match self.pop()? {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            _ => Err(DecodeError::BadOption),
+        }
+    }
+
+    #[inline]
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        visitor.visit_unit()
+    }
+
+    #[inline]
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_unit()
+    }
+
+    #[inline]
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    #[inline]
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let len = self.length()?;
+        visitor.visit_seq(Elements { de: self, len })
+    }
+
+    #[inline]
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_seq(Elements { de: self, len })
+    }
+
+    #[inline]
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.deserialize_tuple(len, visitor)
+    }
+
+    #[inline]
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
+        let len = self.length()?;
+        visitor.visit_map(Elements { de: self, len })
+    }
+
+    #[inline]
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        self.deserialize_tuple(fields.len(), visitor)
+    }
+
+    #[inline]
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        visitor.visit_enum(self)
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
+        Err(DecodeError::NotSelfDescribing)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, DecodeError> {
+        Err(DecodeError::NotSelfDescribing)
+    }
+}
+
+impl<'de> de::EnumAccess<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+    type Variant = Self;
+
+    #[inline]
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, Self), DecodeError> {
+        let index = self.varint::<U32>()? as u32;
+        let value = seed.deserialize(IntoDeserializer::<DecodeError>::into_deserializer(index))?;
+        Ok((value, self))
+    }
+}
+
+impl<'de> de::VariantAccess<'de> for &mut Decoder<'de> {
+    type Error = DecodeError;
+
+    #[inline]
+    fn unit_variant(self) -> Result<(), DecodeError> {
+        Ok(())
+    }
+
+    #[inline]
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, DecodeError> {
+        seed.deserialize(self)
+    }
+
+    #[inline]
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        de::Deserializer::deserialize_tuple(self, len, visitor)
+    }
+
+    #[inline]
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DecodeError> {
+        de::Deserializer::deserialize_tuple(self, fields.len(), visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// Both decoders agree on `bytes`: the same value, or both fail.
+    fn same<T: DeserializeOwned + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
+        let ours = from_bytes::<T>(bytes);
+        let theirs = postcard::from_bytes::<T>(bytes);
+        match (&ours, &theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "{bytes:?}"),
+            (Err(_), Err(_)) => {}
+            _ => panic!(
+                "{bytes:?} as {}: ours {ours:?}, postcard {theirs:?}",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    /// `value` comes back from its encoding, through both decoders alike.
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) {
+        let bytes = postcard::to_stdvec(value).expect("postcard encodes it");
+        assert_eq!(&from_bytes::<T>(&bytes).expect("decodes"), value);
+        same::<T>(&bytes);
+        // Every truncation fails alike (or decodes alike, for a value
+        // that needs fewer bytes).
+        for end in 0..bytes.len() {
+            same::<T>(&bytes[..end]);
+        }
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Unit;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Newtype(i32);
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Pair(u8, String);
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    enum Shape {
+        Empty,
+        Circle(f64),
+        Rect(u32, u32),
+        Named { label: String, sides: Option<u16> },
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Everything {
+        flag: bool,
+        small: (i8, u8, i16, u16),
+        mid: (i32, u32, f32),
+        wide: (i64, u64, f64),
+        huge: (i128, u128),
+        letter: char,
+        text: String,
+        bytes: serde_bytes_like::Bytes,
+        list: Vec<u64>,
+        map: BTreeMap<String, i64>,
+        nothing: (),
+        unit: Unit,
+        newtype: Newtype,
+        pair: Pair,
+        shapes: Vec<Shape>,
+        maybe: Option<Box<Everything>>,
+    }
+
+    /// A byte buffer through `serialize_bytes` / `deserialize_byte_buf`.
+    mod serde_bytes_like {
+        use serde::{Deserializer, Serializer};
+
+        #[derive(Debug, PartialEq)]
+        pub struct Bytes(pub Vec<u8>);
+
+        impl serde::Serialize for Bytes {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for Bytes {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = Bytes;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
+                        Ok(Bytes(v.to_vec()))
+                    }
+                }
+                d.deserialize_byte_buf(V)
+            }
+        }
+    }
+
+    fn everything(depth: u32) -> Everything {
+        Everything {
+            flag: depth.is_multiple_of(2),
+            small: (-128, 255, i16::MIN, u16::MAX),
+            mid: (i32::MIN, u32::MAX, f32::MIN_POSITIVE),
+            wide: (i64::MIN, u64::MAX, -0.0),
+            huge: (i128::MIN, u128::MAX),
+            letter: '𝄞',
+            text: "naïve ✓".into(),
+            bytes: serde_bytes_like::Bytes(vec![0, 1, 0x80, 0xff]),
+            list: vec![0, 127, 128, 16_384, u64::MAX],
+            map: [("a".to_owned(), -1), ("b".to_owned(), i64::MAX)].into(),
+            nothing: (),
+            unit: Unit,
+            newtype: Newtype(-5),
+            pair: Pair(7, String::new()),
+            shapes: vec![
+                Shape::Empty,
+                Shape::Circle(1.5),
+                Shape::Rect(3, 400),
+                Shape::Named {
+                    label: "tri".into(),
+                    sides: Some(3),
+                },
+            ],
+            maybe: (depth > 0).then(|| Box::new(everything(depth - 1))),
+        }
+    }
+
+    #[test]
+    fn every_serde_shape_decodes_like_postcard() {
+        round_trip(&everything(2));
+        for v in [
+            0u64,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            round_trip(&v);
+            round_trip(&(v as u32, v as u16, v as i64, v as i32, v as i16));
+        }
+        round_trip(&(f64::NAN.to_bits(), f32::INFINITY));
+    }
+
+    #[test]
+    fn malformed_bytes_fail_like_postcard() {
+        // Varints one byte too long, or carrying bits above the type.
+        same::<u16>(&[0xff, 0xff, 0x03]);
+        same::<u16>(&[0xff, 0xff, 0x04]);
+        same::<u32>(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        same::<u32>(&[0xff, 0xff, 0xff, 0xff, 0x10]);
+        same::<u64>(&[0xff; 9].iter().copied().chain([0x01]).collect::<Vec<_>>());
+        same::<u64>(&[0xff; 9].iter().copied().chain([0x02]).collect::<Vec<_>>());
+        same::<u64>(&[0xff; 11]);
+        same::<u128>(&[0xff; 18].iter().copied().chain([0x03]).collect::<Vec<_>>());
+        same::<u128>(&[0xff; 18].iter().copied().chain([0x04]).collect::<Vec<_>>());
+        // Non-canonical but accepted.
+        same::<u64>(&[0x80, 0x00]);
+        // Bad tags and text.
+        same::<bool>(&[2]);
+        same::<Option<u8>>(&[2, 0]);
+        same::<char>(&[5, b'a', b'b', b'c', b'd', b'e']);
+        same::<char>(&[1, 0xff]);
+        same::<char>(&[0]);
+        same::<String>(&[2, 0xc3, 0x28]);
+        same::<Shape>(&[9]);
+        // A length far beyond the bytes: an error, not an allocation.
+        same::<Vec<u64>>(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]);
+        same::<BTreeMap<u8, u8>>(&[0xff, 0xff, 0xff, 0xff, 0x0f, 1]);
+        // Trailing bytes are ignored.
+        same::<u8>(&[1, 2, 3]);
+    }
+
+    #[test]
+    fn errors_say_what_went_wrong() {
+        assert_eq!(from_bytes::<u64>(&[]), Err(DecodeError::End));
+        assert_eq!(from_bytes::<bool>(&[7]), Err(DecodeError::BadBool));
+        #[derive(Debug, Deserialize)]
+        #[serde(untagged)]
+        #[allow(dead_code)]
+        enum Untagged {
+            _A(u8),
+        }
+        let err = from_bytes::<Untagged>(&[1]).expect_err("needs deserialize_any");
+        assert_eq!(err, DecodeError::NotSelfDescribing);
+        // A Deserialize impl's own message is kept.
+        let err = from_bytes::<std::num::NonZeroU32>(&[0]).expect_err("zero");
+        assert!(err.to_string().contains("nonzero"), "{err}");
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_decode_like_postcard(bytes: Vec<u8>) {
+            same::<(u64, u32)>(&bytes);
+            same::<(i64, i16, u16)>(&bytes);
+            same::<(u128, i128)>(&bytes);
+            same::<(bool, Option<char>, f64)>(&bytes);
+            same::<(String, Vec<u32>)>(&bytes);
+            same::<Vec<Shape>>(&bytes);
+            same::<BTreeMap<String, Option<i8>>>(&bytes);
+        }
+
+        #[test]
+        fn random_values_decode_like_postcard(
+            a: u64, b: i64, c: u32, d: i16, e: u128, f: i128, g: f64, s: String,
+            v: Vec<(u16, i32)>, o: Option<char>,
+        ) {
+            let value = (a, b, c, d, e, f, g.to_bits(), s, v, o);
+            round_trip(&value);
+        }
+    }
+}
