@@ -403,6 +403,10 @@ fn invalid_settings_are_errors() {
         Err(Error::InvalidSetting(_))
     ));
     assert!(matches!(
+        Pool::builder().chunks_in_flight(1025).build(),
+        Err(Error::InvalidSetting(m)) if m.contains("between 1 and 1024")
+    ));
+    assert!(matches!(
         Pool::builder().max_frame_size(10).build(),
         Err(Error::InvalidSetting(_))
     ));

@@ -15,6 +15,9 @@ use crate::run::CallOptions;
 use crate::scheduler::{Config, Shared};
 use crate::worker;
 
+/// The largest [`PoolBuilder::chunks_in_flight`].
+const MAX_CHUNKS_IN_FLIGHT: usize = 1024;
+
 /// Settings of a [`Pool`]; made by [`Pool::builder`].
 ///
 /// ```
@@ -76,7 +79,7 @@ impl PoolBuilder {
             processes: None,
             max_frame: DEFAULT_MAX_FRAME,
             startup_timeout: Duration::from_secs(10),
-            depth: 32,
+            depth: 256,
             max_tasks: None,
             fork_server: true,
             defaults: CallOptions::default(),
@@ -142,7 +145,9 @@ impl PoolBuilder {
     /// waiting in its channel, so it never idles between chunks. The pool
     /// gives a worker about 1 ms of work ahead, measured by its last chunk,
     /// within this limit; a worker whose chunks take longer gets one at a
-    /// time. Default: 32; at most 64.
+    /// time. The limit matters for chunks of a few microseconds (tiny tasks
+    /// with `chunksize(1)`): the more of them travel together, the fewer
+    /// wake-ups per item. Default: 256; at most 1024.
     pub fn chunks_in_flight(mut self, n: usize) -> Self {
         self.depth = n;
         self
@@ -273,9 +278,9 @@ impl PoolBuilder {
             (None, Some((ranks, _))) => ranks,
             (None, None) => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        if self.depth == 0 || self.depth > 64 {
+        if self.depth == 0 || self.depth > MAX_CHUNKS_IN_FLIGHT {
             return Err(Error::InvalidSetting(format!(
-                "chunks_in_flight must be between 1 and 64, not {}",
+                "chunks_in_flight must be between 1 and {MAX_CHUNKS_IN_FLIGHT}, not {}",
                 self.depth
             )));
         }
