@@ -40,6 +40,15 @@ fn probe_program() {
     unsafe { std::env::set_var("POOL_PROBE_CHANGED", "1") };
     let _third = pool();
     let current = common::wait_for_fork_server(Some(retired));
+    // Once a pool's workers are its forks, the new server is in use.
+    let fourth = pool();
+    assert!(
+        fourth
+            .worker_pids()
+            .iter()
+            .all(|&p| common::parent_of(p) == Some(current)),
+        "the fourth pool's workers are forks of the new server"
+    );
     assert!(
         common::process_exists(retired),
         "the retired server still runs"

@@ -105,8 +105,12 @@ fn later_workers_are_forked_and_see_the_current_environment() {
     assert!(!first.worker_pids().contains(&server));
     drop(first);
 
-    // Later pools are forked.
-    let second = pool();
+    // Later pools are forked (with no limit on the startup time, too).
+    let second = Pool::builder()
+        .processes(2)
+        .startup_timeout(std::time::Duration::MAX)
+        .build()
+        .expect("pool");
     check_workers(&second, true);
 
     // A replacement for a worker that died is forked too.

@@ -20,6 +20,8 @@ const CHUNK_BYTES: usize = 4 << 20;
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
 /// Chunks per worker an `imap` keeps pulled ahead of its consumer.
 const LAZY_WINDOW: usize = 8;
+/// Chunks per worker a blocking call keeps pulled ahead, at least.
+const BASE_DEPTH: usize = 32;
 /// The largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1 << 17;
 /// How long a one-item call watches for its result before sleeping.
@@ -109,6 +111,11 @@ pub(crate) struct Run<T: Task, I> {
     ordered: bool,
     /// Window size, in chunks.
     window: usize,
+    /// A blocking call: the window also covers every worker's full
+    /// pipeline of chunks as short as the workers' pace makes them.
+    deep: bool,
+    /// A worker's time per item in the last chunk that completed.
+    pace: Option<Duration>,
     fixed: Option<usize>,
     /// Python's cap when the input length is known.
     cap: usize,
@@ -189,12 +196,14 @@ where
             delivered: 0,
             released: 0,
             ordered,
-            // Blocking calls already hold their input: room for every
-            // worker's full pipeline. `imap` keeps memory small instead.
+            // Blocking calls: room for every worker's pipeline (below).
+            // `imap` keeps memory small instead.
             window: match mode {
-                Mode::Blocking => processes * (shared.config.depth + 2),
+                Mode::Blocking => processes * (shared.config.depth.min(BASE_DEPTH) + 2),
                 Mode::Ordered | Mode::Unordered => processes * LAZY_WINDOW,
             },
+            deep: mode == Mode::Blocking,
+            pace: None,
             fixed: options.chunksize,
             cap,
             auto: first_auto_chunk(shared, T::ID),
@@ -269,6 +278,24 @@ where
         }
     }
 
+    /// The window, in chunks of `size` items: a blocking call's grows to
+    /// cover the pipeline the pool keeps per worker for chunks that short
+    /// (about 1 ms of work each, up to `chunks_in_flight`), never beyond:
+    /// input is not read ahead of what the workers can take.
+    fn window_for(&self, size: usize) -> usize {
+        let pipeline = match self.pace {
+            Some(per_item) if self.deep => {
+                let chunk_time = per_item
+                    .checked_mul(u32::try_from(size).unwrap_or(u32::MAX))
+                    .unwrap_or(Duration::MAX);
+                let depth = crate::scheduler::ahead(chunk_time).min(self.shared.config.depth);
+                self.shared.config.processes * (depth + 2)
+            }
+            _ => 0,
+        };
+        self.window.max(pipeline)
+    }
+
     /// Pulls and submits chunks while the window has room.
     fn fill(&mut self) -> Result<(), Error> {
         let max_item = self.shared.config.launch.max_frame.saturating_sub(64);
@@ -280,7 +307,7 @@ where
             if !self.ordered {
                 self.released = self.delivered;
             }
-            if self.pulled - self.released >= self.window.saturating_mul(size) {
+            if self.pulled - self.released >= self.window_for(size).saturating_mul(size) {
                 return Ok(());
             }
             let Some(input) = self.input.as_mut() else {
@@ -437,7 +464,9 @@ where
                     decode_into::<T>(first, count, &frame[body_at..], pid, sink);
                     self.delivered += count as usize;
                     if let Some((took, items)) = chunk_time {
-                        self.item_time = Some(took / items.max(1));
+                        let per_item = took / items.max(1);
+                        self.item_time = Some(per_item);
+                        self.pace = Some(per_item);
                     }
                 }
                 Event::Failed { index, error } => {

@@ -248,6 +248,17 @@ struct InFlight {
 /// is free.
 const PIPELINE: Duration = Duration::from_millis(1);
 
+/// How many chunks of `chunk_time` a worker is given at once: enough for
+/// [`PIPELINE`] of work, at least 2 if they are shorter than that (so one
+/// waits while the other runs), otherwise 1.
+pub(crate) fn ahead(chunk_time: Duration) -> usize {
+    if chunk_time >= PIPELINE {
+        return 1;
+    }
+    let n = PIPELINE.as_nanos() / chunk_time.as_nanos().max(1);
+    usize::try_from(n).unwrap_or(usize::MAX).max(2)
+}
+
 /// The largest frame the dispatching thread writes itself.
 const DIRECT_MAX: usize = 64 << 10;
 
@@ -376,9 +387,11 @@ struct Worker {
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
     timed_out: Option<Duration>,
-    /// When its last chunk completed, and how long that chunk ran.
+    /// When its last chunk completed.
     last_done: Instant,
-    last_chunk_time: Option<Duration>,
+    /// The task of its last completed chunk, and how long that chunk took
+    /// per item: the pace at which it is given more of that task.
+    pace: Option<(u64, Duration)>,
     /// Items it may still be given (`max_tasks_per_child`).
     budget: Option<usize>,
 }
@@ -1042,7 +1055,7 @@ impl Shared {
             dying: false,
             timed_out: None,
             last_done: Instant::now(),
-            last_chunk_time: None,
+            pace: None,
             budget: self.config.max_tasks,
         });
         st.dispatch(&self.config);
@@ -1235,7 +1248,7 @@ impl Shared {
             let now = Instant::now();
             let took = now - front.sent.max(worker.last_done);
             chunk_time = Some((took, front.chunk.count));
-            worker.last_chunk_time = Some(took);
+            worker.pace = Some((front.chunk.task, took / front.chunk.count.max(1)));
             worker.last_done = now;
             st.stats[slot].busy += took;
             worker.in_flight.pop_front();
@@ -1393,17 +1406,21 @@ impl State {
     /// Hands queued chunks to workers with room, least loaded first.
     fn dispatch(&mut self, config: &Config) {
         let slots = self.workers.len().max(1);
-        while !self.queue.is_empty() {
+        while let Some(next) = self.queue.front() {
+            let (task, count) = (next.task, next.count);
             let best = self
                 .workers
                 .iter()
                 .enumerate()
                 .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
                 .filter(|(_, w)| {
-                    let depth = match w.last_chunk_time {
-                        Some(t) if t < PIPELINE => {
-                            let ahead = PIPELINE.as_nanos() / t.as_nanos().max(1);
-                            (ahead as usize).clamp(2, config.depth.max(2))
+                    // Chunks expected to take well under `PIPELINE`, by the
+                    // worker's pace on this task, travel several at a time;
+                    // others (or any of a task it has not run last) one by one.
+                    let depth = match w.pace {
+                        Some((last, per_item)) if last == task => {
+                            ahead(per_item.checked_mul(count).unwrap_or(Duration::MAX))
+                                .clamp(1, config.depth.max(1))
                         }
                         _ => 1,
                     };

@@ -105,6 +105,8 @@ struct State {
     /// Every server not yet gone, the current one and retired ones (which
     /// end once their workers have): all are ended at the process's exit.
     running: Vec<Arc<Server>>,
+    /// The pid of a server started and not yet ready (killed at exit).
+    spawning: Option<u32>,
 }
 
 static STATE: Mutex<State> = Mutex::new(State {
@@ -113,6 +115,7 @@ static STATE: Mutex<State> = Mutex::new(State {
     starting: false,
     disabled: false,
     running: Vec::new(),
+    spawning: None,
 });
 
 /// Signalled whenever a start requested by [`prepare`] has finished (with
@@ -122,6 +125,7 @@ static START_FINISHED: Condvar = Condvar::new();
 /// Marks the start under way as finished and wakes those waiting for it.
 fn start_finished(st: &mut State) {
     st.starting = false;
+    st.spawning = None;
     START_FINISHED.notify_all();
 }
 
@@ -282,9 +286,12 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
         // A server being started is ready within the startup timeout, and
         // sooner than a worker started afresh now would be (both exec this
         // binary, the server earlier): wait for it.
-        let deadline = std::time::Instant::now() + launch.startup_timeout;
+        // (No deadline: a startup timeout too large to add means none.)
+        let deadline = std::time::Instant::now().checked_add(launch.startup_timeout);
         while st.starting && st.server.is_none() {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.map_or(Duration::from_secs(3600), |deadline| {
+                deadline.saturating_duration_since(std::time::Instant::now())
+            });
             if left.is_zero() {
                 break;
             }
@@ -509,23 +516,28 @@ fn serve_one(launch: &Launch) {
             tracing::debug!(pid = server.pid, "fork server started");
             st.running.push(Arc::clone(&server));
             st.server = Some(server);
-            static AT_EXIT: std::sync::Once = std::sync::Once::new();
-            // SAFETY: registering a plain function.
-            AT_EXIT.call_once(|| unsafe {
-                libc::atexit(end_at_exit);
-            });
         }
         Err(_) => st.disabled = true,
     }
 }
 
 /// At the process's exit: ends every server still running (the current
-/// one and retired ones) and reaps them, so that none outlives this process
-/// as a zombie waiting for init (which reaps them only later on some
-/// systems). Skipped if another thread holds the state; waits at most
-/// 100 ms in all.
+/// one, retired ones, and one still starting) and reaps them, so that none
+/// outlives this process as a zombie waiting for init (which reaps them
+/// only later on some systems). Waits at most a second in all, for the
+/// state (held only briefly by other threads) and for the servers to end.
 extern "C" fn end_at_exit() {
-    let Ok(st) = STATE.try_lock() else { return };
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let st = loop {
+        match STATE.try_lock() {
+            Ok(st) => break st,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => break poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        }
+    };
     if st.owner != std::process::id() {
         return;
     }
@@ -533,17 +545,17 @@ extern "C" fn end_at_exit() {
         // SAFETY: shutdown of a socket we own; the server exits at its end.
         unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
     }
-    let deadline = std::time::Instant::now() + Duration::from_millis(100);
-    for server in &st.running {
-        // SAFETY: waitpid on our own child (the relay thread may reap it
+    if let Some(pid) = st.spawning {
+        // SAFETY: our own child, not yet reaped: its starter thread
+        // clears `spawning` under the state lock (held here) before it
+        // reaps it, or publishes it first.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    let pids = st.running.iter().map(|s| s.pid).chain(st.spawning);
+    for pid in pids {
+        // SAFETY: waitpid on our own child (its relay thread may reap it
         // first: then this fails, and the loop ends).
-        while unsafe {
-            libc::waitpid(
-                server.pid as libc::pid_t,
-                std::ptr::null_mut(),
-                libc::WNOHANG,
-            )
-        } == 0
+        while unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) } == 0
             && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(1));
@@ -636,6 +648,12 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     let spawned = cmd.spawn();
     drop(cmd);
     let mut child = spawned?;
+    lock(&STATE).spawning = Some(child.id());
+    static AT_EXIT: std::sync::Once = std::sync::Once::new();
+    // SAFETY: registering a plain function.
+    AT_EXIT.call_once(|| unsafe {
+        libc::atexit(end_at_exit);
+    });
     let ready = wait_readable(&conn, launch.startup_timeout).and_then(|()| {
         let mut msg = [0u8; 12];
         let (n, _, _) = local::recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
@@ -649,6 +667,9 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     match ready {
         Ok(()) => Ok((child, conn)),
         Err(err) => {
+            // Forgotten before it is reaped, so that the exit handler never
+            // signals a pid that may have been reused.
+            lock(&STATE).spawning = None;
             let _ = child.kill();
             let _ = child.wait();
             Err(err)
