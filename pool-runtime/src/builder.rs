@@ -143,9 +143,9 @@ impl PoolBuilder {
 
     /// The most chunks a worker holds at once: one running and the rest
     /// waiting in its channel, so it never idles between chunks. The pool
-    /// gives a worker about 1 ms of work ahead, measured by its last chunk,
-    /// within this limit; a worker whose chunks take longer gets one at a
-    /// time. The limit matters for chunks of a few microseconds (tiny tasks
+    /// gives a worker about 1 ms of work ahead, by its time per item on the
+    /// task it last ran, within this limit; a worker whose chunks take
+    /// longer, or that has not run that task last, gets one at a time. The limit matters for chunks of a few microseconds (tiny tasks
     /// with `chunksize(1)`): the more of them travel together, the fewer
     /// wake-ups per item. Default: 256; at most 1024.
     pub fn chunks_in_flight(mut self, n: usize) -> Self {
