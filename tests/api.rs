@@ -406,6 +406,18 @@ fn invalid_settings_are_errors() {
         Pool::builder().chunks_in_flight(1025).build(),
         Err(Error::InvalidSetting(m)) if m.contains("between 1 and 1024")
     ));
+    let deepest = Pool::builder()
+        .processes(1)
+        .chunks_in_flight(1024)
+        .build()
+        .expect("1024 chunks in flight is allowed");
+    assert_eq!(
+        deepest
+            .chunksize(1)
+            .map(task!(common::square), 0..3000u64)
+            .expect("tasks run"),
+        (0..3000u64).map(|x| x * x).collect::<Vec<_>>()
+    );
     assert!(matches!(
         Pool::builder().max_frame_size(10).build(),
         Err(Error::InvalidSetting(_))

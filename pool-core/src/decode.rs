@@ -133,11 +133,10 @@ impl<'de> Decoder<'de> {
         Err(DecodeError::BadVarint)
     }
 
+    /// A length: a varint of `usize`'s width, as postcard reads it.
     #[inline(always)]
     fn length(&mut self) -> Result<usize, DecodeError> {
-        // A 64-bit length that does not fit `usize` cannot be followed by
-        // that many bytes either.
-        usize::try_from(self.varint::<U64>()?).map_err(|_| DecodeError::End)
+        Ok(self.varint::<{ usize::BITS }>()? as usize)
     }
 }
 
@@ -309,7 +308,10 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 
     #[inline]
     fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        self.deserialize_str(visitor)
+        // Not borrowed, as postcard has it.
+        let len = self.length()?;
+        let bytes = self.take(len)?;
+        visitor.visit_str(std::str::from_utf8(bytes).map_err(|_| DecodeError::BadUtf8)?)
     }
 
     #[inline]
@@ -320,7 +322,9 @@ impl<'de> de::Deserializer<'de> for &mut Decoder<'de> {
 
     #[inline]
     fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
-        self.deserialize_bytes(visitor)
+        // Not borrowed, as postcard has it.
+        let len = self.length()?;
+        visitor.visit_bytes(self.take(len)?)
     }
 
     #[inline]
