@@ -248,8 +248,10 @@ fn imap_pulls_an_endless_input_lazily_within_a_bounded_window() {
         .map(|r| r.expect("ok"))
         .collect();
     assert_eq!(first, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
-    // Stopped reading: the pulling stopped too, a few chunks per worker ahead.
-    let bound = 10_000 + 10 * pool.processes() * chunk;
+    // Stopped reading: the pulling stopped too, a few chunks per worker
+    // ahead, or about 1 ms of work for chunks this short, within the
+    // pipeline's limit of 256 chunks per worker (and 2 on the way).
+    let bound = 10_000 + 258 * pool.processes() * chunk;
     let at_stop = pulled.load(Ordering::Relaxed);
     assert!(
         at_stop <= bound,

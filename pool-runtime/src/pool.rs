@@ -565,9 +565,12 @@ impl<'p> Call<'p> {
     /// Lazily calls a one-argument task on every item; yields one `Result`
     /// per item, in input order.
     ///
-    /// The input is pulled only as workers need it, within a window of a few
-    /// chunks per worker: an endless iterator works, and stopping the
-    /// iteration stops the pulling. Dropping the iterator cancels the rest.
+    /// The input is pulled only as workers need it, within a window of 8
+    /// chunks per worker, or, for chunks shorter than that, of about 1 ms of
+    /// the workers' work (at most
+    /// [`chunks_in_flight`](crate::PoolBuilder::chunks_in_flight) chunks per
+    /// worker): an endless iterator works, and stopping the iteration stops
+    /// the pulling. Dropping the iterator cancels the rest.
     pub fn imap<T, I>(self, task: T, items: I) -> Imap<T, I::IntoIter>
     where
         T: UnaryTask,

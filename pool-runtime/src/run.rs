@@ -18,7 +18,7 @@ use crate::scheduler::{Chunk, Event, EventQueue, JobSpec, Routed, Shared, Sink};
 const CHUNK_BYTES: usize = 4 << 20;
 /// The adaptive chunk size aims at chunks of about this duration per worker.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
-/// Chunks per worker an `imap` keeps pulled ahead of its consumer.
+/// Chunks per worker an `imap` keeps pulled ahead of its consumer, at least.
 const LAZY_WINDOW: usize = 8;
 /// Chunks per worker a blocking call keeps pulled ahead, at least.
 const BASE_DEPTH: usize = 32;
@@ -109,11 +109,9 @@ pub(crate) struct Run<T: Task, I> {
     /// Whether the consumer releases items itself, in input order (`imap`);
     /// otherwise every delivered item counts as released.
     ordered: bool,
-    /// Window size, in chunks.
-    window: usize,
-    /// A blocking call: the window also covers every worker's full
+    /// Window size, in chunks, at least: it also covers every worker's
     /// pipeline of chunks as short as the workers' pace makes them.
-    deep: bool,
+    window: usize,
     /// A worker's time per item in the last chunk that completed.
     pace: Option<Duration>,
     fixed: Option<usize>,
@@ -196,13 +194,13 @@ where
             delivered: 0,
             released: 0,
             ordered,
-            // Blocking calls: room for every worker's pipeline (below).
-            // `imap` keeps memory small instead.
+            // Blocking calls hold a few chunks per worker more than `imap`,
+            // which keeps memory small; both grow to the workers' pipeline
+            // for very short chunks (`window_for`).
             window: match mode {
                 Mode::Blocking => processes * (shared.config.depth.min(BASE_DEPTH) + 2),
                 Mode::Ordered | Mode::Unordered => processes * LAZY_WINDOW,
             },
-            deep: mode == Mode::Blocking,
             pace: None,
             fixed: options.chunksize,
             cap,
@@ -278,13 +276,13 @@ where
         }
     }
 
-    /// The window, in chunks of `size` items: a blocking call's grows to
-    /// cover the pipeline the pool keeps per worker for chunks that short
-    /// (about 1 ms of work each, up to `chunks_in_flight`), never beyond:
-    /// input is not read ahead of what the workers can take.
+    /// The window, in chunks of `size` items: it grows to cover the
+    /// pipeline the pool keeps per worker for chunks that short (about 1 ms
+    /// of work each, up to `chunks_in_flight`), never beyond: input is not
+    /// read ahead of what the workers can take.
     fn window_for(&self, size: usize) -> usize {
         let pipeline = match self.pace {
-            Some(per_item) if self.deep => {
+            Some(per_item) => {
                 let chunk_time = per_item
                     .checked_mul(u32::try_from(size).unwrap_or(u32::MAX))
                     .unwrap_or(Duration::MAX);
