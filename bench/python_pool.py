@@ -7,6 +7,7 @@ one JSON line per metric on stdout, a human summary on stderr.
     python3 bench/python_pool.py start-cold --procs 2
     python3 bench/python_pool.py roundtrip --procs 2 [--calls 10000]
     python3 bench/python_pool.py tiny --procs 2 [--items 1000000] [--chunksize N]
+    python3 bench/python_pool.py lazy --procs 2 [--items 100000] [--chunksize 1]
     python3 bench/python_pool.py payload [--count 64] [--mib 16]
     python3 bench/python_pool.py cpu [--tasks 40] [--ms 50]
 
@@ -36,6 +37,10 @@ def noop():
 
 def power(x, n):
     return x ** n
+
+
+def power_pair(pair):
+    return pair[0] ** pair[1]
 
 
 def length(data):
@@ -221,6 +226,33 @@ def tiny(opts):
     emit("items_per_s", "items/s", True, [opts.items / t for t in times])
 
 
+def lazy(opts):
+    """The tiny workload through `imap` (chunk size 1 by default, as
+    Python's own), its results consumed one by one."""
+    items = tiny_items(opts.items)
+    expected = sum(x ** n for x, n in items) & MASK
+    chunksize = opts.chunksize or 1
+    with multiprocessing.Pool(opts.procs) as pool:
+
+        def once(n):
+            data = items if n == len(items) else items[:n]
+            t0 = time.perf_counter()
+            total = 0
+            count = 0
+            for r in pool.imap(power_pair, data, chunksize=chunksize):
+                total += r
+                count += 1
+            elapsed = time.perf_counter() - t0
+            check(count == n, "result count")
+            if n == len(items):
+                check(total & MASK == expected, "result sum")
+            return elapsed
+
+        times = repeat(opts, len(items), once)
+        close(pool)
+    emit("items_per_s", "items/s", True, [opts.items / t for t in times])
+
+
 def payload(opts):
     size = opts.mib << 20
     source = bytes(i % 251 for i in range(251)) * (size // 251 + 1)
@@ -290,6 +322,7 @@ WORKLOADS = {
     "start-once": start_once,
     "roundtrip": roundtrip,
     "tiny": tiny,
+    "lazy": lazy,
     "payload": payload,
     "cpu": cpu,
 }

@@ -42,6 +42,7 @@ PLAN = [
     ("cs125000", "chunks", "tiny, chunksize 125000", ["tiny", "--procs", "2", "--items", "1000000", "--chunksize", "125000"]),
     ("sweep", "chunks", "tiny, interleaved (Rust)", ["sweep", "--procs", "2", "--items", "1000000"]),
     ("cs1", "chunksize1", "tiny, chunksize 1", ["tiny", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
+    ("imap1", "chunksize1", "tiny, imap, chunksize 1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", "payload", "payload 64 x 16 MiB", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("cpu", "cpu", "cpu 40 x 50 ms", ["cpu", "--procs", "2", "--tasks", "40", "--ms", "50"]),
 ]

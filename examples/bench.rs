@@ -12,6 +12,7 @@
 //! target/release/examples/bench start-cold --procs 2
 //! target/release/examples/bench roundtrip --procs 2 [--calls 10000]
 //! target/release/examples/bench tiny --procs 2 [--items 1000000] [--chunksize N]
+//! target/release/examples/bench lazy --procs 2 [--items 100000] [--chunksize 1]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
 //! target/release/examples/bench cpu [--tasks 40] [--ms 50]
 //! ```
@@ -88,7 +89,7 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let workload = args
         .next()
-        .ok_or("usage: bench <raw|start|roundtrip|tiny|sweep|payload|cpu> [options]")?;
+        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|payload|cpu> [options]")?;
     let mut opts = Opts {
         workload,
         reps: 5,
@@ -508,6 +509,38 @@ fn tiny(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// The tiny workload through `istarmap` (Python: `imap`, whose default chunk
+/// size is 1): results are consumed one by one as they come, in order.
+fn lazy(opts: &Opts) -> Result<(), Error> {
+    let input = TinyInput::new(opts.items);
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let chunksize = opts.chunksize.unwrap_or(1);
+    let times = repeat(opts, opts.items, |n| {
+        let t0 = Instant::now();
+        let mut sum = 0u64;
+        let mut count = 0;
+        for result in pool
+            .chunksize(chunksize)
+            .istarmap(task!(power), input.items[..n].iter().copied())
+        {
+            sum = sum.wrapping_add(result?);
+            count += 1;
+        }
+        let elapsed = t0.elapsed();
+        check(count == n, "result count")?;
+        if n == input.items.len() {
+            check(sum == input.expected, "result sum")?;
+        }
+        Ok(elapsed)
+    })?;
+    let rate: Vec<f64> = times
+        .iter()
+        .map(|t| opts.items as f64 / t.as_secs_f64())
+        .collect();
+    emit("items_per_s", "items/s", true, &rate, &[]);
+    Ok(())
+}
+
 /// The tiny workload with automatic chunks and with each hand-picked chunk
 /// size, interleaved on one pool: every repetition runs every setting (in
 /// a rotating order), so a drift of the machine affects them alike and the
@@ -640,6 +673,7 @@ fn main() -> Result<(), Error> {
         "start-once" => start_once(&opts),
         "roundtrip" => roundtrip(&opts),
         "tiny" => tiny(&opts),
+        "lazy" => lazy(&opts),
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
         "cpu" => cpu(&opts),
