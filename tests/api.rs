@@ -232,37 +232,50 @@ fn close_and_join_wait_for_async_work() {
     assert!(pids.iter().all(|&p| !process_exists(p)));
 }
 
-#[test]
-fn imap_pulls_an_endless_input_lazily_within_a_bounded_window() {
-    let pool = pool();
+/// Takes 10 000 results of an `imap` of chunks of 10 over an endless input,
+/// then drops it; returns how many items it had pulled when the consumer
+/// stopped (nothing more is pulled after).
+fn pulled_for_10_000(pool: &Pool) -> usize {
     let pulled = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&pulled);
     let endless = (0u64..).inspect(move |_| {
         counter.fetch_add(1, Ordering::Relaxed);
     });
-    let chunk = 10;
-    let mut results = pool.chunksize(chunk).imap(task!(common::square), endless);
+    let mut results = pool.chunksize(10).imap(task!(common::square), endless);
     let first: Vec<u64> = results
         .by_ref()
         .take(10_000)
         .map(|r| r.expect("ok"))
         .collect();
     assert_eq!(first, (0..10_000u64).map(|x| x * x).collect::<Vec<_>>());
-    // Stopped reading: the pulling stopped too, a few chunks per worker
-    // ahead, or about 1 ms of work for chunks this short, within the
-    // pipeline's limit of 256 chunks per worker (and 2 on the way).
-    let bound = 10_000 + 258 * pool.processes() * chunk;
     let at_stop = pulled.load(Ordering::Relaxed);
-    assert!(
-        at_stop <= bound,
-        "pulled {at_stop} items for 10 000 results (bound {bound})"
-    );
     drop(results);
     assert_eq!(
         pulled.load(Ordering::Relaxed),
         at_stop,
         "nothing is pulled once the iterator is dropped"
     );
+    at_stop
+}
+
+#[test]
+fn imap_pulls_an_endless_input_lazily_within_a_bounded_window() {
+    // Stopped reading: the pulling stopped too, 8 chunks of 10 per worker
+    // ahead (and one being filled) when the pipeline is shallow...
+    let shallow = Pool::builder()
+        .processes(2)
+        .chunks_in_flight(4)
+        .build()
+        .expect("pool");
+    let at_stop = pulled_for_10_000(&shallow);
+    let bound = 10_000 + (8 * 2 + 1) * 10;
+    assert!(at_stop <= bound, "pulled {at_stop} (bound {bound})");
+    // ...and at most the whole pipeline for chunks this short by default:
+    // 256 chunks in flight per worker and 2 more on the way.
+    let deep = pool();
+    let at_stop = pulled_for_10_000(&deep);
+    let bound = 10_000 + ((256 + 2) * 2 + 1) * 10;
+    assert!(at_stop <= bound, "pulled {at_stop} (bound {bound})");
 }
 
 #[test]

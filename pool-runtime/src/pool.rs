@@ -566,11 +566,13 @@ impl<'p> Call<'p> {
     /// per item, in input order.
     ///
     /// The input is pulled only as workers need it, within a window of 8
-    /// chunks per worker, or, for chunks shorter than that, of about 1 ms of
-    /// the workers' work (at most
-    /// [`chunks_in_flight`](crate::PoolBuilder::chunks_in_flight) chunks per
-    /// worker): an endless iterator works, and stopping the iteration stops
-    /// the pulling. Dropping the iterator cancels the rest.
+    /// chunks per worker; for chunks that take the workers well under 1 ms,
+    /// of about 1 ms of their work, at most
+    /// [`chunks_in_flight`](crate::PoolBuilder::chunks_in_flight) + 2 chunks
+    /// and 1 MiB of encoded arguments per worker. An endless iterator
+    /// works, and stopping the iteration stops the pulling. Dropping the
+    /// iterator cancels the rest (chunks already sent to a worker still
+    /// run).
     pub fn imap<T, I>(self, task: T, items: I) -> Imap<T, I::IntoIter>
     where
         T: UnaryTask,

@@ -22,6 +22,9 @@ const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
 const LAZY_WINDOW: usize = 8;
 /// Chunks per worker a blocking call keeps pulled ahead, at least.
 const BASE_DEPTH: usize = 32;
+/// Encoded arguments per worker a call may pull ahead beyond its base
+/// window, for the pipeline of very short chunks.
+const DEEP_BYTES: usize = 1 << 20;
 /// The largest automatic chunk.
 const MAX_AUTO_CHUNK: usize = 1 << 17;
 /// How long a one-item call watches for its result before sleeping.
@@ -112,8 +115,8 @@ pub(crate) struct Run<T: Task, I> {
     /// Window size, in chunks, at least: it also covers every worker's
     /// pipeline of chunks as short as the workers' pace makes them.
     window: usize,
-    /// A worker's time per item in the last chunk that completed.
-    pace: Option<Duration>,
+    /// The workers' time per item on this call's chunks.
+    pace: crate::scheduler::Pace,
     fixed: Option<usize>,
     /// Python's cap when the input length is known.
     cap: usize,
@@ -201,7 +204,7 @@ where
                 Mode::Blocking => processes * (shared.config.depth.min(BASE_DEPTH) + 2),
                 Mode::Ordered | Mode::Unordered => processes * LAZY_WINDOW,
             },
-            pace: None,
+            pace: crate::scheduler::Pace::default(),
             fixed: options.chunksize,
             cap,
             auto: first_auto_chunk(shared, T::ID),
@@ -276,20 +279,24 @@ where
         }
     }
 
-    /// The window, in chunks of `size` items: it grows to cover the
-    /// pipeline the pool keeps per worker for chunks that short (about 1 ms
-    /// of work each, up to `chunks_in_flight`), never beyond: input is not
-    /// read ahead of what the workers can take.
+    /// The window, in chunks of `size` items: beyond the base window, it
+    /// grows to cover the pipeline the pool keeps per worker for chunks
+    /// under 1 ms (about 1 ms of their work, at most `chunks_in_flight`
+    /// chunks and [`DEEP_BYTES`] of encoded arguments), never beyond: input
+    /// is not read ahead of what the workers can take.
     fn window_for(&self, size: usize) -> usize {
-        let pipeline = match self.pace {
+        let pipeline = match self.pace.per_item() {
             Some(per_item) => {
                 let chunk_time = per_item
                     .checked_mul(u32::try_from(size).unwrap_or(u32::MAX))
                     .unwrap_or(Duration::MAX);
-                let depth = crate::scheduler::ahead(chunk_time).min(self.shared.config.depth);
+                let chunk_bytes = self.item_bytes.max(1).saturating_mul(size);
+                let depth = crate::scheduler::ahead(chunk_time)
+                    .min(self.shared.config.depth)
+                    .min(DEEP_BYTES / chunk_bytes);
                 self.shared.config.processes * (depth + 2)
             }
-            _ => 0,
+            None => 0,
         };
         self.window.max(pipeline)
     }
@@ -462,9 +469,8 @@ where
                     decode_into::<T>(first, count, &frame[body_at..], pid, sink);
                     self.delivered += count as usize;
                     if let Some((took, items)) = chunk_time {
-                        let per_item = took / items.max(1);
-                        self.item_time = Some(per_item);
-                        self.pace = Some(per_item);
+                        self.item_time = Some(took / items.max(1));
+                        self.pace.add(took, items);
                     }
                 }
                 Event::Failed { index, error } => {

@@ -248,6 +248,30 @@ struct InFlight {
 /// is free.
 const PIPELINE: Duration = Duration::from_millis(1);
 
+/// A running estimate of a worker's time per item: decayed sums of chunk
+/// times and item counts. Results read in one batch make the first chunk
+/// seem to take all the time and the others none; the sums average that
+/// out, and a slow chunk raises the estimate at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pace {
+    nanos: f64,
+    items: f64,
+}
+
+impl Pace {
+    /// Adds a chunk of `items` items that took `took`.
+    pub(crate) fn add(&mut self, took: Duration, items: u32) {
+        const KEEP: f64 = 0.875;
+        self.nanos = self.nanos * KEEP + took.as_nanos() as f64;
+        self.items = self.items * KEEP + f64::from(items);
+    }
+
+    /// The time per item, once a chunk was added.
+    pub(crate) fn per_item(&self) -> Option<Duration> {
+        (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))
+    }
+}
+
 /// How many chunks of `chunk_time` a worker is given at once: enough for
 /// [`PIPELINE`] of work, at least 2 if they are shorter than that (so one
 /// waits while the other runs), otherwise 1.
@@ -389,9 +413,9 @@ struct Worker {
     timed_out: Option<Duration>,
     /// When its last chunk completed.
     last_done: Instant,
-    /// The task of its last completed chunk, and how long that chunk took
-    /// per item: the pace at which it is given more of that task.
-    pace: Option<(u64, Duration)>,
+    /// The task of its last completed chunk, and its time per item on
+    /// that task: the pace at which it is given more of it.
+    pace: Option<(u64, Pace)>,
     /// Items it may still be given (`max_tasks_per_child`).
     budget: Option<usize>,
 }
@@ -1248,7 +1272,13 @@ impl Shared {
             let now = Instant::now();
             let took = now - front.sent.max(worker.last_done);
             chunk_time = Some((took, front.chunk.count));
-            worker.pace = Some((front.chunk.task, took / front.chunk.count.max(1)));
+            let task = front.chunk.task;
+            let mut pace = match worker.pace {
+                Some((last, pace)) if last == task => pace,
+                _ => Pace::default(),
+            };
+            pace.add(took, front.chunk.count);
+            worker.pace = Some((task, pace));
             worker.last_done = now;
             st.stats[slot].busy += took;
             worker.in_flight.pop_front();
@@ -1417,8 +1447,11 @@ impl State {
                     // Chunks expected to take well under `PIPELINE`, by the
                     // worker's pace on this task, travel several at a time;
                     // others (or any of a task it has not run last) one by one.
-                    let depth = match w.pace {
-                        Some((last, per_item)) if last == task => {
+                    let depth = match w
+                        .pace
+                        .and_then(|(last, pace)| pace.per_item().filter(|_| last == task))
+                    {
+                        Some(per_item) => {
                             ahead(per_item.checked_mul(count).unwrap_or(Duration::MAX))
                                 .clamp(1, config.depth.max(1))
                         }
