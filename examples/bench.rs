@@ -488,50 +488,48 @@ impl TinyInput {
             None => pool.starmap(task!(power), input)?,
         };
         let elapsed = t0.elapsed();
-        check(out.len() == n, "result count")?;
-        if n == self.items.len() {
-            let sum = out.iter().copied().fold(0, u64::wrapping_add);
-            check(sum == self.expected, "result sum")?;
-        }
+        let sum = out.iter().copied().fold(0, u64::wrapping_add);
+        self.check(n, out.len(), sum)?;
         Ok(elapsed)
     }
-}
 
-fn tiny(opts: &Opts) -> Result<(), Error> {
-    let input = TinyInput::new(opts.items);
-    let pool = Pool::builder().processes(opts.procs).build()?;
-    let times = repeat(opts, opts.items, |n| input.run(&pool, opts.chunksize, n))?;
-    let rate: Vec<f64> = times
-        .iter()
-        .map(|t| opts.items as f64 / t.as_secs_f64())
-        .collect();
-    emit("items_per_s", "items/s", true, &rate, &[]);
-    Ok(())
-}
-
-/// The tiny workload through `istarmap` (Python: `imap`, whose default chunk
-/// size is 1): results are consumed one by one as they come, in order.
-fn lazy(opts: &Opts) -> Result<(), Error> {
-    let input = TinyInput::new(opts.items);
-    let pool = Pool::builder().processes(opts.procs).build()?;
-    let chunksize = opts.chunksize.unwrap_or(1);
-    let times = repeat(opts, opts.items, |n| {
+    /// One timed `istarmap` of the first `n` items (Python: `imap`, whose
+    /// default chunk size is 1), each result consumed as it comes, checked.
+    fn run_lazy(&self, pool: &Pool, chunksize: usize, n: usize) -> Result<Duration, Error> {
+        let input = self.items[..n].iter().copied();
         let t0 = Instant::now();
-        let mut sum = 0u64;
-        let mut count = 0;
-        for result in pool
-            .chunksize(chunksize)
-            .istarmap(task!(power), input.items[..n].iter().copied())
-        {
+        let (mut count, mut sum) = (0, 0u64);
+        for result in pool.chunksize(chunksize).istarmap(task!(power), input) {
             sum = sum.wrapping_add(result?);
             count += 1;
         }
         let elapsed = t0.elapsed();
-        check(count == n, "result count")?;
-        if n == input.items.len() {
-            check(sum == input.expected, "result sum")?;
-        }
+        self.check(n, count, sum)?;
         Ok(elapsed)
+    }
+
+    /// `count` results of the first `n` items came back, summing to `sum`
+    /// (checked on the full input).
+    fn check(&self, n: usize, count: usize, sum: u64) -> Result<(), Error> {
+        check(count == n, "result count")?;
+        if n == self.items.len() {
+            check(sum == self.expected, "result sum")?;
+        }
+        Ok(())
+    }
+}
+
+/// The tiny workload through `starmap`, or (`lazy`) through `istarmap`
+/// with chunks of 1 unless told otherwise.
+fn tiny(opts: &Opts, lazy: bool) -> Result<(), Error> {
+    let input = TinyInput::new(opts.items);
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, opts.items, |n| {
+        if lazy {
+            input.run_lazy(&pool, opts.chunksize.unwrap_or(1), n)
+        } else {
+            input.run(&pool, opts.chunksize, n)
+        }
     })?;
     let rate: Vec<f64> = times
         .iter()
@@ -672,8 +670,8 @@ fn main() -> Result<(), Error> {
         "start-cold" => start_cold(&opts),
         "start-once" => start_once(&opts),
         "roundtrip" => roundtrip(&opts),
-        "tiny" => tiny(&opts),
-        "lazy" => lazy(&opts),
+        "tiny" => tiny(&opts, false),
+        "lazy" => tiny(&opts, true),
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
         "cpu" => cpu(&opts),

@@ -9,7 +9,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pool_runtime::Pool;
@@ -28,10 +27,7 @@ fn probe_program() {
     // Forked by the first server, and kept until the exit.
     let second = pool();
     assert!(
-        second
-            .worker_pids()
-            .iter()
-            .all(|&p| common::parent_of(p) == Some(retired)),
+        common::all_children_of(&second.worker_pids(), retired),
         "the second pool's workers are forks"
     );
     // A changed environment retires that server (it still serves the
@@ -43,10 +39,7 @@ fn probe_program() {
     // Once a pool's workers are its forks, the new server is in use.
     let fourth = pool();
     assert!(
-        fourth
-            .worker_pids()
-            .iter()
-            .all(|&p| common::parent_of(p) == Some(current)),
+        common::all_children_of(&fourth.worker_pids(), current),
         "the fourth pool's workers are forks of the new server"
     );
     assert!(
@@ -64,16 +57,7 @@ fn a_program_reaps_its_fork_servers_at_exit() {
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
     let me = std::process::id();
-    let mut program = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "probe_program",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("POOL_PROBE_EXIT", "1")
-        .stdout(Stdio::piped())
+    let mut program = common::probe_command("probe_program", "POOL_PROBE_EXIT")
         .spawn()
         .expect("the program starts");
     let stdout = program.stdout.take().expect("piped");

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use pool_runtime::prelude::*;
@@ -44,16 +44,7 @@ fn probe_parent() {
 /// Starts the parent program; returns it and its workers' pids (and its
 /// fork server's, if `forked`: then the workers are forks).
 fn start_parent(own_group: bool, forked: bool) -> (Child, Vec<u32>) {
-    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args([
-        "probe_parent",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("POOL_PROBE_PARENT", "1")
-    .stdout(Stdio::piped());
+    let mut cmd = common::probe_command("probe_parent", "POOL_PROBE_PARENT");
     if forked {
         cmd.env("POOL_PROBE_FORKED", "1");
     }

@@ -478,6 +478,7 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
+    use crate::serde_shapes::{Shape, everything};
 
     /// Both decoders agree on `bytes`: the same value, or both fail.
     fn same<T: DeserializeOwned + PartialEq + std::fmt::Debug>(bytes: &[u8]) {
@@ -502,102 +503,6 @@ mod tests {
         // that needs fewer bytes).
         for end in 0..bytes.len() {
             same::<T>(&bytes[..end]);
-        }
-    }
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Unit;
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Newtype(i32);
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Pair(u8, String);
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    enum Shape {
-        Empty,
-        Circle(f64),
-        Rect(u32, u32),
-        Named { label: String, sides: Option<u16> },
-    }
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Everything {
-        flag: bool,
-        small: (i8, u8, i16, u16),
-        mid: (i32, u32, f32),
-        wide: (i64, u64, f64),
-        huge: (i128, u128),
-        letter: char,
-        text: String,
-        bytes: serde_bytes_like::Bytes,
-        list: Vec<u64>,
-        map: BTreeMap<String, i64>,
-        nothing: (),
-        unit: Unit,
-        newtype: Newtype,
-        pair: Pair,
-        shapes: Vec<Shape>,
-        maybe: Option<Box<Everything>>,
-    }
-
-    /// A byte buffer through `serialize_bytes` / `deserialize_byte_buf`.
-    mod serde_bytes_like {
-        use serde::{Deserializer, Serializer};
-
-        #[derive(Debug, PartialEq)]
-        pub struct Bytes(pub Vec<u8>);
-
-        impl serde::Serialize for Bytes {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_bytes(&self.0)
-            }
-        }
-
-        impl<'de> serde::Deserialize<'de> for Bytes {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl serde::de::Visitor<'_> for V {
-                    type Value = Bytes;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("bytes")
-                    }
-                    fn visit_bytes<E>(self, v: &[u8]) -> Result<Bytes, E> {
-                        Ok(Bytes(v.to_vec()))
-                    }
-                }
-                d.deserialize_byte_buf(V)
-            }
-        }
-    }
-
-    fn everything(depth: u32) -> Everything {
-        Everything {
-            flag: depth.is_multiple_of(2),
-            small: (-128, 255, i16::MIN, u16::MAX),
-            mid: (i32::MIN, u32::MAX, f32::MIN_POSITIVE),
-            wide: (i64::MIN, u64::MAX, -0.0),
-            huge: (i128::MIN, u128::MAX),
-            letter: '𝄞',
-            text: "naïve ✓".into(),
-            bytes: serde_bytes_like::Bytes(vec![0, 1, 0x80, 0xff]),
-            list: vec![0, 127, 128, 16_384, u64::MAX],
-            map: [("a".to_owned(), -1), ("b".to_owned(), i64::MAX)].into(),
-            nothing: (),
-            unit: Unit,
-            newtype: Newtype(-5),
-            pair: Pair(7, String::new()),
-            shapes: vec![
-                Shape::Empty,
-                Shape::Circle(1.5),
-                Shape::Rect(3, 400),
-                Shape::Named {
-                    label: "tri".into(),
-                    sides: Some(3),
-                },
-            ],
-            maybe: (depth > 0).then(|| Box::new(everything(depth - 1))),
         }
     }
 

@@ -379,64 +379,17 @@ impl ser::SerializeMap for &mut Encoder<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use proptest::prelude::*;
-    use serde::{Deserialize, Serialize, Serializer};
+    use serde::{Serialize, Serializer};
 
     use super::*;
+    use crate::serde_shapes::{Bytes, Everything, everything};
 
     /// Both encoders agree on `value`, byte for byte.
     fn same<T: Serialize + std::fmt::Debug>(value: &T) {
         let ours = to_vec(value).expect("our encoder");
         let theirs = postcard::to_stdvec(value).expect("postcard");
         assert_eq!(ours, theirs, "{value:?}");
-    }
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Unit;
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Newtype(i32);
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Pair(u8, String);
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    enum Shape {
-        Empty,
-        Circle(f64),
-        Rect(u32, u32),
-        Named { label: String, sides: Option<u16> },
-    }
-
-    #[derive(Debug, Serialize, Deserialize, PartialEq)]
-    struct Everything {
-        flag: bool,
-        small: (i8, u8, i16, u16),
-        mid: (i32, u32, f32),
-        wide: (i64, u64, f64),
-        huge: (i128, u128),
-        letter: char,
-        text: String,
-        list: Vec<u64>,
-        map: BTreeMap<String, i64>,
-        nothing: (),
-        unit: Unit,
-        newtype: Newtype,
-        pair: Pair,
-        shapes: Vec<Shape>,
-        maybe: Option<Box<Everything>>,
-    }
-
-    /// Raw bytes through `serialize_bytes`.
-    #[derive(Debug)]
-    struct Bytes(Vec<u8>);
-
-    impl Serialize for Bytes {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_bytes(&self.0)
-        }
     }
 
     /// A value written through `collect_str`.
@@ -499,56 +452,7 @@ mod tests {
 
     #[test]
     fn every_serde_shape_encodes_like_postcard() {
-        let leaf = Everything {
-            flag: true,
-            small: (-5, 200, -300, 60_000),
-            mid: (-70_000, 4_000_000_000, 0.25),
-            wide: (i64::MIN, u64::MAX, -1e300),
-            huge: (-(1 << 100), 1 << 120),
-            letter: 'ß',
-            text: "héllo".into(),
-            list: vec![0, 1, 128, u64::MAX],
-            map: [("a".to_owned(), -1), ("b".to_owned(), 1 << 40)].into(),
-            nothing: (),
-            unit: Unit,
-            newtype: Newtype(-2),
-            pair: Pair(9, String::new()),
-            shapes: vec![
-                Shape::Empty,
-                Shape::Circle(2.5),
-                Shape::Rect(3, 1 << 20),
-                Shape::Named {
-                    label: "tri".into(),
-                    sides: Some(3),
-                },
-                Shape::Named {
-                    label: String::new(),
-                    sides: None,
-                },
-            ],
-            maybe: None,
-        };
-        same(&leaf);
-        let nested = Everything {
-            maybe: Some(Box::new(leaf)),
-            ..Everything {
-                flag: false,
-                small: (0, 0, 0, 0),
-                mid: (0, 0, 0.0),
-                wide: (0, 0, 0.0),
-                huge: (0, 0),
-                letter: '\0',
-                text: String::new(),
-                list: vec![],
-                map: BTreeMap::new(),
-                nothing: (),
-                unit: Unit,
-                newtype: Newtype(0),
-                pair: Pair(0, "z".into()),
-                shapes: vec![],
-                maybe: None,
-            }
-        };
+        let nested = everything(2);
         same(&nested);
         let bytes = to_vec(&nested).expect("encode");
         let back: Everything = postcard::from_bytes(&bytes).expect("postcard decodes it");

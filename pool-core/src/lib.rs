@@ -16,6 +16,8 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod registry;
+#[cfg(test)]
+mod serde_shapes;
 pub mod task;
 pub mod wire;
 

@@ -154,3 +154,28 @@ pub fn is_fork_server(pid: u32) -> bool {
         })
     })
 }
+
+/// This test binary run again as a program: only the ignored test `probe`
+/// runs, with environment variable `var` set to "1" (the probe does nothing
+/// without it), and its stdout piped.
+#[allow(dead_code)]
+pub fn probe_command(probe: &str, var: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([
+        probe,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(var, "1")
+    .stdout(std::process::Stdio::piped());
+    cmd
+}
+
+/// Whether every pid in `pids` is a child of `parent` (for workers: forks
+/// of that fork server).
+#[allow(dead_code)]
+pub fn all_children_of(pids: &[u32], parent: u32) -> bool {
+    pids.iter().all(|&p| parent_of(p) == Some(parent))
+}
