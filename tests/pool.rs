@@ -95,3 +95,17 @@ fn zero_processes_is_an_error() {
         .expect_err("zero processes");
     assert!(matches!(err, Error::InvalidSetting(_)), "{err}");
 }
+
+/// A task named `args` whose parameter is also named `args`: the generated
+/// code names its own argument struct hygienically, so neither is shadowed.
+#[task]
+fn args(args: u64) -> u64 {
+    args * 3
+}
+
+#[test]
+fn a_task_named_args_runs() {
+    let pool = pool();
+    assert_eq!(pool.map(task!(args), [1, 2, 3]).expect("map"), [3, 6, 9]);
+    assert_eq!(pool.apply(task!(args), 5).expect("apply"), 15);
+}

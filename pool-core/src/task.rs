@@ -13,13 +13,11 @@ use serde::de::DeserializeOwned;
     label = "expected a task handle here",
     note = "mark the function with #[task] and pass `task!(path::to::function)`"
 )]
-pub trait Task: Copy + Send + Sync + 'static {
+pub trait Task: sealed::Sealed + Copy + Send + Sync + 'static {
     /// The function's full path, `crate::module::function`.
     const NAME: &'static str;
     /// A stable 64-bit id derived at compile time from [`Task::NAME`].
     const ID: u64;
-    /// How many arguments the function takes.
-    const ARITY: usize;
     /// The generated argument struct (`PowerArgs { x, n }`).
     type Args: Serialize + DeserializeOwned + Send + 'static;
     /// The function's return type.
@@ -28,11 +26,29 @@ pub trait Task: Copy + Send + Sync + 'static {
     fn call(args: Self::Args) -> Self::Output;
 }
 
+/// Sealing [`Task`]: only `#[task]` implements it, through this hidden
+/// supertrait. Not public API.
+#[doc(hidden)]
+pub mod sealed {
+    /// Implemented by `#[task]` beside [`Task`](super::Task); implementing
+    /// it by hand is not supported.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a task handle: only `#[task]` implements `Task`",
+        note = "mark the function with #[task] and pass `task!(path::to::function)`"
+    )]
+    pub trait Sealed {}
+}
+
 /// Marks tasks that take exactly one argument, the ones `map` and `imap` accept.
+///
+/// Passing a function instead of its handle (`map(square, ..)` instead of
+/// `map(task!(square), ..)`) is reported through this trait too, so its
+/// message covers both mistakes.
 #[diagnostic::on_unimplemented(
-    message = "`map` and `imap` take a one-argument task, but `{Self}` takes several arguments",
-    label = "this task takes more than one argument",
-    note = "use `starmap` (or `istarmap`) with one tuple of arguments per call"
+    message = "`{Self}` is not the handle of a one-argument task, which `map` and `imap` take",
+    label = "`map` and `imap` need a one-argument task, passed as `task!(f)`",
+    note = "a function is passed as its handle: wrap the function in `task!(...)`, e.g. `pool.map(task!(square), xs)`",
+    note = "a task of several arguments goes to `starmap` (or `istarmap`), with one tuple of arguments per call"
 )]
 pub trait UnaryTask: Task {}
 
@@ -54,6 +70,7 @@ pub trait IntoArgs<T: Task> {
 
 /// Types that can cross the process boundary: serde's `Serialize` and
 /// `Deserialize`. Every task argument and result must be one.
+#[doc(hidden)]
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot cross the process boundary: it does not implement serde's `Serialize` and `Deserialize`",
     label = "task arguments and results must implement `Serialize` and `Deserialize`",
@@ -64,6 +81,7 @@ pub trait Wire: Serialize + DeserializeOwned {}
 impl<T: Serialize + DeserializeOwned> Wire for T {}
 
 /// Compile-time check, emitted by `#[task]` on each argument and result type.
+#[doc(hidden)]
 pub const fn assert_wire<T: Wire>() {}
 
 /// What an initializer task may return: `()`, or `Result<(), E>` whose
@@ -93,6 +111,7 @@ impl<E: std::fmt::Display> InitOutput for Result<(), E> {
 ///
 /// Evaluated at compile time, so the parent and its workers (the same binary)
 /// always agree, and no address or load order enters it.
+#[doc(hidden)]
 pub const fn task_id(path: &str) -> u64 {
     let bytes = path.as_bytes();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

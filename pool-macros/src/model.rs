@@ -33,6 +33,29 @@ fn camel(ident: &syn::Ident) -> String {
     }
 }
 
+/// The options `#[task]` and `#[main]` take: only `crate = path`, the path
+/// of `pool_runtime` when it is re-exported under another name
+/// (`::pool_runtime` by default). `attr` names the attribute in errors.
+pub(crate) fn crate_option(args: TokenStream, attr: &str) -> syn::Result<syn::Path> {
+    let mut krate: syn::Path = syn::parse_quote!(::pool_runtime);
+    if args.is_empty() {
+        return Ok(krate);
+    }
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("crate") {
+            krate = meta.value()?.parse()?;
+            Ok(())
+        } else {
+            Err(meta.error(format!(
+                "unknown {attr} option `{}`; expected `crate = path`",
+                meta.path.to_token_stream().to_string().replace(' ', "")
+            )))
+        }
+    });
+    syn::parse::Parser::parse2(parser, args)?;
+    Ok(krate)
+}
+
 /// One parameter of the task function.
 struct Param {
     name: syn::Ident,
@@ -129,23 +152,10 @@ impl<'a> TaskFn<'a> {
     /// reporting every problem at once.
     pub(crate) fn from_syn(args: TokenStream, func: &'a syn::ItemFn) -> syn::Result<Self> {
         let mut errors = Errors::default();
-        let mut krate: syn::Path = syn::parse_quote!(::pool_runtime);
-        if !args.is_empty() {
-            let parser = syn::meta::parser(|meta| {
-                if meta.path.is_ident("crate") {
-                    krate = meta.value()?.parse()?;
-                    Ok(())
-                } else {
-                    Err(meta.error(format!(
-                        "unknown #[task] option `{}`; expected `crate = path`",
-                        meta.path.to_token_stream().to_string().replace(' ', "")
-                    )))
-                }
-            });
-            if let Err(err) = syn::parse::Parser::parse2(parser, args) {
-                errors.at(err.to_compile_error(), err);
-            }
-        }
+        let krate = crate_option(args, "#[task]").unwrap_or_else(|err| {
+            errors.at(err.to_compile_error(), err);
+            syn::parse_quote!(::pool_runtime)
+        });
 
         let sig = &func.sig;
         if let Some(token) = &sig.asyncness {
@@ -240,15 +250,18 @@ impl<'a> TaskFn<'a> {
             krate.to_token_stream().to_string().replace(' ', "")
         );
 
+        // `call`'s parameter is hygienic (mixed-site span): a task function
+        // or a parameter named `args` is not shadowed by it.
+        let args_var = syn::Ident::new("args", Span::mixed_site());
         let call_args: Vec<TokenStream> = self
             .params
             .iter()
             .map(|p| {
                 let name = &p.name;
                 if p.borrowed.is_some() {
-                    quote!(::core::borrow::Borrow::borrow(&args.#name))
+                    quote!(::core::borrow::Borrow::borrow(&#args_var.#name))
                 } else {
-                    quote!(args.#name)
+                    quote!(#args_var.#name)
                 }
             })
             .collect();
@@ -371,14 +384,15 @@ impl<'a> TaskFn<'a> {
                 #inner_vis struct #handle;
             }
 
+            impl #private::TaskSealed for #handle_path {}
+
             impl #private::Task for #handle_path {
                 const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", #fn_name);
                 const ID: u64 = #private::task_id(<Self as #private::Task>::NAME);
-                const ARITY: usize = #arity;
                 type Args = #args_ident;
                 #output_decl
                 #[inline]
-                fn call(args: #args_ident) -> #output {
+                fn call(#args_var: #args_ident) -> #output {
                     #fn_ident(#(#call_args),*)
                 }
             }

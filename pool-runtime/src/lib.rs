@@ -257,7 +257,7 @@ pub use async_result::AsyncResult;
 pub use builder::PoolBuilder;
 pub use error::{Error, ExitCause, ProtocolError, RegistryError, TaskFailure};
 pub use pool::{Call, Imap, ImapUnordered, Pool};
-pub use pool_core::{IntoArgs, Task, UnaryTask};
+pub use pool_core::{InitOutput, IntoArgs, Task, UnaryTask};
 pub use stats::{PoolStats, WorkerStats};
 
 /// Registers a function as a pool task.
@@ -318,6 +318,18 @@ pub use pool_macros::task;
 /// fn main() {
 ///     // ...
 /// }
+/// ```
+///
+/// `#[pool_runtime::main(crate = path)]`, like `#[task(crate = path)]`,
+/// names the `pool_runtime` crate when it is re-exported under another path:
+///
+/// ```
+/// mod reexport {
+///     pub use pool_runtime as pool;
+/// }
+///
+/// #[reexport::pool::main(crate = crate::reexport::pool)]
+/// fn main() {}
 /// ```
 pub use pool_macros::main;
 
@@ -447,6 +459,7 @@ pub(crate) fn harness_args() -> Option<Vec<String>> {
 pub mod __private {
     pub use ::{inventory, postcard, serde};
     pub use pool_core::registry::TaskEntry;
+    pub use pool_core::task::sealed::Sealed as TaskSealed;
     pub use pool_core::{IntoArgs, Task, UnaryTask, assert_wire, task_id};
 
     /// A test binary's worker entry test, registered by `test_support!`.

@@ -1,0 +1,2 @@
+#[pool_runtime::main(threads = 4)]
+fn main() {}
