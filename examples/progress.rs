@@ -1,8 +1,9 @@
-//! A long `map` with a progress bar (rate and ETA) on stderr, drawn only
-//! when stderr is a terminal; plus the plain progress hook, which works
-//! without the feature.
+//! A long `map` with a progress bar (rate, elapsed time and ETA) on the
+//! terminal's last row, drawn only when stderr is a terminal: lines the
+//! tasks print scroll above it. Then the plain progress hook.
 //!
 //! Run: `cargo run --release --features progress --example progress`
+//! (without the feature, the same numbers are drawn as a plain text line).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,10 +11,15 @@ use std::time::Duration;
 use pool_runtime::prelude::*;
 use pool_runtime::task;
 
-/// Three milliseconds of work.
+/// Three milliseconds of work; item 1000 takes 1.5 s, and every 500th item
+/// prints a line from its worker, which scrolls above the bar.
 #[task]
 fn step(x: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(3));
+    let ms = if x == 1000 { 1500 } else { 3 };
+    std::thread::sleep(Duration::from_millis(ms));
+    if x.is_multiple_of(500) {
+        println!("step {x} done in worker {}", std::process::id());
+    }
     x + 1
 }
 

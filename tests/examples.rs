@@ -233,3 +233,82 @@ fn observe_traces_a_killed_worker_with_its_pid_and_signal() {
         "{stdout}"
     );
 }
+
+/// The screen of a tmux pane, one string per row.
+fn tmux_screen(socket: &str, session: &str) -> Vec<String> {
+    let out = Command::new("tmux")
+        .args(["-L", socket, "capture-pane", "-p", "-t", session])
+        .output()
+        .expect("tmux capture-pane");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Under a terminal (a tmux pane of 100 x 20), the `progress` example's bar
+/// sits on the last row and ticks while items run (its elapsed time moves),
+/// and the lines its tasks print scroll above it: no row ends up holding a
+/// torn or stale bar. Needs tmux.
+#[test]
+#[ignore = "needs tmux: cargo test --test examples -- --ignored progress_bar_under_a_terminal"]
+fn progress_bar_under_a_terminal() {
+    for features in [&["progress"][..], &[]] {
+        // Builds the example (with or without the feature); the run below
+        // goes through tmux.
+        run_example_with("progress", features, &[]);
+        let exe = std::env::current_exe().expect("test path");
+        let example = exe
+            .parent()
+            .and_then(|d| d.parent())
+            .expect("target dir")
+            .join("examples/progress");
+        let socket = format!("pool-progress-{}", std::process::id());
+        let session = "progress";
+        let status = Command::new("tmux")
+            .args(["-L", &socket, "new-session", "-d", "-x", "100", "-y", "20"])
+            .args(["-s", session])
+            .arg(format!("{}; sleep 60", example.display()))
+            .status()
+            .expect("tmux runs");
+        assert!(status.success(), "tmux new-session");
+        let bar_row = |screen: &[String]| screen.last().cloned().unwrap_or_default();
+        let mut elapsed_seen = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut screen = Vec::new();
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1000));
+            screen = tmux_screen(&socket, session);
+            let row = bar_row(&screen);
+            if row.contains("/1500 items") {
+                elapsed_seen.push(row.clone());
+            }
+            if screen.iter().any(|l| l.contains("hook: 400 results")) {
+                break;
+            }
+        }
+        let _ = Command::new("tmux")
+            .args(["-L", &socket, "kill-server"])
+            .status();
+        let text = screen.join("\n");
+        assert!(text.contains("hook: 400 results"), "{features:?}:\n{text}");
+        // The bar ticked: two captures a second apart differ.
+        assert!(
+            elapsed_seen.windows(2).any(|w| w[0] != w[1]),
+            "{features:?}: {elapsed_seen:?}"
+        );
+        // Each line a task printed is alone on its row; exactly one row
+        // holds the bar's final state, and it is complete.
+        let steps: Vec<&String> = screen.iter().filter(|l| l.contains("step ")).collect();
+        assert!(!steps.is_empty(), "{features:?}:\n{text}");
+        for line in &steps {
+            assert!(
+                line.starts_with("step ") && !line.contains("items"),
+                "{features:?}: torn line {line:?}\n{text}"
+            );
+        }
+        let bars: Vec<&String> = screen.iter().filter(|l| l.contains(" items ")).collect();
+        assert_eq!(bars.len(), 1, "{features:?}:\n{text}");
+        assert!(bars[0].contains("1500/1500 items"), "{features:?}:\n{text}");
+    }
+}
