@@ -16,6 +16,9 @@ pub struct WorkerStats {
     /// Times the slot's worker was replaced (death, timeout,
     /// `max_tasks_per_child`).
     pub respawns: u64,
+    /// Times a worker for this slot failed to start (each is retried with
+    /// backoff; see [`Error::Broken`](crate::Error::Broken)).
+    pub start_failures: u64,
     /// Time spent running chunks.
     pub busy: Duration,
 }
