@@ -239,6 +239,10 @@
 //!   to build (Debian: `openmpi-bin libopenmpi-dev libclang-dev`); the
 //!   README's "Running on a cluster" says more.
 
+// docs.rs builds with `--cfg docsrs` on nightly: feature-gated items get a
+// "Available on crate feature ... only" badge.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 use std::sync::atomic::Ordering;
 
 mod async_result;
