@@ -2,10 +2,11 @@
 //! with three ranks (rank 0 owns the pool, ranks 1 and 2 are its workers).
 //!
 //! Run: `cargo test --features mpi --test mpi` (Debian: `apt-get install
-//! openmpi-bin libopenmpi-dev libclang-dev`). Without the feature, or without
-//! `mpirun` on the PATH, every test says "skipped: ..." on stderr and passes.
+//! openmpi-bin libopenmpi-dev libclang-dev`). Without the feature every test
+//! is ignored, with that command as the reason, so the test summary says
+//! they did not run; with it, a missing `mpirun` fails the tests that need
+//! it, saying what to install.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
@@ -15,32 +16,12 @@ use std::time::{Duration, Instant};
 /// that no rank is left running must not see another test's ranks.
 static ONE_JOB: Mutex<()> = Mutex::new(());
 
-/// Why these tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
-    if !cfg!(feature = "mpi") {
-        return Some(
-            "built without the `mpi` feature; run `cargo test --features mpi --test mpi`".into(),
-        );
-    }
-    if find_on_path("mpirun").is_none() {
-        return Some(
-            "`mpirun` is not on the PATH (Debian: apt-get install openmpi-bin libopenmpi-dev libclang-dev)"
-                .into(),
-        );
-    }
-    None
-}
-
-/// `true` if the test may run; otherwise says why on the terminal.
-fn mpi_available(test: &str) -> bool {
-    match skip_reason() {
-        None => true,
-        Some(reason) => {
-            // Straight to the terminal: the harness would swallow eprintln!.
-            let _ = writeln!(std::io::stderr(), "{test}: skipped: {reason}");
-            false
-        }
-    }
+/// Panics, saying what to install, when `mpirun` is not on the PATH.
+fn require_mpirun() {
+    assert!(
+        find_on_path("mpirun").is_some(),
+        "`mpirun` is not on the PATH (Debian: apt-get install openmpi-bin libopenmpi-dev libclang-dev)"
+    );
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {
@@ -130,6 +111,7 @@ fn leftovers(exe: &Path) -> Vec<String> {
 
 /// The example under `mpirun -n 3`; checks that no rank outlives the job.
 fn mpirun(program: Option<&str>, limit: Duration) -> Output {
+    require_mpirun();
     let exe = example();
     let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
     let mut command = Command::new("mpirun");
@@ -191,10 +173,11 @@ fn got(stdout: &str) -> Vec<(u32, f64)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn the_seed_program_runs_its_tasks_on_ranks_1_and_2() {
-    if !mpi_available("the_seed_program_runs_its_tasks_on_ranks_1_and_2") {
-        return;
-    }
     let output = mpirun(None, Duration::from_secs(120));
     let (stdout, stderr) = text(&output);
     assert!(
@@ -219,10 +202,11 @@ fn the_seed_program_runs_its_tasks_on_ranks_1_and_2() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn every_kind_of_call_works_across_ranks() {
-    if !mpi_available("every_kind_of_call_works_across_ranks") {
-        return;
-    }
     let output = mpirun(Some("tour"), Duration::from_secs(120));
     let (stdout, stderr) = text(&output);
     assert!(
@@ -246,10 +230,11 @@ fn every_kind_of_call_works_across_ranks() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn a_panicking_task_is_an_err_on_rank_0_and_the_job_ends_cleanly() {
-    if !mpi_available("a_panicking_task_is_an_err_on_rank_0_and_the_job_ends_cleanly") {
-        return;
-    }
     let output = mpirun(Some("panic"), Duration::from_secs(120));
     let (stdout, stderr) = text(&output);
     assert!(
@@ -272,10 +257,11 @@ fn a_panicking_task_is_an_err_on_rank_0_and_the_job_ends_cleanly() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn a_dead_rank_ends_the_whole_job_and_leaves_no_rank_behind() {
-    if !mpi_available("a_dead_rank_ends_the_whole_job_and_leaves_no_rank_behind") {
-        return;
-    }
     // Plain MPI cannot lose a rank and go on: mpirun ends every rank.
     let output = mpirun(Some("abort"), Duration::from_secs(120));
     let (stdout, stderr) = text(&output);
@@ -286,10 +272,11 @@ fn a_dead_rank_ends_the_whole_job_and_leaves_no_rank_behind() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn a_task_calling_process_exit_aborts_the_job_with_a_message() {
-    if !mpi_available("a_task_calling_process_exit_aborts_the_job_with_a_message") {
-        return;
-    }
     let output = mpirun(Some("exit"), Duration::from_secs(120));
     let (stdout, stderr) = text(&output);
     assert!(!output.status.success(), "{stdout}\n{stderr}");
@@ -301,10 +288,11 @@ fn a_task_calling_process_exit_aborts_the_job_with_a_message() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn a_frame_above_mpis_2_gib_message_limit_is_split() {
-    if !mpi_available("a_frame_above_mpis_2_gib_message_limit_is_split") {
-        return;
-    }
     let output = mpirun(Some("big"), Duration::from_secs(600));
     let (stdout, stderr) = text(&output);
     assert!(
@@ -319,10 +307,11 @@ fn a_frame_above_mpis_2_gib_message_limit_is_split() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn idle_ranks_do_not_spin() {
-    if !mpi_available("idle_ranks_do_not_spin") {
-        return;
-    }
     let output = mpirun(Some("idle"), Duration::from_secs(120));
     let (stdout, stderr) = text(&output);
     assert!(
@@ -352,10 +341,11 @@ fn idle_ranks_do_not_spin() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn an_mpi_library_that_does_not_match_the_launcher_is_refused() {
-    if !mpi_available("an_mpi_library_that_does_not_match_the_launcher_is_refused") {
-        return;
-    }
     // MPICH's mpiexec sets PMI_RANK/PMI_SIZE; Open MPI ignores them and
     // starts a world of one, which must not run as one of three jobs.
     let exe = example();
@@ -376,10 +366,11 @@ fn an_mpi_library_that_does_not_match_the_launcher_is_refused() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn without_a_launcher_the_same_binary_uses_local_processes() {
-    if !mpi_available("without_a_launcher_the_same_binary_uses_local_processes") {
-        return;
-    }
     let exe = example();
     let output = run(Command::new(&exe), Duration::from_secs(60));
     let (stdout, stderr) = text(&output);
