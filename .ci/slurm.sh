@@ -4,8 +4,9 @@
 # directory, starts munged, slurmctld and slurmd as plain processes, runs the
 # mpi_starmap example with `srun --mpi=pmix -n 3` (and `--mpi=pmi2`, which may
 # not work: then it says why), submits examples/slurm/mpi_starmap.sbatch with
-# `sbatch --wait`, checks the results, then stops every daemon it started and
-# checks that no daemon or rank is left.
+# `sbatch --wait` as it is and as `--ntasks=5 ... tour`, checks the results,
+# then stops every daemon it started and checks that no daemon, client or
+# rank is left.
 #
 # Run as root (slurmd needs it), as CI does: `bash .ci/slurm.sh`. Uses
 # $CARGO_TARGET_DIR if set, else target/. If Slurm cannot be installed it says
@@ -82,18 +83,18 @@ CARGO_TARGET_DIR=$target timeout 1200 cargo build --quiet --release --features m
 [ -x "$exe" ] || fail "no executable at $exe"
 
 # --- Temporary cluster -------------------------------------------------------
-# Slurm and munge processes already running before this script (a system's
-# own) are not ours: neither stopped nor counted as left behind.
-daemons='slurmctld|slurmd|slurmstepd|munged'
+# Slurm, its clients and munge already running before this script (a
+# system's own) are not ours: neither stopped nor counted as left behind.
+daemons='slurmctld|slurmscriptd|slurmd|slurmstepd|munged|srun|sbatch'
 before=$(ps -eo pid=,comm= | awk -v re="^($daemons)\$" '$2 ~ re {print $1}' | sort)
 
 tmp=$(mktemp -d /tmp/pool-slurm.XXXXXX)
 chmod 711 "$tmp" # munged wants its socket's directories searchable by all
-munged_pid='' slurmctld_pid='' slurmd_pid=''
+munged_pid='' slurmctld_pid='' slurmd_pid='' seed_job='' tour_job=''
 
 # Process ids of the example's ranks (argv[0] is its absolute path).
 ranks() { ps -eo pid=,args= | awk -v exe="$exe" '$2 == exe {print $1}'; }
-# Slurm and munge processes that were not running before this script.
+# Slurm, its clients and munge that were not running before this script.
 new_daemons() {
   ps -eo pid=,comm= | awk -v re="^($daemons)\$" '$2 ~ re {print $1}' | sort |
     comm -13 <(printf '%s\n' "$before") -
@@ -127,6 +128,9 @@ cleanup() {
   local rc=$? pid left i
   trap - EXIT INT TERM
   set +e
+  # Clients still waiting (when interrupted): `timeout` passes TERM on.
+  stop "$seed_job" 5
+  stop "$tour_job" 5
   if alive "$slurmctld_pid"; then
     # Cancel whatever is still queued or running, and wait for it to end.
     timeout 10 scancel --quiet --user=root 2>/dev/null
@@ -139,8 +143,9 @@ cleanup() {
   stop "$slurmd_pid"
   stop "$slurmctld_pid"
   stop "$munged_pid"
-  # Stragglers: a rank or a slurmstepd that outlived its job.
-  for ((i = 0; i < 50; i++)); do
+  # Stragglers (up to 20 s): a rank, a slurmstepd or a client that outlived
+  # its job.
+  for ((i = 0; i < 200; i++)); do
     left=$(ranks; new_daemons)
     [ -z "$left" ] && break
     sleep 0.1
@@ -158,8 +163,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'say "interrupted (SIGINT)"; exit 130' INT
+trap 'say "interrupted (SIGTERM)"; exit 143' TERM
 
 # Whatever Slurm job this script may itself run in is not the test's.
 for v in $(compgen -v SLURM_ || true); do unset "$v"; done
@@ -182,6 +187,7 @@ slurmd_port=$(free_port)
 while [ "$slurmd_port" = "$ctld_port" ]; do slurmd_port=$(free_port); done
 
 # munge, with a key and a socket of its own: the system's is left alone.
+cluster_start=$SECONDS
 mkdir -m 755 "$tmp/munge"
 (umask 077 && head -c 1024 /dev/urandom >"$tmp/munge.key")
 chmod 400 "$tmp/munge.key"
@@ -235,6 +241,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
 MpiDefault=none
+MailProg=/bin/true
 ReturnToService=2
 KillWait=5
 MinJobAge=10
@@ -263,7 +270,7 @@ for ((i = 0; i < 120; i++)); do
   sleep 0.5
 done
 [ "$state" = idle ] || fail "node $node is '${state:-unknown}', not idle, after 60 s: $(timeout 5 sinfo -h -R 2>&1)"
-say "node $node is idle ($((SECONDS - started)) s since start)"
+say "node $node is idle, $((SECONDS - cluster_start)) s after starting munged"
 plugins=$(timeout 10 srun --mpi=list 2>&1 || true)
 say "srun --mpi=list: $(echo "$plugins" | grep -v -i 'mpi plugin types' | tr -s ' \n' ' ')"
 
@@ -367,17 +374,45 @@ else
 fi
 wait_idle
 
-# The README's batch script, submitted as a user would.
-say "sbatch --wait examples/slurm/mpi_starmap.sbatch"
+# The README's batch script, submitted as a user would, twice at once: as it
+# is (3 tasks, the seed program) and as `sbatch --ntasks=5 ... tour` (4
+# worker ranks, every kind of call): 8 tasks on the 2-core machine.
+say "sbatch --wait examples/slurm/mpi_starmap.sbatch, and with --ntasks=5 tour, at once"
 t0=$SECONDS
-rc=0
 MPI_STARMAP=$exe timeout -k 10 240 sbatch --wait --quiet --output="$tmp/sbatch.out" \
-  examples/slurm/mpi_starmap.sbatch </dev/null || rc=$?
-if [ "$rc" != 0 ] || ! check_seed "$tmp/sbatch.out"; then
-  echo "    sbatch exited with $rc; the job's output:"
+  examples/slurm/mpi_starmap.sbatch </dev/null &
+seed_job=$!
+MPI_STARMAP=$exe timeout -k 10 240 sbatch --wait --quiet --ntasks=5 \
+  --output="$tmp/sbatch-tour.out" --error="$tmp/sbatch-tour.err" \
+  examples/slurm/mpi_starmap.sbatch tour </dev/null &
+tour_job=$!
+seed_rc=0 tour_rc=0
+wait "$seed_job" || seed_rc=$?
+wait "$tour_job" || tour_rc=$?
+seed_job='' tour_job=''
+if [ "$seed_rc" != 0 ] || ! check_seed "$tmp/sbatch.out"; then
+  echo "    sbatch exited with $seed_rc; the job's output:"
   sed 's/^/    /' "$tmp/sbatch.out" 2>/dev/null || true
   fail "the sbatch job did not run the seed program right"
 fi
-say "sbatch: 10 tasks on ranks 1 and 2, 10 results in order ($((SECONDS - t0)) s)"
+say "sbatch: 10 tasks on ranks 1 and 2, 10 results in order"
+# What tests/mpi.rs expects of `mpirun -n 3 ... tour`, with 4 workers.
+expected='Workers: 4
+Map: [1, 4, 9, 16, 25]
+Starmap: [3, 7]
+Chunked map of 1000 in order: true
+Apply: 144
+Async: [11, 22]
+Imap sum: 328350
+Imap unordered: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+Second pool with an initializer: [101, 102, 103]'
+if [ "$tour_rc" != 0 ] || [ "$(cat "$tmp/sbatch-tour.out" 2>/dev/null)" != "$expected" ]; then
+  echo "    sbatch --ntasks=5 ... tour exited with $tour_rc; the job's output:"
+  sed 's/^/    /' "$tmp/sbatch-tour.out" 2>/dev/null || true
+  echo "    its stderr:"
+  tail -n 40 "$tmp/sbatch-tour.err" 2>/dev/null | sed 's/^/    /' || true
+  fail "the sbatch --ntasks=5 tour job did not print what it should"
+fi
+say "sbatch --ntasks=5 tour: 4 workers, every kind of call right ($((SECONDS - t0)) s for both jobs)"
 wait_idle
 say "all Slurm checks passed"
