@@ -333,7 +333,10 @@ impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
                 .finish(self.items)
                 .ok()
                 .and_then(self.finish)
-                .ok_or_else(|| Error::Broken("an async result lost its value".into()));
+                .ok_or_else(|| Error::Broken {
+                    reason: "an async result lost its value".into(),
+                    source: None,
+                });
             self.complete(outcome);
             return true;
         }
@@ -424,7 +427,10 @@ impl Driver {
             collect.fail(err);
         } else if detached.items == 0 {
             let outcome = finish(Vec::new())
-                .ok_or_else(|| Error::Broken("an async call had no input".into()));
+                .ok_or_else(|| Error::Broken {
+                    reason: "an async call had no input".into(),
+                    source: None,
+                });
             collect.complete(outcome);
         } else {
             let _ = self.control.send(Control::Add(job, Box::new(collect)));
@@ -435,11 +441,22 @@ impl Driver {
         }
     }
 
+    /// Whether the calling thread is this result thread (a callback runs).
+    pub(crate) fn is_current(&self) -> bool {
+        self.thread
+            .as_ref()
+            .is_some_and(|t| t.thread().id() == thread::current().id())
+    }
+
     /// Completes every call still pending with [`Error::Terminated`] and
-    /// stops the thread. Call after the scheduler shut down.
+    /// stops the thread. Call after the scheduler shut down. From a
+    /// callback (on this very thread), the thread stops once the callback
+    /// returns, without being waited for.
     pub(crate) fn stop(&mut self) {
         let _ = self.control.send(Control::Stop);
-        if let Some(thread) = self.thread.take() {
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != thread::current().id()
+        {
             let _ = thread.join();
         }
     }

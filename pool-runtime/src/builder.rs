@@ -91,6 +91,12 @@ impl PoolBuilder {
     /// ([`std::thread::available_parallelism`]). Under an MPI launcher
     /// (feature `mpi`): the world size minus one, and a larger `n` is
     /// capped to that.
+    ///
+    /// A local worker costs this process at most 3 file descriptors (its
+    /// two sockets, and a pidfd when it was forked by the fork server). If
+    /// the soft `RLIMIT_NOFILE` leaves too little room for them, `build`
+    /// raises it, up to the hard limit (as Go's runtime does for every
+    /// program); it never lowers it.
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -329,7 +335,40 @@ impl PoolBuilder {
             remote: mpi.map(|(_, start)| start),
             launch,
         };
+        if config.remote.is_none() {
+            make_room_for_descriptors(processes);
+        }
         let (shared, supervisor) = Shared::start(config)?;
         Ok(Pool::from_parts(shared, supervisor))
+    }
+}
+
+/// Raises the soft descriptor limit, up to the hard one, if it leaves less
+/// than 3 descriptors per worker (and some to spare) beside those open now.
+fn make_room_for_descriptors(processes: usize) {
+    let open = std::fs::read_dir("/proc/self/fd").map_or(64, |dir| dir.count());
+    let wanted = (open + 3 * processes + 64) as libc::rlim_t;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= wanted
+    {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: wanted.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit with a valid struct, within the hard limit.
+    if raised.rlim_cur > limit.rlim_cur
+        && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+    {
+        tracing::debug!(
+            from = limit.rlim_cur,
+            to = raised.rlim_cur,
+            "raised the soft limit on open files for the pool's workers"
+        );
     }
 }

@@ -75,8 +75,8 @@ impl fmt::Display for ExitCause {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A worker process could not be started.
-    #[error("failed to start a worker process")]
+    /// A worker process (or a thread for it) could not be started.
+    #[error("failed to start a worker process: {0}")]
     Spawn(#[source] std::io::Error),
     /// A worker started but did not complete the handshake.
     #[error("worker process {pid} failed during start-up: {reason}")]
@@ -189,9 +189,17 @@ pub enum Error {
         /// The panic, error or exit.
         reason: String,
     },
-    /// The pool cannot keep workers alive (they fail at start-up).
-    #[error("the pool stopped: workers keep failing at start-up ({0})")]
-    Broken(String),
+    /// The pool cannot go on: no worker runs and none can be started, or
+    /// a result it waited for was lost.
+    #[error("the pool stopped: {reason}")]
+    Broken {
+        /// What happened, with the cause's message.
+        reason: String,
+        /// The error that caused it, if one did (e.g. [`Error::Spawn`]
+        /// with `EMFILE`, or an MPI launch error).
+        #[source]
+        source: Option<std::sync::Arc<Error>>,
+    },
 }
 
 impl Error {

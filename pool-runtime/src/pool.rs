@@ -262,9 +262,21 @@ impl Pool {
 
     /// Closes the pool, waits for all submitted work, then stops every
     /// worker and reaps it.
+    ///
+    /// Every item an [`imap`](Pool::imap) iterator pulled before the join
+    /// runs and is delivered; the iterator then yields
+    /// [`Error::Terminated`] once (the rest of its input is not read). From
+    /// a result callback, `join` waits for the work of every call, and the
+    /// results of async calls are delivered once the callback returns.
     pub fn join(&self) {
         self.shared.close();
-        self.shared.wait_idle();
+        let from_results_thread = self
+            .driver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(Driver::is_current);
+        self.shared.wait_idle(from_results_thread);
         self.stop(true);
     }
 
@@ -637,9 +649,10 @@ impl<'p> Call<'p> {
 }
 
 fn lost(task: &'static str, index: usize) -> Error {
-    Error::Broken(format!(
-        "the result of task `{task}` on item {index} never arrived"
-    ))
+    Error::Broken {
+        reason: format!("the result of task `{task}` on item {index} never arrived"),
+        source: None,
+    }
 }
 
 /// The iterator of [`Pool::imap`]: one `Result` per input item, in input order.

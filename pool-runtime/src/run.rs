@@ -128,6 +128,9 @@ pub(crate) struct Run<T: Task, I> {
     item_bytes: usize,
     local: VecDeque<(usize, Error)>,
     fatal: Option<Error>,
+    /// The pool stopped before the input was all read: yielded once every
+    /// item pulled so far was delivered.
+    stopped: Option<Error>,
     done: bool,
     reporter: Reporter,
     _task: PhantomData<fn() -> T>,
@@ -212,6 +215,7 @@ where
             item_bytes: 0,
             local: VecDeque::new(),
             fatal: None,
+            stopped: None,
             done: false,
             reporter,
             _task: PhantomData,
@@ -308,6 +312,13 @@ where
             if self.input.is_none() {
                 return Ok(());
             }
+            if self.shared.is_stopping() {
+                // Joined or terminated: what was pulled is delivered (or
+                // failed), and the rest of the input is not read.
+                self.input = None;
+                self.stopped = Some(Error::Terminated);
+                return Ok(());
+            }
             let size = self.next_chunk_size();
             if !self.ordered {
                 self.released = self.delivered;
@@ -351,7 +362,12 @@ where
                     // this one, and start the next chunk with it.
                     let tail = body.split_off(mark);
                     let head = std::mem::replace(&mut body, tail);
-                    submit::<T>(&self.shared, self.guard.job, first, count, head)?;
+                    let sent = submit::<T>(&self.shared, self.guard.job, first, count, head);
+                    if let Err(err) = sent {
+                        // Pulled items are failed, in order, with the rest.
+                        self.stopped_by(first, count, &err);
+                        return Ok(());
+                    }
                     first = index;
                     count = 0;
                 }
@@ -361,7 +377,11 @@ where
                     let failure = TaskFailure::BadArguments { ty, message };
                     // Items before it in this chunk go first; it stays in order.
                     if count > 0 {
-                        self.submit(first, count, std::mem::take(&mut body))?;
+                        self.submit(first, count, std::mem::take(&mut body));
+                        if self.stopped.is_some() {
+                            // This item too was failed with the rest.
+                            return Ok(());
+                        }
                     }
                     let error = Error::Serialization {
                         task: T::NAME,
@@ -377,7 +397,7 @@ where
             }
             if count > 0 {
                 self.item_bytes = body.len().div_ceil(count as usize);
-                self.submit(first, count, body)?;
+                self.submit(first, count, body);
             }
             if exhausted {
                 self.input = None;
@@ -396,8 +416,27 @@ where
         !self.pending.is_empty() || self.rx.as_ref().is_some_and(|rx| rx.has_events())
     }
 
-    fn submit(&self, first: usize, count: u32, body: Vec<u8>) -> Result<(), Error> {
-        submit::<T>(&self.shared, self.guard.job, first, count, body)
+    /// Queues a chunk; if the pool stopped meanwhile, its items fail with
+    /// the pool's error, and no more input is read.
+    fn submit(&mut self, first: usize, count: u32, body: Vec<u8>) {
+        if let Err(err) = submit::<T>(&self.shared, self.guard.job, first, count, body) {
+            self.stopped_by(first, count, &err);
+        }
+    }
+
+    /// The pool refused items `first .. first + count` with `err`: they,
+    /// and every item pulled after them, fail with it; no more input is read.
+    fn stopped_by(&mut self, first: usize, count: u32, err: &Error) {
+        let error = || match err {
+            Error::Closed => Error::Closed,
+            _ => Error::Terminated,
+        };
+        for index in first..self.pulled.max(first + count as usize) {
+            self.local.push_back((index, error()));
+        }
+        self.delivered += self.pulled.max(first + count as usize) - first;
+        self.input = None;
+        self.stopped.get_or_insert_with(error);
     }
 
     /// The next results, in completion order; `None` once every item was
@@ -434,7 +473,7 @@ where
             if self.input.is_none() && self.delivered == self.pulled {
                 self.done = true;
                 self.reporter.finish();
-                return None;
+                return self.stopped.take().map(Err);
             }
             if self.pending.is_empty() {
                 // A call of one item (`apply`) is all latency: it watches

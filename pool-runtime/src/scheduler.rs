@@ -15,7 +15,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -26,7 +26,7 @@ use pool_core::wire::{self, FromWorker, Items, ToWorker};
 
 use crate::backend::forkserver;
 use crate::backend::local::{self, ChildProc, Launch, Signaller, Spawned};
-use crate::backend::shm::{Progress, now_ns};
+use crate::backend::shm::{Progress, Running, now_ns};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
 
@@ -45,6 +45,10 @@ pub(crate) struct Config {
     pub(crate) remote: Option<RemoteStart>,
     pub(crate) launch: Launch,
 }
+
+/// Failed starts in a row of a slot, with no worker running, after which
+/// the pool is broken (about 150 ms of retries).
+const BREAK_AFTER: u32 = 5;
 
 /// Attaches the workers of a remote backend to a new pool.
 pub(crate) type RemoteStart = fn(&Arc<Shared>) -> Result<(), Error>;
@@ -288,8 +292,6 @@ const DIRECT_MAX: usize = 64 << 10;
 
 /// The dispatching side's handle on a local worker's channel.
 struct LocalChannel {
-    /// Written to directly while `backlog` is zero.
-    stream: UnixStream,
     /// Both directions, cut when the worker is killed or found dead.
     ends: Ends,
     /// Frames handed to the worker's writer thread and not yet written.
@@ -304,19 +306,16 @@ struct WriterSide {
     ends: Ends,
 }
 
-/// Both sockets of a local worker's channel, as the pool holds them.
+/// Both sockets of a local worker's channel, as the pool holds them: the
+/// same descriptors the writer and reader threads use (a worker costs the
+/// pool two descriptors, three with the pidfd of a forked one).
+#[derive(Clone)]
 struct Ends {
-    to: UnixStream,
-    from: UnixStream,
+    to: Arc<UnixStream>,
+    from: Arc<UnixStream>,
 }
 
 impl Ends {
-    fn clone_of(to: &UnixStream, from: &UnixStream) -> std::io::Result<Ends> {
-        Ok(Ends {
-            to: to.try_clone()?,
-            from: from.try_clone()?,
-        })
-    }
 
     /// Shuts both down, so the worker's reader wakes (and its writer fails)
     /// even if a process the task forked still holds the other ends.
@@ -326,7 +325,54 @@ impl Ends {
     }
 }
 
+/// How long an item must have run before nothing more is queued behind
+/// it, and the chunks already waiting behind it may move to an idle worker:
+/// 5 ms, or twice the resolution of the coarse clock items are timed with.
+fn stall_limit() -> Duration {
+    static LIMIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+        let mut res = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_getres writes into a valid timespec.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
+        let res = if ok {
+            Duration::new(res.tv_sec as u64, res.tv_nsec as u32)
+        } else {
+            Duration::from_millis(10)
+        };
+        Duration::from_millis(5).max(res * 2)
+    });
+    *LIMIT
+}
+
 impl Worker {
+    /// The chunk in flight whose item runs now, and what the worker's page
+    /// says of it; `None` between items, or without a page.
+    fn running(&self) -> Option<(&InFlight, Running)> {
+        let page = self.progress.as_ref()?.read();
+        if !page.busy() {
+            return None;
+        }
+        self.in_flight
+            .iter()
+            .find(|f| f.id == page.chunk)
+            .map(|f| (f, page))
+    }
+
+    /// Its time per item on `task`, if `task` is what it last finished.
+    fn pace_on(&self, task: u64) -> Option<Duration> {
+        self.pace
+            .and_then(|(last, pace)| pace.per_item().filter(|_| last == task))
+    }
+
+    /// Whether its running item has run longer than [`stall_limit`].
+    fn stalled(&self, now: u64) -> bool {
+        self.running().is_some_and(|(_, running)| {
+            now.saturating_sub(running.started_ns) > stall_limit().as_nanos() as u64
+        })
+    }
+
     /// Sends a frame: to an idle worker whose writer thread has nothing
     /// queued, written right here without blocking, which saves a thread
     /// hand-off on the round trip; otherwise, or for what did not fit,
@@ -345,7 +391,7 @@ impl Worker {
                 && size <= max.min(DIRECT_MAX)
             {
                 let len = (size as u32).to_le_bytes();
-                match send_nowait(&ch.stream, &[&len, &header, &body]) {
+                match send_nowait(&ch.ends.to, &[&len, &header, &body]) {
                     Some(n) if n == 4 + size => return,
                     Some(n) => skip = n,
                     None => {}
@@ -429,13 +475,15 @@ pub(crate) struct State {
     closed: bool,
     terminated: bool,
     live_readers: usize,
-    startup_failures: u32,
+    /// Failed starts in a row, per slot (reset when one starts).
+    start_failures: Vec<u32>,
     /// Counters per slot.
     stats: Vec<WorkerStats>,
     /// Worker processes started but not yet attached (handshake,
     /// initializer): shutdown kills them too.
     starting: Vec<Signaller>,
-    broken: Option<String>,
+    /// Why the pool cannot go on, and the error that caused it.
+    broken: Option<(String, Arc<Error>)>,
     /// The slot that wins the next tie in [`State::dispatch`].
     turn: usize,
     /// Worker threads still starting their worker: shutdown waits for them.
@@ -451,6 +499,8 @@ enum Supervise {
     /// [`Shared::start`] itself).
     Initial(Sender<Result<(), Error>>),
     Respawn(usize),
+    /// Start a replacement for the slot once this time has passed.
+    RespawnAt(usize, Instant),
     /// Start the fork server if it does not run (off the caller's path).
     ForkServer,
     /// Re-check whether timeouts need watching.
@@ -467,6 +517,12 @@ pub(crate) struct Shared {
     /// The automatic chunk size each task's last call settled on, by task
     /// id: the next call of the task starts from it.
     pub(crate) chunk_sizes: Mutex<HashMap<u64, usize>>,
+    /// Set once shutdown begins (read without the lock).
+    stopping: AtomicBool,
+    /// Threads that made events under the lock and send them after it:
+    /// shutdown waits for them before it ends the jobs, so that a job's
+    /// end never overtakes its last results.
+    delivering: AtomicUsize,
 }
 
 /// Deliveries made after the state lock is released: consecutive events
@@ -475,6 +531,23 @@ pub(crate) struct Shared {
 struct Outbox(Vec<(Sink, u64, Vec<Event>)>);
 
 impl Outbox {
+    /// Counts this outbox as [`Shared::delivering`] (call under the lock);
+    /// [`Outbox::send_counted`] sends it and ends the count.
+    fn count(&self, shared: &Shared) -> bool {
+        let counted = !self.0.is_empty();
+        if counted {
+            shared.delivering.fetch_add(1, Ordering::AcqRel);
+        }
+        counted
+    }
+
+    fn send_counted(self, shared: &Shared, counted: bool) {
+        self.send();
+        if counted {
+            shared.delivering.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn push(&mut self, sink: &Sink, job: u64, event: Event) {
         match self.0.last_mut() {
             Some((_, last, events)) if *last == job => events.push(event),
@@ -503,7 +576,7 @@ impl Shared {
                 closed: false,
                 terminated: false,
                 live_readers: 0,
-                startup_failures: 0,
+                start_failures: vec![0; config.processes],
                 stats: vec![WorkerStats::default(); config.processes],
                 starting: Vec::new(),
                 broken: None,
@@ -515,6 +588,8 @@ impl Shared {
             config,
             supervisor: tx.clone(),
             chunk_sizes: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            delivering: AtomicUsize::new(0),
         });
         let sup = Arc::clone(&shared);
         let handle = thread::Builder::new()
@@ -562,8 +637,11 @@ impl Shared {
         if st.closed {
             return Err(Error::Closed);
         }
-        if let Some(reason) = &st.broken {
-            return Err(Error::Broken(reason.clone()));
+        if let Some((reason, source)) = &st.broken {
+            return Err(Error::Broken {
+                reason: reason.clone(),
+                source: Some(Arc::clone(source)),
+            });
         }
         let id = st.next_job;
         st.next_job += 1;
@@ -631,6 +709,11 @@ impl Shared {
         self.changed.notify_all();
     }
 
+    /// Whether the pool is shutting down (or has): no work is accepted.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
     /// Whether `close` was called.
     pub(crate) fn is_closed(&self) -> bool {
         let st = self.lock();
@@ -638,11 +721,15 @@ impl Shared {
     }
 
     /// Waits until no chunk is queued or running and every call but the
-    /// lazy iterators has finished.
-    pub(crate) fn wait_idle(&self) {
+    /// lazy iterators has finished; with `from_results_thread` (a callback
+    /// joining the pool), async calls count as finished once their work is
+    /// done, since that thread would deliver them.
+    pub(crate) fn wait_idle(&self, from_results_thread: bool) {
         let mut st = self.lock();
         while !st.terminated
-            && (st.jobs.values().any(|j| !j.lazy)
+            && (st.jobs.values().any(|j| {
+                !j.lazy && !(from_results_thread && matches!(j.events, Sink::Channel(_)))
+            })
                 || !st.queue.is_empty()
                 || st.workers.iter().flatten().any(|w| !w.in_flight.is_empty()))
         {
@@ -655,6 +742,7 @@ impl Shared {
     /// every worker process has been reaped.
     pub(crate) fn shutdown(&self, graceful: bool, supervisor: thread::JoinHandle<()>) {
         let mut outbox = Outbox::default();
+        self.stopping.store(true, Ordering::Release);
         {
             let mut st = self.lock();
             st.terminated = true;
@@ -676,6 +764,9 @@ impl Shared {
             }
         }
         self.changed.notify_all();
+        while self.delivering.load(Ordering::Acquire) > 0 {
+            thread::yield_now();
+        }
         outbox.send();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.lock();
@@ -728,20 +819,33 @@ impl Shared {
     // ----- supervisor -----
 
     fn supervise(self: Arc<Self>, rx: Receiver<Supervise>) {
+        // Replacements to start later (after a failed start), by due time.
+        let mut delayed: Vec<(Instant, usize)> = Vec::new();
         loop {
             // Fast ticks while an item with a timeout runs; slow ones to
             // notice workers that exited while something kept their channel open.
-            let tick = if self
-                .lock()
-                .workers
-                .iter()
-                .flatten()
-                .any(|w| w.in_flight.iter().any(|f| f.timeout.is_some()))
-            {
-                Duration::from_millis(10)
-            } else {
-                Duration::from_millis(100)
+            // And fast ones while an idle worker may take chunks waiting
+            // behind a long item.
+            let tick = {
+                let st = self.lock();
+                if st.may_steal() {
+                    stall_limit().min(Duration::from_millis(10))
+                } else if st
+                    .workers
+                    .iter()
+                    .flatten()
+                    .any(|w| w.in_flight.iter().any(|f| f.timeout.is_some()))
+                {
+                    Duration::from_millis(10)
+                } else {
+                    Duration::from_millis(100)
+                }
             };
+            let now = Instant::now();
+            let tick = delayed
+                .iter()
+                .map(|&(due, _)| due.saturating_duration_since(now))
+                .fold(tick, Duration::min);
             let msg = match rx.recv_timeout(tick) {
                 Ok(msg) => Some(msg),
                 Err(RecvTimeoutError::Timeout) => None,
@@ -756,12 +860,29 @@ impl Shared {
                     let _ = reply.send(started);
                 }
                 Some(Supervise::Respawn(slot)) => self.respawn(slot),
+                Some(Supervise::RespawnAt(slot, due)) => delayed.push((due, slot)),
                 Some(Supervise::ForkServer) => forkserver::prepare(&self.config.launch),
                 Some(Supervise::Shutdown) => return,
                 Some(Supervise::Wake) | None => {}
             }
+            let now = Instant::now();
+            delayed.retain(|&(due, slot)| {
+                if due <= now {
+                    self.respawn(slot);
+                }
+                due > now
+            });
             self.enforce_timeouts();
+            self.rebalance();
             self.notice_exits();
+        }
+    }
+
+    /// Moves chunks waiting behind long items to idle workers.
+    fn rebalance(&self) {
+        let mut st = self.lock();
+        if st.may_steal() {
+            st.dispatch(&self.config);
         }
     }
 
@@ -804,29 +925,48 @@ impl Shared {
         }
     }
 
-    /// A replacement worker failed to start: try again, or after three
-    /// failures in a row mark the pool broken.
+    /// A replacement worker failed to start: it is tried again after a
+    /// delay that doubles with each failure in a row (10 ms to 1 s). While
+    /// other workers run, the pool goes on with them; once no worker runs
+    /// and the slot failed [`BREAK_AFTER`] times in a row, the pool is
+    /// broken: its calls end with [`Error::Broken`], which keeps `err`.
     fn replacement_failed(&self, slot: usize, err: Error) {
         let mut st = self.lock();
         if st.terminated {
             return;
         }
-        tracing::warn!(slot, error = %err, "a replacement pool worker failed to start");
+        st.stats[slot].start_failures += 1;
+        st.start_failures[slot] += 1;
+        let failures = st.start_failures[slot];
+        tracing::warn!(slot, failures, error = %err, "a replacement pool worker failed to start");
+        let running = st.workers.iter().flatten().any(|w| !w.dying) || st.launching > 0;
         let mut outbox = Outbox::default();
-        st.startup_failures += 1;
-        if st.startup_failures >= 3 {
-            let reason = err.to_string();
-            st.broken = Some(reason.clone());
+        if !running && failures >= BREAK_AFTER {
+            let reason = format!(
+                "no worker is running and its replacement failed to start {failures} times in a row: {err}"
+            );
+            let source = Arc::new(err);
+            st.broken = Some((reason.clone(), Arc::clone(&source)));
             st.queue.clear();
             for (id, job) in st.jobs.drain() {
-                outbox.push(&job.events, id, Event::Fatal(Error::Broken(reason.clone())));
+                let error = Error::Broken {
+                    reason: reason.clone(),
+                    source: Some(Arc::clone(&source)),
+                };
+                outbox.push(&job.events, id, Event::Fatal(error));
             }
         } else {
-            let _ = self.supervisor.send(Supervise::Respawn(slot));
+            let delay = Duration::from_millis(10)
+                .saturating_mul(1 << (failures - 1).min(7))
+                .min(Duration::from_secs(1));
+            let _ = self
+                .supervisor
+                .send(Supervise::RespawnAt(slot, Instant::now() + delay));
         }
+        let counted = outbox.count(self);
         drop(st);
+        outbox.send_counted(self, counted);
         self.changed.notify_all();
-        outbox.send();
     }
 
     /// A worker thread is done starting its worker (attached or failed).
@@ -916,8 +1056,8 @@ impl Shared {
     fn start_worker(
         self: &Arc<Self>,
         slot: usize,
-    ) -> Result<Option<(u32, UnixStream, ChildProc)>, Error> {
-        let pending = local::start(&self.config.launch)?;
+    ) -> Result<Option<(u32, Arc<UnixStream>, ChildProc)>, Error> {
+        let pending = local::start(&self.config.launch, &|| self.is_stopping())?;
         let pid = pending.pid();
         {
             let mut st = self.lock();
@@ -950,10 +1090,13 @@ impl Shared {
     fn start_writer(
         &self,
         pid: u32,
-        (to, from): (&UnixStream, &UnixStream),
+        (to, from): (&Arc<UnixStream>, &Arc<UnixStream>),
     ) -> Result<WriterSide, Error> {
-        let writer_ends = Ends::clone_of(to, from).map_err(Error::Spawn)?;
-        let ends = Ends::clone_of(to, from).map_err(Error::Spawn)?;
+        let ends = Ends {
+            to: Arc::clone(to),
+            from: Arc::clone(from),
+        };
+        let writer_ends = ends.clone();
         let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
         let max = self.config.launch.max_frame;
         let backlog = Arc::new(AtomicUsize::new(0));
@@ -1008,7 +1151,7 @@ impl Shared {
         slot: usize,
         spawned: Spawned,
         writer: WriterSide,
-    ) -> Result<Option<(UnixStream, ChildProc)>, Error> {
+    ) -> Result<Option<(Arc<UnixStream>, ChildProc)>, Error> {
         let Spawned {
             mut child,
             pid,
@@ -1016,8 +1159,8 @@ impl Shared {
             from,
             progress,
         } = spawned;
+        drop(to);
         let channel = LocalChannel {
-            stream: to,
             ends: writer.ends,
             backlog: writer.backlog,
         };
@@ -1065,7 +1208,7 @@ impl Shared {
             return false;
         }
         st.live_readers += 1;
-        st.startup_failures = 0;
+        st.start_failures[slot] = 0;
         st.stats[slot].pid = Some(pid);
         tracing::debug!(pid, slot, "pool worker started");
         st.workers[slot] = Some(Worker {
@@ -1086,6 +1229,8 @@ impl Shared {
         true
     }
 
+    /// Kills every worker whose running item, wherever its chunk sits in
+    /// the worker's pipeline, has run longer than its call's timeout.
     fn enforce_timeouts(&self) {
         let now = now_ns();
         let mut st = self.lock();
@@ -1093,21 +1238,16 @@ impl Shared {
             if worker.dying || worker.timed_out.is_some() {
                 continue;
             }
-            let Some(front) = worker.in_flight.front() else {
-                continue;
-            };
-            let Some(timeout) = front.timeout else {
-                continue;
-            };
-            let Some(progress) = &worker.progress else {
-                continue;
-            };
-            // Two equal reads: the worker was not midway through updating.
-            let (chunk, item, started) = progress.read();
-            if progress.read() != (chunk, item, started) {
+            if !worker.in_flight.iter().any(|f| f.timeout.is_some()) {
                 continue;
             }
-            if chunk == front.id && now.saturating_sub(started) > timeout.as_nanos() as u64 {
+            let Some((flight, running)) = worker.running() else {
+                continue;
+            };
+            let Some(timeout) = flight.timeout else {
+                continue;
+            };
+            if now.saturating_sub(running.started_ns) > timeout.as_nanos() as u64 {
                 worker.timed_out = Some(timeout);
                 kill(worker);
             }
@@ -1116,9 +1256,15 @@ impl Shared {
 
     // ----- reader side -----
 
-    fn read_loop(self: Arc<Self>, slot: usize, pid: u32, stream: UnixStream, mut child: ChildProc) {
+    fn read_loop(
+        self: Arc<Self>,
+        slot: usize,
+        pid: u32,
+        stream: Arc<UnixStream>,
+        mut child: ChildProc,
+    ) {
         let max = self.config.launch.max_frame;
-        let mut reader = BufReader::with_capacity(64 * 1024, &stream);
+        let mut reader = BufReader::with_capacity(64 * 1024, &*stream);
         let mut frames = Vec::new();
         let failure = loop {
             // One frame, waiting for it; then every frame already complete
@@ -1192,6 +1338,7 @@ impl Shared {
         let mut outbox = Outbox::default();
         let mut finished = false;
         let mut wake = false;
+        let counted;
         let mut outcome = Ok(());
         {
             let mut st = self.lock();
@@ -1208,12 +1355,13 @@ impl Shared {
                 st.dispatch(&self.config);
                 wake = st.waiters > 0;
             }
+            counted = outbox.count(self);
         }
         frames.clear();
+        outbox.send_counted(self, counted);
         if wake {
             self.changed.notify_all();
         }
-        outbox.send();
         outcome
     }
 
@@ -1354,13 +1502,21 @@ impl Shared {
             let signal = cause.signal_name();
             tracing::warn!(pid, %cause, signal, "pool worker died");
         }
-        let (running_chunk, running_item, _) = match &worker.progress {
-            Some(progress) => progress.read(),
+        let (running_chunk, running_item) = match &worker.progress {
+            Some(progress) => {
+                let page = progress.read();
+                // Between items: nothing is blamed, everything requeued.
+                if page.busy() {
+                    (page.chunk, page.item)
+                } else {
+                    (0, 0)
+                }
+            }
             // Without a progress page, blame the first unreported item.
             None => worker
                 .in_flight
                 .front()
-                .map_or((0, 0, 0), |f| (f.id, u64::from(f.received), 0)),
+                .map_or((0, 0), |f| (f.id, u64::from(f.received))),
         };
         let mut requeue = Vec::new();
         let mut blamed = 0;
@@ -1426,15 +1582,113 @@ impl Shared {
             let _ = self.supervisor.send(Supervise::Respawn(slot));
         }
         st.dispatch(&self.config);
+        let counted = outbox.count(self);
         drop(st);
+        outbox.send_counted(self, counted);
         self.changed.notify_all();
-        outbox.send();
     }
 }
 
 impl State {
-    /// Hands queued chunks to workers with room, least loaded first.
+    /// Hands queued chunks to workers with room, least loaded first; then,
+    /// if a worker is idle with nothing queued, takes back the chunks
+    /// waiting behind a long-running item on another worker and hands
+    /// them out again.
     fn dispatch(&mut self, config: &Config) {
+        let now = now_ns();
+        loop {
+            self.dispatch_queued(config, now);
+            if !self.queue.is_empty() || !self.steal(now) {
+                return;
+            }
+        }
+    }
+
+    /// Whether some worker is idle while another holds chunks behind the
+    /// one it runs: then the supervisor watches for long items often.
+    fn may_steal(&self) -> bool {
+        let workers = || self.workers.iter().flatten().filter(|w| !w.dying);
+        workers().any(|w| w.in_flight.is_empty() && w.budget != Some(0))
+            && workers().any(|w| w.in_flight.len() > 1 && w.progress.is_some())
+    }
+
+    /// Takes back, from each worker whose running item has run longer than
+    /// [`stall_limit`] and than the chunks behind it are expected to take,
+    /// those chunks (it has not started them: it will skip them), and
+    /// queues them first. Only while some worker is idle. Returns whether
+    /// anything was taken.
+    fn steal(&mut self, now: u64) -> bool {
+        if !self
+            .workers
+            .iter()
+            .flatten()
+            .any(|w| !w.dying && w.in_flight.is_empty() && w.budget != Some(0))
+        {
+            return false;
+        }
+        let mut taken = Vec::new();
+        for w in self.workers.iter_mut().flatten() {
+            if w.dying || w.in_flight.len() < 2 {
+                continue;
+            }
+            let Some((flight, running)) = w.running() else {
+                continue;
+            };
+            let running_id = flight.id;
+            let behind: Duration = w
+                .in_flight
+                .iter()
+                .filter(|f| f.id > running_id)
+                .map(|f| {
+                    w.pace_on(f.chunk.task)
+                        .and_then(|p| p.checked_mul(f.chunk.count))
+                        .unwrap_or(Duration::ZERO)
+                })
+                .sum();
+            let elapsed = Duration::from_nanos(now.saturating_sub(running.started_ns));
+            if elapsed <= stall_limit().max(behind) {
+                continue;
+            }
+            let (Some(last), Some(progress)) = (w.in_flight.back().map(|f| f.id), &w.progress)
+            else {
+                continue;
+            };
+            let Some(floor) = progress.steal_after(running_id, last) else {
+                continue;
+            };
+            let first = taken.len();
+            while w.in_flight.back().is_some_and(|f| f.id > floor) {
+                if let Some(flight) = w.in_flight.pop_back() {
+                    if let Some(budget) = w.budget.as_mut() {
+                        *budget += (flight.chunk.count - flight.received) as usize;
+                    }
+                    taken.push(flight.chunk);
+                }
+            }
+            taken[first..].reverse();
+            tracing::debug!(
+                pid = w.pid,
+                chunks = taken.len() - first,
+                "chunks waiting behind a long item move to an idle worker"
+            );
+        }
+        let stolen = !taken.is_empty();
+        for chunk in taken.into_iter().rev() {
+            if self.jobs.contains_key(&chunk.job) {
+                self.queue.push_front(chunk);
+            }
+        }
+        stolen
+    }
+
+    /// Hands queued chunks to workers with room, least loaded first.
+    ///
+    /// A worker is given several chunks at once only of the task it runs
+    /// and last finished, as many as its pace on that task makes about
+    /// [`PIPELINE`] of work, and none while its running item has run
+    /// longer than [`stall_limit`]: short work never queues behind a long
+    /// item while another worker could take it.
+    fn dispatch_queued(&mut self, config: &Config, now: u64) {
         let slots = self.workers.len().max(1);
         while let Some(next) = self.queue.front() {
             let (task, count) = (next.task, next.count);
@@ -1444,20 +1698,21 @@ impl State {
                 .enumerate()
                 .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
                 .filter(|(_, w)| {
-                    // Chunks expected to take well under `PIPELINE`, by the
-                    // worker's pace on this task, travel several at a time;
-                    // others (or any of a task it has not run last) one by one.
-                    let depth = match w
-                        .pace
-                        .and_then(|(last, pace)| pace.per_item().filter(|_| last == task))
-                    {
-                        Some(per_item) => {
-                            ahead(per_item.checked_mul(count).unwrap_or(Duration::MAX))
-                                .clamp(1, config.depth.max(1))
-                        }
-                        _ => 1,
+                    if w.dying || w.budget == Some(0) {
+                        return false;
+                    }
+                    if w.in_flight.is_empty() {
+                        return true;
+                    }
+                    if w.in_flight.iter().any(|f| f.chunk.task != task) {
+                        return false;
+                    }
+                    let Some(per_item) = w.pace_on(task) else {
+                        return false;
                     };
-                    !w.dying && w.in_flight.len() < depth && w.budget != Some(0)
+                    let depth = ahead(per_item.checked_mul(count).unwrap_or(Duration::MAX))
+                        .clamp(1, config.depth.max(1));
+                    w.in_flight.len() < depth && !w.stalled(now)
                 })
                 // Ties go round the workers, not always to the first.
                 .min_by_key(|&(i, w)| (w.in_flight.len(), (i + slots - self.turn) % slots))
@@ -1544,7 +1799,7 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
 }
 
 fn write_loop(rx: Receiver<Outgoing>, ends: &Ends, max: usize, backlog: &AtomicUsize) {
-    let mut out = &ends.to;
+    let mut out: &UnixStream = &ends.to;
     let mut batch: Vec<Outgoing> = Vec::new();
     while let Ok(first) = rx.recv() {
         // Whatever else is already queued goes out in the same system call.

@@ -232,11 +232,25 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
     let mut reader = BufReader::with_capacity(256 * 1024, &input);
     // Results are buffered and written in one system call once no more work
     // is waiting: a worker fed many small chunks answers them in batches.
-    let mut writer = std::io::BufWriter::with_capacity(256 * 1024, &output);
+    // While a chunk runs, a flusher thread sends results that waited longer
+    // than `FLUSH_AFTER`, so those of finished chunks never wait behind a
+    // long item.
+    let mut writer = SharedOut::new(output);
+    if let Err(err) = writer.start_flusher() {
+        eprintln!("pool-runtime worker: cannot start its flusher thread: {err}");
+        std::process::exit(EXIT_PROTOCOL);
+    }
     let more_input = |r: &BufReader<&UnixStream>| {
         !r.buffer().is_empty() || local::readable(r.get_ref().as_raw_fd())
     };
-    let code = match serve_with(&mut reader, &mut writer, Some(&progress), more_input) {
+    let served = serve_hooked(
+        &mut reader,
+        &mut writer,
+        Some(&progress),
+        more_input,
+        SharedOut::arm,
+    );
+    let code = match served {
         Ok(()) => 0,
         Err(ProtocolError::Closed) => 0,
         Err(err) => {
@@ -268,6 +282,17 @@ pub(crate) fn serve_with<R: Read, W: Write>(
     writer: &mut W,
     progress: Option<&Progress>,
     more_input: impl Fn(&R) -> bool,
+) -> Result<(), ProtocolError> {
+    serve_hooked(reader, writer, progress, more_input, |_| {})
+}
+
+/// [`serve_with`], calling `before_chunk(writer)` before each chunk runs.
+fn serve_hooked<R: Read, W: Write>(
+    reader: &mut R,
+    writer: &mut W,
+    progress: Option<&Progress>,
+    more_input: impl Fn(&R) -> bool,
+    before_chunk: impl Fn(&W),
 ) -> Result<(), ProtocolError> {
     IN_WORKER.store(true, Ordering::Relaxed);
     let registry = Registry::collect().map_err(|err| ProtocolError::Malformed(err.to_string()))?;
@@ -317,6 +342,11 @@ pub(crate) fn serve_with<R: Read, W: Write>(
                 panic_retries,
                 timed,
             } => {
+                if progress.is_some_and(|p| !p.claim(chunk)) {
+                    // Taken back by the pool (it runs elsewhere): skipped.
+                    continue;
+                }
+                before_chunk(writer);
                 let work = ChunkWork {
                     chunk,
                     task,
@@ -542,10 +572,156 @@ fn run_chunk(
         }
     }
     IN_TASK.with(|f| f.set(false));
+    if let Some(progress) = progress {
+        progress.idle(chunk);
+    }
     if !items.is_empty() {
         return Err(ProtocolError::Malformed(
             "trailing bytes after the last item".to_owned(),
         ));
     }
     Ok(())
+}
+
+/// How long results may wait in a worker's buffer while a chunk runs
+/// before its flusher thread sends them.
+const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// Buffered bytes past which a write goes out at once.
+const OUT_CAPACITY: usize = 256 * 1024;
+
+/// A worker's channel to the pool, buffered, shared by the serving thread
+/// (which writes frames, and flushes before it would wait for input) and a
+/// flusher thread (which sends what waited longer than [`FLUSH_AFTER`]
+/// while a chunk runs, once armed by [`SharedOut::arm`]).
+struct SharedOut(std::sync::Arc<OutShared>);
+
+struct OutShared {
+    state: std::sync::Mutex<OutState>,
+    armed: std::sync::Condvar,
+    stream: UnixStream,
+}
+
+struct OutState {
+    buf: Vec<u8>,
+    /// When the oldest buffered byte was written.
+    since: Option<std::time::Instant>,
+    /// The flusher watches the buffer.
+    armed: bool,
+    /// A write by the flusher failed: later writes fail too.
+    failed: Option<std::io::ErrorKind>,
+}
+
+impl SharedOut {
+    fn new(stream: UnixStream) -> SharedOut {
+        SharedOut(std::sync::Arc::new(OutShared {
+            state: std::sync::Mutex::new(OutState {
+                buf: Vec::with_capacity(OUT_CAPACITY),
+                since: None,
+                armed: false,
+                failed: None,
+            }),
+            armed: std::sync::Condvar::new(),
+            stream,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutState> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start_flusher(&self) -> std::io::Result<()> {
+        let shared = std::sync::Arc::clone(&self.0);
+        std::thread::Builder::new()
+            .name("pool-flusher".into())
+            .spawn(move || flusher(&shared))
+            .map(drop)
+    }
+
+    /// Before a chunk runs: if results wait, the flusher watches them (one
+    /// wake-up per period at most; none when nothing waits, as after a
+    /// lone call's result).
+    fn arm(&self) {
+        let mut st = self.lock();
+        if st.since.is_some() && !st.armed {
+            st.armed = true;
+            drop(st);
+            self.0.armed.notify_one();
+        }
+    }
+}
+
+/// Sends buffered results that waited [`FLUSH_AFTER`], while armed.
+fn flusher(out: &OutShared) {
+    let mut st = out.state.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let waited = st.since.map(|since| since.elapsed());
+        st = match waited {
+            _ if !st.armed || st.failed.is_some() => {
+                out.armed.wait(st).unwrap_or_else(|p| p.into_inner())
+            }
+            None => {
+                // Nothing waits: rest until armed again.
+                st.armed = false;
+                continue;
+            }
+            Some(waited) if waited >= FLUSH_AFTER => {
+                if let Err(err) = (&out.stream).write_all(&st.buf) {
+                    st.failed = Some(err.kind());
+                }
+                st.buf.clear();
+                st.since = None;
+                continue;
+            }
+            Some(waited) => {
+                out.armed
+                    .wait_timeout(st, FLUSH_AFTER - waited)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    }
+}
+
+impl Write for SharedOut {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.write_vectored(&[std::io::IoSlice::new(data)])
+    }
+
+    fn write_vectored(&mut self, parts: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+        let size: usize = parts.iter().map(|p| p.len()).sum();
+        let out = &self.0;
+        let mut st = self.lock();
+        if let Some(kind) = st.failed {
+            return Err(kind.into());
+        }
+        if st.buf.len() + size > OUT_CAPACITY {
+            (&out.stream).write_all(&st.buf)?;
+            st.buf.clear();
+            st.since = None;
+            if size > OUT_CAPACITY {
+                drop(st);
+                return (&out.stream).write_vectored(parts);
+            }
+        }
+        if st.since.is_none() {
+            st.since = Some(std::time::Instant::now());
+        }
+        for part in parts {
+            st.buf.extend_from_slice(part);
+        }
+        Ok(size)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut st = self.lock();
+        if let Some(kind) = st.failed {
+            return Err(kind.into());
+        }
+        if !st.buf.is_empty() {
+            (&self.0.stream).write_all(&st.buf)?;
+            st.buf.clear();
+            st.since = None;
+        }
+        Ok(())
+    }
 }

@@ -273,8 +273,14 @@ fn snapshot(launch: &Launch) -> u64 {
 /// `None` when no suitable server runs or it could not fork (nothing was
 /// handed over: the caller starts the worker afresh); `Some(Err)` when the
 /// server took the descriptors but did not answer in time (a late fork
-/// would share them, so the start fails instead).
-pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<ChildProc, String>> {
+/// would share them, so the start fails instead). Both waits end early
+/// once `cancelled()` says so (the pool is shutting down): then
+/// `Some(Err)` too.
+pub(crate) fn fork_worker(
+    launch: &Launch,
+    cancelled: &dyn Fn() -> bool,
+    fds: &[RawFd],
+) -> Option<Result<ChildProc, String>> {
     if !launch.fork_server {
         return None;
     }
@@ -292,10 +298,10 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
             let left = deadline.map_or(Duration::from_secs(3600), |deadline| {
                 deadline.saturating_duration_since(std::time::Instant::now())
             });
-            if left.is_zero() {
+            if left.is_zero() || cancelled() {
                 break;
             }
-            st = match START_FINISHED.wait_timeout(st, left) {
+            st = match START_FINISHED.wait_timeout(st, left.min(CANCEL_POLL)) {
                 Ok((st, _)) => st,
                 Err(poisoned) => poisoned.into_inner().0,
             };
@@ -316,7 +322,20 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
     // While the server forks: is it still a copy of this process as it is
     // now (environment, directory, credentials, limits...)?
     let faithful = snapshot(launch) == server.key;
-    let mut reply = rx.recv_timeout(launch.startup_timeout);
+    let deadline = std::time::Instant::now().checked_add(launch.startup_timeout);
+    let mut reply = Err(crossbeam_channel::RecvTimeoutError::Timeout);
+    while !cancelled() {
+        let left = deadline.map_or(Duration::from_secs(3600), |deadline| {
+            deadline.saturating_duration_since(std::time::Instant::now())
+        });
+        if left.is_zero() {
+            break;
+        }
+        reply = rx.recv_timeout(left.min(CANCEL_POLL));
+        if !matches!(reply, Err(crossbeam_channel::RecvTimeoutError::Timeout)) {
+            break;
+        }
+    }
     if reply.is_err() && lock(&PENDING).remove(&id).is_none() {
         // The answer came just now, after all.
         reply = rx
@@ -330,6 +349,12 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
     };
     let reply = match reply {
         Ok(reply) => reply,
+        Err(_) if cancelled() => {
+            // The pool is shutting down: the server may only be slow (or
+            // stopped), so it stays; a late fork is killed.
+            lock(&ABANDONED).insert(id);
+            return Some(Err("the pool shut down while the worker was forked".to_owned()));
+        }
         Err(_) => {
             // A late answer finds no one waiting, and its fork is killed.
             lock(&ABANDONED).insert(id);
@@ -377,6 +402,9 @@ pub(crate) fn fork_worker(launch: &Launch, fds: &[RawFd]) -> Option<Result<Child
         Reply::Lost(why) => given_up(why.to_owned()),
     }
 }
+
+/// How often a wait for the server checks whether its pool shut down.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
 
 /// Stops using `server` (a later pool starts another).
 fn forget(server: &Arc<Server>) {

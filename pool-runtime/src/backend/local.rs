@@ -232,9 +232,9 @@ pub(crate) struct Spawned {
     pub(crate) child: ChildProc,
     pub(crate) pid: u32,
     /// Frames to the worker.
-    pub(crate) to: UnixStream,
+    pub(crate) to: Arc<UnixStream>,
     /// Frames from the worker.
-    pub(crate) from: UnixStream,
+    pub(crate) from: Arc<UnixStream>,
     pub(crate) progress: Progress,
 }
 
@@ -315,8 +315,8 @@ fn executable() -> io::Result<std::path::PathBuf> {
 pub(crate) struct Pending {
     child: ChildProc,
     pid: u32,
-    to: UnixStream,
-    from: UnixStream,
+    to: Arc<UnixStream>,
+    from: Arc<UnixStream>,
     progress: Progress,
 }
 
@@ -332,16 +332,21 @@ impl Pending {
     }
 
     /// The channel: frames to the worker, frames from it.
-    pub(crate) fn channel(&self) -> (&UnixStream, &UnixStream) {
+    pub(crate) fn channel(&self) -> (&Arc<UnixStream>, &Arc<UnixStream>) {
         (&self.to, &self.from)
     }
 }
 
 /// Starts one worker process and sends it the handshake; [`finish`] reads the answer.
-pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
+///
+/// `cancelled` is asked while waiting for the fork server: once it says
+/// yes (the pool is shutting down), the start ends with
+/// [`Error::Terminated`].
+pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Pending, Error> {
     let (to, their_in) = UnixStream::pair().map_err(Error::Spawn)?;
     let (from, their_out) = UnixStream::pair().map_err(Error::Spawn)?;
-    let progress = Progress::create().map_err(Error::Spawn)?;
+    let (to, from) = (Arc::new(to), Arc::new(from));
+    let mut progress = Progress::create().map_err(Error::Spawn)?;
     let progress_fd = progress
         .fd()
         .ok_or_else(|| Error::Spawn(io::Error::other("no progress descriptor")))?;
@@ -359,6 +364,7 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
     let forked = match (inherited(1), inherited(2)) {
         (Ok(out), Ok(err)) => forkserver::fork_worker(
             launch,
+            cancelled,
             &[
                 their_in.as_raw_fd(),
                 their_out.as_raw_fd(),
@@ -374,12 +380,13 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
             drop(their_in);
             (child, Ok(()))
         }
+        Some(Err(_)) if cancelled() => return Err(Error::Terminated),
         Some(Err(reason)) => {
             // The server took the descriptors and did not answer: they are
             // given up (a late fork finds its channel closed and exits),
             // and the worker is started afresh on new ones.
             tracing::debug!(reason, "starting a worker afresh");
-            return start(launch);
+            return start(launch, cancelled);
         }
         None => {
             let mut fds = vec![their_out.as_raw_fd(), progress_fd];
@@ -391,9 +398,11 @@ pub(crate) fn start(launch: &Launch) -> Result<Pending, Error> {
         }
     };
     let pid = child.pid;
-    // Only the worker holds these now: its exit ends the channel.
+    // Only the worker holds these now: its exit ends the channel. The
+    // page stays mapped; its descriptor is no longer needed.
     drop(their_out);
     drop(stdout_copy);
+    progress.forget_fd();
     let pending = Pending {
         child,
         pid,

@@ -7,20 +7,53 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// What the page holds.
+///
+/// The worker writes `chunk`, `item` and `started_ns` under a sequence
+/// lock (`seq` is odd while it writes), so the pool never reads a torn
+/// triple; within a batch of untimed items it updates `item` alone (one
+/// atomic store: the chunk does not change). `gate` is written by both
+/// sides: see [`Progress::claim`] and [`Progress::steal_after`].
 #[repr(C)]
 struct Slot {
+    seq: AtomicU64,
     /// The chunk being run (0 before the first).
     chunk: AtomicU64,
-    /// The index within that chunk of the item being run.
+    /// The index within that chunk of the item being run, or [`IDLE`].
     item: AtomicU64,
     /// When that item started, in [`now_ns`] nanoseconds.
     started_ns: AtomicU64,
+    /// Keeps `gate`, which the pool writes, off the worker's line.
+    _pad: [u64; 4],
+    /// The last chunk the worker claimed, or, with [`STOLEN`], the last
+    /// chunk id it must skip.
+    gate: AtomicU64,
 }
 
 const SIZE: usize = 4096;
+
+/// The item index of a worker between items.
+pub(crate) const IDLE: u64 = u64::MAX;
+/// Marks [`Slot::gate`] as a range of chunks taken back by the pool.
+const STOLEN: u64 = 1 << 63;
+
+/// What a worker's page says it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Running {
+    pub(crate) chunk: u64,
+    /// The item's index in the chunk, or [`IDLE`] between items.
+    pub(crate) item: u64,
+    pub(crate) started_ns: u64,
+}
+
+impl Running {
+    /// Whether an item runs.
+    pub(crate) fn busy(&self) -> bool {
+        self.item != IDLE && self.chunk != 0
+    }
+}
 
 /// One mapping of the shared page.
 pub(crate) struct Progress {
@@ -34,7 +67,8 @@ unsafe impl Send for Progress {}
 unsafe impl Sync for Progress {}
 
 impl Progress {
-    /// Creates a new page (parent side); its descriptor is close-on-exec.
+    /// Creates a new page (parent side); its descriptor is close-on-exec
+    /// and kept only until [`Progress::forget_fd`].
     pub(crate) fn create() -> io::Result<Progress> {
         let fd = anonymous_file()?;
         // SAFETY: fd is a valid descriptor we own.
@@ -60,18 +94,37 @@ impl Progress {
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// Closes the descriptor once the worker has it (the mapping stays).
+    pub(crate) fn forget_fd(&mut self) {
+        self.fd = None;
+    }
+
     fn slot(&self) -> &Slot {
         // SAFETY: the mapping lives as long as self and is SIZE >= size_of::<Slot>() bytes.
         unsafe { self.ptr.as_ref() }
     }
 
+    fn write(&self, chunk: u64, item: u64, now: u64) {
+        let slot = self.slot();
+        let seq = slot.seq.load(Ordering::Relaxed);
+        slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        slot.chunk.store(chunk, Ordering::Relaxed);
+        slot.item.store(item, Ordering::Relaxed);
+        slot.started_ns.store(now, Ordering::Relaxed);
+        slot.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
     /// Worker: starting item `item` of chunk `chunk` at `now`.
     #[inline]
     pub(crate) fn start(&self, chunk: u64, item: u64, now: u64) {
-        let slot = self.slot();
-        slot.chunk.store(chunk, Ordering::Relaxed);
-        slot.item.store(item, Ordering::Relaxed);
-        slot.started_ns.store(now, Ordering::Release);
+        self.write(chunk, item, now);
+    }
+
+    /// Worker: between items (a chunk ended), so nothing is blamed on or
+    /// timed for an item that is over.
+    pub(crate) fn idle(&self, chunk: u64) {
+        self.write(chunk, IDLE, 0);
     }
 
     /// Worker: where the index of the running item is kept. Storing a
@@ -81,15 +134,62 @@ impl Progress {
         &self.slot().item
     }
 
-    /// Parent: (chunk, item, started_ns) last recorded by the worker.
-    pub(crate) fn read(&self) -> (u64, u64, u64) {
+    /// Parent: what the worker last recorded, never torn (unless the
+    /// worker died in the middle of a write: then what was there).
+    pub(crate) fn read(&self) -> Running {
         let slot = self.slot();
-        let started = slot.started_ns.load(Ordering::Acquire);
-        (
-            slot.chunk.load(Ordering::Relaxed),
-            slot.item.load(Ordering::Relaxed),
-            started,
-        )
+        let mut tries = 0;
+        loop {
+            let before = slot.seq.load(Ordering::Acquire);
+            let running = Running {
+                chunk: slot.chunk.load(Ordering::Relaxed),
+                item: slot.item.load(Ordering::Relaxed),
+                started_ns: slot.started_ns.load(Ordering::Relaxed),
+            };
+            fence(Ordering::Acquire);
+            let after = slot.seq.load(Ordering::Relaxed);
+            tries += 1;
+            if (before == after && before % 2 == 0) || tries > 1000 {
+                return running;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Worker: may chunk `chunk` (the next one received) run? `false` if
+    /// the pool took it back ([`Progress::steal_after`]): it is skipped.
+    #[inline]
+    pub(crate) fn claim(&self, chunk: u64) -> bool {
+        let gate = &self.slot().gate;
+        let mut seen = gate.load(Ordering::Acquire);
+        loop {
+            if seen & STOLEN != 0 && chunk <= seen & !STOLEN {
+                return false;
+            }
+            match gate.compare_exchange_weak(seen, chunk, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(now) => seen = now,
+            }
+        }
+    }
+
+    /// Parent: takes back every chunk after `running` up to `last` (ids of
+    /// chunks sent to this worker), if the worker has claimed nothing
+    /// after `running` yet; the worker then skips them. Returns `floor`:
+    /// the chunks taken back now are those in `floor + 1 ..= last` (those
+    /// up to `floor` were taken earlier); `None` if the worker moved on.
+    pub(crate) fn steal_after(&self, running: u64, last: u64) -> Option<u64> {
+        let gate = &self.slot().gate;
+        let seen = gate.load(Ordering::Acquire);
+        let floor = seen & !STOLEN;
+        let claimed_running = seen == running;
+        let stolen_before = seen & STOLEN != 0 && floor >= running;
+        if !(claimed_running || stolen_before) || last <= floor {
+            return None;
+        }
+        gate.compare_exchange(seen, last | STOLEN, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| floor)
     }
 }
 
