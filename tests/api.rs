@@ -138,7 +138,10 @@ fn callbacks_run_once_off_the_callers_thread() {
             })
     };
     assert_eq!(ok.get().expect("ok"), [4, 9]);
-    assert!(bad.get().is_err());
+    assert!(
+        matches!(bad.get(), Err(Error::TaskPanicked { index: 0, .. })),
+        "apply_async of panic_on(1, 1) panics on its only item"
+    );
     let mut seen = seen.lock().expect("lock").clone();
     seen.sort();
     assert_eq!(
@@ -453,7 +456,12 @@ fn stats_count_items_failures_and_respawns() {
     let results: Vec<_> = pool
         .istarmap(task!(common::panic_on), (0..50u64).map(|x| (x, 10)))
         .collect();
-    assert_eq!(results.iter().filter(|r| r.is_err()).count(), 1);
+    let failed: Vec<usize> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| e.index().expect("an item's error"))
+        .collect();
+    assert_eq!(failed, [10]);
     let err = pool
         .apply(task!(common::signal_on), (1, 1, libc::SIGKILL))
         .expect_err("killed");

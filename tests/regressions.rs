@@ -126,6 +126,20 @@ fn a_worker_dying_mid_frame_fails_its_item_in_imap() {
     });
     let items = out.expect("imap panicked");
     assert_eq!(items.len(), 10, "{items:?}");
+    // Every other item comes back, in order; item 3 fails at its place,
+    // with the truncated frame its dying worker left (the channel's error
+    // is seen before the worker's exit status).
+    for (i, item) in items.iter().enumerate() {
+        if i == 3 {
+            let err = item.as_ref().expect_err("item 3 killed its worker");
+            assert!(
+                err.starts_with("protocol error with worker process"),
+                "{err}"
+            );
+        } else {
+            assert_eq!(item, &Ok(i as u64), "item {i}");
+        }
+    }
 }
 
 /// The worker's socket towards the pool. A worker holds two sockets: its
@@ -190,7 +204,7 @@ fn spin_or_len(s: String) -> usize {
 /// out nor killed by shutdown: the call and Pool::drop hang.
 #[test]
 fn drop_returns_while_a_worker_spins_behind_a_large_chunk() {
-    within(30, || {
+    let out = within(30, || {
         let pool = Pool::builder()
             .processes(1)
             .max_frame_size(8192)
@@ -209,9 +223,20 @@ fn drop_returns_while_a_worker_spins_behind_a_large_chunk() {
             .chunksize(3)
             .timeout(Duration::from_secs(1))
             .map(task!(spin_or_len), items);
-        eprintln!("returned: {:?}", r.map_err(|e| e.to_string()));
+        let t = std::time::Instant::now();
         drop(pool);
+        (r.map_err(|e| e.to_string()), t.elapsed())
     });
+    let (r, dropped_in) = out;
+    let err = r.expect_err("the oversized chunk or the endless item fails the call");
+    assert!(
+        err.contains("frame limit") || err.contains("timeout") || err.contains("timed out"),
+        "{err}"
+    );
+    assert!(
+        dropped_in < Duration::from_secs(10),
+        "drop took {dropped_in:?}"
+    );
 }
 
 /// The task forks (no exec); the child inherits the pool channel and lives
@@ -237,9 +262,15 @@ fn a_forked_child_holding_the_channel_does_not_hide_a_death() {
         let pool = Pool::builder().processes(2).build().expect("pool");
         pool.chunksize(1)
             .starmap(task!(fork_then_abort), (0..6u64).map(|x| (x, 2)))
-            .map_err(|e| e.to_string())
     });
-    assert!(out.is_err());
+    match out {
+        Err(Error::WorkerDied {
+            index: 2,
+            cause: pool_runtime::ExitCause::Signal(libc::SIGABRT),
+            ..
+        }) => {}
+        other => panic!("expected item 2's worker to die of SIGABRT: {other:?}"),
+    }
 }
 
 #[task]
@@ -257,10 +288,15 @@ fn a_callback_added_after_terminate_still_runs() {
         let res = pool.apply_async(task!(double), 21u64).expect("submitted");
         res.wait();
         pool.terminate();
-        let res = res.callback(|v| eprintln!("callback: {v}"));
-        res.get().map_err(|e| e.to_string())
+        let (ran, seen) = mpsc::channel();
+        let res = res.callback(move |v| {
+            let _ = ran.send(*v);
+        });
+        let got = res.get().map_err(|e| e.to_string());
+        (got, seen.recv_timeout(Duration::from_secs(5)))
     });
-    assert_eq!(out, Ok(42));
+    assert_eq!(out.0, Ok(42));
+    assert_eq!(out.1, Ok(42), "the callback ran, with the value");
 }
 
 /// A pool of `processes` whose initializer `init` gets the path of a fresh
@@ -304,10 +340,16 @@ fn terminate_does_not_wait_for_a_starting_workers_initializer() {
     let r = pool
         .chunksize(1)
         .starmap(task!(abort_on), (0..3u64).map(|x| (x, 1)));
-    assert!(r.is_err());
-    let t = std::time::Instant::now();
+    match r {
+        Err(Error::WorkerDied {
+            index: 1,
+            cause: pool_runtime::ExitCause::Signal(libc::SIGABRT),
+            ..
+        }) => {}
+        other => panic!("expected item 1's worker to die of SIGABRT: {other:?}"),
+    }
+    // The replacement's initializer sleeps for an hour.
     within(10, move || pool.terminate());
-    eprintln!("terminate took {:?}", t.elapsed());
     let _ = std::fs::remove_file(&marker);
 }
 
@@ -376,6 +418,32 @@ fn join_wakes_when_the_pool_breaks() {
     r.expect("join returns");
 }
 
+/// Creates `marker` when it starts on "spin", then spins forever;
+/// otherwise returns the length of `s`.
+#[task]
+fn mark_then_spin_or_len(s: String, marker: String) -> usize {
+    if s == "spin" {
+        let _ = std::fs::write(&marker, b"");
+        loop {
+            std::hint::spin_loop();
+        }
+    }
+    s.len()
+}
+
+/// Waits (bounded) until `path` exists.
+fn wait_for_file(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} was not created within 20 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn terminate_returns_while_a_worker_spins_behind_a_large_chunk() {
     let pool = std::sync::Arc::new(
@@ -390,14 +458,31 @@ fn terminate_returns_while_a_worker_spins_behind_a_large_chunk() {
             .map(task!(blob_len), vec![String::new(); 4])
             .expect("warm up");
     }
+    let (spinning, m) = fresh_marker("spinning");
     let p = std::sync::Arc::clone(&pool);
-    std::thread::spawn(move || {
+    let call = std::thread::spawn(move || {
         let mut items = vec!["spin".to_owned(), String::new(), String::new()];
         items.extend((0..3).map(|_| "x".repeat(3000)));
-        let _ = p.call().chunksize(3).map(task!(spin_or_len), items);
+        p.call()
+            .chunksize(3)
+            .starmap(
+                task!(mark_then_spin_or_len),
+                items.into_iter().map(|s| (s, m.clone())),
+            )
+            .map_err(|e| e.to_string())
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // Terminate once the endless item runs, not after a guessed delay.
+    wait_for_file(&spinning);
+    let _ = std::fs::remove_file(&spinning);
     within(10, move || pool.terminate());
+    // The call does not hang either: it failed on the oversized chunk, or
+    // terminate failed it.
+    let r = within(10, move || call.join().expect("the call's thread"));
+    let err = r.expect_err("a terminated call cannot succeed");
+    assert!(
+        err.contains("terminated") || err.contains("frame limit"),
+        "{err}"
+    );
 }
 
 /// Waits while `marker` exists.
