@@ -329,7 +329,7 @@ pub use pool_macros::task;
 ///
 /// ```
 /// mod reexport {
-///     pub use pool_runtime as pool;
+///     pub(crate) use ::pool_runtime as pool;
 /// }
 ///
 /// #[reexport::pool::main(crate = crate::reexport::pool)]
