@@ -181,9 +181,7 @@ fn check(ok: bool, what: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::Broken(format!(
-            "benchmark self-check failed: {what}"
-        )))
+        Err(broken(format!("benchmark self-check failed: {what}")))
     }
 }
 
@@ -231,8 +229,8 @@ fn raw(opts: &Opts) -> Result<(), Error> {
     for (kind, link, pin) in kinds {
         let mut samples = Vec::new();
         for rep in 0..opts.warmup + opts.reps {
-            let per_trip = raw_once(link, pin, TRIPS)
-                .map_err(|e| Error::Broken(format!("raw {kind}: {e}")))?;
+            let per_trip =
+                raw_once(link, pin, TRIPS).map_err(|e| broken(format!("raw {kind}: {e}")))?;
             if rep >= opts.warmup {
                 samples.push(per_trip * 1e6);
             }
@@ -420,7 +418,7 @@ fn start_cold(opts: &Opts) -> Result<(), Error> {
             .find_map(|l| l.strip_prefix("start-once ms "))
             .and_then(|v| v.trim().parse().ok());
         let Some(ms) = ms.filter(|_| out.status.success()) else {
-            return Err(Error::Broken(format!(
+            return Err(broken(format!(
                 "start-once failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             )));
@@ -679,5 +677,13 @@ fn main() -> Result<(), Error> {
             eprintln!("unknown workload {other}");
             std::process::exit(2);
         }
+    }
+}
+
+/// A benchmark failure, as the pool's error type.
+fn broken(reason: String) -> Error {
+    Error::Broken {
+        reason,
+        source: None,
     }
 }

@@ -601,7 +601,7 @@ fn matrix_argument_that_cannot_be_encoded() {
     });
     let results = pool.chunksize(3).istarmap(task!(flat_arg), args);
     check_fault(pool, results, |e| {
-        matches!(e, Error::Serialization { failure: pool_runtime::TaskFailure::BadArguments { ty, message }, .. }
+        matches!(e, Error::Serialization { failure: pool_runtime::TaskFailure::Unencodable { ty, message }, .. }
             if ty.contains("FlatArgArgs") && message.contains("length up front"))
     });
 }

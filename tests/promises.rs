@@ -10,7 +10,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use pool_runtime::prelude::*;
-use pool_runtime::task;
+use pool_runtime::{TaskFailure, task};
 
 mod common;
 
@@ -34,8 +34,7 @@ impl Gate {
     fn new(tag: &str) -> Gate {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("promise-{tag}-{}-{n}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("promise-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_file(&path);
         Gate(path)
     }
@@ -81,8 +80,10 @@ fn wait_for_gate(gate: &str) {
 /// Returns `x`, or never returns if `x == stuck`.
 #[task]
 fn stall_at(x: u64, stuck: u64) -> u64 {
-    while x == stuck {
-        std::thread::sleep(Duration::from_secs(1));
+    if x == stuck {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
     x
 }
@@ -133,7 +134,9 @@ fn a_timeout_applies_at_any_pipeline_depth() {
 fn a_timeout_deep_in_an_imap_fails_only_its_item() {
     let out = within(60, || {
         let pool = Pool::builder().processes(1).build().expect("pool");
-        let warm = pool.chunksize(1).starmap(task!(stall_at), (0..3000).map(|x| (x, u64::MAX)));
+        let warm = pool
+            .chunksize(1)
+            .starmap(task!(stall_at), (0..3000).map(|x| (x, u64::MAX)));
         assert_eq!(warm.map(|v| v.len()).ok(), Some(3000));
         pool.timeout(Duration::from_millis(300))
             .chunksize(1)
@@ -188,9 +191,10 @@ fn a_short_call_does_not_wait_behind_a_long_task() {
 fn fast_items_do_not_wait_behind_a_slow_item_of_the_same_call() {
     let pool = Arc::new(common::pool());
     let gate = Gate::new("same");
-    let warm = pool
-        .chunksize(1)
-        .starmap(task!(gate_on), (0..2000).map(|x| (x, u64::MAX, String::new())));
+    let warm = pool.chunksize(1).starmap(
+        task!(gate_on),
+        (0..2000).map(|x| (x, u64::MAX, String::new())),
+    );
     assert_eq!(warm.map(|v| v.len()).ok(), Some(2000));
     let p = Arc::clone(&pool);
     let arg = gate.arg();
@@ -545,7 +549,10 @@ fn probe_failed_replacement() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit into a valid struct.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
     let saved = limit;
     // No new descriptor can be opened: the replacement fails with EMFILE.
     limit.rlim_cur = 3;
@@ -563,7 +570,10 @@ fn probe_failed_replacement() {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &saved) }, 0);
     let out = pool.map(task!(common::square), 0..10);
     println!("after the failures: {out:?}");
-    assert_eq!(out.expect("the pool recovered"), (0..10).map(|x| x * x).collect::<Vec<_>>());
+    assert_eq!(
+        out.expect("the pool recovered"),
+        (0..10).map(|x| x * x).collect::<Vec<_>>()
+    );
     println!("recovered");
 }
 
@@ -641,4 +651,141 @@ fn a_broken_pool_says_why() {
         .find_map(|l| l.split_once("source: ").map(|(_, e)| e))
         .expect("the probe prints the source");
     assert!(source.contains("Too many open files"), "{source}");
+}
+
+// ----- 8. smaller promises -----
+
+/// Panics, and panics again while unwinding (in a `Drop`).
+#[task]
+fn double_panic(x: u64) -> u64 {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            panic!("second panic, in drop");
+        }
+    }
+    let _bomb = Bomb;
+    if x > 0 {
+        panic!("first panic, item {x}");
+    }
+    x
+}
+
+/// The probe program of the test below.
+#[test]
+#[ignore = "a probe program, run by a_double_panic_names_both_panics"]
+fn probe_double_panic() {
+    if std::env::var_os("POOL_PROBE_DOUBLE_PANIC").is_none() {
+        return;
+    }
+    let pool = Pool::builder().processes(1).build().expect("pool");
+    let err = pool
+        .apply(task!(double_panic), 3)
+        .expect_err("the worker aborts");
+    println!("error: {err}");
+}
+
+/// A panic in a `Drop` while a task's panic unwinds aborts the worker
+/// (SIGABRT, as the error says); its stderr names both panics.
+#[test]
+fn a_double_panic_names_both_panics() {
+    let out = common::probe_command("probe_double_panic", "POOL_PROBE_DOUBLE_PANIC")
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("the probe runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("SIGABRT"), "{stdout}");
+    assert!(stderr.contains("first panic, item 3"), "{stderr}");
+    assert!(stderr.contains("second panic, in drop"), "{stderr}");
+}
+
+/// `n` bytes.
+#[task]
+fn big_result(n: usize) -> Vec<u8> {
+    vec![1; n]
+}
+
+/// The peak resident memory of this worker, in bytes.
+#[task]
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A result far above the frame limit is refused without being encoded
+/// whole: the worker's peak memory stays near the value itself, not
+/// twice it.
+#[test]
+fn an_oversized_result_is_refused_before_it_is_encoded() {
+    const SIZE: usize = 300 << 20;
+    let (err, peak) = within(60, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_size(1 << 20)
+            .build()
+            .expect("pool");
+        let err = pool
+            .apply(task!(big_result), SIZE)
+            .expect_err("above the frame limit");
+        let peak = pool.apply(task!(peak_rss), ()).expect("peak");
+        (err, peak)
+    });
+    match &err {
+        Error::Serialization {
+            failure: TaskFailure::BadOutput { message, .. },
+            ..
+        } => assert!(
+            message.contains("above the frame limit of 1048576"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        peak < (SIZE as u64) * 3 / 2,
+        "peak {peak} bytes for a {SIZE}-byte result"
+    );
+}
+
+/// The length of `blob`.
+#[task]
+fn blob_len(blob: Vec<u8>) -> usize {
+    blob.len()
+}
+
+/// An argument above the frame limit is refused in the parent, and the
+/// error says so: the parent's encoder, and the limit.
+#[test]
+fn an_oversized_argument_names_the_parent_and_the_limit() {
+    let out = within(30, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_size(64 << 10)
+            .build()
+            .expect("pool");
+        pool.imap(
+            task!(blob_len),
+            [vec![0u8; 10], vec![0u8; 1 << 20], vec![0u8; 20]],
+        )
+        .collect::<Vec<_>>()
+    });
+    assert_eq!(out.len(), 3);
+    assert_eq!(out[0].as_ref().ok(), Some(&10));
+    assert_eq!(out[2].as_ref().ok(), Some(&20));
+    match &out[1] {
+        Err(Error::Serialization {
+            index: 1,
+            failure: TaskFailure::Unencodable { message, .. },
+            ..
+        }) => assert!(message.contains("frame limit of 65536"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let text = out[1].as_ref().expect_err("refused").to_string();
+    assert!(text.contains("the parent could not encode"), "{text}");
+    assert!(!text.contains("decode"), "{text}");
 }

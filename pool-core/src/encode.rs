@@ -29,6 +29,13 @@ pub enum EncodeError {
     /// A `Serialize` impl reported an error.
     #[error("{0}")]
     Custom(String),
+    /// The encoding outgrew the limit it was given (see
+    /// [`encode_limited`]); encoding stopped there.
+    #[error("the encoded value takes more than {limit} bytes")]
+    TooLarge {
+        /// The limit, in bytes of the value's encoding.
+        limit: usize,
+    },
 }
 
 impl ser::Error for EncodeError {
@@ -41,7 +48,24 @@ impl ser::Error for EncodeError {
 /// hold part of the value: truncate it to its former length.
 #[inline]
 pub fn encode_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
-    value.serialize(&mut Encoder { out })
+    value.serialize(&mut Encoder {
+        out,
+        end: usize::MAX,
+        limit: usize::MAX,
+    })
+}
+
+/// [`encode_into`], stopping with [`EncodeError::TooLarge`] as soon as the
+/// value's encoding is known to take more than `limit` bytes (checked
+/// before each byte string and between the elements of sequences, tuples
+/// and structs), so an oversized value is never encoded whole.
+pub fn encode_limited<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    value: &T,
+    limit: usize,
+) -> Result<(), EncodeError> {
+    let end = out.len().saturating_add(limit);
+    value.serialize(&mut Encoder { out, end, limit })
 }
 
 /// The postcard encoding of `value`.
@@ -54,6 +78,10 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
 /// The serde serializer behind [`encode_into`].
 pub struct Encoder<'a> {
     out: &'a mut Vec<u8>,
+    /// The length `out` must not exceed.
+    end: usize,
+    /// The limit that `end` stands for, for the error.
+    limit: usize,
 }
 
 impl Encoder<'_> {
@@ -95,6 +123,15 @@ impl Encoder<'_> {
     #[inline]
     fn length(&mut self, len: usize) {
         self.varint(len as u64);
+    }
+
+    /// Whether `more` bytes still fit under the limit.
+    #[inline(always)]
+    fn room(&self, more: usize) -> Result<(), EncodeError> {
+        if self.out.len().saturating_add(more) > self.end {
+            return Err(EncodeError::TooLarge { limit: self.limit });
+        }
+        Ok(())
     }
 }
 
@@ -205,6 +242,7 @@ impl<'a> ser::Serializer for &mut Encoder<'a> {
 
     #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<(), EncodeError> {
+        self.room(v.len())?;
         self.length(v.len());
         self.out.extend_from_slice(v);
         Ok(())
@@ -337,6 +375,7 @@ macro_rules! elements {
                 $(_key: $key,)?
                 value: &T,
             ) -> Result<(), EncodeError> {
+                self.room(0)?;
                 value.serialize(&mut **self)
             }
 
@@ -363,6 +402,7 @@ impl ser::SerializeMap for &mut Encoder<'_> {
 
     #[inline]
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), EncodeError> {
+        self.room(0)?;
         key.serialize(&mut **self)
     }
 

@@ -32,6 +32,16 @@ pub enum TaskFailure {
         /// What the encoder reported.
         message: String,
     },
+    /// The parent could not encode the arguments, so they were never sent:
+    /// a `Serialize` impl failed, postcard cannot write the shape (serde's
+    /// `flatten`), or the encoding exceeds the frame limit.
+    #[error("the parent could not encode arguments of type `{ty}`: {message}")]
+    Unencodable {
+        /// The argument struct's type name.
+        ty: String,
+        /// What the encoder reported.
+        message: String,
+    },
     /// The worker has no task with this id (a different binary answered).
     #[error("the worker has no task with id {id:#018x}")]
     UnknownTask {

@@ -6,7 +6,7 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::encode::encode_into;
+use crate::encode::{EncodeError, encode_into, encode_limited};
 use crate::error::{ProtocolError, TaskFailure};
 use crate::task::Task;
 use crate::wire::{self, Items};
@@ -112,7 +112,8 @@ pub enum Halt<'a> {
     },
     /// Its arguments could not be decoded, or its result encoded.
     Failed(TaskFailure),
-    /// Its result item takes `size` bytes, above [`Batch::max_result`].
+    /// Its result item takes more than [`Batch::max_result`] bytes: at
+    /// least `size` (encoding stopped once past the limit).
     TooLarge {
         /// The result item's size.
         size: usize,
@@ -150,8 +151,15 @@ pub fn run_batch<'a, T: Task>(batch: &mut Batch<'_, 'a>) -> Option<Halt<'a>> {
             };
             let output = T::call(args);
             wire::begin_result(batch.out);
-            if let Err(err) = encode_into(batch.out, &output) {
+            // Encoding stops as soon as the result is known not to fit.
+            let payload_limit = batch.max_result.saturating_sub(batch.out.len() - mark);
+            if let Err(err) = encode_limited(batch.out, &output, payload_limit) {
                 batch.out.truncate(mark);
+                if let EncodeError::TooLarge { .. } = err {
+                    return Some(Halt::TooLarge {
+                        size: batch.max_result + 1,
+                    });
+                }
                 return Some(Halt::Failed(TaskFailure::BadOutput {
                     ty: std::any::type_name::<T::Output>().to_owned(),
                     message: err.to_string(),

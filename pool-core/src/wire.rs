@@ -16,7 +16,7 @@ use std::io::{self, IoSlice, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::encode::{EncodeError, encode_into};
+use crate::encode::{EncodeError, encode_into, encode_limited};
 use crate::error::{ProtocolError, TaskFailure};
 
 /// The version both sides must speak; checked in the handshake.
@@ -198,12 +198,18 @@ pub fn split_frame<'a, H: Deserialize<'a>>(
         .map_err(|err| ProtocolError::Malformed(format!("bad header: {err}")))
 }
 
-/// Appends one item to an arguments body: `u32 length ++ postcard(value)`.
+/// Appends one item to an arguments body: `u32 length ++ postcard(value)`;
+/// an item whose encoding would take more than `limit` bytes is refused
+/// ([`EncodeError::TooLarge`]) without being encoded whole.
 #[inline]
-pub fn push_arg<T: Serialize>(body: &mut Vec<u8>, value: &T) -> Result<(), EncodeError> {
+pub fn push_arg<T: Serialize>(
+    body: &mut Vec<u8>,
+    value: &T,
+    limit: usize,
+) -> Result<(), EncodeError> {
     let mark = body.len();
     body.extend_from_slice(&[0; 4]);
-    match encode_into(body, value) {
+    match encode_limited(body, value, limit) {
         Ok(()) => {
             let len = (body.len() - mark - 4) as u32;
             body[mark..mark + 4].copy_from_slice(&len.to_le_bytes());
@@ -335,8 +341,8 @@ mod tests {
     #[test]
     fn frame_round_trip() {
         let mut body = Vec::new();
-        push_arg(&mut body, &(2u64, 3u32)).expect("encode");
-        push_arg(&mut body, &(4u64, 1u32)).expect("encode");
+        push_arg(&mut body, &(2u64, 3u32), usize::MAX).expect("encode");
+        push_arg(&mut body, &(4u64, 1u32), usize::MAX).expect("encode");
         let header = ToWorker::Run {
             chunk: 7,
             task: 9,

@@ -13,8 +13,8 @@ const LIMIT: usize = 1 << 16;
 /// Valid frames of every kind: the mutation corpus.
 fn corpus() -> Vec<Vec<u8>> {
     let mut args = Vec::new();
-    wire::push_arg(&mut args, &(2u64, 3u32)).expect("encode");
-    wire::push_arg(&mut args, &"text".to_owned()).expect("encode");
+    wire::push_arg(&mut args, &(2u64, 3u32), usize::MAX).expect("encode");
+    wire::push_arg(&mut args, &"text".to_owned(), usize::MAX).expect("encode");
     let mut results = Vec::new();
     let mark = wire::begin_result(&mut results);
     results.extend_from_slice(&postcard::to_stdvec(&42u64).expect("encode"));

@@ -426,11 +426,10 @@ impl Driver {
         if let Some((_, err)) = detached.local.into_iter().next() {
             collect.fail(err);
         } else if detached.items == 0 {
-            let outcome = finish(Vec::new())
-                .ok_or_else(|| Error::Broken {
-                    reason: "an async call had no input".into(),
-                    source: None,
-                });
+            let outcome = finish(Vec::new()).ok_or_else(|| Error::Broken {
+                reason: "an async call had no input".into(),
+                source: None,
+            });
             collect.complete(outcome);
         } else {
             let _ = self.control.send(Control::Add(job, Box::new(collect)));

@@ -200,7 +200,7 @@ impl PoolBuilder {
         A: IntoArgs<T>,
     {
         let mut body = Vec::new();
-        let spec = match wire::push_arg(&mut body, &args.into_args()) {
+        let spec = match wire::push_arg(&mut body, &args.into_args(), usize::MAX) {
             Ok(()) => Ok(Arc::new(InitSpec {
                 task: T::ID,
                 name: T::NAME,
@@ -209,7 +209,7 @@ impl PoolBuilder {
             })),
             Err(err) => Err((
                 T::NAME,
-                TaskFailure::BadArguments {
+                TaskFailure::Unencodable {
                     ty: std::any::type_name::<T::Args>().to_owned(),
                     message: err.to_string(),
                 },

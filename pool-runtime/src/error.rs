@@ -154,6 +154,20 @@ pub enum Error {
         /// What failed, with the type involved.
         failure: TaskFailure,
     },
+    /// The worker that ran the item has no task with the item's id: it runs
+    /// another build of the program (with MPI, a rank started from another
+    /// binary).
+    #[error(
+        "task `{task}` on item {index}: the worker has no task with id {id:#018x} (it runs another build of this program)"
+    )]
+    UnknownTask {
+        /// The task's full path.
+        task: &'static str,
+        /// The item's index within the call.
+        index: usize,
+        /// The task id the worker did not know.
+        id: u64,
+    },
     /// A worker sent a malformed frame, or the channel failed.
     #[error("protocol error with worker process {pid}")]
     Protocol {
@@ -209,6 +223,7 @@ impl Error {
             Error::TaskPanicked { index, .. }
             | Error::WorkerDied { index, .. }
             | Error::TaskTimeout { index, .. }
+            | Error::UnknownTask { index, .. }
             | Error::Serialization { index, .. } => Some(*index),
             _ => None,
         }
@@ -228,6 +243,7 @@ impl Error {
                 location,
                 backtrace,
             },
+            TaskFailure::UnknownTask { id } => Error::UnknownTask { task, index, id },
             other => Error::Serialization {
                 task,
                 index,

@@ -6,6 +6,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pool_core::encode::EncodeError;
 use pool_core::wire::{self, Items};
 use pool_core::{IntoArgs, Task, TaskFailure};
 
@@ -349,11 +350,11 @@ where
                 self.pulled += 1;
                 let args: T::Args = item.into_args();
                 let mark = body.len();
-                let failure = match wire::push_arg(&mut body, &args) {
-                    Ok(()) if body.len() - mark - 4 <= max_item => None,
-                    Ok(()) => Some(format!(
-                        "the encoded arguments take {} bytes, above the frame limit of {max_item} (see PoolBuilder::max_frame_size)",
-                        body.len() - mark - 4
+                let failure = match wire::push_arg(&mut body, &args, max_item) {
+                    Ok(()) => None,
+                    Err(EncodeError::TooLarge { limit }) => Some(format!(
+                        "they take more than {limit} bytes, the most one item may take under the frame limit of {} bytes (see PoolBuilder::max_frame_size)",
+                        self.shared.config.launch.max_frame
                     )),
                     Err(err) => Some(err.to_string()),
                 };
@@ -374,7 +375,7 @@ where
                 if let Some(message) = failure {
                     body.truncate(mark);
                     let ty = std::any::type_name::<T::Args>().to_owned();
-                    let failure = TaskFailure::BadArguments { ty, message };
+                    let failure = TaskFailure::Unencodable { ty, message };
                     // Items before it in this chunk go first; it stays in order.
                     if count > 0 {
                         self.submit(first, count, std::mem::take(&mut body));

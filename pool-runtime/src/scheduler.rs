@@ -46,6 +46,46 @@ pub(crate) struct Config {
     pub(crate) launch: Launch,
 }
 
+/// Worker starts under way at once, in the whole process: each holds a
+/// few descriptors and a process being exec'd, so a pool of hundreds
+/// starts in waves instead of all at once (which would need 6 descriptors
+/// per worker at the peak).
+static START_PERMITS: Permits = Permits::new(32);
+
+/// A counting semaphore.
+struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Permits {
+    const fn new(n: usize) -> Permits {
+        Permits {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit; it is returned when the guard drops.
+    fn acquire(&self) -> PermitGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        PermitGuard(self)
+    }
+}
+
+struct PermitGuard<'a>(&'a Permits);
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// Failed starts in a row of a slot, with no worker running, after which
 /// the pool is broken (about 150 ms of retries).
 const BREAK_AFTER: u32 = 5;
@@ -316,7 +356,6 @@ struct Ends {
 }
 
 impl Ends {
-
     /// Shuts both down, so the worker's reader wakes (and its writer fails)
     /// even if a process the task forked still holds the other ends.
     fn cut(&self) {
@@ -728,9 +767,9 @@ impl Shared {
         let mut st = self.lock();
         while !st.terminated
             && (st.jobs.values().any(|j| {
-                !j.lazy && !(from_results_thread && matches!(j.events, Sink::Channel(_)))
-            })
-                || !st.queue.is_empty()
+                let delivered_here = from_results_thread && matches!(j.events, Sink::Channel(_));
+                !(j.lazy || delivered_here)
+            }) || !st.queue.is_empty()
                 || st.workers.iter().flatten().any(|w| !w.in_flight.is_empty()))
         {
             st = self.wait_changed(st, None);
@@ -1024,7 +1063,10 @@ impl Shared {
     /// Starts the worker for `slot`, reports how that went (to `done`, or
     /// as a failed replacement), then reads its frames until it is gone.
     fn run_worker(self: Arc<Self>, slot: usize, done: Option<Sender<Result<(), Error>>>) {
-        let started = self.start_worker(slot);
+        let started = {
+            let _permit = START_PERMITS.acquire();
+            self.start_worker(slot)
+        };
         // Counted until here, so that shutdown waits for a start under way.
         self.launched();
         let report = |outcome: Result<(), Error>| match (&done, outcome) {
@@ -1057,6 +1099,9 @@ impl Shared {
         self: &Arc<Self>,
         slot: usize,
     ) -> Result<Option<(u32, Arc<UnixStream>, ChildProc)>, Error> {
+        if self.is_stopping() {
+            return Err(Error::Terminated);
+        }
         let pending = local::start(&self.config.launch, &|| self.is_stopping())?;
         let pid = pending.pid();
         {

@@ -56,6 +56,8 @@ pub(crate) fn spawned_as_worker() -> bool {
 thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
     static PANIC: RefCell<Option<(String, Option<String>)>> = const { RefCell::new(None) };
+    /// The message of the panic being unwound, if one is.
+    static UNWINDING: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 pub(crate) fn install_panic_hook() {
@@ -65,6 +67,19 @@ pub(crate) fn install_panic_hook() {
             let location = info
                 .location()
                 .map_or_else(|| "<unknown>".to_owned(), ToString::to_string);
+            let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+            let this = format!("{message}, at {location}");
+            if let Some(first) = UNWINDING.with(|u| u.borrow_mut().replace(this)) {
+                // A panic before the task's first one was caught: in a
+                // `Drop` while it unwinds, the process aborts next, and the
+                // pool reports SIGABRT. Both messages go to stderr, so that
+                // it says which.
+                eprintln!(
+                    "pool-runtime worker {}: a task panicked ({first}), then panicked again before that panic was caught; a panic in a `Drop` while unwinding aborts the worker",
+                    std::process::id()
+                );
+                default(info);
+            }
             let backtrace = std::backtrace::Backtrace::capture();
             let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
                 .then(|| backtrace.to_string());
@@ -83,6 +98,7 @@ fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> TaskFailure {
     } else {
         "Box<dyn Any>".to_owned()
     };
+    UNWINDING.with(|u| u.borrow_mut().take());
     let (location, backtrace) = PANIC
         .with(|p| p.borrow_mut().take())
         .unwrap_or_else(|| ("<unknown>".to_owned(), None));
@@ -425,7 +441,13 @@ fn too_large(entry: &TaskEntry, size: usize, max_frame: usize) -> TaskFailure {
     TaskFailure::BadOutput {
         ty: (entry.output_type)().to_owned(),
         message: format!(
-            "the encoded result takes {size} bytes, above the frame limit of {max_frame}"
+            "the encoded result takes {}{size} bytes, above the frame limit of {max_frame}",
+            if size > max_frame.saturating_sub(64) {
+                "more than "
+            } else {
+                ""
+            },
+            size = size.min(max_frame.saturating_sub(64))
         ),
     }
 }
@@ -468,7 +490,8 @@ fn run_chunk(
     // before the frame limit is reached.
     let out_limit = FLUSH_BYTES.min(max_result);
     // Panics are caught per run of items; the hook records their location while
-    // this chunk runs.
+    // this chunk runs (a panic a task caught itself is forgotten here).
+    UNWINDING.with(|u| u.borrow_mut().take());
     IN_TASK.with(|f| f.set(true));
     let mut i = 0u32;
     while i < count {

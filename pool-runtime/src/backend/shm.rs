@@ -149,7 +149,7 @@ impl Progress {
             fence(Ordering::Acquire);
             let after = slot.seq.load(Ordering::Relaxed);
             tries += 1;
-            if (before == after && before % 2 == 0) || tries > 1000 {
+            if (before == after && before.is_multiple_of(2)) || tries > 1000 {
                 return running;
             }
             std::hint::spin_loop();
