@@ -353,12 +353,19 @@ fn terminate_does_not_wait_for_a_starting_workers_initializer() {
     let _ = std::fs::remove_file(&marker);
 }
 
+/// Item 1 creates `marker` and spins forever; item 0 panics once item 1
+/// runs (it waits for the marker, bounded).
 #[task]
-fn panic_or_spin(x: u64) -> u64 {
+fn panic_or_spin(x: u64, marker: String) -> u64 {
+    let marker = std::path::Path::new(&marker);
     if x == 0 {
-        std::thread::sleep(Duration::from_millis(300));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !marker.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         panic!("item 0");
     }
+    let _ = std::fs::write(marker, b"");
     loop {
         std::hint::spin_loop();
     }
@@ -369,16 +376,21 @@ fn panic_or_spin(x: u64) -> u64 {
 /// timed out: it spins forever, and `join` never returns.
 #[test]
 fn a_cancelled_calls_stuck_item_still_times_out() {
-    within(15, || {
+    let (marker, m) = fresh_marker("cancelled");
+    within(15, move || {
         let pool = Pool::builder().processes(2).build().expect("pool");
         let r = pool
             .call()
             .chunksize(1)
             .timeout(Duration::from_secs(1))
-            .map(task!(panic_or_spin), [0u64, 1]);
-        assert!(matches!(r, Err(Error::TaskPanicked { .. })), "{r:?}");
+            .starmap(task!(panic_or_spin), [(0u64, m.clone()), (1, m)]);
+        assert!(
+            matches!(r, Err(Error::TaskPanicked { index: 0, .. })),
+            "{r:?}"
+        );
         pool.join();
     });
+    let _ = std::fs::remove_file(&marker);
 }
 
 #[task]
