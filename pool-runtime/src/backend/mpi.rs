@@ -9,7 +9,7 @@
 //!   process; the other ranks initialise it on their main thread and serve
 //!   tasks there until rank 0 finalises.
 //! - **Frames.** Each direction between rank 0 and a worker rank is a byte
-//!   stream of [`TAG_DATA`] messages carrying the usual frames
+//!   stream of messages (tag [`data_tag`]) carrying the usual frames
 //!   (`u32 length ++ header ++ body`); a frame is one message, or several
 //!   when it is large, so no message comes near MPI's 2 GiB count limit.
 //!   The worker runs the unchanged [`worker::serve_with`] over that stream,
@@ -25,6 +25,21 @@
 //!   `MPI_Finalize`.
 //! - **Idle ranks** poll with a backoff (spin 1 ms, then sleep up to 1 ms
 //!   at a time), so they do not burn a core inside MPI.
+//! - **Local workers** ([`node`]). With [`LOCAL_WORKERS_ENV`] set on a
+//!   worker rank (`auto`: one per CPU it may use; or a number), the rank
+//!   runs no task itself: it starts that many local worker processes, as a
+//!   pool without MPI does, and relays each one's frames to rank 0 under a
+//!   tag of its own ([`data_tag`]). Every rank reports its count at start-up
+//!   ([`TAG_CAPACITY`]), so rank 0 sees one worker per local process (an
+//!   *endpoint*), and its scheduler paces and sizes chunks for each as for
+//!   a local worker. A local worker that dies (or that rank 0's scheduler
+//!   stops for a timeout, with an `Exit` frame the rank turns into
+//!   `SIGKILL`) is reported with the item it was running ([`TAG_DIED`]):
+//!   rank 0 writes that item into the endpoint's progress page, so its
+//!   scheduler blames exactly it (`WorkerDied`, `TaskTimeout`, retries) and
+//!   requeues the rest, then asks the rank for a replacement with a new
+//!   handshake. For items under a timeout the rank reports each item's
+//!   start ([`TAG_START`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -43,18 +58,44 @@ use pool_core::ProtocolError;
 use pool_core::wire::{self, ToWorker};
 
 use super::local::{self, Launch, WORKER_ENV};
+use super::shm::{Progress, now_ns};
 use crate::error::{Error, ExitCause};
 use crate::scheduler::{Outgoing, RemoteStart, Shared};
 use crate::worker;
 
-/// Stream bytes (frames) in either direction.
-const TAG_DATA: Tag = 1;
-/// Worker → rank 0: `serve` ended (the pool said exit); body: `i32` LE code.
+mod node;
+
+/// Worker → rank 0: an endpoint's `serve` ended (the pool said exit);
+/// body: `u32` LE local index, `i32` LE code.
 const TAG_BYE: Tag = 2;
 /// Rank 0 → worker: the job ends; finalise MPI and exit.
 const TAG_FINALIZE: Tag = 3;
 /// Worker → rank 0: finalising now.
 const TAG_DONE: Tag = 4;
+/// Worker → rank 0, once at start-up: `u32` LE, its local workers (0: it
+/// serves tasks itself, as one endpoint).
+const TAG_CAPACITY: Tag = 5;
+/// Worker → rank 0: a local worker died; body: see [`Died`].
+const TAG_DIED: Tag = 6;
+/// Worker → rank 0: a local worker started an item under a timeout; body:
+/// `u32` local index, `u64` chunk, `u64` item, all LE.
+const TAG_START: Tag = 7;
+/// Stream bytes (frames) of endpoint `local` of a rank, in either direction,
+/// travel under tag `TAG_DATA_BASE + local`.
+const TAG_DATA_BASE: Tag = 64;
+/// The most local workers a rank may run (tags stay below 32 767, the
+/// smallest `MPI_TAG_UB` the standard allows).
+const MAX_LOCAL: usize = 4096;
+
+/// The environment variable that gives a worker rank local worker processes:
+/// `auto` (one per CPU the rank may use) or a number; unset or `0`: the rank
+/// runs tasks itself.
+pub(crate) const LOCAL_WORKERS_ENV: &str = "POOL_RUNTIME_MPI_LOCAL_WORKERS";
+
+/// The tag of endpoint `local`'s stream.
+fn data_tag(local: usize) -> Tag {
+    TAG_DATA_BASE + local as Tag
+}
 
 /// The largest MPI message sent: a frame above it travels as several
 /// messages (MPI counts are C `int`s, so one message stays below 2 GiB).
@@ -131,6 +172,8 @@ impl Launcher {
 struct Rank0 {
     commands: Sender<Command>,
     size: usize,
+    /// Endpoints (workers a pool may use) over all worker ranks.
+    endpoints: usize,
 }
 
 static RANK0: OnceLock<Rank0> = OnceLock::new();
@@ -147,8 +190,16 @@ pub(crate) fn rank() -> Option<u32> {
 /// Under an MPI launcher: initialises MPI; on rank 0 returns, on any other
 /// rank serves as a worker and exits. Without a launcher, returns at once.
 pub(crate) fn enter() {
-    if RANK.get().is_some() || std::env::var_os(WORKER_ENV).is_some() {
-        return; // called twice, or a local worker process
+    if RANK.get().is_some() {
+        return; // called twice
+    }
+    if std::env::var_os(WORKER_ENV).is_some() {
+        // A local worker process (of a rank with local workers): no MPI
+        // here, but `mpi_rank()` says which rank it works for.
+        if let Some(launcher) = Launcher::detect(|name| std::env::var(name).ok()) {
+            let _ = RANK.set(launcher.rank as u32);
+        }
+        return;
     }
     let Some(launcher) = Launcher::detect(|name| std::env::var(name).ok()) else {
         return;
@@ -182,7 +233,7 @@ pub(crate) fn pool_ranks() -> Result<Option<(usize, RemoteStart)>, Error> {
                 .into(),
         ));
     }
-    Ok(Some((rank0.size - 1, attach_all)))
+    Ok(Some((rank0.endpoints, attach_all)))
 }
 
 /// The remote start of a pool under MPI: attaches `processes` free ranks.
@@ -219,8 +270,16 @@ fn start_rank0(launcher: Launcher) {
                 }
             };
             let world = universe.world();
-            let _ = started_tx.send(Ok(world.size() as usize));
-            let mut hub = Hub::new(world, inbox);
+            let capacities = match gather_capacities(&world) {
+                Ok(capacities) => capacities,
+                Err(message) => {
+                    eprintln!("{message}");
+                    world.abort(1);
+                }
+            };
+            let endpoints = capacities.iter().skip(1).map(|&c| c.max(1)).sum();
+            let _ = started_tx.send(Ok((world.size() as usize, endpoints)));
+            let mut hub = Hub::new(world, inbox, &capacities);
             let reply = hub.run();
             FINALIZED.store(true, Ordering::SeqCst);
             drop(hub);
@@ -232,9 +291,13 @@ fn start_rank0(launcher: Launcher) {
         std::process::exit(1);
     }
     match started.recv() {
-        Ok(Ok(size)) => {
+        Ok(Ok((size, endpoints))) => {
             let _ = RANK.set(0);
-            let _ = RANK0.set(Rank0 { commands, size });
+            let _ = RANK0.set(Rank0 {
+                commands,
+                size,
+                endpoints,
+            });
             // SAFETY: registering a plain `extern "C" fn` with no arguments.
             if unsafe { libc::atexit(finalize_at_exit) } != 0 {
                 eprintln!("pool-runtime: cannot register the MPI finalisation at exit");
@@ -249,6 +312,65 @@ fn start_rank0(launcher: Launcher) {
             std::process::exit(1);
         }
     }
+}
+
+/// Rank 0 at start-up: how many local workers each rank runs (index 0 is
+/// rank 0's, always 0); every worker rank sends [`TAG_CAPACITY`] first.
+fn gather_capacities(world: &SimpleCommunicator) -> Result<Vec<usize>, String> {
+    let size = world.size() as usize;
+    let mut capacities = vec![0usize; size];
+    let mut heard = vec![false; size];
+    heard[0] = true;
+    let mut missing = size - 1;
+    let mut backoff = Backoff::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while missing > 0 {
+        let Some((message, status)) = world
+            .any_process()
+            .immediate_matched_probe_with_tag(TAG_CAPACITY)
+        else {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "pool-runtime: {missing} MPI rank(s) did not reach pool_runtime::init() within 120 s"
+                ));
+            }
+            backoff.pause();
+            continue;
+        };
+        backoff.reset();
+        let data = receive(message, &status);
+        let rank = status.source_rank() as usize;
+        let count = data
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_le_bytes) as usize;
+        if rank < size && !heard[rank] {
+            heard[rank] = true;
+            capacities[rank] = count.min(MAX_LOCAL);
+            missing -= 1;
+        }
+    }
+    Ok(capacities)
+}
+
+/// The local workers this worker rank runs, from [`LOCAL_WORKERS_ENV`].
+fn local_workers_from_env(value: Option<&str>) -> Result<usize, String> {
+    let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(0);
+    };
+    let count = if value.eq_ignore_ascii_case("auto") {
+        thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        value.parse::<usize>().map_err(|_| {
+            format!("pool-runtime: {LOCAL_WORKERS_ENV}={value:?}: expected `auto` or a number")
+        })?
+    };
+    if count > MAX_LOCAL {
+        return Err(format!(
+            "pool-runtime: {LOCAL_WORKERS_ENV}={value}: at most {MAX_LOCAL} local workers per rank"
+        ));
+    }
+    Ok(count)
 }
 
 /// Initialises MPI on the calling thread and checks the world it reports.
@@ -307,6 +429,23 @@ fn run_worker_rank(launcher: &Launcher) -> ! {
     let rank = world.rank(); // the launcher's, which is not 0 (`init_mpi` checked)
     // SAFETY: registering a plain `extern "C" fn` with no arguments.
     unsafe { libc::atexit(worker_exit_hook) };
+    let local = match local_workers_from_env(std::env::var(LOCAL_WORKERS_ENV).ok().as_deref()) {
+        Ok(count) => count,
+        Err(message) => {
+            eprintln!("{message}");
+            world.abort(EXIT_PROTOCOL);
+        }
+    };
+    world
+        .process_at_rank(0)
+        .send_with_tag(&(local as u32).to_le_bytes()[..], TAG_CAPACITY);
+    if local > 0 {
+        // Tasks run in local worker processes; this rank relays.
+        node::run(&world, local);
+        FINALIZED.store(true, Ordering::SeqCst);
+        drop(universe); // MPI_Finalize
+        std::process::exit(0)
+    }
     worker::install_panic_hook();
     let mut reader = RankReader::new(&world);
     let mut writer = RankWriter::new(&world);
@@ -332,13 +471,21 @@ fn run_worker_rank(launcher: &Launcher) -> ! {
         let _ = io::stdout().flush();
         world
             .process_at_rank(0)
-            .send_with_tag(&code.to_le_bytes()[..], TAG_BYE);
+            .send_with_tag(&bye_body(0, code)[..], TAG_BYE);
     }
     let _ = io::stdout().flush();
     world.process_at_rank(0).send_with_tag(&[0u8][..], TAG_DONE);
     FINALIZED.store(true, Ordering::SeqCst);
     drop(universe); // MPI_Finalize
     std::process::exit(0)
+}
+
+/// The body of a [`TAG_BYE`] message.
+fn bye_body(local: usize, code: i32) -> [u8; 8] {
+    let mut body = [0u8; 8];
+    body[..4].copy_from_slice(&(local as u32).to_le_bytes());
+    body[4..].copy_from_slice(&code.to_le_bytes());
+    body
 }
 
 /// Polls without burning a core: spins (yielding) for 1 ms after the last
@@ -430,7 +577,7 @@ impl Read for RankReader<'_> {
             };
             let data = receive(message, &status);
             match status.tag() {
-                TAG_DATA => {
+                tag if tag == data_tag(0) => {
                     self.buf = data;
                     self.pos = 0;
                 }
@@ -480,7 +627,7 @@ impl<'a> RankWriter<'a> {
         }
         let root = self.world.process_at_rank(0);
         for piece in pieces(len) {
-            root.send_with_tag(&self.buf[piece], TAG_DATA);
+            root.send_with_tag(&self.buf[piece], data_tag(0));
         }
         self.buf.drain(..len);
     }
@@ -579,7 +726,97 @@ struct AttachRequest {
     deadline: Instant,
 }
 
-/// Where a worker rank stands, seen from rank 0.
+/// What a rank reports of a local worker that died ([`TAG_DIED`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Died {
+    /// Its index among the rank's local workers.
+    pub(crate) local: u32,
+    pub(crate) pid: u32,
+    pub(crate) cause: ExitCause,
+    /// The `(chunk, item)` its progress page says it was running.
+    pub(crate) running: Option<(u64, u64)>,
+}
+
+impl Died {
+    const LEN: usize = 30;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let (kind, value) = match self.cause {
+            ExitCause::Code(code) => (0u8, code),
+            ExitCause::Signal(signal) => (1, signal),
+            _ => (2, 0),
+        };
+        let (busy, chunk, item) = match self.running {
+            Some((chunk, item)) => (1u8, chunk, item),
+            None => (0, 0, 0),
+        };
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.extend_from_slice(&self.local.to_le_bytes());
+        out.extend_from_slice(&self.pid.to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(&value.to_le_bytes());
+        out.push(busy);
+        out.extend_from_slice(&chunk.to_le_bytes());
+        out.extend_from_slice(&item.to_le_bytes());
+        out
+    }
+
+    fn decode(data: &[u8]) -> Option<Died> {
+        if data.len() != Self::LEN {
+            return None;
+        }
+        let u32_at = |at: usize| {
+            data.get(at..at + 4)?
+                .try_into()
+                .ok()
+                .map(u32::from_le_bytes)
+        };
+        let u64_at = |at: usize| {
+            data.get(at..at + 8)?
+                .try_into()
+                .ok()
+                .map(u64::from_le_bytes)
+        };
+        let value = u32_at(9)? as i32;
+        let cause = match data[8] {
+            0 => ExitCause::Code(value),
+            1 => ExitCause::Signal(value),
+            _ => ExitCause::Unknown,
+        };
+        let running = match data[13] {
+            0 => None,
+            _ => Some((u64_at(14)?, u64_at(22)?)),
+        };
+        Some(Died {
+            local: u32_at(0)?,
+            pid: u32_at(4)?,
+            cause,
+            running,
+        })
+    }
+}
+
+/// The body of a [`TAG_START`] message.
+pub(crate) fn start_body(local: u32, chunk: u64, item: u64) -> [u8; 20] {
+    let mut body = [0u8; 20];
+    body[..4].copy_from_slice(&local.to_le_bytes());
+    body[4..12].copy_from_slice(&chunk.to_le_bytes());
+    body[12..].copy_from_slice(&item.to_le_bytes());
+    body
+}
+
+fn parse_start(data: &[u8]) -> Option<(u32, u64, u64)> {
+    if data.len() != 20 {
+        return None;
+    }
+    Some((
+        u32::from_le_bytes(data.get(..4)?.try_into().ok()?),
+        u64::from_le_bytes(data.get(4..12)?.try_into().ok()?),
+        u64::from_le_bytes(data.get(12..20)?.try_into().ok()?),
+    ))
+}
+
+/// Where an endpoint stands, seen from rank 0.
 enum Phase {
     /// Serving no pool.
     Free,
@@ -589,23 +826,85 @@ enum Phase {
     Init { batch: u64, slot: usize },
     /// Handshake done; waiting for the rest of its batch.
     Ready { batch: u64, slot: usize },
+    /// The replacement of a local worker that died, in its handshake
+    /// (`init`: the initializer was sent): it takes `slot` of the pool.
+    Rejoin {
+        shared: Arc<Shared>,
+        slot: usize,
+        init: bool,
+    },
     /// A worker of a pool: frames for it arrive on `rx`.
     Attached {
         shared: Arc<Shared>,
         slot: usize,
         rx: Receiver<Outgoing>,
     },
-    /// Sent `Exit`; waiting for `BYE`, then detached from `pool` if any.
+    /// Sent `Exit`; waiting for `BYE` (or, for a local worker that was
+    /// busy, its death), then detached from `pool` if any.
     Releasing { pool: Option<(Arc<Shared>, usize)> },
     /// Broke the protocol: never given work again.
     Lost,
-    /// Acknowledged the end of the job.
+    /// Its rank acknowledged the end of the job.
     Done,
 }
 
-struct Worker {
+/// One worker a pool may use: a worker rank that runs tasks itself, or one
+/// local worker process of a rank.
+struct Endpoint {
+    rank: usize,
+    /// Its index among its rank's local workers (0 for a rank serving itself).
+    local: usize,
+    /// One of a rank's local workers (not the rank itself).
+    relayed: bool,
     phase: Phase,
     stream: Assembler,
+    /// The pid its pool knows it by: the rank for a rank serving itself,
+    /// the local process's pid otherwise.
+    pid: u32,
+    /// A local worker's progress page on rank 0, given to its pool: it
+    /// stays idle, except where the rank reports an item under a timeout
+    /// and, at a death, the item that was running, so the scheduler reads
+    /// what a local worker's own page would say.
+    page: Option<Arc<Progress>>,
+}
+
+impl Endpoint {
+    /// How messages name it.
+    fn name(&self) -> String {
+        if self.relayed {
+            format!("local worker {} of MPI rank {}", self.local, self.rank)
+        } else {
+            format!("MPI rank {}", self.rank)
+        }
+    }
+}
+
+/// A worker rank: its endpoints are `first .. first + count`.
+struct RankInfo {
+    first: usize,
+    count: usize,
+    /// Acknowledged the end of the job.
+    done: bool,
+}
+
+/// A progress page for a relayed endpoint, which the scheduler can never
+/// take chunks back through (nothing on rank 0 claims them: the local
+/// worker's claims happen on its own page).
+fn relay_page() -> Option<Arc<Progress>> {
+    let page = Progress::create().ok()?;
+    // A claim far above any chunk id: the pool's `steal_after` sees the
+    // worker past every chunk, so it never takes back work sent to a rank.
+    page.claim(1 << 62);
+    Some(Arc::new(page))
+}
+
+/// The order in which free endpoints, given as `(rank, local)`, go to a
+/// pool: the first local worker of every rank, then the second, ..., so a
+/// pool smaller than the job spreads over the ranks.
+fn endpoint_order(places: &[(usize, usize)]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..places.len()).collect();
+    order.sort_by_key(|&e| (places[e].1, places[e].0));
+    order
 }
 
 /// A pool being attached: its ranks go through the handshake together.
@@ -614,7 +913,7 @@ struct Batch {
     shared: Arc<Shared>,
     reply: Sender<Result<(), Error>>,
     deadline: Instant,
-    ranks: Vec<usize>,
+    endpoints: Vec<usize>,
 }
 
 /// A send in progress, with the buffer it reads from.
@@ -634,8 +933,12 @@ enum Keep {
 struct Hub {
     world: SimpleCommunicator,
     inbox: Receiver<Command>,
-    /// Indexed by rank; rank 0's entry is unused.
-    workers: Vec<Worker>,
+    endpoints: Vec<Endpoint>,
+    /// Indexed by rank; rank 0's entry has no endpoints.
+    ranks: Vec<RankInfo>,
+    /// The order in which free endpoints are given to a pool: the first
+    /// local worker of every rank, then the second, ...
+    order: Vec<usize>,
     waiting: VecDeque<AttachRequest>,
     batches: Vec<Batch>,
     next_batch: u64,
@@ -644,23 +947,50 @@ struct Hub {
 }
 
 impl Hub {
-    fn new(world: SimpleCommunicator, inbox: Receiver<Command>) -> Hub {
-        let size = world.size() as usize;
+    /// `capacities[rank]`: the local workers of each rank (0: it serves
+    /// tasks itself).
+    fn new(world: SimpleCommunicator, inbox: Receiver<Command>, capacities: &[usize]) -> Hub {
+        let mut endpoints = Vec::new();
+        let mut ranks = Vec::new();
+        for (rank, &capacity) in capacities.iter().enumerate() {
+            let count = if rank == 0 { 0 } else { capacity.max(1) };
+            ranks.push(RankInfo {
+                first: endpoints.len(),
+                count,
+                done: false,
+            });
+            for local in 0..count {
+                endpoints.push(Endpoint {
+                    rank,
+                    local,
+                    relayed: capacity > 0,
+                    phase: Phase::Free,
+                    stream: Assembler::default(),
+                    pid: rank as u32,
+                    page: None,
+                });
+            }
+        }
+        let places: Vec<(usize, usize)> = endpoints.iter().map(|e| (e.rank, e.local)).collect();
+        let order = endpoint_order(&places);
         Hub {
             world,
             inbox,
-            workers: (0..size)
-                .map(|_| Worker {
-                    phase: Phase::Free,
-                    stream: Assembler::default(),
-                })
-                .collect(),
+            endpoints,
+            ranks,
+            order,
             waiting: VecDeque::new(),
             batches: Vec::new(),
             next_batch: 0,
             pending: Vec::new(),
             finalizing: None,
         }
+    }
+
+    /// The endpoint of `rank`'s local worker `local`.
+    fn endpoint(&self, rank: usize, local: usize) -> Option<usize> {
+        let info = self.ranks.get(rank)?;
+        (local < info.count).then_some(info.first + local)
     }
 
     /// Runs until every rank acknowledged the end of the job; returns whom
@@ -685,9 +1015,7 @@ impl Hub {
             self.complete_sends();
             self.check_deadlines();
             if let Some(deadline) = self.finalizing.as_ref().map(|(d, _)| *d) {
-                let all_done = self.workers[1..]
-                    .iter()
-                    .all(|w| matches!(w.phase, Phase::Done));
+                let all_done = self.ranks[1..].iter().all(|r| r.done);
                 if all_done
                     && self.pending.is_empty()
                     && let Some((_, reply)) = self.finalizing.take()
@@ -695,8 +1023,8 @@ impl Hub {
                     return reply;
                 }
                 if Instant::now() > deadline {
-                    let busy: Vec<usize> = (1..self.workers.len())
-                        .filter(|&r| !matches!(self.workers[r].phase, Phase::Done))
+                    let busy: Vec<usize> = (1..self.ranks.len())
+                        .filter(|&r| !self.ranks[r].done)
                         .collect();
                     eprintln!(
                         "pool-runtime: MPI rank(s) {busy:?} still had work {FINALIZE_TIMEOUT:?} after main \
@@ -721,8 +1049,8 @@ impl Hub {
         }
         let mut select = Select::new();
         select.recv(&self.inbox);
-        for worker in &self.workers {
-            if let Phase::Attached { rx, .. } = &worker.phase {
+        for endpoint in &self.endpoints {
+            if let Phase::Attached { rx, .. } = &endpoint.phase {
                 select.recv(rx);
             }
         }
@@ -731,7 +1059,7 @@ impl Hub {
 
     // ----- attaching pools -----
 
-    /// Starts the handshakes of waiting pools whose ranks are free.
+    /// Starts the handshakes of waiting pools whose endpoints are free.
     fn start_waiting(&mut self) -> bool {
         let mut progressed = false;
         while let Some(request) = self.waiting.pop_front() {
@@ -741,16 +1069,21 @@ impl Hub {
                 continue;
             }
             let wanted = request.shared.config.processes;
-            let free: Vec<usize> = (1..self.workers.len())
-                .filter(|&r| matches!(self.workers[r].phase, Phase::Free))
+            let free: Vec<usize> = self
+                .order
+                .iter()
+                .copied()
+                .filter(|&e| matches!(self.endpoints[e].phase, Phase::Free))
                 .take(wanted)
                 .collect();
             if free.len() < wanted {
-                // Ranks still leaving a pool become free shortly; wait for them.
-                let soon = (1..self.workers.len())
-                    .filter(|&r| {
+                // Endpoints still leaving a pool become free shortly; wait for them.
+                let soon = self
+                    .endpoints
+                    .iter()
+                    .filter(|e| {
                         matches!(
-                            self.workers[r].phase,
+                            e.phase,
                             Phase::Free
                                 | Phase::Releasing { .. }
                                 | Phase::Hello { .. }
@@ -762,10 +1095,11 @@ impl Hub {
                     self.waiting.push_front(request);
                     break;
                 }
-                let busy = self.workers.len() - 1 - free.len();
+                let total = self.endpoints.len();
+                let busy = total - free.len();
                 let _ = request.reply.send(Err(Error::Spawn(io::Error::other(format!(
-                    "a pool of {wanted} needs {wanted} free MPI worker ranks, but {busy} of the {} serve another pool",
-                    self.workers.len() - 1
+                    "a pool of {wanted} needs {wanted} free MPI worker ranks (or local workers of ranks), \
+                     but {busy} of the {total} serve another pool"
                 )))));
                 progressed = true;
                 continue;
@@ -773,17 +1107,17 @@ impl Hub {
             let id = self.next_batch;
             self.next_batch += 1;
             let hello = local::hello_header(&request.shared.config.launch);
-            for (slot, &rank) in free.iter().enumerate() {
-                self.workers[rank].phase = Phase::Hello { batch: id, slot };
-                self.workers[rank].stream.clear();
-                self.send_frame(rank, &hello, &Arc::new(Vec::new()));
+            for (slot, &e) in free.iter().enumerate() {
+                self.endpoints[e].phase = Phase::Hello { batch: id, slot };
+                self.endpoints[e].stream.clear();
+                self.send_frame(e, &hello, &Arc::new(Vec::new()));
             }
             self.batches.push(Batch {
                 id,
                 shared: request.shared,
                 reply: request.reply,
                 deadline: request.deadline,
-                ranks: free,
+                endpoints: free,
             });
             progressed = true;
         }
@@ -794,109 +1128,124 @@ impl Hub {
         self.batches.iter().find(|b| b.id == id)
     }
 
-    /// A handshake frame from `rank`, in phase Hello or Init.
-    fn on_handshake(&mut self, rank: usize, frame: &[u8]) {
-        let (batch_id, slot, init_phase) = match self.workers[rank].phase {
+    /// A handshake frame from endpoint `e`, in phase Hello or Init.
+    fn on_handshake(&mut self, e: usize, frame: &[u8]) {
+        let (batch_id, slot, init_phase) = match self.endpoints[e].phase {
             Phase::Hello { batch, slot } => (batch, slot, false),
             Phase::Init { batch, slot } => (batch, slot, true),
             _ => return,
         };
         let Some(batch) = self.batch(batch_id) else {
             // Its pool gave up on it (a timeout or another rank failed).
-            self.release(rank, None);
+            self.release(e, None);
             return;
         };
         let launch: &Launch = &batch.shared.config.launch;
         let init = launch.init.clone();
+        let pid = self.endpoints[e].pid;
         let outcome = if init_phase {
             match &init {
-                Some(spec) => {
-                    local::check_init_done(frame, spec).map_err(|reason| Error::Initializer {
+                Some(spec) => local::check_init_done(frame, spec)
+                    .map(|()| pid)
+                    .map_err(|reason| Error::Initializer {
                         task: spec.name,
-                        pid: rank as u32,
+                        pid,
                         reason,
-                    })
-                }
+                    }),
                 None => Err(Error::Startup {
-                    pid: rank as u32,
+                    pid,
                     reason: "an answer to an initializer that was never sent".into(),
                 }),
             }
         } else {
-            local::check_ready(frame, launch)
-                .map(|_pid| ())
-                .map_err(|reason| Error::Startup {
-                    pid: rank as u32,
-                    reason: format!("MPI rank {rank}: {reason}"),
-                })
+            local::check_ready(frame, launch).map_err(|reason| Error::Startup {
+                pid,
+                reason: format!("{}: {reason}", self.endpoints[e].name()),
+            })
         };
         match outcome {
             Err(err) => {
-                self.release(rank, None);
+                self.release(e, None);
                 self.fail_batch(batch_id, err);
             }
-            Ok(()) => match (&init, init_phase) {
-                (Some(spec), false) => {
-                    let header = wire::encode_header(&ToWorker::Init { task: spec.task });
-                    let body = Arc::new(spec.body.clone());
-                    self.workers[rank].phase = Phase::Init {
-                        batch: batch_id,
-                        slot,
-                    };
-                    self.send_frame(rank, &header, &body);
+            Ok(reported) => {
+                if self.endpoints[e].relayed && !init_phase {
+                    // A local process: the pool knows it by its own pid.
+                    self.endpoints[e].pid = reported;
                 }
-                _ => {
-                    self.workers[rank].phase = Phase::Ready {
-                        batch: batch_id,
-                        slot,
-                    };
-                    self.finish_batch_if_ready(batch_id);
+                match (&init, init_phase) {
+                    (Some(spec), false) => {
+                        let header = wire::encode_header(&ToWorker::Init { task: spec.task });
+                        let body = Arc::new(spec.body.clone());
+                        self.endpoints[e].phase = Phase::Init {
+                            batch: batch_id,
+                            slot,
+                        };
+                        self.send_frame(e, &header, &body);
+                    }
+                    _ => {
+                        self.endpoints[e].phase = Phase::Ready {
+                            batch: batch_id,
+                            slot,
+                        };
+                        self.finish_batch_if_ready(batch_id);
+                    }
                 }
-            },
+            }
         }
     }
 
-    /// Attaches the ranks of a batch once all of them are ready.
+    /// Attaches endpoint `e` to `slot` of `shared`'s pool; releases it if
+    /// the pool was terminated meanwhile.
+    fn attach(&mut self, e: usize, shared: Arc<Shared>, slot: usize) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let page = if self.endpoints[e].relayed {
+            relay_page()
+        } else {
+            None
+        };
+        let pid = self.endpoints[e].pid;
+        if shared.attach(slot, pid, tx, page.clone(), false) {
+            self.endpoints[e].page = page;
+            self.endpoints[e].phase = Phase::Attached { shared, slot, rx };
+        } else {
+            self.release(e, None);
+        }
+    }
+
+    /// Attaches the endpoints of a batch once all of them are ready.
     fn finish_batch_if_ready(&mut self, id: u64) {
         let Some(index) = self.batches.iter().position(|b| b.id == id) else {
             return;
         };
         let ready = self.batches[index]
-            .ranks
+            .endpoints
             .iter()
-            .all(|&r| matches!(self.workers[r].phase, Phase::Ready { .. }));
+            .all(|&e| matches!(self.endpoints[e].phase, Phase::Ready { .. }));
         if !ready {
             return;
         }
         let batch = self.batches.swap_remove(index);
-        for &rank in &batch.ranks {
-            let Phase::Ready { slot, .. } = self.workers[rank].phase else {
+        for &e in &batch.endpoints {
+            let Phase::Ready { slot, .. } = self.endpoints[e].phase else {
                 continue;
             };
-            let (tx, rx) = crossbeam_channel::unbounded();
-            if batch.shared.attach(slot, rank as u32, tx, None, false) {
-                self.workers[rank].phase = Phase::Attached {
-                    shared: Arc::clone(&batch.shared),
-                    slot,
-                    rx,
-                };
-            } else {
-                self.release(rank, None);
-            }
+            self.attach(e, Arc::clone(&batch.shared), slot);
         }
         let _ = batch.reply.send(Ok(()));
     }
 
-    /// Gives up a batch: its pool fails to start with `err`; its ranks that
-    /// finished the handshake are released now, the others when they answer.
+    /// Gives up a batch: its pool fails to start with `err`; its endpoints
+    /// that finished the handshake are released now, the others when they
+    /// answer.
     fn fail_batch(&mut self, id: u64, err: Error) {
         let Some(index) = self.batches.iter().position(|b| b.id == id) else {
             return;
         };
         let batch = self.batches.swap_remove(index);
-        for &rank in &batch.ranks {
-            if matches!(self.workers[rank].phase, Phase::Ready { .. }) {
-                self.release(rank, None);
+        for &e in &batch.endpoints {
+            if matches!(self.endpoints[e].phase, Phase::Ready { .. }) {
+                self.release(e, None);
             }
         }
         let _ = batch.reply.send(Err(err));
@@ -909,55 +1258,162 @@ impl Hub {
             .iter()
             .filter(|b| now > b.deadline)
             .filter_map(|b| {
-                let rank = b.ranks.iter().copied().find(|&r| {
+                let e = b.endpoints.iter().copied().find(|&e| {
                     matches!(
-                        self.workers[r].phase,
+                        self.endpoints[e].phase,
                         Phase::Hello { .. } | Phase::Init { .. }
                     )
                 })?;
-                Some((b.id, rank))
+                Some((b.id, e))
             })
             .collect();
-        for (id, rank) in late {
+        for (id, e) in late {
             let timeout = self
                 .batch(id)
                 .map_or(Duration::ZERO, |b| b.shared.config.launch.startup_timeout);
             let err = Error::Startup {
-                pid: rank as u32,
+                pid: self.endpoints[e].pid,
                 reason: format!(
-                    "MPI rank {rank} did not complete the handshake within {timeout:?}: does `main` call \
-                     `pool_runtime::init()` before anything slow?"
+                    "{} did not complete the handshake within {timeout:?}: does `main` call \
+                     `pool_runtime::init()` before anything slow?",
+                    self.endpoints[e].name()
                 ),
             };
             self.fail_batch(id, err);
         }
     }
 
-    /// Sends `Exit` to `rank`; once it says goodbye it is free again (and
-    /// detached from `pool`).
-    fn release(&mut self, rank: usize, pool: Option<(Arc<Shared>, usize)>) {
+    /// Sends `Exit` to endpoint `e`; once it says goodbye it is free again
+    /// (and detached from `pool`).
+    fn release(&mut self, e: usize, pool: Option<(Arc<Shared>, usize)>) {
         let header = wire::encode_header(&ToWorker::Exit);
-        self.send_frame(rank, &header, &Arc::new(Vec::new()));
-        self.workers[rank].phase = Phase::Releasing { pool };
+        self.send_frame(e, &header, &Arc::new(Vec::new()));
+        self.endpoints[e].phase = Phase::Releasing { pool };
+    }
+
+    // ----- local workers that die -----
+
+    /// A rank's local worker died: its pool blames the item it ran (its
+    /// page says which) and requeues the rest, as for a local worker; a
+    /// pool still running gets a replacement in the same slot.
+    fn on_died(&mut self, e: usize, died: Died) {
+        self.endpoints[e].stream.clear();
+        let page = self.endpoints[e].page.take();
+        if let Some(page) = &page {
+            match died.running {
+                Some((chunk, item)) => page.start(chunk, item, now_ns()),
+                None => page.idle(0),
+            }
+        }
+        let name = self.endpoints[e].name();
+        let phase = std::mem::replace(&mut self.endpoints[e].phase, Phase::Free);
+        match phase {
+            Phase::Attached { shared, slot, .. }
+            | Phase::Releasing {
+                pool: Some((shared, slot)),
+            } => {
+                shared.mark_dying(slot);
+                shared.detach(slot, died.pid, died.cause, None);
+                drop(page);
+                if !shared.is_stopping() {
+                    // The rank starts a new process on a new handshake.
+                    let hello = local::hello_header(&shared.config.launch);
+                    self.endpoints[e].phase = Phase::Rejoin {
+                        shared,
+                        slot,
+                        init: false,
+                    };
+                    self.send_frame(e, &hello, &Arc::new(Vec::new()));
+                }
+            }
+            Phase::Hello { batch, .. } | Phase::Init { batch, .. } | Phase::Ready { batch, .. } => {
+                let err = Error::Startup {
+                    pid: died.pid,
+                    reason: format!("{name} {} during the handshake", died.cause),
+                };
+                self.fail_batch(batch, err);
+            }
+            Phase::Rejoin { .. } => {
+                tracing::warn!(
+                    pid = died.pid,
+                    cause = %died.cause,
+                    "{name}: the replacement of a local worker died in its handshake; the pool goes on without it"
+                );
+            }
+            Phase::Lost => self.endpoints[e].phase = Phase::Lost,
+            Phase::Done => self.endpoints[e].phase = Phase::Done,
+            Phase::Free | Phase::Releasing { pool: None } => {}
+        }
+    }
+
+    /// A handshake frame from the replacement of a local worker.
+    fn on_rejoin(&mut self, e: usize, frame: &[u8]) {
+        let Phase::Rejoin { shared, slot, init } = &self.endpoints[e].phase else {
+            return;
+        };
+        let (shared, slot, init) = (Arc::clone(shared), *slot, *init);
+        let launch = &shared.config.launch;
+        let name = self.endpoints[e].name();
+        let outcome = if init {
+            match &launch.init {
+                Some(spec) => local::check_init_done(frame, spec).map(|()| None),
+                None => Err("an answer to an initializer that was never sent".to_owned()),
+            }
+        } else {
+            local::check_ready(frame, launch).map(Some)
+        };
+        match outcome {
+            Err(reason) => {
+                tracing::warn!(
+                    "{name}: the replacement of a local worker failed to start ({reason}); the pool goes on without it"
+                );
+                self.release(e, None);
+            }
+            Ok(Some(pid)) => {
+                self.endpoints[e].pid = pid;
+                if let Some(spec) = &launch.init {
+                    let header = wire::encode_header(&ToWorker::Init { task: spec.task });
+                    let body = Arc::new(spec.body.clone());
+                    self.endpoints[e].phase = Phase::Rejoin {
+                        shared: Arc::clone(&shared),
+                        slot,
+                        init: true,
+                    };
+                    self.send_frame(e, &header, &body);
+                } else {
+                    self.attach(e, shared, slot);
+                }
+            }
+            Ok(None) => self.attach(e, shared, slot),
+        }
+    }
+
+    /// A local worker started an item under a timeout.
+    fn on_start(&mut self, e: usize, chunk: u64, item: u64) {
+        if let (Phase::Attached { .. }, Some(page)) =
+            (&self.endpoints[e].phase, &self.endpoints[e].page)
+        {
+            page.start(chunk, item, now_ns());
+        }
     }
 
     // ----- frames out -----
 
-    /// Forwards the frames pools queued for their ranks.
+    /// Forwards the frames pools queued for their endpoints.
     fn forward_frames(&mut self) -> bool {
         let mut progressed = false;
-        for rank in 1..self.workers.len() {
-            while let Phase::Attached { rx, .. } = &self.workers[rank].phase {
+        for e in 0..self.endpoints.len() {
+            while let Phase::Attached { rx, .. } = &self.endpoints[e].phase {
                 let Ok(out) = rx.try_recv() else { break };
                 progressed = true;
-                self.forward(rank, out);
+                self.forward(e, out);
             }
         }
         progressed
     }
 
-    fn forward(&mut self, rank: usize, out: Outgoing) {
-        let Phase::Attached { shared, slot, .. } = &self.workers[rank].phase else {
+    fn forward(&mut self, e: usize, out: Outgoing) {
+        let Phase::Attached { shared, slot, .. } = &self.endpoints[e].phase else {
             return;
         };
         let (shared, slot) = (Arc::clone(shared), *slot);
@@ -969,42 +1425,43 @@ impl Hub {
             let limit = max.min(u32::MAX as usize);
             shared.detach(
                 slot,
-                rank as u32,
+                self.endpoints[e].pid,
                 ExitCause::Unknown,
                 Some(ProtocolError::TooLarge { size, limit }),
             );
-            self.release(rank, None);
+            self.release(e, None);
             return;
         }
         let exit = matches!(
             wire::split_frame::<ToWorker>(&out.header),
             Ok((ToWorker::Exit, _))
         );
-        self.send_frame(rank, &out.header, &out.body);
+        self.send_frame(e, &out.header, &out.body);
         if exit {
             // Anything the pool sends after its exit frame is dropped: the
             // worker would read it as the start of the next pool.
-            self.workers[rank].phase = Phase::Releasing {
+            self.endpoints[e].phase = Phase::Releasing {
                 pool: Some((shared, slot)),
             };
         }
     }
 
-    /// Sends one frame to `rank` without waiting: small frames as one
+    /// Sends one frame to endpoint `e` without waiting: small frames as one
     /// message, large ones as a header message and body pieces.
-    fn send_frame(&mut self, rank: usize, header: &[u8], body: &Arc<Vec<u8>>) {
+    fn send_frame(&mut self, e: usize, header: &[u8], body: &Arc<Vec<u8>>) {
+        let (rank, tag) = (self.endpoints[e].rank, data_tag(self.endpoints[e].local));
         let len = ((header.len() + body.len()) as u32).to_le_bytes();
         if body.len() <= INLINE_BODY {
             let mut message = Vec::with_capacity(4 + header.len() + body.len());
             message.extend_from_slice(&len);
             message.extend_from_slice(header);
             message.extend_from_slice(body);
-            self.isend_owned(rank, message.into_boxed_slice(), TAG_DATA);
+            self.isend_owned(rank, message.into_boxed_slice(), tag);
         } else {
             let mut head = Vec::with_capacity(4 + header.len());
             head.extend_from_slice(&len);
             head.extend_from_slice(header);
-            self.isend_owned(rank, head.into_boxed_slice(), TAG_DATA);
+            self.isend_owned(rank, head.into_boxed_slice(), tag);
             for piece in pieces(body.len()) {
                 let slice = &body[piece];
                 // SAFETY: the slice points into `body`'s heap buffer, which the
@@ -1015,7 +1472,7 @@ impl Hub {
                 let request = self
                     .world
                     .process_at_rank(rank as i32)
-                    .immediate_send_with_tag(StaticScope, data, TAG_DATA);
+                    .immediate_send_with_tag(StaticScope, data, tag);
                 self.pending.push(PendingSend {
                     request: Some(request),
                     _keep: Keep::Shared(Arc::clone(body)),
@@ -1060,20 +1517,52 @@ impl Hub {
             progressed = true;
             let data = receive(message, &status);
             let rank = status.source_rank() as usize;
-            if rank == 0 || rank >= self.workers.len() {
+            if rank == 0 || rank >= self.ranks.len() {
                 continue;
             }
+            let local_of = |data: &[u8]| {
+                data.get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_le_bytes)
+            };
             match status.tag() {
-                TAG_DATA => self.on_data(rank, data),
+                tag if tag >= TAG_DATA_BASE => {
+                    if let Some(e) = self.endpoint(rank, (tag - TAG_DATA_BASE) as usize) {
+                        self.on_data(e, data);
+                    }
+                }
                 TAG_BYE => {
                     let code = data
-                        .get(..4)
+                        .get(4..8)
                         .and_then(|b| b.try_into().ok())
                         .map_or(EXIT_PROTOCOL, i32::from_le_bytes);
-                    self.on_bye(rank, code);
+                    let local = local_of(&data).map_or(0, |l| l as usize);
+                    if let Some(e) = self.endpoint(rank, local) {
+                        self.on_bye(e, code);
+                    }
+                }
+                TAG_DIED => {
+                    let died = Died::decode(&data);
+                    match died.and_then(|d| Some((self.endpoint(rank, d.local as usize)?, d))) {
+                        Some((e, died)) => self.on_died(e, died),
+                        None => eprintln!(
+                            "pool-runtime: ignoring a malformed report of a dead local worker from rank {rank}"
+                        ),
+                    }
+                }
+                TAG_START => {
+                    if let Some((local, chunk, item)) = parse_start(&data)
+                        && let Some(e) = self.endpoint(rank, local as usize)
+                    {
+                        self.on_start(e, chunk, item);
+                    }
                 }
                 TAG_DONE => {
-                    self.workers[rank].phase = Phase::Done;
+                    self.ranks[rank].done = true;
+                    let RankInfo { first, count, .. } = self.ranks[rank];
+                    for endpoint in &mut self.endpoints[first..first + count] {
+                        endpoint.phase = Phase::Done;
+                    }
                 }
                 tag => eprintln!(
                     "pool-runtime: ignoring an MPI message with tag {tag} from rank {rank}"
@@ -1083,11 +1572,11 @@ impl Hub {
         progressed
     }
 
-    fn on_data(&mut self, rank: usize, data: Vec<u8>) {
+    fn on_data(&mut self, e: usize, data: Vec<u8>) {
         if self.finalizing.is_some() {
             return; // the job is ending: late results have no reader
         }
-        let max = match &self.workers[rank].phase {
+        let max = match &self.endpoints[e].phase {
             Phase::Attached { shared, .. }
             | Phase::Releasing {
                 pool: Some((shared, _)),
@@ -1095,81 +1584,86 @@ impl Hub {
             _ => 4096,
         };
         let mut frames = Vec::new();
-        let pushed = self.workers[rank].stream.push(data, max, &mut frames);
+        let pushed = self.endpoints[e].stream.push(data, max, &mut frames);
         for frame in frames {
-            match &self.workers[rank].phase {
+            match &self.endpoints[e].phase {
                 Phase::Attached { shared, slot, .. }
                 | Phase::Releasing {
                     pool: Some((shared, slot)),
                 } => {
                     let (shared, slot) = (Arc::clone(shared), *slot);
-                    if let Err(err) = shared.deliver(slot, rank as u32, frame) {
-                        self.lose(rank, err);
+                    if let Err(err) = shared.deliver(slot, self.endpoints[e].pid, frame) {
+                        self.lose(e, err);
                         return;
                     }
                 }
-                Phase::Hello { .. } | Phase::Init { .. } => self.on_handshake(rank, &frame),
+                Phase::Hello { .. } | Phase::Init { .. } => self.on_handshake(e, &frame),
+                Phase::Rejoin { .. } => self.on_rejoin(e, &frame),
                 Phase::Releasing { pool: None } => {} // e.g. a late `Ready`
                 Phase::Free | Phase::Ready { .. } | Phase::Lost | Phase::Done => {
                     self.lose(
-                        rank,
-                        ProtocolError::Unexpected("a frame from an idle MPI rank"),
+                        e,
+                        ProtocolError::Unexpected("a frame from an idle MPI worker"),
                     );
                     return;
                 }
             }
         }
         if let Err(err) = pushed {
-            self.lose(rank, err);
+            self.lose(e, err);
         }
     }
 
-    /// `rank` broke the protocol: its pool (if any) sees a protocol error,
-    /// and the rank gets no more work.
-    fn lose(&mut self, rank: usize, err: ProtocolError) {
-        let phase = std::mem::replace(&mut self.workers[rank].phase, Phase::Lost);
-        self.workers[rank].stream.clear();
+    /// Endpoint `e` broke the protocol: its pool (if any) sees a protocol
+    /// error, and it gets no more work.
+    fn lose(&mut self, e: usize, err: ProtocolError) {
+        let phase = std::mem::replace(&mut self.endpoints[e].phase, Phase::Lost);
+        self.endpoints[e].stream.clear();
+        let pid = self.endpoints[e].pid;
         match phase {
             Phase::Attached { shared, slot, .. }
             | Phase::Releasing {
                 pool: Some((shared, slot)),
             } => {
                 shared.mark_dying(slot);
-                shared.detach(slot, rank as u32, ExitCause::Unknown, Some(err));
+                shared.detach(slot, pid, ExitCause::Unknown, Some(err));
             }
             Phase::Hello { batch, .. } | Phase::Init { batch, .. } | Phase::Ready { batch, .. } => {
-                self.fail_batch(
-                    batch,
-                    Error::Protocol {
-                        pid: rank as u32,
-                        source: err,
-                    },
-                );
+                self.fail_batch(batch, Error::Protocol { pid, source: err });
             }
-            _ => eprintln!("pool-runtime: MPI rank {rank}: {err}"),
+            _ => eprintln!("pool-runtime: {}: {err}", self.endpoints[e].name()),
         }
     }
 
-    fn on_bye(&mut self, rank: usize, code: i32) {
-        self.workers[rank].stream.clear();
-        let phase = std::mem::replace(&mut self.workers[rank].phase, Phase::Free);
+    fn on_bye(&mut self, e: usize, code: i32) {
+        self.endpoints[e].stream.clear();
+        self.endpoints[e].page = None;
+        let pid = self.endpoints[e].pid;
+        let phase = std::mem::replace(&mut self.endpoints[e].phase, Phase::Free);
         match phase {
             Phase::Attached { shared, slot, .. }
             | Phase::Releasing {
                 pool: Some((shared, slot)),
             } => {
                 shared.mark_dying(slot);
-                shared.detach(slot, rank as u32, ExitCause::Code(code), None);
+                shared.detach(slot, pid, ExitCause::Code(code), None);
             }
             Phase::Hello { batch, .. } | Phase::Init { batch, .. } | Phase::Ready { batch, .. } => {
                 let err = Error::Startup {
-                    pid: rank as u32,
-                    reason: format!("MPI rank {rank} left the handshake (code {code})"),
+                    pid,
+                    reason: format!(
+                        "{} left the handshake (code {code})",
+                        self.endpoints[e].name()
+                    ),
                 };
                 self.fail_batch(batch, err);
             }
-            Phase::Done => self.workers[rank].phase = Phase::Done,
-            Phase::Lost => self.workers[rank].phase = Phase::Lost,
+            Phase::Rejoin { .. } => tracing::warn!(
+                "{}: the replacement of a local worker could not start; the pool goes on without it",
+                self.endpoints[e].name()
+            ),
+            Phase::Done => self.endpoints[e].phase = Phase::Done,
+            Phase::Lost => self.endpoints[e].phase = Phase::Lost,
             Phase::Free | Phase::Releasing { pool: None } => {}
         }
     }
@@ -1187,16 +1681,18 @@ impl Hub {
         for id in ids {
             self.fail_batch(id, Error::Terminated);
         }
-        for rank in 1..self.workers.len() {
-            if let Phase::Attached { shared, slot, .. } = &self.workers[rank].phase {
+        for e in 0..self.endpoints.len() {
+            if let Phase::Attached { shared, slot, .. } = &self.endpoints[e].phase {
                 // A pool still alive at exit: its calls end now.
                 let (shared, slot) = (Arc::clone(shared), *slot);
                 shared.mark_dying(slot);
-                shared.detach(slot, rank as u32, ExitCause::Unknown, None);
+                shared.detach(slot, self.endpoints[e].pid, ExitCause::Unknown, None);
             }
-            if !matches!(self.workers[rank].phase, Phase::Done) {
-                self.workers[rank].phase = Phase::Releasing { pool: None };
+            if !matches!(self.endpoints[e].phase, Phase::Done) {
+                self.endpoints[e].phase = Phase::Releasing { pool: None };
             }
+        }
+        for rank in 1..self.ranks.len() {
             self.isend_owned(rank, Box::new([]), TAG_FINALIZE);
         }
         self.finalizing = Some((Instant::now() + FINALIZE_TIMEOUT, reply));
@@ -1331,6 +1827,77 @@ mod tests {
         assert_eq!(complete_frame_len(&[2, 0, 0]), None);
         assert_eq!(complete_frame_len(&[2, 0, 0, 0, 9]), None);
         assert_eq!(complete_frame_len(&[2, 0, 0, 0, 9, 9, 1]), Some(6));
+    }
+
+    #[test]
+    fn the_local_worker_count_comes_from_the_environment() {
+        assert_eq!(local_workers_from_env(None), Ok(0));
+        assert_eq!(local_workers_from_env(Some("")), Ok(0));
+        assert_eq!(local_workers_from_env(Some("0")), Ok(0));
+        assert_eq!(local_workers_from_env(Some(" 8 ")), Ok(8));
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(local_workers_from_env(Some("auto")), Ok(cpus));
+        assert_eq!(local_workers_from_env(Some("AUTO")), Ok(cpus));
+        let err = local_workers_from_env(Some("lots")).expect_err("not a number");
+        assert!(err.contains("expected `auto` or a number"), "{err}");
+        let err = local_workers_from_env(Some("5000")).expect_err("too many");
+        assert!(err.contains("at most 4096"), "{err}");
+        // Every endpoint's tag stays below the smallest MPI_TAG_UB allowed.
+        assert!(data_tag(MAX_LOCAL - 1) <= 32767);
+    }
+
+    #[test]
+    fn reports_of_local_workers_round_trip_and_reject_garbage() {
+        for died in [
+            Died {
+                local: 3,
+                pid: 4242,
+                cause: ExitCause::Signal(9),
+                running: Some((17, 5)),
+            },
+            Died {
+                local: 0,
+                pid: 1,
+                cause: ExitCause::Code(-3),
+                running: None,
+            },
+            Died {
+                local: 4095,
+                pid: u32::MAX,
+                cause: ExitCause::Unknown,
+                running: Some((u64::MAX, 0)),
+            },
+        ] {
+            let bytes = died.encode();
+            assert_eq!(Died::decode(&bytes), Some(died));
+            assert_eq!(Died::decode(&bytes[..bytes.len() - 1]), None);
+        }
+        assert_eq!(Died::decode(&[]), None);
+        assert_eq!(parse_start(&start_body(7, 99, 3)), Some((7, 99, 3)));
+        assert_eq!(parse_start(&[0; 19]), None);
+        let bye = bye_body(5, -1);
+        assert_eq!(bye[..4], 5u32.to_le_bytes());
+        assert_eq!(bye[4..], (-1i32).to_le_bytes());
+    }
+
+    #[test]
+    fn a_pool_gets_the_first_local_worker_of_every_rank_first() {
+        // Rank 1 with 2 local workers, rank 2 serving itself, rank 3 with 3.
+        let places = [(1, 0), (1, 1), (2, 0), (3, 0), (3, 1), (3, 2)];
+        let ordered: Vec<(usize, usize)> =
+            endpoint_order(&places).iter().map(|&e| places[e]).collect();
+        assert_eq!(ordered, [(1, 0), (2, 0), (3, 0), (1, 1), (3, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn a_relay_page_never_gives_work_back() {
+        let page = relay_page().expect("a page");
+        assert!(!page.read().busy());
+        // Even while it reports a running item, nothing can be taken back
+        // from a rank: its worker claims chunks on a page of its own.
+        page.start(5, 0, now_ns());
+        assert!(page.read().busy());
+        assert_eq!(page.steal_after(5, 9), None);
     }
 
     #[test]

@@ -1,0 +1,269 @@
+//! One rank per node, every core busy: under an MPI launcher with
+//! `POOL_RUNTIME_MPI_LOCAL_WORKERS` set (`auto`: one per CPU the rank may
+//! use, or a number), each worker rank runs that many local worker
+//! processes and rank 0's pool has them all as its workers. A fault inside
+//! a node (a panic, a `kill -9`, a timeout) is one item's `Err`, as with
+//! local workers, and the pool goes on.
+//!
+//! ```sh
+//! cargo build --release --features mpi --example mpi_local
+//! mpirun -n 3 --oversubscribe -x POOL_RUNTIME_MPI_LOCAL_WORKERS=2 \
+//!     target/release/examples/mpi_local            # 2 ranks x 2 local workers
+//! srun --mpi=pmix -N 8 --ntasks-per-node=1 --export=ALL,POOL_RUNTIME_MPI_LOCAL_WORKERS=auto \
+//!     target/release/examples/mpi_local
+//! ```
+//!
+//! An argument picks another program: `kill` (item 5 of 12 kills its own
+//! process with `SIGKILL`), `panic` (item 2 panics), `timeout` (item 3
+//! never ends; the pool's timeout is 500 ms), `tour` (every kind of call, an
+//! initializer, a second pool) and `idle` (the CPU time an idle pool costs,
+//! ranks included). Without a launcher the same programs run on local
+//! workers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use pool_runtime::prelude::*;
+use pool_runtime::task;
+
+/// Where a task runs: `rank R pid P` under MPI, else `pid P`.
+fn place() -> String {
+    match pool_runtime::mpi_rank() {
+        Some(rank) => format!("rank {rank} pid {}", std::process::id()),
+        None => format!("pid {}", std::process::id()),
+    }
+}
+
+/// Reports where it runs, takes a moment, returns `(i, i * i)`.
+#[task]
+fn report(i: u64) -> (u64, u64) {
+    println!("Item {i} on {}", place());
+    std::thread::sleep(Duration::from_millis(50));
+    (i, i * i)
+}
+
+/// Item 5 kills its own process, as `kill -9` from outside would.
+#[task]
+fn killed_at_5(i: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(30));
+    if i == 5 {
+        println!("Item {i} kills its process on {}", place());
+        // SAFETY: signalling this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    i * i
+}
+
+/// Item 2 panics.
+#[task]
+fn panics_at_2(i: u64) -> u64 {
+    if i == 2 {
+        panic!("item {i} refuses on {}", place());
+    }
+    i * i
+}
+
+/// Item 3 never ends.
+#[task]
+fn hangs_at_3(i: u64) -> u64 {
+    if i == 3 {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    i * i
+}
+
+#[task]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[task]
+fn add(x: u64, y: u64) -> u64 {
+    x + y
+}
+
+static OFFSET: AtomicU64 = AtomicU64::new(0);
+
+/// The initializer: run once in every worker before its first task.
+#[task]
+fn set_offset(offset: u64) {
+    OFFSET.store(offset, Ordering::Relaxed);
+}
+
+#[task]
+fn offset_by(x: u64) -> u64 {
+    x + OFFSET.load(Ordering::Relaxed)
+}
+
+/// CPU time (user + system) of process `pid` so far, in milliseconds,
+/// from `/proc` (Linux).
+fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1000 / hz
+}
+
+/// This worker's place, its CPU time and its parent's (the rank, when it
+/// is a local worker of one); sleeps so that each of a few calls lands on
+/// another worker.
+#[task]
+fn cpu_report(_item: u32) -> (String, u64, u32, u64) {
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() } as u32;
+    (place(), cpu_ms(std::process::id()), parent, cpu_ms(parent))
+}
+
+/// Prints each item's outcome: `Item i: ok v` or `Item i: <kind>: message`.
+fn print_outcomes(outcomes: &[Result<u64, Error>]) {
+    for (i, outcome) in outcomes.iter().enumerate() {
+        match outcome {
+            Ok(value) => println!("Item {i}: ok {value}"),
+            Err(err) => {
+                let kind = match err {
+                    Error::WorkerDied { .. } => "WorkerDied",
+                    Error::TaskTimeout { .. } => "TaskTimeout",
+                    Error::TaskPanicked { .. } => "TaskPanicked",
+                    _ => "other",
+                };
+                println!("Item {i}: {kind}: {err}");
+            }
+        }
+    }
+}
+
+fn seed() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    println!("Workers: {}", pool.processes());
+    let out = pool.chunksize(1).map(task!(report), 0..12)?;
+    for (i, square) in &out {
+        println!("Got result: ({i}, {square})");
+    }
+    let expected: Vec<(u64, u64)> = (0..12).map(|i| (i, i * i)).collect();
+    println!("In order: {}", out == expected);
+    Ok(())
+}
+
+fn kill() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    let outcomes: Vec<Result<u64, Error>> =
+        pool.chunksize(1).imap(task!(killed_at_5), 0..12).collect();
+    print_outcomes(&outcomes);
+    // The pool replaced the worker and goes on.
+    println!("Pool still works: {:?}", pool.map(task!(square), 0..6)?);
+    Ok(())
+}
+
+fn panics() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    let outcomes: Vec<Result<u64, Error>> =
+        pool.chunksize(1).imap(task!(panics_at_2), 0..6).collect();
+    print_outcomes(&outcomes);
+    println!("Pool still works: {:?}", pool.map(task!(square), 0..6)?);
+    Ok(())
+}
+
+fn timeout() -> Result<(), Error> {
+    let pool = Pool::builder()
+        .timeout(Duration::from_millis(500))
+        .build()?;
+    let outcomes: Vec<Result<u64, Error>> =
+        pool.chunksize(1).imap(task!(hangs_at_3), 0..8).collect();
+    print_outcomes(&outcomes);
+    println!("Pool still works: {:?}", pool.map(task!(square), 0..6)?);
+    Ok(())
+}
+
+fn tour() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    println!("Workers: {}", pool.processes());
+    println!("Map: {:?}", pool.map(task!(square), 1..=5)?);
+    println!("Starmap: {:?}", pool.starmap(task!(add), [(1, 2), (3, 4)])?);
+    let squares = pool.chunksize(7).map(task!(square), 0..1000)?;
+    let expected: Vec<u64> = (0..1000).map(|x| x * x).collect();
+    println!("Chunked map of 1000 in order: {}", squares == expected);
+    let later = pool.starmap_async(task!(add), [(10, 1), (20, 2)])?;
+    println!("Apply: {}", pool.apply(task!(square), 12)?);
+    println!("Async: {:?}", later.get()?);
+    let sum: u64 = pool
+        .imap(task!(square), 0..100)
+        .collect::<Result<Vec<_>, _>>()?
+        .iter()
+        .sum();
+    println!("Imap sum: {sum}");
+    drop(pool);
+    let pool = Pool::builder()
+        .processes(3)
+        .initializer(task!(set_offset), 100)
+        .build()?;
+    println!(
+        "Second pool with an initializer: {:?}",
+        pool.map(task!(offset_by), [1, 2, 3])?
+    );
+    Ok(())
+}
+
+fn idle() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    let n = pool.processes() as u32;
+    let before = pool.chunksize(1).map(task!(cpu_report), 0..n)?;
+    let main_before = cpu_ms(std::process::id());
+    std::thread::sleep(Duration::from_secs(2));
+    let main_used = cpu_ms(std::process::id()) - main_before;
+    let after = pool.chunksize(1).map(task!(cpu_report), 0..n)?;
+    println!("CPU used while idle for 2 s: main {main_used} ms");
+    let mut parents = Vec::new();
+    for (start, end) in before.iter().zip(&after) {
+        // One item per worker, in the same order both times (least-loaded
+        // dispatch); the pair is compared only if it is the same worker.
+        if start.0 != end.0 {
+            continue;
+        }
+        println!(
+            "CPU used while idle for 2 s: worker {} {} ms",
+            start.0,
+            end.1.saturating_sub(start.1)
+        );
+        // Under MPI a worker's parent is its rank's process.
+        if pool_runtime::mpi_rank().is_some() && !parents.contains(&start.2) {
+            parents.push(start.2);
+            println!(
+                "CPU used while idle for 2 s: its rank's process {} {} ms",
+                start.2,
+                end.3.saturating_sub(start.3)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[pool_runtime::main]
+fn main() -> Result<(), Error> {
+    match std::env::args().nth(1).as_deref() {
+        None => seed(),
+        Some("kill") => kill(),
+        Some("panic") => panics(),
+        Some("timeout") => timeout(),
+        Some("tour") => tour(),
+        Some("idle") => idle(),
+        Some(other) => {
+            eprintln!("unknown program {other:?}: expected kill, panic, timeout, tour or idle");
+            std::process::exit(2);
+        }
+    }
+}

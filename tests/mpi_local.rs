@@ -1,0 +1,359 @@
+//! Worker ranks with local worker processes, under a real `mpirun`:
+//! `examples/mpi_local.rs` runs with three ranks and
+//! `POOL_RUNTIME_MPI_LOCAL_WORKERS=2`, so rank 0's pool has four workers,
+//! two local processes of rank 1 and two of rank 2.
+//!
+//! Run: `cargo test --features mpi --test mpi_local` (Debian: `apt-get
+//! install openmpi-bin libopenmpi-dev libclang-dev`). Without the feature
+//! every test is ignored, with that command as the reason. Each run is
+//! bounded in time and checks that no process of the example (rank or local
+//! worker) outlives it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One MPI job at a time: the machine may have two cores, and the check
+/// that nothing is left running must not see another test's processes.
+static ONE_JOB: Mutex<()> = Mutex::new(());
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Builds the example with the feature, in release mode; returns its path.
+fn example() -> PathBuf {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    // target/<profile>/deps/mpi_local-<hash> → target/release/examples/mpi_local
+    let exe = std::env::current_exe().expect("test path");
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .expect("target dir");
+    if !*built {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--release",
+                "--features",
+                "mpi",
+                "--example",
+                "mpi_local",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the mpi_local example");
+        *built = true;
+    }
+    target.join("release/examples/mpi_local")
+}
+
+/// Runs `command` to its end, or kills it after `limit`.
+fn run(mut command: Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "still running after {limit:?}:\n{}\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Processes still running the example binary: ranks, and local workers
+/// (which run the same binary under the same name).
+fn leftovers(exe: &Path) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let exe = exe.to_string_lossy();
+    dir.flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let first = cmdline.split(|&b| b == 0).next()?;
+            (String::from_utf8_lossy(first) == exe).then(|| {
+                format!(
+                    "pid {}: {}",
+                    entry.file_name().to_string_lossy(),
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Waits a moment for processes to be reaped, then checks none is left.
+fn assert_nothing_left(exe: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut left = leftovers(exe);
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = leftovers(exe);
+    }
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+/// The example under `mpirun -n 3` with `local` local workers per worker
+/// rank; checks that nothing outlives the job.
+fn mpirun(program: Option<&str>, local: &str, limit: Duration) -> Output {
+    assert!(
+        find_on_path("mpirun").is_some(),
+        "`mpirun` is not on the PATH (Debian: apt-get install openmpi-bin libopenmpi-dev libclang-dev)"
+    );
+    let exe = example();
+    let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut command = Command::new("mpirun");
+    command
+        .args(["-n", "3", "--oversubscribe"])
+        // Shared memory only: starts in ~40 ms instead of ~300 ms.
+        .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader"])
+        .args(["-x", "POOL_RUNTIME_MPI_LOCAL_WORKERS"])
+        .arg(&exe)
+        .args(program)
+        .env("POOL_RUNTIME_MPI_LOCAL_WORKERS", local)
+        // Open MPI refuses to run as root without these (CI runs as root).
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    let output = run(command, limit);
+    assert_nothing_left(&exe);
+    output
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_success(output: &Output) -> (String, String) {
+    let (stdout, stderr) = text(output);
+    assert!(
+        output.status.success(),
+        "{:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}
+
+/// The `Item i: ...` outcome lines of a fault program, by item.
+fn outcomes(stdout: &str) -> Vec<(usize, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (i, rest) = l.strip_prefix("Item ")?.split_once(": ")?;
+            Some((i.parse().ok()?, rest.to_owned()))
+        })
+        .collect()
+}
+
+/// Checks that item `failed` failed with `kind` and every other of the
+/// `count` items succeeded with its square, and that the pool went on.
+fn assert_one_failure(stdout: &str, count: usize, failed: usize, kind: &str) {
+    let outcomes = outcomes(stdout);
+    assert_eq!(outcomes.len(), count, "{stdout}");
+    for (i, (index, outcome)) in outcomes.iter().enumerate() {
+        assert_eq!(*index, i, "{stdout}");
+        if i == failed {
+            assert!(outcome.starts_with(&format!("{kind}: ")), "{stdout}");
+        } else {
+            assert_eq!(outcome, &format!("ok {}", i * i), "{stdout}");
+        }
+    }
+    assert!(
+        stdout.contains("Pool still works: [0, 1, 4, 9, 16, 25]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn two_ranks_with_two_local_workers_each_are_four_workers() {
+    let output = mpirun(None, "2", Duration::from_secs(120));
+    let (stdout, stderr) = assert_success(&output);
+    assert!(stdout.contains("Workers: 4\n"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("In order: true"), "{stdout}");
+    // `Item i on rank R pid P`: every item ran once, in a local worker of
+    // rank 1 or 2, and each rank's two workers both took part.
+    let mut places: Vec<(u32, u32)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let (_, at) = l.strip_prefix("Item ")?.split_once(" on rank ")?;
+            let (rank, pid) = at.split_once(" pid ")?;
+            Some((rank.parse().ok()?, pid.parse().ok()?))
+        })
+        .collect();
+    assert_eq!(places.len(), 12, "{stdout}");
+    places.sort_unstable();
+    places.dedup();
+    assert_eq!(places.len(), 4, "four worker processes: {places:?}");
+    assert_eq!(
+        places.iter().filter(|(rank, _)| *rank == 1).count(),
+        2,
+        "{places:?}"
+    );
+    assert_eq!(
+        places.iter().filter(|(rank, _)| *rank == 2).count(),
+        2,
+        "{places:?}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn a_local_worker_killed_mid_call_is_one_err_and_the_rest_complete() {
+    let output = mpirun(Some("kill"), "2", Duration::from_secs(120));
+    let (stdout, _) = assert_success(&output);
+    assert_one_failure(&stdout, 12, 5, "WorkerDied");
+    assert!(
+        stdout.contains("on item 5 was killed by signal 9 (SIGKILL)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn a_panic_in_a_local_worker_is_one_err() {
+    let output = mpirun(Some("panic"), "2", Duration::from_secs(120));
+    let (stdout, _) = assert_success(&output);
+    assert_one_failure(&stdout, 6, 2, "TaskPanicked");
+    assert!(stdout.contains("item 2 refuses on rank "), "{stdout}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn a_timeout_kills_the_local_worker_and_the_pool_goes_on() {
+    let start = Instant::now();
+    let output = mpirun(Some("timeout"), "2", Duration::from_secs(120));
+    let took = start.elapsed();
+    let (stdout, _) = assert_success(&output);
+    assert_one_failure(&stdout, 8, 3, "TaskTimeout");
+    assert!(stdout.contains("exceeded its timeout of 500ms"), "{stdout}");
+    // The item never ends: only the kill lets the job finish.
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn every_kind_of_call_works_on_local_workers() {
+    let output = mpirun(Some("tour"), "2", Duration::from_secs(120));
+    let (stdout, _) = assert_success(&output);
+    let expected = "Workers: 4\n\
+                    Map: [1, 4, 9, 16, 25]\n\
+                    Starmap: [3, 7]\n\
+                    Chunked map of 1000 in order: true\n\
+                    Apply: 144\n\
+                    Async: [11, 22]\n\
+                    Imap sum: 328350\n\
+                    Second pool with an initializer: [101, 102, 103]\n";
+    assert_eq!(stdout, expected);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn idle_ranks_and_local_workers_do_not_spin() {
+    let output = mpirun(Some("idle"), "2", Duration::from_secs(120));
+    let (stdout, _) = assert_success(&output);
+    let used: Vec<(String, u64)> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("CPU used while idle for 2 s: ")?
+                .strip_suffix(" ms")
+        })
+        .map(|rest| {
+            let (place, n) = rest.rsplit_once(' ').expect("place and number");
+            (place.to_owned(), n.parse().expect("milliseconds"))
+        })
+        .collect();
+    let ranks = used
+        .iter()
+        .filter(|(place, _)| place.starts_with("its rank's process"))
+        .count();
+    let workers = used
+        .iter()
+        .filter(|(place, _)| place.starts_with("worker "))
+        .count();
+    assert_eq!((ranks, workers), (2, 4), "{stdout}");
+    // A spinning process would use about 2000 ms.
+    for (place, ms) in &used {
+        assert!(
+            *ms < 500,
+            "{place} used {ms} ms of CPU while idle\n{stdout}"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn a_bad_local_worker_count_ends_the_job_with_a_message() {
+    let output = mpirun(None, "lots", Duration::from_secs(120));
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("POOL_RUNTIME_MPI_LOCAL_WORKERS=\"lots\": expected `auto` or a number"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("Item "), "{stdout}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
+fn without_a_launcher_the_same_program_uses_local_processes() {
+    let exe = example();
+    let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
+    let mut command = Command::new(&exe);
+    command
+        .arg("kill")
+        .env("POOL_RUNTIME_MPI_LOCAL_WORKERS", "2");
+    let output = run(command, Duration::from_secs(60));
+    assert_nothing_left(&exe);
+    let (stdout, _) = assert_success(&output);
+    assert_one_failure(&stdout, 12, 5, "WorkerDied");
+    assert!(!stdout.contains(" on rank "), "{stdout}");
+}
