@@ -279,10 +279,14 @@ mod bar {
 
     /// A bar drawn on the status row, ticking steadily.
     pub(super) fn start(total: Option<usize>, status: Arc<StatusRow>) -> Line {
-        let target = ProgressDrawTarget::term_like(Box::new(RowTerm {
-            status: Arc::clone(&status),
-            pending: Mutex::new(String::new()),
-        }));
+        // At most 20 draws a second, however fast results come back.
+        let target = ProgressDrawTarget::term_like_with_hz(
+            Box::new(RowTerm {
+                status: Arc::clone(&status),
+                pending: Mutex::new(String::new()),
+            }),
+            20,
+        );
         let (bar, template) = match total {
             Some(n) => (
                 ProgressBar::with_draw_target(Some(n as u64), target),
