@@ -92,6 +92,10 @@ const MAX_LOCAL: usize = 4096;
 /// runs tasks itself.
 pub(crate) const LOCAL_WORKERS_ENV: &str = "POOL_RUNTIME_MPI_LOCAL_WORKERS";
 
+/// Set on rank 0: at the end of the job, its MPI thread prints how many
+/// messages it sent and received (for benchmarks).
+const STATS_ENV: &str = "POOL_RUNTIME_MPI_STATS";
+
 /// The tag of endpoint `local`'s stream.
 fn data_tag(local: usize) -> Tag {
     TAG_DATA_BASE + local as Tag
@@ -281,6 +285,12 @@ fn start_rank0(launcher: Launcher) {
             let _ = started_tx.send(Ok((world.size() as usize, endpoints)));
             let mut hub = Hub::new(world, inbox, &capacities);
             let reply = hub.run();
+            if std::env::var_os(STATS_ENV).is_some() {
+                eprintln!(
+                    "pool-runtime: rank 0's MPI thread sent {} messages and received {}",
+                    hub.sent, hub.received
+                );
+            }
             FINALIZED.store(true, Ordering::SeqCst);
             drop(hub);
             drop(universe); // MPI_Finalize
@@ -944,6 +954,9 @@ struct Hub {
     next_batch: u64,
     pending: Vec<PendingSend>,
     finalizing: Option<(Instant, Sender<()>)>,
+    /// Messages sent and received, for [`STATS_ENV`].
+    sent: u64,
+    received: u64,
 }
 
 impl Hub {
@@ -984,6 +997,8 @@ impl Hub {
             next_batch: 0,
             pending: Vec::new(),
             finalizing: None,
+            sent: 0,
+            received: 0,
         }
     }
 
@@ -1473,6 +1488,7 @@ impl Hub {
                     .world
                     .process_at_rank(rank as i32)
                     .immediate_send_with_tag(StaticScope, data, tag);
+                self.sent += 1;
                 self.pending.push(PendingSend {
                     request: Some(request),
                     _keep: Keep::Shared(Arc::clone(body)),
@@ -1490,6 +1506,7 @@ impl Hub {
             .world
             .process_at_rank(rank as i32)
             .immediate_send_with_tag(StaticScope, data, tag);
+        self.sent += 1;
         self.pending.push(PendingSend {
             request: Some(request),
             _keep: Keep::Owned(message),
@@ -1515,6 +1532,7 @@ impl Hub {
         let mut progressed = false;
         while let Some((message, status)) = self.world.any_process().immediate_matched_probe() {
             progressed = true;
+            self.received += 1;
             let data = receive(message, &status);
             let rank = status.source_rank() as usize;
             if rank == 0 || rank >= self.ranks.len() {
