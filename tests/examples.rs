@@ -312,3 +312,69 @@ fn progress_bar_under_a_terminal() {
         assert!(bars[0].contains("1500/1500 items"), "{features:?}:\n{text}");
     }
 }
+
+/// Ctrl-C while the `progress` example's line is shown: the process ends by
+/// SIGINT as usual, and the terminal gets its last row back (the lines
+/// printed afterwards scroll through the whole screen; no stale line stays
+/// on the last row). Needs tmux.
+#[test]
+#[ignore = "needs tmux: cargo test --test examples -- --ignored progress_line_is_given_back_on_ctrl_c"]
+fn progress_line_is_given_back_on_ctrl_c() {
+    run_example_with("progress", &["progress"], &[]);
+    let exe = std::env::current_exe().expect("test path");
+    let example = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join("examples/progress");
+    let socket = format!("pool-progress-int-{}", std::process::id());
+    let session = "progress";
+    let tmux = |args: &[&str]| {
+        Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .status()
+            .expect("tmux runs")
+    };
+    let shell = "bash --norc --noprofile";
+    assert!(
+        tmux(&[
+            "new-session",
+            "-d",
+            "-x",
+            "80",
+            "-y",
+            "12",
+            "-s",
+            session,
+            shell
+        ])
+        .success()
+    );
+    let cmd = format!("{}; echo status=$?", example.display());
+    tmux(&["send-keys", "-t", session, &cmd, "Enter"]);
+    // Interrupt once the line is drawn.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !tmux_screen(&socket, session)
+        .iter()
+        .any(|l| l.contains("/1500 items"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no progress line");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tmux(&["send-keys", "-t", session, "C-c"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    tmux(&["send-keys", "-t", session, "seq 1 30", "Enter"]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let screen = tmux_screen(&socket, session);
+    tmux(&["kill-server"]);
+    let text = screen.join("\n");
+    // The 30 lines scrolled through every row, the last one included.
+    assert!(
+        !screen.iter().any(|l| l.contains(" items ")),
+        "a stale line:\n{text}"
+    );
+    assert_eq!(screen.len(), 12, "{text}");
+    assert_eq!(screen[10], "30", "{text}");
+    assert!(screen[11].starts_with("bash"), "{text}");
+}

@@ -11,6 +11,10 @@
 //! cursor, so a worker's line lands entirely before or after it. The line
 //! is redrawn on a steady tick, so elapsed time, rate and ETA move while a
 //! slow item runs.
+//!
+//! If SIGINT (Ctrl-C) or SIGTERM ends the process while a line is shown,
+//! a handler first gives the terminal its last row back (see
+//! [`on_signal`]), then lets the signal do what it did before.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -144,6 +148,7 @@ impl StatusRow {
         // screen scrolls by one, so the cursor is above the reserved row.
         let mut out = String::from("\n\x1b[1A");
         out.push_str(&region(rows));
+        on_signal::opened();
         emit(&out);
         Some(StatusRow {
             state: Mutex::new(RowState {
@@ -191,12 +196,118 @@ impl StatusRow {
         }
         emit(&out);
         state.rows = 0;
+        on_signal::closed();
     }
 }
 
 impl Drop for StatusRow {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Restores the terminal when SIGINT or SIGTERM ends the process while a
+/// status row is open: without it the scrolling region would outlive the
+/// program, and the shell's prompt would scroll above a stale line.
+///
+/// The handler is installed when the first row opens and stays (it does
+/// nothing while no row is open). It writes a fixed reset sequence, then
+/// hands the signal on: to the handler that was installed before it, or,
+/// if that was the default action, it restores the default and raises the
+/// signal again, so the process ends by that signal as it would have. A
+/// signal that was ignored is left alone. A handler installed later (say
+/// by the `ctrlc` crate) replaces this one, which only loses the reset.
+/// Worker processes are started by `exec` and do not inherit it.
+mod on_signal {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Status rows open now.
+    static OPEN: AtomicUsize = AtomicUsize::new(0);
+    /// The actions in place before ours, per entry of [`SIGNALS`]; set once,
+    /// before ours is installed.
+    static PREVIOUS: OnceLock<[libc::sigaction; 2]> = OnceLock::new();
+    const SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+    /// Reset the scrolling region, clear the last row (999 is clamped to
+    /// it), keep the cursor where it was.
+    const RESET: &[u8] = b"\x1b7\x1b[r\x1b[999;1H\x1b[2K\x1b8";
+
+    /// A status row opens: install the handler the first time.
+    pub(super) fn opened() {
+        OPEN.fetch_add(1, Ordering::SeqCst);
+        PREVIOUS.get_or_init(|| {
+            // SAFETY: a zeroed `sigaction` is a valid value (no handler,
+            // empty mask, no flags), then filled in by the kernel.
+            let mut previous: [libc::sigaction; 2] = unsafe { std::mem::zeroed() };
+            for (sig, old) in SIGNALS.iter().zip(previous.iter_mut()) {
+                // SAFETY: reads the current action into a live local.
+                unsafe { libc::sigaction(*sig, std::ptr::null(), old) };
+            }
+            previous
+        });
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let Some(previous) = PREVIOUS.get() else {
+                return;
+            };
+            for (sig, old) in SIGNALS.iter().zip(previous) {
+                if old.sa_sigaction == libc::SIG_IGN {
+                    continue;
+                }
+                // SAFETY: a zeroed `sigaction` is valid; the handler below
+                // only makes async-signal-safe calls (write, sigaction,
+                // raise) and calls the previous handler as it expects.
+                unsafe {
+                    let mut ours: libc::sigaction = std::mem::zeroed();
+                    ours.sa_sigaction = handler as *const () as libc::sighandler_t;
+                    ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+                    libc::sigemptyset(&mut ours.sa_mask);
+                    libc::sigaction(*sig, &ours, std::ptr::null_mut());
+                }
+            }
+        });
+    }
+
+    /// A status row closed.
+    pub(super) fn closed() {
+        OPEN.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+        if OPEN.load(Ordering::SeqCst) > 0 {
+            // SAFETY: write(2) of a static buffer is async-signal-safe.
+            unsafe { libc::write(libc::STDERR_FILENO, RESET.as_ptr().cast(), RESET.len()) };
+        }
+        let previous = PREVIOUS
+            .get()
+            .and_then(|all| SIGNALS.iter().position(|&s| s == sig).map(|i| all[i]));
+        match previous {
+            Some(old) if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN => {
+                // SAFETY: `old` is the handler the process installed before
+                // ours, called with the arguments its flags promise it.
+                unsafe {
+                    if old.sa_flags & libc::SA_SIGINFO != 0 {
+                        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                            std::mem::transmute(old.sa_sigaction);
+                        f(sig, info, ctx);
+                    } else {
+                        let f: extern "C" fn(libc::c_int) = std::mem::transmute(old.sa_sigaction);
+                        f(sig);
+                    }
+                }
+            }
+            _ => {
+                // SAFETY: restores the default action and raises the signal
+                // again; it is delivered when this handler returns, and ends
+                // the process as it would have without us.
+                unsafe {
+                    let mut default: libc::sigaction = std::mem::zeroed();
+                    default.sa_sigaction = libc::SIG_DFL;
+                    libc::sigaction(sig, &default, std::ptr::null_mut());
+                    libc::raise(sig);
+                }
+            }
+        }
     }
 }
 
