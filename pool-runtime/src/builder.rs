@@ -8,7 +8,9 @@ use pool_core::registry::Registry;
 use pool_core::wire::{self, DEFAULT_MAX_FRAME};
 use pool_core::{InitOutput, IntoArgs, Task, TaskFailure};
 
-use crate::backend::local::{InitSpec, Launch};
+use crate::backend::Backend;
+use crate::backend::handshake::{InitSpec, Launch};
+use crate::backend::local::LocalBackend;
 use crate::error::Error;
 use crate::pool::Pool;
 use crate::run::CallOptions;
@@ -267,7 +269,7 @@ impl PoolBuilder {
         if worker::IN_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::NestedPool);
         }
-        if worker::spawned_as_worker() {
+        if crate::entry::spawned_as_worker() {
             return Err(Error::WorkerContext);
         }
         // Under an MPI launcher the workers are the other ranks.
@@ -332,6 +334,10 @@ impl PoolBuilder {
             // An MPI rank cannot be replaced by a fresh process.
             max_tasks: self.max_tasks.filter(|_| mpi.is_none()),
             defaults: self.defaults,
+            backend: match mpi {
+                Some(_) => None,
+                None => Some(Arc::new(LocalBackend::new(launch.clone())) as Arc<dyn Backend>),
+            },
             remote: mpi.map(|(_, start)| start),
             launch,
         };

@@ -248,6 +248,7 @@ use std::sync::atomic::Ordering;
 mod async_result;
 mod backend;
 mod builder;
+mod entry;
 mod error;
 mod in_order;
 mod pool;
@@ -255,6 +256,7 @@ mod progress;
 mod run;
 mod scheduler;
 mod stats;
+mod sys;
 mod worker;
 
 pub use async_result::AsyncResult;
@@ -381,7 +383,7 @@ pub mod prelude {
 /// programs that inherit it: until `init()` takes it over, a worker's stdin
 /// is its channel to the pool (its tasks then see an empty stdin).
 pub fn init() {
-    worker::enter();
+    entry::enter();
 }
 
 /// This process's rank when the program runs under an MPI launcher
@@ -475,7 +477,7 @@ pub mod __private {
 
     /// The body of the worker entry test.
     pub fn worker_test_entry() {
-        super::worker::enter();
+        super::entry::enter();
         // Not a worker (someone ran the ignored tests): nothing to do.
         super::worker::INIT_CALLED.store(false, super::Ordering::Relaxed);
     }
@@ -523,7 +525,7 @@ pub mod __private {
 mod tests {
     #[test]
     fn worker_env_round_trips() {
-        use crate::backend::local::WorkerEnv;
+        use crate::worker::WorkerEnv;
         let env = WorkerEnv::decode("v2:1:42").expect("valid");
         assert_eq!((env.stdout, env.parent), (true, 42));
         let env = WorkerEnv::decode("v2:0:7").expect("valid");

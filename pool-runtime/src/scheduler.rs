@@ -13,8 +13,6 @@
 //! notices exits.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::BufReader;
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
@@ -24,11 +22,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pool_core::ProtocolError;
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 
-use crate::backend::forkserver;
-use crate::backend::local::{self, ChildProc, Launch, Signaller, Spawned};
-use crate::backend::shm::{Progress, Running, now_ns};
+pub(crate) use crate::backend::Outgoing;
+use crate::backend::handshake::Launch;
+use crate::backend::{Backend, Events, Link, Running};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
+use crate::sys::now_ns;
 
 /// Fixed settings of a pool.
 pub(crate) struct Config {
@@ -39,51 +38,14 @@ pub(crate) struct Config {
     pub(crate) max_tasks: Option<usize>,
     /// Options every call starts from.
     pub(crate) defaults: crate::run::CallOptions,
+    /// The backend that starts workers and replaces lost ones; `None`
+    /// when `remote` attaches workers that already exist.
+    pub(crate) backend: Option<Arc<dyn Backend>>,
     /// A backend whose workers already exist (MPI ranks): it attaches them
-    /// (see [`Shared::attach`]) instead of the pool spawning processes, and
-    /// a worker that is lost is not replaced.
+    /// (see [`Shared::attach`]), and a worker that is lost is not replaced.
     pub(crate) remote: Option<RemoteStart>,
+    /// The handshake and initializer every worker gets.
     pub(crate) launch: Launch,
-}
-
-/// Worker starts under way at once, in the whole process: each holds a
-/// few descriptors and a process being exec'd, so a pool of hundreds
-/// starts in waves instead of all at once (which would need 6 descriptors
-/// per worker at the peak).
-static START_PERMITS: Permits = Permits::new(32);
-
-/// A counting semaphore.
-struct Permits {
-    free: Mutex<usize>,
-    freed: Condvar,
-}
-
-impl Permits {
-    const fn new(n: usize) -> Permits {
-        Permits {
-            free: Mutex::new(n),
-            freed: Condvar::new(),
-        }
-    }
-
-    /// Waits for a permit; it is returned when the guard drops.
-    fn acquire(&self) -> PermitGuard<'_> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        PermitGuard(self)
-    }
-}
-
-struct PermitGuard<'a>(&'a Permits);
-
-impl Drop for PermitGuard<'_> {
-    fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        self.0.freed.notify_one();
-    }
 }
 
 /// Failed starts in a row of a slot, with no worker running, after which
@@ -327,43 +289,6 @@ pub(crate) fn ahead(chunk_time: Duration) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX).max(2)
 }
 
-/// The largest frame the dispatching thread writes itself.
-const DIRECT_MAX: usize = 64 << 10;
-
-/// The dispatching side's handle on a local worker's channel.
-struct LocalChannel {
-    /// Both directions, cut when the worker is killed or found dead.
-    ends: Ends,
-    /// Frames handed to the worker's writer thread and not yet written.
-    backlog: Arc<AtomicUsize>,
-}
-
-/// A local worker's writer thread, seen from the pool.
-struct WriterSide {
-    tx: Sender<Outgoing>,
-    backlog: Arc<AtomicUsize>,
-    /// The channel's sockets, to cut when the worker is killed.
-    ends: Ends,
-}
-
-/// Both sockets of a local worker's channel, as the pool holds them: the
-/// same descriptors the writer and reader threads use (a worker costs the
-/// pool two descriptors, three with the pidfd of a forked one).
-#[derive(Clone)]
-struct Ends {
-    to: Arc<UnixStream>,
-    from: Arc<UnixStream>,
-}
-
-impl Ends {
-    /// Shuts both down, so the worker's reader wakes (and its writer fails)
-    /// even if a process the task forked still holds the other ends.
-    fn cut(&self) {
-        let _ = self.to.shutdown(std::net::Shutdown::Both);
-        let _ = self.from.shutdown(std::net::Shutdown::Both);
-    }
-}
-
 /// How long an item must have run before nothing more is queued behind
 /// it, and the chunks already waiting behind it may move to an idle worker:
 /// 5 ms, or twice the resolution of the coarse clock items are timed with.
@@ -389,7 +314,7 @@ impl Worker {
     /// The chunk in flight whose item runs now, and what the worker's page
     /// says of it; `None` between items, or without a page.
     fn running(&self) -> Option<(&InFlight, Running)> {
-        let page = self.progress.as_ref()?.read();
+        let page = self.link.running()?;
         if !page.busy() {
             return None;
         }
@@ -412,86 +337,17 @@ impl Worker {
         })
     }
 
-    /// Sends a frame: to an idle worker whose writer thread has nothing
-    /// queued, written right here without blocking, which saves a thread
-    /// hand-off on the round trip; otherwise, or for what did not fit,
-    /// queued to the writer thread.
+    /// Sends a frame (written at once to an idle local worker).
     fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, max: usize) {
-        let mut skip = 0;
-        if let Some(ch) = &self.channel {
-            let size = header.len() + body.len();
-            // Only an idle worker is written to directly: a busy one reads
-            // later anyway, and its writer thread batches frames into one call.
-            // A large frame goes to the writer thread: its copy into the
-            // socket is work the dispatching thread (often the caller,
-            // encoding the next chunk) is better spared.
-            if self.in_flight.is_empty()
-                && ch.backlog.load(Ordering::Acquire) == 0
-                && size <= max.min(DIRECT_MAX)
-            {
-                let len = (size as u32).to_le_bytes();
-                match send_nowait(&ch.ends.to, &[&len, &header, &body]) {
-                    Some(n) if n == 4 + size => return,
-                    Some(n) => skip = n,
-                    None => {}
-                }
-            }
-            ch.backlog.fetch_add(1, Ordering::AcqRel);
-        }
-        let _ = self.tx.send(Outgoing { header, body, skip });
+        self.link.send(header, body, self.in_flight.is_empty(), max);
     }
-}
-
-/// One non-blocking `sendmsg` of `parts`; the bytes written, or `None` if
-/// none could be (the socket is full, or the worker is gone).
-fn send_nowait(stream: &UnixStream, parts: &[&[u8]]) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let mut iov: Vec<libc::iovec> = parts
-        .iter()
-        .filter(|p| !p.is_empty())
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
-        .collect();
-    // SAFETY: an all-zero msghdr is valid; the iovecs point into `parts`,
-    // which outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
-    // SAFETY: a valid socket and message; MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::sendmsg(
-            stream.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    (n > 0).then_some(n as usize)
-}
-
-/// A frame for one worker: an encoded header and a shared body.
-pub(crate) struct Outgoing {
-    pub(crate) header: Vec<u8>,
-    pub(crate) body: Arc<Vec<u8>>,
-    /// Bytes of this frame already written by the dispatching thread.
-    pub(crate) skip: usize,
 }
 
 struct Worker {
     pid: u32,
-    /// How to signal a local worker's process (`None` for a remote one).
-    signal: Option<Signaller>,
-    tx: Sender<Outgoing>,
+    /// How it is reached, stopped, and watched (its kind).
+    link: Link,
     in_flight: VecDeque<InFlight>,
-    /// The page where a local worker records its running item; `None` for
-    /// a remote worker (then the first unreported item is blamed).
-    progress: Option<Arc<Progress>>,
-    /// A local process the pool may signal; remote workers get an exit
-    /// frame instead.
-    local: bool,
-    /// A local worker's channel, seen from the dispatching side.
-    channel: Option<LocalChannel>,
     /// The reader saw the end; the pid may be reaped: never signal it again.
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
@@ -518,9 +374,6 @@ pub(crate) struct State {
     start_failures: Vec<u32>,
     /// Counters per slot.
     stats: Vec<WorkerStats>,
-    /// Worker processes started but not yet attached (handshake,
-    /// initializer): shutdown kills them too.
-    starting: Vec<Signaller>,
     /// Why the pool cannot go on, and the error that caused it.
     broken: Option<(String, Arc<Error>)>,
     /// The slot that wins the next tie in [`State::dispatch`].
@@ -540,8 +393,6 @@ enum Supervise {
     Respawn(usize),
     /// Start a replacement for the slot once this time has passed.
     RespawnAt(usize, Instant),
-    /// Start the fork server if it does not run (off the caller's path).
-    ForkServer,
     /// Re-check whether timeouts need watching.
     Wake,
     Shutdown,
@@ -617,7 +468,6 @@ impl Shared {
                 live_readers: 0,
                 start_failures: vec![0; config.processes],
                 stats: vec![WorkerStats::default(); config.processes],
-                starting: Vec::new(),
                 broken: None,
                 turn: 0,
                 launching: 0,
@@ -635,20 +485,19 @@ impl Shared {
             .name("pool-supervisor".into())
             .spawn(move || sup.supervise(rx))
             .map_err(Error::Spawn)?;
-        let started = if shared.config.remote.is_some() {
-            let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
-            let _ = tx.send(Supervise::Initial(reply_tx));
-            reply_rx.recv().unwrap_or(Err(Error::Terminated))
-        } else {
-            // Local workers are started from here: each by its own thread,
-            // so no other thread needs to be involved (or woken).
-            let slots: Vec<usize> = (0..shared.config.processes).collect();
-            let started = shared.spawn_into(&slots);
-            if started.is_ok() {
-                // Later workers (replacements, later pools) are forked.
-                let _ = tx.send(Supervise::ForkServer);
+        let started = match &shared.config.backend {
+            // Started from here (by the backend's threads), so no other
+            // thread of the pool needs to be involved (or woken).
+            Some(backend) => {
+                let slots: Vec<usize> = (0..shared.config.processes).collect();
+                let events: Arc<dyn Events> = Arc::clone(&shared) as Arc<dyn Events>;
+                backend.start_all(&slots, &events)
             }
-            started
+            None => {
+                let (reply_tx, reply_rx) = crossbeam_channel::bounded(1);
+                let _ = tx.send(Supervise::Initial(reply_tx));
+                reply_rx.recv().unwrap_or(Err(Error::Terminated))
+            }
         };
         match started {
             Ok(()) => Ok((shared, handle)),
@@ -722,6 +571,16 @@ impl Shared {
         }
     }
 
+    /// A worker start begins (see [`Events::launching`]).
+    fn launch_begin(&self) -> bool {
+        let mut st = self.lock();
+        if st.terminated {
+            return false;
+        }
+        st.launching += 1;
+        true
+    }
+
     /// Waits for a change of the state (see [`State::waiters`]).
     fn wait_changed<'a>(
         &self,
@@ -789,10 +648,6 @@ impl Shared {
             for (id, job) in st.jobs.drain() {
                 outbox.push(&job.events, id, Event::Fatal(Error::Terminated));
             }
-            for worker in &st.starting {
-                // Not attached yet: its handshake or initializer fails at once.
-                worker.kill();
-            }
             for worker in st.workers.iter_mut().flatten() {
                 if graceful && worker.in_flight.is_empty() {
                     let header = wire::encode_header(&ToWorker::Exit);
@@ -801,6 +656,9 @@ impl Shared {
                     kill(worker);
                 }
             }
+        }
+        if let Some(backend) = &self.config.backend {
+            backend.abort_starts();
         }
         self.changed.notify_all();
         while self.delivering.load(Ordering::Acquire) > 0 {
@@ -900,7 +758,6 @@ impl Shared {
                 }
                 Some(Supervise::Respawn(slot)) => self.respawn(slot),
                 Some(Supervise::RespawnAt(slot, due)) => delayed.push((due, slot)),
-                Some(Supervise::ForkServer) => forkserver::prepare(&self.config.launch),
                 Some(Supervise::Shutdown) => return,
                 Some(Supervise::Wake) | None => {}
             }
@@ -929,13 +786,8 @@ impl Shared {
     /// sees the end even if a process the task forked keeps the channel open.
     fn notice_exits(&self) {
         let st = self.lock();
-        for worker in st.workers.iter().flatten() {
-            if let Some(LocalChannel { ends, .. }) = &worker.channel
-                && !worker.dying
-                && worker.signal.as_ref().is_some_and(Signaller::has_exited)
-            {
-                ends.cut();
-            }
+        for worker in st.workers.iter().flatten().filter(|w| !w.dying) {
+            worker.link.notice_exit();
         }
     }
 
@@ -943,24 +795,9 @@ impl Shared {
     /// it: the supervisor goes on enforcing timeouts and noticing exits
     /// while the replacement starts (and runs its initializer).
     fn respawn(self: &Arc<Self>, slot: usize) {
-        if self.config.remote.is_some() {
-            return;
-        }
-        {
-            let mut st = self.lock();
-            if st.terminated {
-                return;
-            }
-            st.launching += 1;
-        }
-        tracing::debug!(slot, "starting a replacement pool worker");
-        let shared = Arc::clone(self);
-        let thread = thread::Builder::new()
-            .name(format!("pool-worker-{slot}"))
-            .spawn(move || shared.run_worker(slot, None));
-        if let Err(err) = thread {
-            self.launched();
-            self.replacement_failed(slot, Error::Spawn(err));
+        if let Some(backend) = &self.config.backend {
+            let events: Arc<dyn Events> = Arc::clone(self) as Arc<dyn Events>;
+            backend.respawn(slot, &events);
         }
     }
 
@@ -1009,7 +846,7 @@ impl Shared {
     }
 
     /// A worker thread is done starting its worker (attached or failed).
-    fn launched(&self) {
+    fn launch_done(&self) {
         let mut st = self.lock();
         st.launching -= 1;
         let wake = st.waiters > 0;
@@ -1019,235 +856,24 @@ impl Shared {
         }
     }
 
-    /// Starts workers for `slots`, each from its own thread, all at once;
-    /// returns when every one is ready or has failed (the first failure).
-    ///
-    /// The thread that starts a worker process goes on as its reader and
-    /// ends after reaping it: the parent-death signal of a worker started
-    /// afresh is tied to that thread, which lives exactly as long as the
-    /// worker (a forked worker's, to the fork server's starter thread,
-    /// which lives as long as the process).
-    fn spawn_into(self: &Arc<Self>, slots: &[usize]) -> Result<(), Error> {
-        let (done_tx, done_rx) = crossbeam_channel::bounded(slots.len());
-        let mut launched = 0;
-        let mut first_err = None;
-        for &slot in slots {
-            let shared = Arc::clone(self);
-            let done = done_tx.clone();
-            self.lock().launching += 1;
-            let thread = thread::Builder::new()
-                .name(format!("pool-worker-{slot}"))
-                .spawn(move || shared.run_worker(slot, Some(done)));
-            match thread {
-                Ok(_) => launched += 1,
-                Err(err) => {
-                    self.launched();
-                    first_err.get_or_insert(Error::Spawn(err));
-                }
-            }
-        }
-        drop(done_tx);
-        for _ in 0..launched {
-            let outcome = done_rx.recv().unwrap_or_else(|_| {
-                Err(Error::Spawn(std::io::Error::other(
-                    "a worker's thread ended before it started",
-                )))
-            });
-            if let Err(err) = outcome {
-                first_err.get_or_insert(err);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-
-    /// Starts the worker for `slot`, reports how that went (to `done`, or
-    /// as a failed replacement), then reads its frames until it is gone.
-    fn run_worker(self: Arc<Self>, slot: usize, done: Option<Sender<Result<(), Error>>>) {
-        let started = {
-            let _permit = START_PERMITS.acquire();
-            self.start_worker(slot)
-        };
-        // Counted until here, so that shutdown waits for a start under way.
-        self.launched();
-        let report = |outcome: Result<(), Error>| match (&done, outcome) {
-            (Some(done), outcome) => {
-                let _ = done.send(outcome);
-            }
-            (None, Ok(())) => {}
-            (None, Err(err)) => self.replacement_failed(slot, err),
-        };
-        match started {
-            Ok(Some((pid, stream, child))) => {
-                report(Ok(()));
-                drop(done);
-                let shared = Arc::clone(&self);
-                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    shared.read_loop(slot, pid, stream, child);
-                }));
-                if read.is_err() {
-                    self.after_reader_panic(slot, pid);
-                }
-            }
-            Ok(None) => report(Ok(())),
-            Err(err) => report(Err(err)),
-        }
-    }
-
-    /// Starts and attaches the worker for `slot`; what its reader needs, or
-    /// `None` if the pool was terminated meanwhile.
-    fn start_worker(
-        self: &Arc<Self>,
-        slot: usize,
-    ) -> Result<Option<(u32, Arc<UnixStream>, ChildProc)>, Error> {
-        if self.is_stopping() {
-            return Err(Error::Terminated);
-        }
-        let pending = local::start(&self.config.launch, &|| self.is_stopping())?;
-        let pid = pending.pid();
-        {
-            let mut st = self.lock();
-            let signal = pending.signaller();
-            if st.terminated {
-                signal.kill();
-            }
-            st.starting.push(signal);
-        }
-        // The writer thread starts while the worker boots.
-        let writer = self.start_writer(pid, pending.channel());
-        let forget = |pid: u32| self.lock().starting.retain(|s| s.pid != pid);
-        let outcome = local::finish(pending, &self.config.launch, forget);
-        forget(pid);
-        let mut spawned = outcome?;
-        let writer = match writer {
-            Ok(writer) => writer,
-            Err(err) => {
-                spawned.child.kill();
-                spawned.child.wait();
-                return Err(err);
-            }
-        };
-        Ok(self
-            .install(slot, spawned, writer)?
-            .map(|(stream, child)| (pid, stream, child)))
-    }
-
-    /// Starts the writer thread of the worker `pid` on its channel.
-    fn start_writer(
-        &self,
-        pid: u32,
-        (to, from): (&Arc<UnixStream>, &Arc<UnixStream>),
-    ) -> Result<WriterSide, Error> {
-        let ends = Ends {
-            to: Arc::clone(to),
-            from: Arc::clone(from),
-        };
-        let writer_ends = ends.clone();
-        let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
-        let max = self.config.launch.max_frame;
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&backlog);
-        thread::Builder::new()
-            .name(format!("pool-writer-{pid}"))
-            .spawn(move || write_loop(rx, &writer_ends, max, &counter))
-            .map_err(Error::Spawn)?;
-        Ok(WriterSide { tx, backlog, ends })
-    }
-
-    /// Cleans up after a reader that panicked (a bug): its worker is killed
-    /// and reaped if it was not yet, and detached if it still is attached,
-    /// so that shutdown does not wait for it forever.
-    fn after_reader_panic(&self, slot: usize, pid: u32) {
-        tracing::error!(pid, "the reader thread of a pool worker panicked");
-        let attached = self.lock().workers[slot]
-            .as_ref()
-            .is_some_and(|w| w.pid == pid);
-        if !attached {
-            return;
-        }
-        let signal = self.lock().workers[slot]
-            .as_ref()
-            .and_then(|w| w.signal.clone());
-        self.mark_dying(slot);
-        match signal {
-            // A forked worker: its pidfd names it even once its server
-            // reaped it.
-            Some(signal) if !signal.is_own_child() => signal.kill(),
-            _ => {
-                // SAFETY: waitpid on our own child; WNOHANG tells whether it
-                // is still unreaped (only then may its pid be signalled).
-                let unreaped = unsafe {
-                    libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG)
-                } == 0;
-                if unreaped {
-                    // SAFETY: our unreaped child.
-                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-                    // SAFETY: as above, now waiting for it to end.
-                    unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
-                }
-            }
-        }
-        self.detach(slot, pid, ExitCause::Unknown, None);
-    }
-
-    /// Attaches a started worker, with its writer thread; returns what its
-    /// reader needs, or `None` if the pool was terminated meanwhile.
-    fn install(
-        self: &Arc<Self>,
-        slot: usize,
-        spawned: Spawned,
-        writer: WriterSide,
-    ) -> Result<Option<(Arc<UnixStream>, ChildProc)>, Error> {
-        let Spawned {
-            mut child,
-            pid,
-            to,
-            from,
-            progress,
-        } = spawned;
-        drop(to);
-        let channel = LocalChannel {
-            ends: writer.ends,
-            backlog: writer.backlog,
-        };
-        let progress = Some(Arc::new(progress));
-        let signal = Some(child.signaller());
-        if !self.attach_inner(slot, pid, signal, writer.tx, progress, Some(channel)) {
-            child.kill();
-            child.wait();
-            return Ok(None);
-        }
-        Ok(Some((from, child)))
-    }
-
-    /// Adds a ready worker in `slot`: frames for it go to `tx`; whoever reads
-    /// its frames calls [`Shared::deliver`], and [`Shared::detach`] once it
-    /// is gone. Returns `false` (and attaches nothing) once the pool is
-    /// terminated.
+    /// Adds a ready remote worker in `slot`: frames for it go to `tx`;
+    /// whoever reads its frames calls [`Shared::deliver`], and
+    /// [`Shared::detach`] once it is gone. Returns `false` (and attaches
+    /// nothing) once the pool is terminated. (`_local` is always `false`:
+    /// local workers come through [`Events::attach`].)
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend attaches its ranks with it
     pub(crate) fn attach(
         &self,
         slot: usize,
         pid: u32,
         tx: Sender<Outgoing>,
-        progress: Option<Arc<Progress>>,
-        local: bool,
+        page: Option<Arc<crate::backend::shm::Progress>>,
+        _local: bool,
     ) -> bool {
-        // A local worker attached this way (no channel of ours) is a child
-        // of this process, signalled by pid.
-        let signal = local.then(|| Signaller::own_child(pid));
-        self.attach_inner(slot, pid, signal, tx, progress, None)
+        self.attach_link(slot, pid, Link::Remote { tx, page })
     }
 
-    fn attach_inner(
-        &self,
-        slot: usize,
-        pid: u32,
-        signal: Option<Signaller>,
-        tx: Sender<Outgoing>,
-        progress: Option<Arc<Progress>>,
-        channel: Option<LocalChannel>,
-    ) -> bool {
-        let local = signal.is_some();
+    fn attach_link(&self, slot: usize, pid: u32, link: Link) -> bool {
         let mut st = self.lock();
         if st.terminated {
             return false;
@@ -1258,12 +884,8 @@ impl Shared {
         tracing::debug!(pid, slot, "pool worker started");
         st.workers[slot] = Some(Worker {
             pid,
-            signal,
-            tx,
+            link,
             in_flight: VecDeque::new(),
-            progress,
-            local,
-            channel,
             dying: false,
             timed_out: None,
             last_done: Instant::now(),
@@ -1297,68 +919,6 @@ impl Shared {
                 kill(worker);
             }
         }
-    }
-
-    // ----- reader side -----
-
-    fn read_loop(
-        self: Arc<Self>,
-        slot: usize,
-        pid: u32,
-        stream: Arc<UnixStream>,
-        mut child: ChildProc,
-    ) {
-        let max = self.config.launch.max_frame;
-        let mut reader = BufReader::with_capacity(64 * 1024, &*stream);
-        let mut frames = Vec::new();
-        let failure = loop {
-            // One frame, waiting for it; then every frame already complete
-            // in the buffer, all handled under one lock.
-            let read = loop {
-                let mut frame = Vec::new();
-                if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
-                    break Err(err);
-                }
-                frames.push(frame);
-                if frames.len() >= 256 || !wire::holds_frame(reader.buffer()) {
-                    break Ok(());
-                }
-            };
-            if let Err(err) = self.deliver_all(slot, pid, &mut frames) {
-                break err;
-            }
-            if let Err(err) = read {
-                break err;
-            }
-        };
-        self.mark_dying(slot);
-        let protocol = match failure {
-            ProtocolError::Closed => None,
-            // A worker that dies with unread input resets the connection.
-            ProtocolError::Io(err)
-                if matches!(
-                    err.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                None
-            }
-            other => {
-                // The worker broke the protocol: it cannot be trusted further.
-                child.kill();
-                Some(other)
-            }
-        };
-        // The channel ended; the process normally exits with it. If it does
-        // not within a moment (it closed the channel but kept running), it
-        // is killed: a worker without its channel is of no use.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        while child.try_wait().is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(2));
-        }
-        child.kill();
-        let cause = child.wait();
-        self.detach(slot, pid, cause, protocol);
     }
 
     /// Handles one frame from the worker in `slot`.
@@ -1514,6 +1074,13 @@ impl Shared {
         cause: ExitCause,
         protocol: Option<ProtocolError>,
     ) {
+        if !self.lock().workers[slot]
+            .as_ref()
+            .is_some_and(|w| w.pid == pid)
+        {
+            // Detached already (a reader that panicked after its end).
+            return;
+        }
         self.on_death(slot, pid, cause, protocol);
         let mut st = self.lock();
         st.live_readers -= 1;
@@ -1528,7 +1095,7 @@ impl Shared {
             return;
         };
         st.stats[slot].pid = None;
-        if !st.terminated && st.broken.is_none() && self.config.remote.is_none() {
+        if !st.terminated && st.broken.is_none() && self.config.backend.is_some() {
             st.stats[slot].respawns += 1;
         }
         if st.terminated {
@@ -1547,9 +1114,8 @@ impl Shared {
             let signal = cause.signal_name();
             tracing::warn!(pid, %cause, signal, "pool worker died");
         }
-        let (running_chunk, running_item) = match &worker.progress {
-            Some(progress) => {
-                let page = progress.read();
+        let (running_chunk, running_item) = match worker.link.running() {
+            Some(page) => {
                 // Between items: nothing is blamed, everything requeued.
                 if page.busy() {
                     (page.chunk, page.item)
@@ -1654,7 +1220,7 @@ impl State {
     fn may_steal(&self) -> bool {
         let workers = || self.workers.iter().flatten().filter(|w| !w.dying);
         workers().any(|w| w.in_flight.is_empty() && w.budget != Some(0))
-            && workers().any(|w| w.in_flight.len() > 1 && w.progress.is_some())
+            && workers().any(|w| w.in_flight.len() > 1 && w.link.has_page())
     }
 
     /// Takes back, from each worker whose running item has run longer than
@@ -1694,11 +1260,10 @@ impl State {
             if elapsed <= stall_limit().max(behind) {
                 continue;
             }
-            let (Some(last), Some(progress)) = (w.in_flight.back().map(|f| f.id), &w.progress)
-            else {
+            let Some(last) = w.in_flight.back().map(|f| f.id) else {
                 continue;
             };
-            let Some(floor) = progress.steal_after(running_id, last) else {
+            let Some(floor) = w.link.steal_after(running_id, last) else {
                 continue;
             };
             let first = taken.len();
@@ -1843,90 +1408,46 @@ fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
     })
 }
 
-fn write_loop(rx: Receiver<Outgoing>, ends: &Ends, max: usize, backlog: &AtomicUsize) {
-    let mut out: &UnixStream = &ends.to;
-    let mut batch: Vec<Outgoing> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        // Whatever else is already queued goes out in the same system call.
-        batch.push(first);
-        let mut bytes = batch[0].body.len();
-        while batch.len() < 64 && bytes < (1 << 20) {
-            match rx.try_recv() {
-                Ok(msg) => {
-                    bytes += msg.body.len();
-                    batch.push(msg);
-                }
-                Err(_) => break,
-            }
-        }
-        let written = write_frames(&mut out, &batch, max);
-        backlog.fetch_sub(batch.len(), Ordering::AcqRel);
-        if let Err(err) = written {
-            tracing::debug!(error = %err, "writing to a pool worker failed");
-            // The worker is gone or broken; its reader reports it. Later
-            // frames are dropped with the channel (the backlog stays up, so
-            // nothing more is written directly either).
-            backlog.fetch_add(1, Ordering::AcqRel);
-            ends.cut();
-            return;
-        }
-        batch.clear();
-    }
-}
-
-/// Writes frames back to back with as few system calls as possible.
-fn write_frames(
-    out: &mut impl std::io::Write,
-    frames: &[Outgoing],
-    max: usize,
-) -> Result<(), ProtocolError> {
-    if let [one] = frames
-        && one.skip == 0
-    {
-        return wire::write_frame(out, &one.header, &one.body, max);
-    }
-    let mut lens = Vec::with_capacity(frames.len());
-    for f in frames {
-        let size = f.header.len() + f.body.len();
-        if size > max || size > u32::MAX as usize {
-            return Err(ProtocolError::TooLarge { size, limit: max });
-        }
-        lens.push((size as u32).to_le_bytes());
-    }
-    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
-    for (f, len) in frames.iter().zip(&lens) {
-        slices.push(std::io::IoSlice::new(len));
-        slices.push(std::io::IoSlice::new(&f.header));
-        if !f.body.is_empty() {
-            slices.push(std::io::IoSlice::new(&f.body));
-        }
-    }
-    let mut parts: &mut [std::io::IoSlice<'_>] = &mut slices;
-    // Only the first frame can have been started directly (the direct path
-    // is taken only while nothing is queued).
-    let skip = frames.first().map_or(0, |f| f.skip);
-    std::io::IoSlice::advance_slices(&mut parts, skip);
-    while !parts.is_empty() {
-        match out.write_vectored(parts) {
-            Ok(0) => return Err(ProtocolError::Io(std::io::ErrorKind::WriteZero.into())),
-            Ok(n) => std::io::IoSlice::advance_slices(&mut parts, n),
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(ProtocolError::Io(err)),
-        }
-    }
-    Ok(())
-}
-
-/// Stops a worker now: SIGKILL for a local process, an exit frame (honoured
-/// between chunks) for a remote one.
+/// Stops a worker now (see [`Link::kill`]).
 fn kill(worker: &Worker) {
-    if let Some(signal) = worker.signal.as_ref().filter(|_| worker.local) {
-        signal.kill();
-        if let Some(ch) = &worker.channel {
-            ch.ends.cut();
-        }
-    } else {
-        let header = wire::encode_header(&ToWorker::Exit);
-        worker.send(header, Arc::new(Vec::new()), usize::MAX);
+    worker.link.kill();
+}
+
+impl Events for Shared {
+    fn is_stopping(&self) -> bool {
+        Shared::is_stopping(self)
+    }
+
+    fn launching(&self) -> bool {
+        self.launch_begin()
+    }
+
+    fn launched(&self) {
+        self.launch_done();
+    }
+
+    fn start_failed(&self, slot: usize, err: Error) {
+        self.replacement_failed(slot, err);
+    }
+
+    fn attach(&self, slot: usize, pid: u32, link: Link) -> bool {
+        self.attach_link(slot, pid, link)
+    }
+
+    fn deliver_all(
+        &self,
+        slot: usize,
+        pid: u32,
+        frames: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        Shared::deliver_all(self, slot, pid, frames)
+    }
+
+    fn mark_dying(&self, slot: usize) {
+        Shared::mark_dying(self, slot);
+    }
+
+    fn detach(&self, slot: usize, pid: u32, cause: ExitCause, protocol: Option<ProtocolError>) {
+        Shared::detach(self, slot, pid, cause, protocol);
     }
 }

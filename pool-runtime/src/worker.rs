@@ -12,9 +12,51 @@ use pool_core::registry::{Batch, Halt, Registry, TaskEntry};
 use pool_core::wire::{self, FromWorker, Items, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
-use crate::backend::forkserver::{self, SERVER_ENV, ServerEnv};
-use crate::backend::local::{self, WORKER_ENV, WorkerEnv};
 use crate::backend::shm::{Progress, now_ns};
+use crate::sys;
+
+/// The environment variable that tells a process it is a worker.
+pub(crate) const WORKER_ENV: &str = "POOL_RUNTIME_WORKER";
+
+/// What a worker needs to know about its parent.
+///
+/// The channel is two socket pairs, one per direction, so that a side
+/// reading frames never wakes the other side's reader (a stream socket
+/// wakes its peer's waiters whenever its buffer drains). The worker's stdin
+/// is its end of the first; its end of the second, the descriptor of its
+/// progress page and, under a test harness, of the real stdout come first
+/// on it (see [`send_fds`]). Nothing but stdin is inherited, so std starts workers
+/// with `posix_spawn` (no copy of the parent's page tables) and no
+/// descriptor of a worker can leak into a process started meanwhile.
+pub(crate) struct WorkerEnv {
+    /// A copy of the real stdout comes after the progress page.
+    pub(crate) stdout: bool,
+    pub(crate) parent: u32,
+}
+
+impl WorkerEnv {
+    pub(crate) fn encode(&self) -> String {
+        format!("v2:{}:{}", u8::from(self.stdout), self.parent)
+    }
+
+    /// Parses the variable's value; `None` if it is not ours.
+    pub(crate) fn decode(value: &str) -> Option<WorkerEnv> {
+        let mut parts = value.split(':');
+        if parts.next()? != "v2" {
+            return None;
+        }
+        let stdout = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
+        let parent = parts.next()?.parse().ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(WorkerEnv { stdout, parent })
+    }
+}
 
 /// Set by `init()` in a parent: its `main` reaches `init()`, so workers will too.
 pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
@@ -24,34 +66,6 @@ pub(crate) static IN_WORKER: AtomicBool = AtomicBool::new(false);
 /// Exit codes a worker uses when it cannot go on.
 pub(crate) const EXIT_PROTOCOL: i32 = 70;
 const EXIT_PARENT_GONE: i32 = 71;
-
-/// If this process was started as a worker, serves as one and exits;
-/// otherwise records that `main` reached this point and returns.
-pub(crate) fn enter() {
-    // Under an MPI launcher: rank 0 returns, the other ranks serve and exit.
-    #[cfg(feature = "mpi")]
-    crate::backend::mpi::enter();
-    if let Ok(value) = std::env::var(SERVER_ENV) {
-        match ServerEnv::decode(&value) {
-            Some(env) => forkserver::serve(env),
-            None => eprintln!("pool-runtime: ignoring a malformed {SERVER_ENV} variable"),
-        }
-    }
-    match std::env::var(WORKER_ENV) {
-        Ok(value) => match WorkerEnv::decode(&value) {
-            Some(env) => run(env),
-            None => {
-                eprintln!("pool-runtime: ignoring a malformed {WORKER_ENV} variable");
-            }
-        },
-        Err(_) => INIT_CALLED.store(true, Ordering::Relaxed),
-    }
-}
-
-/// Whether this process was started as a worker (and has not entered the loop).
-pub(crate) fn spawned_as_worker() -> bool {
-    std::env::var_os(WORKER_ENV).is_some() || std::env::var_os(SERVER_ENV).is_some()
-}
 
 thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
@@ -122,8 +136,8 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// under a test harness.
 fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Progress)> {
     use std::os::fd::IntoRawFd;
-    let channel = take_stdin()?;
-    let mut fds = local::recv_fds(channel.as_raw_fd(), 2 + usize::from(env.stdout))?.into_iter();
+    let channel = sys::take_stdin()?;
+    let mut fds = sys::recv_fds(channel.as_raw_fd(), 2 + usize::from(env.stdout))?.into_iter();
     let output = fds
         .next()
         .ok_or_else(|| std::io::Error::other("no output channel"))?;
@@ -133,43 +147,13 @@ fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Pro
     let progress = Progress::open(progress.into_raw_fd())?;
     if let Some(stdout) = fds.next() {
         // Under a test harness: the real stdout, in place of /dev/null.
-        dup_onto(&stdout, 1)?;
+        sys::dup_onto(&stdout, 1)?;
     }
     Ok((
         UnixStream::from(channel),
         UnixStream::from(output),
         progress,
     ))
-}
-
-/// Moves stdin (the channel from the pool) to a close-on-exec descriptor
-/// and gives stdin `/dev/null`, so tasks, and programs they start, never
-/// see it.
-pub(crate) fn take_stdin() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: plain descriptor calls on fd 0 and descriptors we own.
-    unsafe {
-        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let channel = OwnedFd::from_raw_fd(fd);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::close(null);
-        Ok(channel)
-    }
-}
-
-/// Puts `fd` in place of descriptor `to` (a standard one).
-fn dup_onto(fd: &std::os::fd::OwnedFd, to: std::os::fd::RawFd) -> std::io::Result<()> {
-    // SAFETY: dup2 of a descriptor we own onto a standard one.
-    if unsafe { libc::dup2(fd.as_raw_fd(), to) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Ties this process's life to the pool's: killed when the thread that
@@ -213,7 +197,7 @@ pub(crate) fn run_forked(
     let restored = stdio
         .iter()
         .zip([1, 2])
-        .try_for_each(|(fd, to)| dup_onto(fd, to));
+        .try_for_each(|(fd, to)| sys::dup_onto(fd, to));
     drop(stdio);
     let progress = match (progress, restored) {
         (Ok(progress), Ok(())) => progress,
@@ -225,7 +209,7 @@ pub(crate) fn run_forked(
     serve_process(UnixStream::from(input), UnixStream::from(output), progress)
 }
 
-fn run(env: WorkerEnv) -> ! {
+pub(crate) fn run(env: WorkerEnv) -> ! {
     IN_WORKER.store(true, Ordering::Relaxed);
     // SAFETY: removing our own variable so that programs a task launches do
     // not become workers. Called before any task runs; the only other thread
@@ -257,7 +241,7 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
         std::process::exit(EXIT_PROTOCOL);
     }
     let more_input = |r: &BufReader<&UnixStream>| {
-        !r.buffer().is_empty() || local::readable(r.get_ref().as_raw_fd())
+        !r.buffer().is_empty() || sys::readable(r.get_ref().as_raw_fd())
     };
     let served = serve_hooked(
         &mut reader,

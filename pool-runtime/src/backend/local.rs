@@ -1,797 +1,554 @@
-//! The local backend: worker processes that re-execute this very binary.
+//! The local backend: worker processes of this machine (see
+//! [`process`](super::process)), each with a reader thread (frames in; it
+//! also started the process and reaps it, so the worker's parent-death
+//! signal is tied to a thread that lives exactly as long as the worker)
+//! and a writer thread (frames out, batched), so a large frame being
+//! written never blocks the reading of results.
 
-use std::io::{self, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::BufReader;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
 
-use pool_core::wire::{self, FromWorker, ToWorker};
+use crossbeam_channel::{Receiver, Sender};
+use pool_core::ProtocolError;
+use pool_core::wire;
 
-use super::forkserver;
+pub(crate) use super::child::{ChildProc, Signaller};
+use super::forkserver::client as forkserver;
+pub(crate) use super::handshake::Launch;
+use super::process;
+pub(crate) use super::process::Spawned;
 use super::shm::Progress;
+use super::{Backend, Events, Link, Outgoing};
 use crate::error::{Error, ExitCause};
 
-/// The environment variable that tells a process it is a worker.
-pub(crate) const WORKER_ENV: &str = "POOL_RUNTIME_WORKER";
+// The MPI backend starts its ranks' local workers through these; it is to
+// import them from `process`, `child` and `handshake` directly.
+#[allow(unused_imports)]
+pub(crate) use super::handshake::{check_init_done, check_ready, hello_header};
+#[allow(unused_imports)]
+pub(crate) use super::process::{finish, start};
+#[allow(unused_imports)]
+pub(crate) use crate::worker::WORKER_ENV;
 
-/// A worker process: a child of this process (started afresh, reaped
-/// here), or a child of the fork server (reaped there, which reports how it
-/// ended; signalled through a pidfd). Either way its pid is only signalled
-/// while it cannot have been recycled.
-pub(crate) struct ChildProc {
-    pid: u32,
-    forked: Option<Forked>,
-    /// How it ended, once known.
-    ended: Option<ExitCause>,
+/// Starts and reaps this machine's worker processes for one pool.
+pub(crate) struct LocalBackend {
+    launch: Launch,
+    /// Workers started but not yet attached (handshake, initializer):
+    /// shutdown kills them.
+    starting: Arc<Mutex<Vec<Signaller>>>,
 }
 
-struct Forked {
-    /// Its fork request, under which its server reports its end.
-    request: u32,
-    pidfd: Arc<OwnedFd>,
-    /// Whether its server still runs (and so will report its end).
-    server_alive: Arc<AtomicBool>,
-}
-
-impl ChildProc {
-    /// A child of this process.
-    pub(crate) fn new(pid: u32) -> Self {
-        ChildProc {
-            pid,
-            forked: None,
-            ended: None,
-        }
-    }
-
-    /// A worker forked by the fork server.
-    pub(crate) fn forked(
-        pid: u32,
-        request: u32,
-        pidfd: Arc<OwnedFd>,
-        server_alive: Arc<AtomicBool>,
-    ) -> Self {
-        ChildProc {
-            pid,
-            forked: Some(Forked {
-                request,
-                pidfd,
-                server_alive,
-            }),
-            ended: None,
-        }
-    }
-
-    /// What the scheduler signals it through.
-    pub(crate) fn signaller(&self) -> Signaller {
-        Signaller {
-            pid: self.pid,
-            pidfd: self.forked.as_ref().map(|f| Arc::clone(&f.pidfd)),
-        }
-    }
-
-    /// Sends it SIGKILL, unless it is known to have ended.
-    pub(crate) fn kill(&mut self) {
-        if self.ended.is_none() {
-            self.signaller().kill();
-        }
-    }
-
-    /// How it ended, if it has; reaps it then (a child of ours).
-    pub(crate) fn try_wait(&mut self) -> Option<ExitCause> {
-        if let Some(cause) = self.ended {
-            return Some(cause);
-        }
-        let cause = match &self.forked {
-            None => self.waitpid(libc::WNOHANG)?,
-            Some(forked) => match forkserver::take_exit(forked.request) {
-                Some(cause) => cause,
-                // Its server is gone: nobody reports its end any more
-                // (unless it did just before going).
-                None if !forked.server_alive.load(Ordering::Acquire)
-                    && pidfd_exited(&forked.pidfd) =>
-                {
-                    forkserver::take_exit(forked.request).unwrap_or(ExitCause::Unknown)
-                }
-                None => return None,
-            },
-        };
-        self.ended = Some(cause);
-        Some(cause)
-    }
-
-    /// Waits for it to end (and reaps it, if a child of ours).
-    pub(crate) fn wait(&mut self) -> ExitCause {
-        if let Some(cause) = self.ended {
-            return cause;
-        }
-        if self.forked.is_none() {
-            let cause = self.waitpid(0).unwrap_or(ExitCause::Unknown);
-            self.ended = Some(cause);
-            return cause;
-        }
-        // Its server reports the end of an exited child at once; if it does
-        // not (stopped, say), the end is taken as seen, cause unknown.
-        let mut exited_since = None;
-        loop {
-            if let Some(cause) = self.try_wait() {
-                return cause;
-            }
-            if let Some(forked) = &self.forked
-                && pidfd_exited(&forked.pidfd)
-            {
-                let since = *exited_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > Duration::from_secs(2) {
-                    self.ended = Some(ExitCause::Unknown);
-                    return ExitCause::Unknown;
-                }
-            }
-            forkserver::wait_exit_report(Duration::from_millis(10));
-        }
-    }
-
-    fn waitpid(&self, flags: libc::c_int) -> Option<ExitCause> {
-        let mut status = 0;
-        let rc = loop {
-            // SAFETY: waitpid on our own child.
-            let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, flags) };
-            if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break rc;
-        };
-        match rc {
-            0 => None,
-            rc if rc < 0 => Some(ExitCause::Unknown),
-            _ => Some(exit_cause(status)),
-        }
-    }
-}
-
-/// Signals a worker process: by pid for a child of ours (which only the
-/// pool reaps, after which it signals it no more), by pidfd for a forked
-/// one (reaped by the fork server at any time).
-#[derive(Clone)]
-pub(crate) struct Signaller {
-    pub(crate) pid: u32,
-    pidfd: Option<Arc<OwnedFd>>,
-}
-
-impl Signaller {
-    /// A child of this process, reaped here.
-    pub(crate) fn own_child(pid: u32) -> Self {
-        Signaller { pid, pidfd: None }
-    }
-
-    /// SIGKILL.
-    pub(crate) fn kill(&self) {
-        match &self.pidfd {
-            Some(pidfd) => signal_pidfd(pidfd, libc::SIGKILL),
-            // SAFETY: a child of ours that the caller knows is unreaped.
-            None => unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
-            },
-        }
-    }
-
-    /// Whether it has exited (without reaping it).
-    pub(crate) fn has_exited(&self) -> bool {
-        match &self.pidfd {
-            Some(pidfd) => pidfd_exited(pidfd),
-            None => child_exited(self.pid),
-        }
-    }
-
-    /// Whether it is a child of this process (reaped here).
-    pub(crate) fn is_own_child(&self) -> bool {
-        self.pidfd.is_none()
-    }
-}
-
-/// Sends `signal` to the process of `pidfd`.
-pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) {
-    // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        );
-    }
-}
-
-/// Whether the process of `pidfd` has exited (its pidfd is readable).
-fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    readable(pidfd.as_raw_fd())
-}
-
-/// Whether our child `pid` has exited (without reaping it).
-fn child_exited(pid: u32) -> bool {
-    // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: WNOWAIT leaves the child for its reader to reap.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
-    };
-    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
-    rc == 0 && unsafe { info.si_pid() } != 0
-}
-
-/// A started worker process, after a successful handshake.
-pub(crate) struct Spawned {
-    pub(crate) child: ChildProc,
-    pub(crate) pid: u32,
-    /// Frames to the worker.
-    pub(crate) to: Arc<UnixStream>,
-    /// Frames from the worker.
-    pub(crate) from: Arc<UnixStream>,
-    pub(crate) progress: Progress,
-}
-
-/// What a worker needs to know about its parent.
-///
-/// The channel is two socket pairs, one per direction, so that a side
-/// reading frames never wakes the other side's reader (a stream socket
-/// wakes its peer's waiters whenever its buffer drains). The worker's stdin
-/// is its end of the first; its end of the second, the descriptor of its
-/// progress page and, under a test harness, of the real stdout come first
-/// on it (see [`send_fds`]). Nothing but stdin is inherited, so std starts workers
-/// with `posix_spawn` (no copy of the parent's page tables) and no
-/// descriptor of a worker can leak into a process started meanwhile.
-pub(crate) struct WorkerEnv {
-    /// A copy of the real stdout comes after the progress page.
-    pub(crate) stdout: bool,
-    pub(crate) parent: u32,
-}
-
-impl WorkerEnv {
-    fn encode(&self) -> String {
-        format!("v2:{}:{}", u8::from(self.stdout), self.parent)
-    }
-
-    /// Parses the variable's value; `None` if it is not ours.
-    pub(crate) fn decode(value: &str) -> Option<WorkerEnv> {
-        let mut parts = value.split(':');
-        if parts.next()? != "v2" {
-            return None;
-        }
-        let stdout = match parts.next()? {
-            "0" => false,
-            "1" => true,
-            _ => return None,
-        };
-        let parent = parts.next()?.parse().ok()?;
-        if parts.next().is_some() {
-            return None;
-        }
-        Some(WorkerEnv { stdout, parent })
-    }
-}
-
-/// The pool's initializer: run once in every worker before its first task.
-pub(crate) struct InitSpec {
-    pub(crate) task: u64,
-    pub(crate) name: &'static str,
-    /// One encoded argument item.
-    pub(crate) body: Vec<u8>,
-    /// Decodes the initializer's result; `Err` if it reports a failure.
-    pub(crate) check: fn(&[u8]) -> Result<(), String>,
-}
-
-/// How to start a worker.
-#[derive(Clone)]
-pub(crate) struct Launch {
-    pub(crate) init: Option<std::sync::Arc<InitSpec>>,
-    /// Extra arguments: under a test harness, the ones that select the
-    /// worker entry test.
-    pub(crate) harness_args: Option<Vec<String>>,
-    pub(crate) fingerprint: u64,
-    pub(crate) max_frame: usize,
-    pub(crate) startup_timeout: Duration,
-    /// Workers may be forked by the fork server ([`forkserver`]).
-    pub(crate) fork_server: bool,
-}
-
-fn executable() -> io::Result<std::path::PathBuf> {
-    if cfg!(target_os = "linux") {
-        // The running image itself, even if the file on disk was replaced.
-        Ok("/proc/self/exe".into())
-    } else {
-        std::env::current_exe()
-    }
-}
-
-/// A worker process that was started and sent the handshake.
-pub(crate) struct Pending {
-    child: ChildProc,
-    pid: u32,
-    to: Arc<UnixStream>,
-    from: Arc<UnixStream>,
-    progress: Progress,
-}
-
-impl Pending {
-    /// The started process's id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// What to signal it through.
-    pub(crate) fn signaller(&self) -> Signaller {
-        self.child.signaller()
-    }
-
-    /// The channel: frames to the worker, frames from it.
-    pub(crate) fn channel(&self) -> (&Arc<UnixStream>, &Arc<UnixStream>) {
-        (&self.to, &self.from)
-    }
-}
-
-/// Starts one worker process and sends it the handshake; [`finish`] reads the answer.
-///
-/// `cancelled` is asked while waiting for the fork server: once it says
-/// yes (the pool is shutting down), the start ends with
-/// [`Error::Terminated`].
-pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Pending, Error> {
-    let (to, their_in) = UnixStream::pair().map_err(Error::Spawn)?;
-    let (from, their_out) = UnixStream::pair().map_err(Error::Spawn)?;
-    let (to, from) = (Arc::new(to), Arc::new(from));
-    let mut progress = Progress::create().map_err(Error::Spawn)?;
-    let progress_fd = progress
-        .fd()
-        .ok_or_else(|| Error::Spawn(io::Error::other("no progress descriptor")))?;
-    // Under a test harness the worker's stdout is /dev/null until the worker
-    // entry restores this copy of ours, which hides the harness's chatter.
-    let stdout_copy = match launch.harness_args {
-        Some(_) => Some(dup_cloexec(1).map_err(Error::Spawn)?),
-        None => None,
-    };
-    // Through the fork server when it runs (a `fork` of a process that is
-    // already past `exec` and `main`'s start); otherwise started afresh.
-    // A forked worker also gets this process's current stdout and stderr.
-    // What `exec` would leave as stdout and stderr (`/dev/null` for a
-    // closed or close-on-exec descriptor); if that cannot be had, no fork.
-    let forked = match (inherited(1), inherited(2)) {
-        (Ok(out), Ok(err)) => forkserver::fork_worker(
+impl LocalBackend {
+    pub(crate) fn new(launch: Launch) -> LocalBackend {
+        LocalBackend {
             launch,
-            cancelled,
-            &[
-                their_in.as_raw_fd(),
-                their_out.as_raw_fd(),
-                progress_fd,
-                out.as_ref().map_or(1, AsRawFd::as_raw_fd),
-                err.as_ref().map_or(2, AsRawFd::as_raw_fd),
-            ],
-        ),
-        _ => None,
-    };
-    let (child, sent) = match forked {
-        Some(Ok(child)) => {
-            drop(their_in);
-            (child, Ok(()))
-        }
-        Some(Err(_)) if cancelled() => return Err(Error::Terminated),
-        Some(Err(reason)) => {
-            // The server took the descriptors and did not answer: they are
-            // given up (a late fork finds its channel closed and exits),
-            // and the worker is started afresh on new ones.
-            tracing::debug!(reason, "starting a worker afresh");
-            return start(launch, cancelled);
-        }
-        None => {
-            let mut fds = vec![their_out.as_raw_fd(), progress_fd];
-            fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
-            let child = spawn(launch, their_in, stdout_copy.is_some())?;
-            let sent = send_fds(&to, &fds)
-                .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
-            (child, sent)
-        }
-    };
-    let pid = child.pid;
-    // Only the worker holds these now: its exit ends the channel. The
-    // page stays mapped; its descriptor is no longer needed.
-    drop(their_out);
-    drop(stdout_copy);
-    progress.forget_fd();
-    let pending = Pending {
-        child,
-        pid,
-        to,
-        from,
-        progress,
-    };
-    match sent.and_then(|()| send_hello(&pending.to, launch)) {
-        Ok(()) => Ok(pending),
-        Err(reason) => Err(Error::Startup {
-            pid,
-            reason: reap(pending.child, reason),
-        }),
-    }
-}
-
-/// What a process started now would have as descriptor `fd` (1 or 2):
-/// `None` when it is `fd` itself; `/dev/null` in place of a descriptor that
-/// is closed or close-on-exec (a forked worker gets the result).
-fn inherited(fd: RawFd) -> io::Result<Option<OwnedFd>> {
-    // SAFETY: F_GETFD on any number only reads its flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
-        return Ok(None);
-    }
-    // SAFETY: opening /dev/null; the new descriptor is ours.
-    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if null < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(null) }))
-}
-
-/// Starts a worker process afresh: this binary, with the worker variable
-/// set and `their_in` as its stdin.
-fn spawn(launch: &Launch, their_in: UnixStream, stdout: bool) -> Result<ChildProc, Error> {
-    let env = WorkerEnv {
-        stdout,
-        parent: std::process::id(),
-    };
-    let mut cmd = worker_command(launch).map_err(Error::Spawn)?;
-    cmd.env(WORKER_ENV, env.encode())
-        .stdin(Stdio::from(OwnedFd::from(their_in)));
-    let spawned = cmd.spawn();
-    // The command holds the worker's end of the channel: close it here, or
-    // the worker's exit would not end the channel.
-    drop(cmd);
-    // The child is reaped through its pid (`ChildProc`); std's handle
-    // holds nothing else (no pipes) and does nothing when dropped.
-    Ok(ChildProc::new(spawned.map_err(Error::Spawn)?.id()))
-}
-
-/// The command that re-executes this binary (with the harness's
-/// arguments under a test harness, and its stdout silenced).
-pub(crate) fn worker_command(launch: &Launch) -> io::Result<Command> {
-    let mut cmd = Command::new(executable()?);
-    if let Ok(exe) = std::env::current_exe() {
-        cmd.arg0(exe);
-    }
-    if let Some(args) = &launch.harness_args {
-        cmd.args(args).stdout(Stdio::null());
-    }
-    Ok(cmd)
-}
-
-/// Sends one message carrying `fds` (`SCM_RIGHTS`, none if empty).
-pub(crate) fn send_msg(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let space = if fds.is_empty() {
-        0
-    } else {
-        // SAFETY: CMSG_SPACE only computes a size.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
-    };
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
-    // buffers that outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer holds one header and room for `fds`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-        }
-    }
-    loop {
-        // SAFETY: a valid socket and message.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+            starting: Arc::new(Mutex::new(Vec::new())),
         }
     }
 }
 
-/// Receives one message and up to `max_fds` descriptors (close-on-exec):
-/// the message's length (0 at the end of the channel), the descriptors,
-/// and whether some were dropped (`MSG_CTRUNC`: no room for them, or this
-/// process is out of descriptors).
-pub(crate) fn recv_msg(
-    sock: RawFd,
-    buf: &mut [u8],
-    max_fds: usize,
-) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
-        as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in `send_msg`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: a valid descriptor and message.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote; every
-    // descriptor in an SCM_RIGHTS message is new and ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+impl Backend for LocalBackend {
+    /// Starts workers for `slots`, each from its own thread, all at once
+    /// (at most 32 starting at a time, process-wide); returns when every
+    /// one is ready or has failed (the first failure). Later workers are
+    /// forks of the fork server, which is prepared once these are up.
+    fn start_all(&self, slots: &[usize], events: &Arc<dyn Events>) -> Result<(), Error> {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(slots.len());
+        let mut launched = 0;
+        let mut first_err = None;
+        for &slot in slots {
+            if !events.launching() {
+                first_err.get_or_insert(Error::Terminated);
+                break;
+            }
+            let starter = self.starter(events);
+            let done = done_tx.clone();
+            let thread = thread::Builder::new()
+                .name(format!("pool-worker-{slot}"))
+                .spawn(move || starter.run(slot, Some(done)));
+            match thread {
+                Ok(_) => launched += 1,
+                Err(err) => {
+                    events.launched();
+                    first_err.get_or_insert(Error::Spawn(err));
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        drop(done_tx);
+        for _ in 0..launched {
+            let outcome = done_rx.recv().unwrap_or_else(|_| {
+                Err(Error::Spawn(std::io::Error::other(
+                    "a worker's thread ended before it started",
+                )))
+            });
+            if let Err(err) = outcome {
+                first_err.get_or_insert(err);
+            }
+        }
+        match first_err {
+            Some(err) => Err(err),
+            None => {
+                // Later workers (replacements, later pools) are forked.
+                forkserver::prepare(&self.launch);
+                Ok(())
+            }
         }
     }
-    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
-}
 
-/// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
-pub(crate) fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    send_msg(stream.as_raw_fd(), &[FD_MARKER], fds)
-}
-
-/// The byte that carries a worker's descriptors.
-const FD_MARKER: u8 = 0xFD;
-
-/// Receives the descriptors [`send_fds`] sent (worker side): exactly
-/// `count`, close-on-exec.
-pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
-    let mut marker = [0u8];
-    let (n, fds, truncated) = recv_msg(channel, &mut marker, count)?;
-    if n != 1 || marker[0] != FD_MARKER || fds.len() != count {
-        return Err(io::Error::other(format!(
-            "expected {count} descriptors from the pool, got {} (in {n} bytes)",
-            fds.len()
-        )));
+    /// Starts a replacement without waiting for it: the supervisor goes on
+    /// enforcing timeouts and noticing exits while it starts (and runs its
+    /// initializer); a failure is reported with [`Events::start_failed`].
+    fn respawn(&self, slot: usize, events: &Arc<dyn Events>) {
+        if !events.launching() {
+            return;
+        }
+        tracing::debug!(slot, "starting a replacement pool worker");
+        let starter = self.starter(events);
+        let thread = thread::Builder::new()
+            .name(format!("pool-worker-{slot}"))
+            .spawn(move || starter.run(slot, None));
+        if let Err(err) = thread {
+            events.launched();
+            events.start_failed(slot, Error::Spawn(err));
+        }
     }
-    if truncated {
-        return Err(io::Error::other("the pool's descriptors were truncated"));
+
+    fn abort_starts(&self) {
+        for worker in lock(&self.starting).iter() {
+            // Not attached yet: its handshake or initializer fails at once.
+            worker.kill();
+        }
     }
-    Ok(fds)
 }
 
-/// Whether `fd` has something to read (or has ended) now.
-pub(crate) fn readable(fd: RawFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LocalBackend {
+    fn starter(&self, events: &Arc<dyn Events>) -> Starter {
+        Starter {
+            launch: self.launch.clone(),
+            starting: Arc::clone(&self.starting),
+            events: Arc::clone(events),
+        }
+    }
+}
+
+/// What a worker's thread needs: it starts the worker, then reads its
+/// frames until it is gone, and reaps it.
+struct Starter {
+    launch: Launch,
+    starting: Arc<Mutex<Vec<Signaller>>>,
+    events: Arc<dyn Events>,
+}
+
+impl Starter {
+    /// Starts the worker for `slot`, reports how that went (to `done`, or
+    /// as a failed replacement), then reads its frames until it is gone.
+    fn run(self, slot: usize, done: Option<Sender<Result<(), Error>>>) {
+        let started = {
+            let _permit = START_PERMITS.acquire();
+            self.start(slot)
+        };
+        // Counted until here, so that shutdown waits for a start under way.
+        self.events.launched();
+        let report = |outcome: Result<(), Error>| match (&done, outcome) {
+            (Some(done), outcome) => {
+                let _ = done.send(outcome);
+            }
+            (None, Ok(())) => {}
+            (None, Err(err)) => self.events.start_failed(slot, err),
+        };
+        match started {
+            Ok(Some((pid, stream, child))) => {
+                report(Ok(()));
+                drop(done);
+                let signal = child.signaller();
+                let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    read_loop(&*self.events, &self.launch, slot, pid, &stream, child);
+                }));
+                if read.is_err() {
+                    after_reader_panic(&*self.events, slot, pid, &signal);
+                }
+            }
+            Ok(None) => report(Ok(())),
+            Err(err) => report(Err(err)),
+        }
+    }
+
+    /// Starts and attaches the worker for `slot`; what its reader needs, or
+    /// `None` if the pool was terminated meanwhile.
+    fn start(&self, slot: usize) -> Result<Option<(u32, Arc<UnixStream>, ChildProc)>, Error> {
+        let events = &*self.events;
+        if events.is_stopping() {
+            return Err(Error::Terminated);
+        }
+        let pending = process::start(&self.launch, &|| events.is_stopping())?;
+        let pid = pending.pid();
+        let signal = pending.signaller();
+        lock(&self.starting).push(signal.clone());
+        if events.is_stopping() {
+            signal.kill();
+        }
+        // The writer thread starts while the worker boots.
+        let writer = start_writer(pid, pending.channel(), self.launch.max_frame);
+        let forget = |pid: u32| lock(&self.starting).retain(|s| s.pid != pid);
+        let outcome = process::finish(pending, &self.launch, forget);
+        forget(pid);
+        let spawned = outcome?;
+        let Spawned {
+            mut child,
+            pid,
+            to,
+            from,
+            progress,
+        } = spawned;
+        drop(to);
+        let (tx, ends, backlog) = match writer {
+            Ok(writer) => writer,
+            Err(err) => {
+                child.kill();
+                child.wait();
+                return Err(err);
+            }
+        };
+        let link = LocalLink {
+            signal: child.signaller(),
+            tx,
+            ends,
+            backlog,
+            page: progress,
+        };
+        if !events.attach(slot, pid, Link::Local(link)) {
+            child.kill();
+            child.wait();
+            return Ok(None);
+        }
+        Ok(Some((pid, from, child)))
+    }
+}
+
+/// Starts the writer thread of the worker `pid` on its channel.
+fn start_writer(
+    pid: u32,
+    (to, from): (&Arc<UnixStream>, &Arc<UnixStream>),
+    max: usize,
+) -> Result<(Sender<Outgoing>, Ends, Arc<AtomicUsize>), Error> {
+    let ends = Ends {
+        to: Arc::clone(to),
+        from: Arc::clone(from),
     };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+    let writer_ends = ends.clone();
+    let (tx, rx) = crossbeam_channel::unbounded::<Outgoing>();
+    let backlog = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&backlog);
+    thread::Builder::new()
+        .name(format!("pool-writer-{pid}"))
+        .spawn(move || write_loop(rx, &writer_ends, max, &counter))
+        .map_err(Error::Spawn)?;
+    Ok((tx, ends, backlog))
 }
 
-/// Completes the handshake of a started worker. On failure the worker is
-/// killed and reaped, after `forget(pid)`: the pid must not be signalled
-/// once reaped, as it may be reused.
-pub(crate) fn finish(
-    pending: Pending,
+/// A local worker, as the scheduler holds it: its writer thread, its
+/// channel's sockets, its progress page, and how to signal it.
+pub(crate) struct LocalLink {
+    signal: Signaller,
+    tx: Sender<Outgoing>,
+    /// Both directions, cut when the worker is killed or found dead.
+    ends: Ends,
+    /// Frames handed to the writer thread and not yet written.
+    backlog: Arc<AtomicUsize>,
+    page: Progress,
+}
+
+impl LocalLink {
+    /// Sends a frame: to an idle worker whose writer thread has nothing
+    /// queued, written right here without blocking, which saves a thread
+    /// hand-off on the round trip; otherwise, or for what did not fit,
+    /// queued to the writer thread.
+    pub(crate) fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, idle: bool, max: usize) {
+        let mut skip = 0;
+        let size = header.len() + body.len();
+        // Only an idle worker is written to directly: a busy one reads
+        // later anyway, and its writer thread batches frames into one call.
+        // A large frame goes to the writer thread: its copy into the
+        // socket is work the dispatching thread (often the caller,
+        // encoding the next chunk) is better spared.
+        if idle && self.backlog.load(Ordering::Acquire) == 0 && size <= max.min(DIRECT_MAX) {
+            let len = (size as u32).to_le_bytes();
+            match send_nowait(&self.ends.to, &[&len, &header, &body]) {
+                Some(n) if n == 4 + size => return,
+                Some(n) => skip = n,
+                None => {}
+            }
+        }
+        self.backlog.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tx.send(Outgoing { header, body, skip });
+    }
+
+    /// SIGKILL, and its channel cut (so its reader wakes even if a process
+    /// the task forked holds the other ends).
+    pub(crate) fn kill(&self) {
+        self.signal.kill();
+        self.ends.cut();
+    }
+
+    /// Cuts its channel if it has exited, so its reader sees the end even
+    /// if a process the task forked keeps the channel open.
+    pub(crate) fn notice_exit(&self) {
+        if self.signal.has_exited() {
+            self.ends.cut();
+        }
+    }
+
+    /// Its progress page.
+    pub(crate) fn page(&self) -> &Progress {
+        &self.page
+    }
+}
+
+/// Cleans up after a reader that panicked (a bug): its worker is killed
+/// and reaped if it was not yet, and detached if it still is attached, so
+/// that shutdown does not wait for it forever.
+fn after_reader_panic(events: &dyn Events, slot: usize, pid: u32, signal: &Signaller) {
+    tracing::error!(pid, "the reader thread of a pool worker panicked");
+    events.mark_dying(slot);
+    if signal.is_own_child() {
+        crate::sys::kill_and_reap_child(pid);
+    } else {
+        // A forked worker: its pidfd names it even once its server reaped it.
+        signal.kill();
+    }
+    events.detach(slot, pid, ExitCause::Unknown, None);
+}
+
+/// Reads the frames of the worker in `slot` until its channel ends; then
+/// reaps it and reports its end.
+fn read_loop(
+    events: &dyn Events,
     launch: &Launch,
-    forget: impl Fn(u32),
-) -> Result<Spawned, Error> {
-    let Pending {
-        child,
-        pid,
-        to,
-        from,
-        progress,
-    } = pending;
-    if let Err(reason) = read_ready(&from, launch, pid) {
-        forget(pid);
-        return Err(Error::Startup {
-            pid,
-            reason: reap(child, reason),
-        });
-    }
-    if let Some(init) = &launch.init
-        && let Err(reason) = run_init(&to, &from, init, launch.max_frame)
-    {
-        forget(pid);
-        return Err(Error::Initializer {
-            task: init.name,
-            pid,
-            reason: reap(child, reason),
-        });
-    }
-    Ok(Spawned {
-        child,
-        pid,
-        to,
-        from,
-        progress,
-    })
-}
-
-/// Kills and reaps a worker that failed to start; the reason, with how it
-/// ended when that adds something.
-fn reap(mut child: ChildProc, reason: String) -> String {
-    child.kill();
-    match child.wait() {
-        ExitCause::Signal(libc::SIGKILL) | ExitCause::Unknown => reason,
-        cause => format!("{reason} (the worker {cause})"),
-    }
-}
-
-/// Runs the initializer in a new worker and checks its outcome.
-fn run_init(
-    to: &UnixStream,
-    from: &UnixStream,
-    init: &InitSpec,
-    max_frame: usize,
-) -> Result<(), String> {
-    let header = wire::encode_header(&ToWorker::Init { task: init.task });
-    let mut writer = to;
-    wire::write_frame(&mut writer, &header, &init.body, max_frame)
-        .map_err(|err| err.to_string())?;
-    let mut buf = Vec::new();
-    match wire::read_frame(&mut BufReader::new(from), max_frame, &mut buf) {
-        Ok(()) => {}
-        Err(pool_core::ProtocolError::Closed) => {
-            return Err("the worker exited while running it".to_owned());
+    slot: usize,
+    pid: u32,
+    stream: &UnixStream,
+    mut child: ChildProc,
+) {
+    let max = launch.max_frame;
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    let mut frames = Vec::new();
+    let failure = loop {
+        // One frame, waiting for it; then every frame already complete
+        // in the buffer, all handled under one lock.
+        let read = loop {
+            let mut frame = Vec::new();
+            if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
+                break Err(err);
+            }
+            frames.push(frame);
+            if frames.len() >= 256 || !wire::holds_frame(reader.buffer()) {
+                break Ok(());
+            }
+        };
+        if let Err(err) = events.deliver_all(slot, pid, &mut frames) {
+            break err;
         }
-        Err(pool_core::ProtocolError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-            return Err("the worker exited while running it".to_owned());
+        if let Err(err) = read {
+            break err;
         }
-        Err(err) => return Err(err.to_string()),
-    }
-    check_init_done(&buf, init)
-}
-
-/// Checks a worker's answer to [`ToWorker::Init`] (a frame without its
-/// length prefix).
-pub(crate) fn check_init_done(frame: &[u8], init: &InitSpec) -> Result<(), String> {
-    match wire::split_frame::<FromWorker>(frame).map_err(|err| err.to_string())? {
-        (
-            FromWorker::InitDone {
-                failure: Some(failure),
-            },
-            _,
-        ) => Err(failure.to_string()),
-        (FromWorker::InitDone { failure: None }, body) => (init.check)(body),
-        _ => Err("unexpected answer to the initializer".to_owned()),
-    }
-}
-
-/// The encoded header of the handshake a worker gets first.
-pub(crate) fn hello_header(launch: &Launch) -> Vec<u8> {
-    wire::encode_header(&ToWorker::Hello {
-        protocol: wire::PROTOCOL_VERSION,
-        fingerprint: launch.fingerprint,
-        max_frame: launch.max_frame as u64,
-    })
-}
-
-fn send_hello(stream: &UnixStream, launch: &Launch) -> Result<(), String> {
-    let mut writer = stream;
-    wire::write_frame(&mut writer, &hello_header(launch), &[], launch.max_frame)
-        .map_err(|err| format!("could not send the handshake: {err}"))
-}
-
-fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), String> {
-    stream
-        .set_read_timeout(Some(launch.startup_timeout))
-        .map_err(|err| err.to_string())?;
-    let mut buf = Vec::new();
-    let read = wire::read_frame(&mut BufReader::new(stream), 4096, &mut buf);
-    stream
-        .set_read_timeout(None)
-        .map_err(|err| err.to_string())?;
-    match read {
-        Ok(()) => {}
-        Err(pool_core::ProtocolError::Io(err))
+    };
+    events.mark_dying(slot);
+    let protocol = match failure {
+        ProtocolError::Closed => None,
+        // A worker that dies with unread input resets the connection.
+        ProtocolError::Io(err)
             if matches!(
                 err.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
             ) =>
         {
-            return Err(format!(
-                "no handshake within {:?}: does `main` call `pool_runtime::init()` first, before anything slow and before anything that reads stdin or starts programs that do?",
-                launch.startup_timeout
-            ));
+            None
         }
-        Err(pool_core::ProtocolError::Closed) => {
-            return Err("it exited before the handshake: `main` must call `pool_runtime::init()` first (or use `#[pool_runtime::main]`); in a test binary add `pool_runtime::test_support!();`".to_owned());
+        other => {
+            // The worker broke the protocol: it cannot be trusted further.
+            child.kill();
+            Some(other)
         }
-        Err(err) => return Err(format!("bad handshake: {err}")),
+    };
+    // The channel ended; the process normally exits with it. If it does
+    // not within a moment (it closed the channel but kept running), it
+    // is killed: a worker without its channel is of no use.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while child.try_wait().is_none() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(2));
     }
-    let reported = check_ready(&buf, launch)?;
-    if reported != pid {
-        return Err(format!("the worker reports pid {reported}"));
+    child.kill();
+    let cause = child.wait();
+    events.detach(slot, pid, cause, protocol);
+}
+
+/// Worker starts under way at once, in the whole process: each holds a
+/// few descriptors and a process being exec'd, so a pool of hundreds
+/// starts in waves instead of all at once (which would need 6 descriptors
+/// per worker at the peak).
+static START_PERMITS: Permits = Permits::new(32);
+
+/// A counting semaphore.
+struct Permits {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Permits {
+    const fn new(n: usize) -> Permits {
+        Permits {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit; it is returned when the guard drops.
+    fn acquire(&self) -> PermitGuard<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        PermitGuard(self)
+    }
+}
+
+struct PermitGuard<'a>(&'a Permits);
+
+impl Drop for PermitGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
+/// The largest frame the dispatching thread writes itself.
+const DIRECT_MAX: usize = 64 << 10;
+
+/// Both sockets of a local worker's channel, as the pool holds them: the
+/// same descriptors the writer and reader threads use (a worker costs the
+/// pool two descriptors, three with the pidfd of a forked one).
+#[derive(Clone)]
+struct Ends {
+    to: Arc<UnixStream>,
+    from: Arc<UnixStream>,
+}
+
+impl Ends {
+    /// Shuts both down, so the worker's reader wakes (and its writer fails)
+    /// even if a process the task forked still holds the other ends.
+    fn cut(&self) {
+        let _ = self.to.shutdown(std::net::Shutdown::Both);
+        let _ = self.from.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// One non-blocking `sendmsg` of `parts`; the bytes written, or `None` if
+/// none could be (the socket is full, or the worker is gone).
+fn send_nowait(stream: &UnixStream, parts: &[&[u8]]) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut iov: Vec<libc::iovec> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid; the iovecs point into `parts`,
+    // which outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: a valid socket and message; MSG_DONTWAIT never blocks.
+    let n = unsafe {
+        libc::sendmsg(
+            stream.as_raw_fd(),
+            &msg,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    (n > 0).then_some(n as usize)
+}
+
+fn write_loop(rx: Receiver<Outgoing>, ends: &Ends, max: usize, backlog: &AtomicUsize) {
+    let mut out: &UnixStream = &ends.to;
+    let mut batch: Vec<Outgoing> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        // Whatever else is already queued goes out in the same system call.
+        batch.push(first);
+        let mut bytes = batch[0].body.len();
+        while batch.len() < 64 && bytes < (1 << 20) {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    bytes += msg.body.len();
+                    batch.push(msg);
+                }
+                Err(_) => break,
+            }
+        }
+        let written = write_frames(&mut out, &batch, max);
+        backlog.fetch_sub(batch.len(), Ordering::AcqRel);
+        if let Err(err) = written {
+            tracing::debug!(error = %err, "writing to a pool worker failed");
+            // The worker is gone or broken; its reader reports it. Later
+            // frames are dropped with the channel (the backlog stays up, so
+            // nothing more is written directly either).
+            backlog.fetch_add(1, Ordering::AcqRel);
+            ends.cut();
+            return;
+        }
+        batch.clear();
+    }
+}
+
+/// Writes frames back to back with as few system calls as possible.
+fn write_frames(
+    out: &mut impl std::io::Write,
+    frames: &[Outgoing],
+    max: usize,
+) -> Result<(), ProtocolError> {
+    if let [one] = frames
+        && one.skip == 0
+    {
+        return wire::write_frame(out, &one.header, &one.body, max);
+    }
+    let mut lens = Vec::with_capacity(frames.len());
+    for f in frames {
+        let size = f.header.len() + f.body.len();
+        if size > max || size > u32::MAX as usize {
+            return Err(ProtocolError::TooLarge { size, limit: max });
+        }
+        lens.push((size as u32).to_le_bytes());
+    }
+    let mut slices: Vec<std::io::IoSlice<'_>> = Vec::with_capacity(frames.len() * 3);
+    for (f, len) in frames.iter().zip(&lens) {
+        slices.push(std::io::IoSlice::new(len));
+        slices.push(std::io::IoSlice::new(&f.header));
+        if !f.body.is_empty() {
+            slices.push(std::io::IoSlice::new(&f.body));
+        }
+    }
+    let mut parts: &mut [std::io::IoSlice<'_>] = &mut slices;
+    // Only the first frame can have been started directly (the direct path
+    // is taken only while nothing is queued).
+    let skip = frames.first().map_or(0, |f| f.skip);
+    std::io::IoSlice::advance_slices(&mut parts, skip);
+    while !parts.is_empty() {
+        match out.write_vectored(parts) {
+            Ok(0) => return Err(ProtocolError::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut parts, n),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(ProtocolError::Io(err)),
+        }
     }
     Ok(())
-}
-
-/// Checks a worker's answer to the handshake (a frame without its length
-/// prefix): protocol version and registry fingerprint. Returns the pid the
-/// worker reports.
-pub(crate) fn check_ready(frame: &[u8], launch: &Launch) -> Result<u32, String> {
-    match wire::split_frame::<FromWorker>(frame) {
-        Ok((
-            FromWorker::Ready {
-                protocol,
-                fingerprint,
-                pid,
-            },
-            _,
-        )) => {
-            if protocol != wire::PROTOCOL_VERSION {
-                return Err(pool_core::ProtocolError::Version {
-                    ours: wire::PROTOCOL_VERSION,
-                    theirs: protocol,
-                }
-                .to_string());
-            }
-            if fingerprint != launch.fingerprint {
-                return Err(pool_core::ProtocolError::Fingerprint {
-                    ours: launch.fingerprint,
-                    theirs: fingerprint,
-                }
-                .to_string());
-            }
-            Ok(pid)
-        }
-        Ok(_) => Err("unexpected first frame".to_owned()),
-        Err(err) => Err(format!("bad handshake: {err}")),
-    }
-}
-
-fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor of ours returns a new one we own.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
-/// How a reaped worker ended, from its `waitpid` status.
-pub(crate) fn exit_cause(status: libc::c_int) -> ExitCause {
-    if libc::WIFEXITED(status) {
-        ExitCause::Code(libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        ExitCause::Signal(libc::WTERMSIG(status))
-    } else {
-        ExitCause::Unknown
-    }
 }

@@ -9,6 +9,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
+/// The clock the page's times are read with.
+pub(crate) use crate::sys::now_ns;
+
 /// What the page holds.
 ///
 /// The worker writes `chunk`, `item` and `started_ns` under a sequence
@@ -249,20 +252,4 @@ fn anonymous_file() -> io::Result<OwnedFd> {
         libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         Ok(OwnedFd::from_raw_fd(fd))
     }
-}
-
-/// A monotonic clock both processes read alike (coarse: a few ms, cheap).
-#[inline]
-pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    #[cfg(target_os = "linux")]
-    let clock = libc::CLOCK_MONOTONIC_COARSE;
-    #[cfg(not(target_os = "linux"))]
-    let clock = libc::CLOCK_MONOTONIC;
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -1,52 +1,5 @@
-//! The fork server: a process that forks new workers on the pool's behalf.
-//!
-//! Starting a worker afresh re-executes this binary: `exec`, the dynamic
-//! loader, libc and std start-up and `main` up to `init()`. On the 2-CPU VM
-//! of `BENCHMARKS.md` that is ~1.3 ms before any of our code runs, while a
-//! `fork` of a small process is ~0.15 ms. So once the first local pool of a
-//! process is ready, this process starts one more copy of itself in the
-//! background, the fork server, which stops in `init()` and waits. Later
-//! workers (of the same pool after a crash or `max_tasks_per_child`, and of
-//! every later pool) are forks of it.
-//!
-//! The server forks with libc's `fork` (so the child's libc and the
-//! `pthread_atfork` handlers of libraries are as after any `fork`), reaps
-//! its children and reports how each ended; the pool's process signals a
-//! forked worker through a pidfd the server opened before anything could
-//! reap it, so a recycled pid is never signalled.
-//!
-//! A forked worker gets the pool process's current stdout and stderr with
-//! its request. What else it inherits is the server's, that is the pool
-//! process's when the server started: before every request the pool
-//! compares a snapshot of its environment, working directory, credentials,
-//! capabilities, umask, ignored signals, CPU and memory placement, control
-//! groups, namespaces, process group, session, nice value and resource
-//! limits with the server's; when one changed, the worker is started afresh
-//! and a new server replaces the old one, which retires: it forks no more
-//! and exits once its workers have ended. What the snapshot does not cover
-//! (a seccomp filter's contents, descriptors opened without close-on-exec)
-//! is why [`PoolBuilder::fork_server`](crate::PoolBuilder::fork_server) can
-//! turn the server off.
-//!
-//! A worker wanted while a server is starting waits for it (at most the
-//! startup timeout): the server was exec'd earlier than a fresh worker
-//! would be, so it is ready sooner.
-//!
-//! A server that does not answer within the startup timeout is given up:
-//! that worker starts afresh on new descriptors (a fork that comes late
-//! finds its channel closed and exits).
-//!
-//! The server is single-threaded outside a test harness (it refuses to fork
-//! otherwise), so no lock is held by another thread when it forks. Under a
-//! test harness its one other thread is the harness's main thread, which
-//! waits for the worker entry test to end.
-//!
-//! Lifetimes: the server dies with the pool's process (a parent-death
-//! signal tied to the thread that started it, which never ends, and the
-//! end of its request channel), and the workers it forked die with the
-//! server (their parent-death signal) and when their channels end. At its
-//! exit the process ends and reaps every server still running, current or
-//! retired, so that none is left to init as a zombie.
+//! The fork server's client half, in the pool's process: starts servers,
+//! sends fork requests, relays their answers and exit reports.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -60,27 +13,14 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 
-use super::local::{self, ChildProc, Launch};
+use super::{
+    EXITED, FAILED, FORK, FORKED, KILL, READY, RETIRE, SERVER_ENV, STATUS_UNKNOWN, ServerEnv,
+    message,
+};
+use crate::backend::child::{self, ChildProc};
+use crate::backend::handshake::{Launch, worker_command};
 use crate::error::ExitCause;
-
-/// The environment variable that tells a process it is a fork server.
-pub(crate) const SERVER_ENV: &str = "POOL_RUNTIME_FORKSERVER";
-
-/// Messages are 12 bytes: `kind`, `a`, `b` as `u32`. To the server:
-/// `FORK(id)` with the new worker's descriptors attached, `KILL(id)` (kill
-/// that child: its answer could not be used), and `RETIRE` (fork no more;
-/// exit once every child has ended). From it: `READY(pid)`, `FORKED(pid,
-/// id)` with the child's pidfd attached, `FAILED(errno, id)` and
-/// `EXITED(id, wait status)` ([`STATUS_UNKNOWN`] if it could not be read).
-const FORK: u32 = 0;
-const READY: u32 = 1;
-const FORKED: u32 = 2;
-const FAILED: u32 = 3;
-const EXITED: u32 = 4;
-const RETIRE: u32 = 5;
-const KILL: u32 = 6;
-/// The status of a child whose end was seen but whose status was lost.
-const STATUS_UNKNOWN: u32 = u32::MAX;
+use crate::sys;
 
 /// A running server, as the pool's process sees it.
 struct Server {
@@ -154,12 +94,6 @@ static PENDING: std::sync::LazyLock<Mutex<HashMap<u32, Waiting>>> =
 static ABANDONED: std::sync::LazyLock<Mutex<std::collections::HashSet<u32>>> =
     std::sync::LazyLock::new(|| Mutex::new(std::collections::HashSet::new()));
 static NEXT_REQUEST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// How forked workers ended, by request id, as their server reported,
-/// until collected.
-static EXITS: std::sync::LazyLock<Mutex<HashMap<u32, ExitCause>>> =
-    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
-static EXIT_REPORTED: Condvar = Condvar::new();
 
 /// The thread that starts servers and reads their messages: it never ends.
 static STARTER: OnceLock<Sender<Launch>> = OnceLock::new();
@@ -311,7 +245,7 @@ pub(crate) fn fork_worker(
     let id = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::bounded(1);
     lock(&PENDING).insert(id, (server.pid, tx));
-    if let Err(err) = local::send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
+    if let Err(err) = sys::send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
         // Nothing was handed over.
         lock(&PENDING).remove(&id);
         tracing::debug!(error = %err, "the fork server cannot be reached; starting a worker afresh");
@@ -353,7 +287,9 @@ pub(crate) fn fork_worker(
             // The pool is shutting down: the server may only be slow (or
             // stopped), so it stays; a late fork is killed.
             lock(&ABANDONED).insert(id);
-            return Some(Err("the pool shut down while the worker was forked".to_owned()));
+            return Some(Err(
+                "the pool shut down while the worker was forked".to_owned()
+            ));
         }
         Err(_) => {
             // A late answer finds no one waiting, and its fork is killed.
@@ -418,22 +354,10 @@ fn forget(server: &Arc<Server>) {
 /// forked have ended (they go on serving their pools meanwhile). If even
 /// that message cannot be sent, its channel is shut, which ends it.
 fn end(server: &Server) {
-    if local::send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]).is_err() {
+    if sys::send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]).is_err() {
         // SAFETY: shutdown of a socket we own.
         unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
     }
-}
-
-/// How the worker forked for request `id` ended, if its server reported
-/// it; removes the report.
-pub(crate) fn take_exit(id: u32) -> Option<ExitCause> {
-    lock(&EXITS).remove(&id)
-}
-
-/// Waits (at most `limit`) for the next exit report.
-pub(crate) fn wait_exit_report(limit: Duration) {
-    let exits = lock(&EXITS);
-    let _ = EXIT_REPORTED.wait_timeout(exits, limit);
 }
 
 /// Makes sure a server for `launch` runs or is starting (in the
@@ -528,10 +452,7 @@ fn serve_one(launch: &Launch) {
             relayed.alive.store(false, Ordering::Release);
             forget(&relayed);
             lock(&STATE).running.retain(|s| !Arc::ptr_eq(s, &relayed));
-            {
-                let _exits = lock(&EXITS);
-                EXIT_REPORTED.notify_all();
-            }
+            child::exits_changed();
             // It exits by itself once retired and childless, or at the end
             // of its channel; killed only if it broke the protocol.
             if !matches!(child.try_wait(), Ok(Some(_))) {
@@ -596,7 +517,7 @@ extern "C" fn end_at_exit() {
 fn relay(server: &Server) {
     loop {
         let mut msg = [0u8; 12];
-        let (mut fds, truncated) = match local::recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
+        let (mut fds, truncated) = match sys::recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
             Ok((12, fds, truncated)) => (fds, truncated),
             // The end of the channel (it exited), or a broken message.
             _ => break,
@@ -611,13 +532,13 @@ fn relay(server: &Server) {
                 None => {
                     tracing::debug!(pid = word(4), "killing a worker forked too late");
                     lock(&ABANDONED).insert(word(8));
-                    local::signal_pidfd(&pidfd, libc::SIGKILL);
+                    sys::signal_pidfd(&pidfd, libc::SIGKILL);
                 }
             },
             (FORKED, None) => {
                 // Its pidfd did not fit (this process is out of
                 // descriptors, say): the server kills that child itself.
-                let _ = local::send_msg(server.conn.as_raw_fd(), &message(KILL, word(8), 0), &[]);
+                let _ = sys::send_msg(server.conn.as_raw_fd(), &message(KILL, word(8), 0), &[]);
                 lock(&ABANDONED).insert(word(8));
                 if let Some(tx) = waiting(word(8)) {
                     let why = if truncated {
@@ -640,10 +561,9 @@ fn relay(server: &Server) {
                 }
                 let cause = match word(8) {
                     STATUS_UNKNOWN => ExitCause::Unknown,
-                    status => local::exit_cause(status as libc::c_int),
+                    status => sys::exit_cause(status as libc::c_int),
                 };
-                lock(&EXITS).insert(id, cause);
-                EXIT_REPORTED.notify_all();
+                child::report_exit(id, cause);
             }
             _ => break,
         }
@@ -667,7 +587,7 @@ fn relay(server: &Server) {
 /// Starts the server process and waits for its ready message.
 fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     let (conn, theirs) = seqpacket_pair()?;
-    let mut cmd = local::worker_command(launch)?;
+    let mut cmd = worker_command(launch)?;
     let env = ServerEnv {
         harness: launch.harness_args.is_some(),
         parent: std::process::id(),
@@ -684,7 +604,7 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     });
     let ready = wait_readable(&conn, launch.startup_timeout).and_then(|()| {
         let mut msg = [0u8; 12];
-        let (n, _, _) = local::recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
+        let (n, _, _) = sys::recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
         let pid = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
         if n == 12 && msg[..4] == READY.to_le_bytes() && pid == child.id() {
             Ok(())
@@ -741,236 +661,4 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both are new descriptors we own.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// What a fork server needs to know: whether it runs under a test harness,
-/// and the pool's process id.
-pub(crate) struct ServerEnv {
-    harness: bool,
-    parent: u32,
-}
-
-impl ServerEnv {
-    fn encode(&self) -> String {
-        format!("v1:{}:{}", u8::from(self.harness), self.parent)
-    }
-
-    /// Parses the variable's value; `None` if it is not ours.
-    pub(crate) fn decode(value: &str) -> Option<ServerEnv> {
-        let rest = value.strip_prefix("v1:")?;
-        let (stdout, parent) = rest.split_once(':')?;
-        let harness = match stdout {
-            "0" => false,
-            "1" => true,
-            _ => return None,
-        };
-        Some(ServerEnv {
-            harness,
-            parent: parent.parse().ok()?,
-        })
-    }
-}
-
-fn message(kind: u32, a: u32, b: u32) -> [u8; 12] {
-    let mut bytes = [0u8; 12];
-    bytes[..4].copy_from_slice(&kind.to_le_bytes());
-    bytes[4..8].copy_from_slice(&a.to_le_bytes());
-    bytes[8..].copy_from_slice(&b.to_le_bytes());
-    bytes
-}
-
-/// Runs the fork server in this process (started with [`SERVER_ENV`]):
-/// forks a worker per request, and reports how each ended, until the
-/// pool's process goes away.
-pub(crate) fn serve(env: ServerEnv) -> ! {
-    // SAFETY: removing our own variable before anything forks; the only
-    // other thread that can exist is a test harness's main thread, blocked.
-    unsafe { std::env::remove_var(SERVER_ENV) };
-    crate::worker::die_with_parent(env.parent);
-    let conn = match crate::worker::take_stdin() {
-        Ok(conn) => conn,
-        Err(err) => {
-            eprintln!("pool-runtime fork server: cannot take its channel: {err}");
-            std::process::exit(crate::worker::EXIT_PROTOCOL);
-        }
-    };
-    let me = std::process::id();
-    // Named for `ps` and `top`; each forked worker takes back the name.
-    let name = thread_name();
-    set_thread_name(c"pool-forkserver".as_ptr());
-    let say = |kind, a, b| {
-        if local::send_msg(conn.as_raw_fd(), &message(kind, a, b), &[]).is_err() {
-            std::process::exit(0);
-        }
-    };
-    say(READY, me, 0);
-    // This process reaps its children itself, whatever the program set
-    // (a SIGCHLD ignored, as some daemons do, would reap them unseen);
-    // each child gets the program's disposition back.
-    // SAFETY: an all-zero sigaction is valid; reading, then setting the
-    // default disposition of SIGCHLD.
-    let sigchld = unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        let mut default: libc::sigaction = std::mem::zeroed();
-        default.sa_sigaction = libc::SIG_DFL;
-        libc::sigaction(libc::SIGCHLD, &default, &mut old);
-        old
-    };
-    // The worker's channel input and output, progress page, stdout, stderr.
-    const COUNT: usize = 5;
-    // The children still running (pid, pidfd, request id), each watched
-    // through its pidfd (a signal would go to another thread under a test
-    // harness).
-    let mut children: Vec<(libc::pid_t, OwnedFd, u32)> = Vec::new();
-    let mut retired = false;
-    loop {
-        if retired && children.is_empty() {
-            std::process::exit(0);
-        }
-        let mut polls: Vec<libc::pollfd> = std::iter::once(conn.as_raw_fd())
-            .chain(children.iter().map(|(_, fd, _)| fd.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: valid pollfds, as many as given.
-        if unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, -1) } < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            std::process::exit(crate::worker::EXIT_PROTOCOL);
-        }
-        let mut k = 0;
-        children.retain(|(pid, _, id)| {
-            k += 1;
-            if polls[k].revents == 0 {
-                return true;
-            }
-            let mut status = 0;
-            // SAFETY: reaping our own child, which exited.
-            let status = match unsafe { libc::waitpid(*pid, &mut status, libc::WNOHANG) } {
-                0 => return true,
-                rc if rc == *pid => status as u32,
-                // Reaped by someone else: how it ended is lost.
-                _ => STATUS_UNKNOWN,
-            };
-            say(EXITED, *id, status);
-            false
-        });
-        if polls[0].revents == 0 {
-            continue;
-        }
-        // The pool's process closed the channel (or died): done; the
-        // workers forked here die with this process (parent-death signal).
-        let mut request = [0u8; 12];
-        let received = local::recv_msg(conn.as_raw_fd(), &mut request, COUNT);
-        let id = u32::from_le_bytes([request[4], request[5], request[6], request[7]]);
-        let kind = u32::from_le_bytes([request[0], request[1], request[2], request[3]]);
-        let fds = match received {
-            Ok((12, _, _)) if kind == RETIRE => {
-                retired = true;
-                continue;
-            }
-            Ok((12, _, _)) if kind == KILL => {
-                if let Some((pid, _, _)) = children.iter().find(|(_, _, i)| *i == id) {
-                    // SAFETY: our own unreaped child.
-                    unsafe { libc::kill(*pid, libc::SIGKILL) };
-                }
-                continue;
-            }
-            Ok((12, fds, false)) if kind == FORK && fds.len() == COUNT && !retired => fds,
-            Ok((n, _, _)) if n > 0 => {
-                say(FAILED, libc::EINVAL as u32, id);
-                continue;
-            }
-            _ => std::process::exit(0),
-        };
-        if !alone(env.harness) {
-            say(FAILED, libc::EDEADLK as u32, id);
-            continue;
-        }
-        // SAFETY: libc's fork of this process, whose only other thread (if
-        // any, under a test harness) waits for us (see the module docs);
-        // the child only runs the worker below.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            drop(children);
-            drop(conn);
-            // SAFETY: putting back the program's disposition.
-            unsafe { libc::sigaction(libc::SIGCHLD, &sigchld, std::ptr::null_mut()) };
-            set_thread_name(name.as_ptr().cast());
-            become_worker(fds, me);
-        }
-        drop(fds);
-        if pid < 0 {
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            say(FAILED, errno as u32, id);
-            continue;
-        }
-        // The pidfd is opened before this process can reap the child, so
-        // it names that child and no later process with a recycled pid.
-        // SAFETY: pidfd_open of our own unreaped child.
-        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if pidfd < 0 {
-            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            // SAFETY: our unreaped child, then reaped.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-            say(FAILED, errno as u32, id);
-            continue;
-        }
-        // SAFETY: a new descriptor we own.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
-        if local::send_msg(
-            conn.as_raw_fd(),
-            &message(FORKED, pid as u32, id),
-            &[pidfd.as_raw_fd()],
-        )
-        .is_err()
-        {
-            std::process::exit(0);
-        }
-        children.push((pid, pidfd, id));
-    }
-}
-
-/// The calling thread's name (`PR_GET_NAME`: at most 15 bytes and a NUL).
-fn thread_name() -> [u8; 16] {
-    let mut name = [0u8; 16];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
-    unsafe { libc::prctl(libc::PR_GET_NAME, name.as_mut_ptr(), 0, 0, 0) };
-    name[15] = 0;
-    name
-}
-
-/// Names the calling thread (`PR_SET_NAME`, a NUL-terminated string).
-fn set_thread_name(name: *const libc::c_char) {
-    // SAFETY: `name` points to a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name, 0, 0, 0) };
-}
-
-/// Whether no other thread of this process can hold a lock when it forks:
-/// it has one thread, or, under a test harness, two, the other being the
-/// harness's main thread, which waits for this one's test to end.
-fn alone(harness: bool) -> bool {
-    let threads = std::fs::read_dir("/proc/self/task").map_or(usize::MAX, Iterator::count);
-    // SAFETY: gettid and getpid have no preconditions.
-    let on_main = unsafe { libc::gettid() == libc::getpid() };
-    threads == 1 || (harness && threads == 2 && !on_main)
-}
-
-/// The forked child: a worker on the descriptors of its request, whose
-/// parent is the server `server`.
-fn become_worker(fds: Vec<OwnedFd>, server: u32) -> ! {
-    let mut fds = fds.into_iter();
-    let (Some(input), Some(output), Some(progress), Some(stdout), Some(stderr)) =
-        (fds.next(), fds.next(), fds.next(), fds.next(), fds.next())
-    else {
-        std::process::exit(crate::worker::EXIT_PROTOCOL);
-    };
-    crate::worker::run_forked(input, output, progress, [stdout, stderr], server)
 }
