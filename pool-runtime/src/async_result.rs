@@ -36,12 +36,12 @@ struct Slot<T> {
     callbacks: Vec<Callback<T>>,
 }
 
-struct Shared<T> {
+struct ResultCell<T> {
     slot: Mutex<Slot<T>>,
     ready: Condvar,
 }
 
-impl<T> Shared<T> {
+impl<T> ResultCell<T> {
     fn lock(&self) -> MutexGuard<'_, Slot<T>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -111,7 +111,7 @@ impl<T> Shared<T> {
 /// # Ok(()) }
 /// ```
 pub struct AsyncResult<T> {
-    shared: Arc<Shared<T>>,
+    shared: Arc<ResultCell<T>>,
     driver: Sender<Control>,
 }
 
@@ -263,7 +263,7 @@ fn guarded(f: impl FnOnce()) {
 }
 
 /// A typed async call, seen by the driver.
-trait Pending: Send {
+trait Tracked: Send {
     /// Handles one event; returns whether the call is complete.
     fn on_event(&mut self, event: Event) -> bool;
     /// Ends the call with `err`.
@@ -273,7 +273,7 @@ trait Pending: Send {
 /// Collects the results of one async call of task `T`, then finishes them
 /// into `R` (a `Vec` for the map family, one value for `apply_async`).
 struct Collect<T: Task, R> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<ResultCell<R>>,
     results: InOrder<T::Output>,
     items: usize,
     finish: fn(Vec<T::Output>) -> Option<R>,
@@ -309,7 +309,7 @@ impl<T: Task, R: Send + 'static> Collect<T, R> {
     }
 }
 
-impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
+impl<T: Task, R: Send + 'static> Tracked for Collect<T, R> {
     fn on_event(&mut self, event: Event) -> bool {
         let batch = match event_batch::<T>(event) {
             Ok(batch) => batch,
@@ -349,7 +349,7 @@ impl<T: Task, R: Send + 'static> Pending for Collect<T, R> {
 }
 
 enum Control {
-    Add(u64, Box<dyn Pending>),
+    Add(u64, Box<dyn Tracked>),
     Run(Late),
     Stop,
 }
@@ -405,7 +405,7 @@ impl Driver {
         detached: Detached,
         finish: fn(Vec<T::Output>) -> Option<R>,
     ) -> AsyncResult<R> {
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ResultCell {
             slot: Mutex::new(Slot {
                 outcome: None,
                 taken: false,
@@ -462,13 +462,13 @@ impl Driver {
 }
 
 fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
-    let mut pending: HashMap<u64, Box<dyn Pending>> = HashMap::new();
+    let mut pending: HashMap<u64, Box<dyn Tracked>> = HashMap::new();
     // Events can overtake the `Add` of their job: keep them until it comes.
     // Jobs are added in id order, so events of a job at or below the last
     // added id that is not pending belong to a finished call: dropped.
     let mut early: HashMap<u64, Vec<Event>> = HashMap::new();
     let mut last_added: Option<u64> = None;
-    let handle = |pending: &mut HashMap<u64, Box<dyn Pending>>,
+    let handle = |pending: &mut HashMap<u64, Box<dyn Tracked>>,
                   early: &mut HashMap<u64, Vec<Event>>,
                   job: u64,
                   event: Event| {

@@ -14,7 +14,7 @@ use crate::backend::local::LocalBackend;
 use crate::error::Error;
 use crate::pool::Pool;
 use crate::run::CallOptions;
-use crate::scheduler::{Config, Shared};
+use crate::scheduler::{Config, Scheduler};
 use crate::worker;
 
 /// The largest [`PoolBuilder::chunks_in_flight`].
@@ -333,7 +333,6 @@ impl PoolBuilder {
             depth: self.depth,
             // An MPI rank cannot be replaced by a fresh process.
             max_tasks: self.max_tasks.filter(|_| mpi.is_none()),
-            defaults: self.defaults,
             backend: match mpi {
                 Some(_) => None,
                 None => Some(Arc::new(LocalBackend::new(launch.clone())) as Arc<dyn Backend>),
@@ -344,8 +343,8 @@ impl PoolBuilder {
         if config.remote.is_none() {
             make_room_for_descriptors(processes);
         }
-        let (shared, supervisor) = Shared::start(config)?;
-        Ok(Pool::from_parts(shared, supervisor))
+        let (shared, supervisor) = Scheduler::start(config)?;
+        Ok(Pool::from_parts(shared, supervisor, self.defaults))
     }
 }
 

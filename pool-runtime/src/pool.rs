@@ -13,7 +13,7 @@ use crate::error::Error;
 use crate::in_order::InOrder;
 use crate::progress::ProgressHook;
 use crate::run::{CallOptions, Indexed, Mode, Run};
-use crate::scheduler::Shared;
+use crate::scheduler::Scheduler;
 
 /// A pool of worker processes running `#[task]` functions.
 ///
@@ -43,7 +43,9 @@ use crate::scheduler::Shared;
 /// }
 /// ```
 pub struct Pool {
-    shared: Arc<Shared>,
+    shared: Arc<Scheduler>,
+    /// Options every call starts from.
+    defaults: CallOptions,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The result thread of async calls, started by the first one.
     driver: Mutex<Option<Driver>>,
@@ -72,9 +74,14 @@ impl Pool {
         PoolBuilder::new()
     }
 
-    pub(crate) fn from_parts(shared: Arc<Shared>, supervisor: JoinHandle<()>) -> Pool {
+    pub(crate) fn from_parts(
+        shared: Arc<Scheduler>,
+        supervisor: JoinHandle<()>,
+        defaults: CallOptions,
+    ) -> Pool {
         Pool {
             shared,
+            defaults,
             supervisor: Mutex::new(Some(supervisor)),
             driver: Mutex::new(None),
         }
@@ -100,7 +107,7 @@ impl Pool {
     pub fn call(&self) -> Call<'_> {
         Call {
             pool: self,
-            options: self.shared.config.defaults,
+            options: self.defaults,
             hook: None,
         }
     }

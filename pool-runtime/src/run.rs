@@ -12,7 +12,7 @@ use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
 use crate::progress::{ProgressHook, Reporter};
-use crate::scheduler::{Chunk, Event, EventQueue, JobSpec, Routed, Shared, Sink};
+use crate::scheduler::{Chunk, Event, EventQueue, JobSpec, Routed, Scheduler, Sink};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
 /// large payloads stream instead of piling up in one frame.
@@ -43,7 +43,7 @@ const TAIL_SHRINK: usize = 16;
 /// it. A call then reaches its size after one measurement instead of
 /// several, while a task that became much slower since still starts on
 /// chunks well below the old size.
-fn first_auto_chunk(shared: &Shared, id: u64) -> usize {
+fn first_auto_chunk(shared: &Scheduler, id: u64) -> usize {
     let sizes = shared.chunk_sizes.lock();
     let last = sizes.ok().and_then(|sizes| sizes.get(&id).copied());
     last.map_or(1, |size| (size / RAMP).max(1))
@@ -77,7 +77,7 @@ pub(crate) type Indexed<O> = (usize, Result<O, Error>);
 /// Cancels its job when dropped: queued chunks are dropped, late results
 /// ignored.
 pub(crate) struct JobGuard {
-    shared: Arc<Shared>,
+    shared: Arc<Scheduler>,
     pub(crate) job: u64,
 }
 
@@ -97,7 +97,7 @@ pub(crate) struct Detached {
 }
 
 pub(crate) struct Run<T: Task, I> {
-    shared: Arc<Shared>,
+    shared: Arc<Scheduler>,
     guard: JobGuard,
     /// `None` when results go to a shared consumer (async calls).
     rx: Option<Arc<EventQueue>>,
@@ -144,7 +144,7 @@ where
     I::Item: IntoArgs<T>,
 {
     pub(crate) fn new(
-        shared: &Arc<Shared>,
+        shared: &Arc<Scheduler>,
         items: I,
         options: CallOptions,
         mode: Mode,
@@ -530,7 +530,7 @@ where
 
 /// Queues `count` encoded items of `job`, the first being item `first`.
 fn submit<T: Task>(
-    shared: &Shared,
+    shared: &Scheduler,
     job: u64,
     first: usize,
     count: u32,

@@ -25,7 +25,7 @@ pub(crate) const WORKER_ENV: &str = "POOL_RUNTIME_WORKER";
 /// wakes its peer's waiters whenever its buffer drains). The worker's stdin
 /// is its end of the first; its end of the second, the descriptor of its
 /// progress page and, under a test harness, of the real stdout come first
-/// on it (see [`send_fds`]). Nothing but stdin is inherited, so std starts workers
+/// on it (see [`send_fds`](crate::sys::send_fds)). Nothing but stdin is inherited, so std starts workers
 /// with `posix_spawn` (no copy of the parent's page tables) and no
 /// descriptor of a worker can leak into a process started meanwhile.
 pub(crate) struct WorkerEnv {

@@ -30,7 +30,7 @@ pub(crate) struct Launch {
     pub(crate) fingerprint: u64,
     pub(crate) max_frame: usize,
     pub(crate) startup_timeout: Duration,
-    /// Workers may be forked by the fork server ([`forkserver`]).
+    /// Workers may be forked by the fork server ([`forkserver`](super::forkserver)).
     pub(crate) fork_server: bool,
 }
 

@@ -1,5 +1,5 @@
 //! The local backend: worker processes of this machine (see
-//! [`process`](super::process)), each with a reader thread (frames in; it
+//! [`process`]), each with a reader thread (frames in; it
 //! also started the process and reaps it, so the worker's parent-death
 //! signal is tied to a thread that lives exactly as long as the worker)
 //! and a writer thread (frames out, batched), so a large frame being

@@ -32,7 +32,7 @@ pub(crate) struct Spawned {
 }
 
 /// A worker process that was started and sent the handshake.
-pub(crate) struct Pending {
+pub(crate) struct Starting {
     child: ChildProc,
     pid: u32,
     to: Arc<UnixStream>,
@@ -40,7 +40,7 @@ pub(crate) struct Pending {
     progress: Progress,
 }
 
-impl Pending {
+impl Starting {
     /// The started process's id.
     pub(crate) fn pid(&self) -> u32 {
         self.pid
@@ -62,7 +62,7 @@ impl Pending {
 /// `cancelled` is asked while waiting for the fork server: once it says
 /// yes (the pool is shutting down), the start ends with
 /// [`Error::Terminated`].
-pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Pending, Error> {
+pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Starting, Error> {
     let (to, their_in) = UnixStream::pair().map_err(Error::Spawn)?;
     let (from, their_out) = UnixStream::pair().map_err(Error::Spawn)?;
     let (to, from) = (Arc::new(to), Arc::new(from));
@@ -123,7 +123,7 @@ pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Pen
     drop(their_out);
     drop(stdout_copy);
     progress.forget_fd();
-    let pending = Pending {
+    let pending = Starting {
         child,
         pid,
         to,
@@ -180,11 +180,11 @@ fn spawn(launch: &Launch, their_in: UnixStream, stdout: bool) -> Result<ChildPro
 /// killed and reaped, after `forget(pid)`: the pid must not be signalled
 /// once reaped, as it may be reused.
 pub(crate) fn finish(
-    pending: Pending,
+    pending: Starting,
     launch: &Launch,
     forget: impl Fn(u32),
 ) -> Result<Spawned, Error> {
-    let Pending {
+    let Starting {
         child,
         pid,
         to,

@@ -20,7 +20,7 @@ pub(crate) use crate::sys::now_ns;
 /// atomic store: the chunk does not change). `gate` is written by both
 /// sides: see [`Progress::claim`] and [`Progress::steal_after`].
 #[repr(C)]
-struct Slot {
+struct Layout {
     seq: AtomicU64,
     /// The chunk being run (0 before the first).
     chunk: AtomicU64,
@@ -39,7 +39,7 @@ const SIZE: usize = 4096;
 
 /// The item index of a worker between items.
 pub(crate) const IDLE: u64 = u64::MAX;
-/// Marks [`Slot::gate`] as a range of chunks taken back by the pool.
+/// Marks [`Layout::gate`] as a range of chunks taken back by the pool.
 const STOLEN: u64 = 1 << 63;
 
 /// What a worker's page says it runs.
@@ -60,7 +60,7 @@ impl Running {
 
 /// One mapping of the shared page.
 pub(crate) struct Progress {
-    ptr: NonNull<Slot>,
+    ptr: NonNull<Layout>,
     fd: Option<OwnedFd>,
 }
 
@@ -102,8 +102,8 @@ impl Progress {
         self.fd = None;
     }
 
-    fn slot(&self) -> &Slot {
-        // SAFETY: the mapping lives as long as self and is SIZE >= size_of::<Slot>() bytes.
+    fn slot(&self) -> &Layout {
+        // SAFETY: the mapping lives as long as self and is SIZE >= size_of::<Layout>() bytes.
         unsafe { self.ptr.as_ref() }
     }
 
@@ -203,7 +203,7 @@ impl Drop for Progress {
     }
 }
 
-fn map(fd: RawFd) -> io::Result<NonNull<Slot>> {
+fn map(fd: RawFd) -> io::Result<NonNull<Layout>> {
     // SAFETY: a fresh shared mapping of a descriptor sized to SIZE bytes.
     let ptr = unsafe {
         libc::mmap(

@@ -33,7 +33,7 @@ struct Server {
     alive: Arc<AtomicBool>,
 }
 
-struct State {
+struct Servers {
     /// The process these servers belong to: a copy of it made by `fork`
     /// (without `exec`) must not use them.
     owner: u32,
@@ -49,7 +49,7 @@ struct State {
     spawning: Option<u32>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State {
+static STATE: Mutex<Servers> = Mutex::new(Servers {
     owner: 0,
     server: None,
     starting: false,
@@ -63,7 +63,7 @@ static STATE: Mutex<State> = Mutex::new(State {
 static START_FINISHED: Condvar = Condvar::new();
 
 /// Marks the start under way as finished and wakes those waiting for it.
-fn start_finished(st: &mut State) {
+fn start_finished(st: &mut Servers) {
     st.starting = false;
     st.spawning = None;
     START_FINISHED.notify_all();

@@ -20,14 +20,26 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pool_core::ProtocolError;
-use pool_core::wire::{self, FromWorker, Items, ToWorker};
+use pool_core::wire::{self, FromWorker, ToWorker};
 
 pub(crate) use crate::backend::Outgoing;
+/// The name the MPI backend still uses for [`Scheduler`].
+#[cfg(feature = "mpi")]
+pub(crate) type Shared = Scheduler;
 use crate::backend::handshake::Launch;
-use crate::backend::{Backend, Events, Link, Running};
+use crate::backend::{Backend, Events, Link};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::sys::now_ns;
+
+mod dispatch;
+mod events;
+mod pace;
+
+use dispatch::{kill, stall_limit, sub_chunk};
+use events::Outbox;
+pub(crate) use events::{Event, EventQueue, Routed, Sink};
+pub(crate) use pace::{Pace, ahead};
 
 /// Fixed settings of a pool.
 pub(crate) struct Config {
@@ -36,13 +48,11 @@ pub(crate) struct Config {
     pub(crate) depth: usize,
     /// Items a worker runs before it is replaced.
     pub(crate) max_tasks: Option<usize>,
-    /// Options every call starts from.
-    pub(crate) defaults: crate::run::CallOptions,
     /// The backend that starts workers and replaces lost ones; `None`
     /// when `remote` attaches workers that already exist.
     pub(crate) backend: Option<Arc<dyn Backend>>,
     /// A backend whose workers already exist (MPI ranks): it attaches them
-    /// (see [`Shared::attach`]), and a worker that is lost is not replaced.
+    /// (see [`Scheduler::attach`]), and a worker that is lost is not replaced.
     pub(crate) remote: Option<RemoteStart>,
     /// The handshake and initializer every worker gets.
     pub(crate) launch: Launch,
@@ -53,7 +63,7 @@ pub(crate) struct Config {
 const BREAK_AFTER: u32 = 5;
 
 /// Attaches the workers of a remote backend to a new pool.
-pub(crate) type RemoteStart = fn(&Arc<Shared>) -> Result<(), Error>;
+pub(crate) type RemoteStart = fn(&Arc<Scheduler>) -> Result<(), Error>;
 
 /// Encoded work for one worker: `count` items of one job.
 pub(crate) struct Chunk {
@@ -65,159 +75,6 @@ pub(crate) struct Chunk {
     pub(crate) body: Arc<Vec<u8>>,
     /// How many times these items' workers died under them already.
     pub(crate) attempt: u32,
-}
-
-/// An event with the id of the job it belongs to.
-pub(crate) type Routed = (u64, Event);
-
-/// What a job's consumer receives.
-pub(crate) enum Event {
-    /// Results of items `first .. first + count`, in `frame[body_at..]`.
-    Results {
-        first: usize,
-        count: u32,
-        frame: Vec<u8>,
-        body_at: usize,
-        pid: u32,
-        /// Set on a chunk's last results: how long its worker took for it,
-        /// and how many items it had (for automatic chunk sizes).
-        chunk_time: Option<(Duration, u32)>,
-    },
-    /// Item `index` failed outside the task (its worker died or timed out).
-    Failed { index: usize, error: Error },
-    /// The whole job ended (pool terminated, broken).
-    Fatal(Error),
-}
-
-/// Where a job's events go.
-#[derive(Clone)]
-pub(crate) enum Sink {
-    /// A consumer shared by several jobs (the async driver, which selects
-    /// over this channel and its control channel).
-    Channel(Sender<Routed>),
-    /// One call's own consumer (shared without touching the sender count:
-    /// the queue closes when the job's own handle goes).
-    Queue(Arc<QueueTx>),
-}
-
-impl Sink {
-    /// Delivers `events` of `job`, in order.
-    fn send(&self, job: u64, events: Vec<Event>) {
-        match self {
-            Sink::Channel(tx) => {
-                for event in events {
-                    let _ = tx.send((job, event));
-                }
-            }
-            Sink::Queue(tx) => tx.push(events),
-        }
-    }
-}
-
-/// The events of one call, waited for by its consumer.
-///
-/// A mutex and a condition variable rather than a channel: the consumer
-/// sleeps at once instead of spinning and yielding the CPU that the worker
-/// and the reader thread need, and a reader delivers every frame of one
-/// read with one lock and at most one wake-up.
-pub(crate) struct EventQueue {
-    inner: Mutex<QueueInner>,
-    ready: Condvar,
-    /// Set while events are queued: lets the consumer watch for them
-    /// without taking the lock.
-    queued: std::sync::atomic::AtomicBool,
-}
-
-struct QueueInner {
-    events: VecDeque<Event>,
-    /// The [`QueueTx`] is gone: once the queue is empty, no event can
-    /// come any more.
-    closed: bool,
-    /// The consumer sleeps on the condition variable: only then does a
-    /// sender pay for a wake-up (a system call even with nobody waiting).
-    sleeping: bool,
-}
-
-/// The sending side of an [`EventQueue`]; dropping it closes the queue.
-pub(crate) struct QueueTx(Arc<EventQueue>);
-
-impl EventQueue {
-    /// A queue and its first sender.
-    pub(crate) fn new() -> (Arc<EventQueue>, QueueTx) {
-        let queue = Arc::new(EventQueue {
-            inner: Mutex::new(QueueInner {
-                events: VecDeque::new(),
-                closed: false,
-                sleeping: false,
-            }),
-            ready: Condvar::new(),
-            queued: std::sync::atomic::AtomicBool::new(false),
-        });
-        let tx = QueueTx(Arc::clone(&queue));
-        (queue, tx)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, QueueInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether events are queued now (without taking the lock).
-    pub(crate) fn has_events(&self) -> bool {
-        self.queued.load(Ordering::Acquire)
-    }
-
-    /// Moves every queued event to `out`, waiting for one if there is none
-    /// (first spinning up to `spin`); `false` once none is queued and the
-    /// sender is gone.
-    pub(crate) fn recv_all(&self, out: &mut VecDeque<Event>, spin: Duration) -> bool {
-        if !spin.is_zero() && !self.queued.load(Ordering::Acquire) {
-            let start = Instant::now();
-            while !self.queued.load(Ordering::Acquire) && start.elapsed() < spin {
-                std::hint::spin_loop();
-            }
-        }
-        let mut inner = self.lock();
-        loop {
-            if !inner.events.is_empty() {
-                out.append(&mut inner.events);
-                self.queued.store(false, Ordering::Release);
-                return true;
-            }
-            if inner.closed {
-                return false;
-            }
-            inner.sleeping = true;
-            inner = self.ready.wait(inner).unwrap_or_else(|p| p.into_inner());
-            inner.sleeping = false;
-        }
-    }
-}
-
-impl QueueTx {
-    fn push(&self, events: Vec<Event>) {
-        let mut inner = self.0.lock();
-        inner.events.extend(events);
-        let wake = inner.sleeping;
-        drop(inner);
-        // Set after the unlock, so that a spinning consumer seeing it does
-        // not then block on the lock. A late store after the consumer took
-        // the events only costs it one look at an empty queue.
-        self.0.queued.store(true, Ordering::Release);
-        if wake {
-            self.0.ready.notify_one();
-        }
-    }
-}
-
-impl Drop for QueueTx {
-    fn drop(&mut self) {
-        let mut inner = self.0.lock();
-        inner.closed = true;
-        if inner.sleeping {
-            drop(inner);
-            self.0.ready.notify_one();
-        }
-    }
 }
 
 /// A registered call, as the scheduler sees it.
@@ -245,102 +102,6 @@ struct InFlight {
     /// The job's per-item timeout, kept here so a cancelled job's stuck
     /// item is still killed.
     timeout: Option<Duration>,
-}
-
-/// How much work, measured by its last chunk's duration, a worker is given
-/// ahead: enough to hide the round trip for short chunks (up to the
-/// configured maximum); a worker whose chunks take longer than this gets
-/// one at a time, so nothing waits behind a long chunk while another worker
-/// is free.
-const PIPELINE: Duration = Duration::from_millis(1);
-
-/// A running estimate of a worker's time per item: decayed sums of chunk
-/// times and item counts. Results read in one batch make the first chunk
-/// seem to take all the time and the others none; the sums average that
-/// out, and a slow chunk raises the estimate at once.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Pace {
-    nanos: f64,
-    items: f64,
-}
-
-impl Pace {
-    /// Adds a chunk of `items` items that took `took`.
-    pub(crate) fn add(&mut self, took: Duration, items: u32) {
-        const KEEP: f64 = 0.875;
-        self.nanos = self.nanos * KEEP + took.as_nanos() as f64;
-        self.items = self.items * KEEP + f64::from(items);
-    }
-
-    /// The time per item, once a chunk was added.
-    pub(crate) fn per_item(&self) -> Option<Duration> {
-        (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))
-    }
-}
-
-/// How many chunks of `chunk_time` a worker is given at once: enough for
-/// [`PIPELINE`] of work, at least 2 if they are shorter than that (so one
-/// waits while the other runs), otherwise 1.
-pub(crate) fn ahead(chunk_time: Duration) -> usize {
-    if chunk_time >= PIPELINE {
-        return 1;
-    }
-    let n = PIPELINE.as_nanos() / chunk_time.as_nanos().max(1);
-    usize::try_from(n).unwrap_or(usize::MAX).max(2)
-}
-
-/// How long an item must have run before nothing more is queued behind
-/// it, and the chunks already waiting behind it may move to an idle worker:
-/// 5 ms, or twice the resolution of the coarse clock items are timed with.
-fn stall_limit() -> Duration {
-    static LIMIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
-        let mut res = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_getres writes into a valid timespec.
-        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
-        let res = if ok {
-            Duration::new(res.tv_sec as u64, res.tv_nsec as u32)
-        } else {
-            Duration::from_millis(10)
-        };
-        Duration::from_millis(5).max(res * 2)
-    });
-    *LIMIT
-}
-
-impl Worker {
-    /// The chunk in flight whose item runs now, and what the worker's page
-    /// says of it; `None` between items, or without a page.
-    fn running(&self) -> Option<(&InFlight, Running)> {
-        let page = self.link.running()?;
-        if !page.busy() {
-            return None;
-        }
-        self.in_flight
-            .iter()
-            .find(|f| f.id == page.chunk)
-            .map(|f| (f, page))
-    }
-
-    /// Its time per item on `task`, if `task` is what it last finished.
-    fn pace_on(&self, task: u64) -> Option<Duration> {
-        self.pace
-            .and_then(|(last, pace)| pace.per_item().filter(|_| last == task))
-    }
-
-    /// Whether its running item has run longer than [`stall_limit`].
-    fn stalled(&self, now: u64) -> bool {
-        self.running().is_some_and(|(_, running)| {
-            now.saturating_sub(running.started_ns) > stall_limit().as_nanos() as u64
-        })
-    }
-
-    /// Sends a frame (written at once to an idle local worker).
-    fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, max: usize) {
-        self.link.send(header, body, self.in_flight.is_empty(), max);
-    }
 }
 
 struct Worker {
@@ -380,7 +141,7 @@ pub(crate) struct State {
     turn: usize,
     /// Worker threads still starting their worker: shutdown waits for them.
     launching: usize,
-    /// Threads waiting on [`Shared::changed`]: the hot paths signal it only
+    /// Threads waiting on [`Scheduler::changed`]: the hot paths signal it only
     /// when there are some (a signal is a system call even with nobody
     /// waiting).
     waiters: usize,
@@ -388,7 +149,7 @@ pub(crate) struct State {
 
 enum Supervise {
     /// Attach a remote backend's workers (local ones are started by
-    /// [`Shared::start`] itself).
+    /// [`Scheduler::start`] itself).
     Initial(Sender<Result<(), Error>>),
     Respawn(usize),
     /// Start a replacement for the slot once this time has passed.
@@ -399,7 +160,7 @@ enum Supervise {
 }
 
 /// A pool's shared core.
-pub(crate) struct Shared {
+pub(crate) struct Scheduler {
     state: Mutex<State>,
     changed: Condvar,
     pub(crate) config: Config,
@@ -415,48 +176,11 @@ pub(crate) struct Shared {
     delivering: AtomicUsize,
 }
 
-/// Deliveries made after the state lock is released: consecutive events
-/// of one job travel together.
-#[derive(Default)]
-struct Outbox(Vec<(Sink, u64, Vec<Event>)>);
-
-impl Outbox {
-    /// Counts this outbox as [`Shared::delivering`] (call under the lock);
-    /// [`Outbox::send_counted`] sends it and ends the count.
-    fn count(&self, shared: &Shared) -> bool {
-        let counted = !self.0.is_empty();
-        if counted {
-            shared.delivering.fetch_add(1, Ordering::AcqRel);
-        }
-        counted
-    }
-
-    fn send_counted(self, shared: &Shared, counted: bool) {
-        self.send();
-        if counted {
-            shared.delivering.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    fn push(&mut self, sink: &Sink, job: u64, event: Event) {
-        match self.0.last_mut() {
-            Some((_, last, events)) if *last == job => events.push(event),
-            _ => self.0.push((sink.clone(), job, vec![event])),
-        }
-    }
-
-    fn send(self) {
-        for (sink, job, events) in self.0 {
-            sink.send(job, events);
-        }
-    }
-}
-
-impl Shared {
+impl Scheduler {
     /// Starts the supervisor and the workers; returns once all are ready.
-    pub(crate) fn start(config: Config) -> Result<(Arc<Shared>, thread::JoinHandle<()>), Error> {
+    pub(crate) fn start(config: Config) -> Result<(Arc<Scheduler>, thread::JoinHandle<()>), Error> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Scheduler {
             state: Mutex::new(State {
                 workers: (0..config.processes).map(|_| None).collect(),
                 queue: VecDeque::new(),
@@ -857,8 +581,8 @@ impl Shared {
     }
 
     /// Adds a ready remote worker in `slot`: frames for it go to `tx`;
-    /// whoever reads its frames calls [`Shared::deliver`], and
-    /// [`Shared::detach`] once it is gone. Returns `false` (and attaches
+    /// whoever reads its frames calls [`Scheduler::deliver`], and
+    /// [`Scheduler::detach`] once it is gone. Returns `false` (and attaches
     /// nothing) once the pool is terminated. (`_local` is always `false`:
     /// local workers come through [`Events::attach`].)
     #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend attaches its ranks with it
@@ -1074,10 +798,10 @@ impl Shared {
         cause: ExitCause,
         protocol: Option<ProtocolError>,
     ) {
-        if !self.lock().workers[slot]
+        let attached = self.lock().workers[slot]
             .as_ref()
-            .is_some_and(|w| w.pid == pid)
-        {
+            .is_some_and(|w| w.pid == pid);
+        if !attached {
             // Detached already (a reader that panicked after its end).
             return;
         }
@@ -1200,222 +924,9 @@ impl Shared {
     }
 }
 
-impl State {
-    /// Hands queued chunks to workers with room, least loaded first; then,
-    /// if a worker is idle with nothing queued, takes back the chunks
-    /// waiting behind a long-running item on another worker and hands
-    /// them out again.
-    fn dispatch(&mut self, config: &Config) {
-        let now = now_ns();
-        loop {
-            self.dispatch_queued(config, now);
-            if !self.queue.is_empty() || !self.steal(now) {
-                return;
-            }
-        }
-    }
-
-    /// Whether some worker is idle while another holds chunks behind the
-    /// one it runs: then the supervisor watches for long items often.
-    fn may_steal(&self) -> bool {
-        let workers = || self.workers.iter().flatten().filter(|w| !w.dying);
-        workers().any(|w| w.in_flight.is_empty() && w.budget != Some(0))
-            && workers().any(|w| w.in_flight.len() > 1 && w.link.has_page())
-    }
-
-    /// Takes back, from each worker whose running item has run longer than
-    /// [`stall_limit`] and than the chunks behind it are expected to take,
-    /// those chunks (it has not started them: it will skip them), and
-    /// queues them first. Only while some worker is idle. Returns whether
-    /// anything was taken.
-    fn steal(&mut self, now: u64) -> bool {
-        if !self
-            .workers
-            .iter()
-            .flatten()
-            .any(|w| !w.dying && w.in_flight.is_empty() && w.budget != Some(0))
-        {
-            return false;
-        }
-        let mut taken = Vec::new();
-        for w in self.workers.iter_mut().flatten() {
-            if w.dying || w.in_flight.len() < 2 {
-                continue;
-            }
-            let Some((flight, running)) = w.running() else {
-                continue;
-            };
-            let running_id = flight.id;
-            let behind: Duration = w
-                .in_flight
-                .iter()
-                .filter(|f| f.id > running_id)
-                .map(|f| {
-                    w.pace_on(f.chunk.task)
-                        .and_then(|p| p.checked_mul(f.chunk.count))
-                        .unwrap_or(Duration::ZERO)
-                })
-                .sum();
-            let elapsed = Duration::from_nanos(now.saturating_sub(running.started_ns));
-            if elapsed <= stall_limit().max(behind) {
-                continue;
-            }
-            let Some(last) = w.in_flight.back().map(|f| f.id) else {
-                continue;
-            };
-            let Some(floor) = w.link.steal_after(running_id, last) else {
-                continue;
-            };
-            let first = taken.len();
-            while w.in_flight.back().is_some_and(|f| f.id > floor) {
-                if let Some(flight) = w.in_flight.pop_back() {
-                    if let Some(budget) = w.budget.as_mut() {
-                        *budget += (flight.chunk.count - flight.received) as usize;
-                    }
-                    taken.push(flight.chunk);
-                }
-            }
-            taken[first..].reverse();
-            tracing::debug!(
-                pid = w.pid,
-                chunks = taken.len() - first,
-                "chunks waiting behind a long item move to an idle worker"
-            );
-        }
-        let stolen = !taken.is_empty();
-        for chunk in taken.into_iter().rev() {
-            if self.jobs.contains_key(&chunk.job) {
-                self.queue.push_front(chunk);
-            }
-        }
-        stolen
-    }
-
-    /// Hands queued chunks to workers with room, least loaded first.
-    ///
-    /// A worker is given several chunks at once only of the task it runs
-    /// and last finished, as many as its pace on that task makes about
-    /// [`PIPELINE`] of work, and none while its running item has run
-    /// longer than [`stall_limit`]: short work never queues behind a long
-    /// item while another worker could take it.
-    fn dispatch_queued(&mut self, config: &Config, now: u64) {
-        let slots = self.workers.len().max(1);
-        while let Some(next) = self.queue.front() {
-            let (task, count) = (next.task, next.count);
-            let best = self
-                .workers
-                .iter()
-                .enumerate()
-                .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
-                .filter(|(_, w)| {
-                    if w.dying || w.budget == Some(0) {
-                        return false;
-                    }
-                    if w.in_flight.is_empty() {
-                        return true;
-                    }
-                    if w.in_flight.iter().any(|f| f.chunk.task != task) {
-                        return false;
-                    }
-                    let Some(per_item) = w.pace_on(task) else {
-                        return false;
-                    };
-                    let depth = ahead(per_item.checked_mul(count).unwrap_or(Duration::MAX))
-                        .clamp(1, config.depth.max(1));
-                    w.in_flight.len() < depth && !w.stalled(now)
-                })
-                // Ties go round the workers, not always to the first.
-                .min_by_key(|&(i, w)| (w.in_flight.len(), (i + slots - self.turn) % slots))
-                .map(|(i, _)| i);
-            let Some(slot) = best else { break };
-            self.turn = (slot + 1) % slots;
-            let Some(mut chunk) = self.queue.pop_front() else {
-                break;
-            };
-            if let Some(budget) = self.workers[slot].as_mut().and_then(|w| w.budget.as_mut()) {
-                // Never give a worker more than its remaining budget.
-                let take = (*budget).min(chunk.count as usize) as u32;
-                if take < chunk.count {
-                    if let Some(rest) = sub_chunk(&chunk, take, chunk.count) {
-                        self.queue.push_front(rest);
-                    }
-                    match sub_chunk(&chunk, 0, take) {
-                        Some(head) => chunk = head,
-                        None => continue,
-                    }
-                }
-                *budget -= take as usize;
-            }
-            let id = self.next_chunk;
-            self.next_chunk += 1;
-            let job = self.jobs.get(&chunk.job);
-            let panic_retries = job.map_or(0, |j| j.panic_retries);
-            let timeout = job.and_then(|j| j.timeout);
-            let header = wire::encode_header(&ToWorker::Run {
-                chunk: id,
-                task: chunk.task,
-                items: chunk.count,
-                panic_retries,
-                timed: timeout.is_some(),
-            });
-            if let Some(worker) = self.workers[slot].as_mut() {
-                worker.send(header, Arc::clone(&chunk.body), config.launch.max_frame);
-                worker.in_flight.push_back(InFlight {
-                    id,
-                    chunk,
-                    received: 0,
-                    sent: Instant::now(),
-                    timeout,
-                });
-            }
-        }
-    }
-}
-
-/// Items `from .. to` of `chunk` as a new chunk, or `None` if empty.
-fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
-    if from >= to {
-        return None;
-    }
-    if from == 0 && to == chunk.count {
-        return Some(Chunk {
-            job: chunk.job,
-            task: chunk.task,
-            first: chunk.first,
-            count: chunk.count,
-            body: Arc::clone(&chunk.body),
-            attempt: chunk.attempt,
-        });
-    }
-    let mut items = Items::new(&chunk.body);
-    let mut body = Vec::new();
-    for i in 0..to {
-        let Ok(arg) = items.next_arg() else {
-            return None;
-        };
-        if i >= from {
-            body.extend_from_slice(&(arg.len() as u32).to_le_bytes());
-            body.extend_from_slice(arg);
-        }
-    }
-    Some(Chunk {
-        job: chunk.job,
-        task: chunk.task,
-        first: chunk.first + from as usize,
-        count: to - from,
-        body: Arc::new(body),
-        attempt: chunk.attempt,
-    })
-}
-
-/// Stops a worker now (see [`Link::kill`]).
-fn kill(worker: &Worker) {
-    worker.link.kill();
-}
-
-impl Events for Shared {
+impl Events for Scheduler {
     fn is_stopping(&self) -> bool {
-        Shared::is_stopping(self)
+        Scheduler::is_stopping(self)
     }
 
     fn launching(&self) -> bool {
@@ -1440,14 +951,14 @@ impl Events for Shared {
         pid: u32,
         frames: &mut Vec<Vec<u8>>,
     ) -> Result<(), ProtocolError> {
-        Shared::deliver_all(self, slot, pid, frames)
+        Scheduler::deliver_all(self, slot, pid, frames)
     }
 
     fn mark_dying(&self, slot: usize) {
-        Shared::mark_dying(self, slot);
+        Scheduler::mark_dying(self, slot);
     }
 
     fn detach(&self, slot: usize, pid: u32, cause: ExitCause, protocol: Option<ProtocolError>) {
-        Shared::detach(self, slot, pid, cause, protocol);
+        Scheduler::detach(self, slot, pid, cause, protocol);
     }
 }

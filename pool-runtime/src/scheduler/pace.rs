@@ -1,0 +1,45 @@
+//! How fast a worker runs a task, and how much work it is given ahead.
+
+use std::time::Duration;
+
+/// How much work, measured by its last chunk's duration, a worker is given
+/// ahead: enough to hide the round trip for short chunks (up to the
+/// configured maximum); a worker whose chunks take longer than this gets
+/// one at a time, so nothing waits behind a long chunk while another worker
+/// is free.
+pub(super) const PIPELINE: Duration = Duration::from_millis(1);
+
+/// A running estimate of a worker's time per item: decayed sums of chunk
+/// times and item counts. Results read in one batch make the first chunk
+/// seem to take all the time and the others none; the sums average that
+/// out, and a slow chunk raises the estimate at once.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pace {
+    nanos: f64,
+    items: f64,
+}
+
+impl Pace {
+    /// Adds a chunk of `items` items that took `took`.
+    pub(crate) fn add(&mut self, took: Duration, items: u32) {
+        const KEEP: f64 = 0.875;
+        self.nanos = self.nanos * KEEP + took.as_nanos() as f64;
+        self.items = self.items * KEEP + f64::from(items);
+    }
+
+    /// The time per item, once a chunk was added.
+    pub(crate) fn per_item(&self) -> Option<Duration> {
+        (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))
+    }
+}
+
+/// How many chunks of `chunk_time` a worker is given at once: enough for
+/// [`PIPELINE`] of work, at least 2 if they are shorter than that (so one
+/// waits while the other runs), otherwise 1.
+pub(crate) fn ahead(chunk_time: Duration) -> usize {
+    if chunk_time >= PIPELINE {
+        return 1;
+    }
+    let n = PIPELINE.as_nanos() / chunk_time.as_nanos().max(1);
+    usize::try_from(n).unwrap_or(usize::MAX).max(2)
+}
