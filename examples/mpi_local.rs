@@ -14,7 +14,8 @@
 //! ```
 //!
 //! An argument picks another program: `kill` (item 5 of 12 kills its own
-//! process with `SIGKILL`), `panic` (item 2 panics), `timeout` (item 3
+//! process with `SIGKILL`), `retry` (item 4 kills its process once, and the
+//! call retries it once on a fresh worker), `panic` (item 2 panics), `timeout` (item 3
 //! never ends; the pool's timeout is 500 ms), `tour` (every kind of call, an
 //! initializer, a second pool) and `idle` (the CPU time an idle pool costs,
 //! ranks included). Without a launcher the same programs run on local
@@ -47,6 +48,20 @@ fn report(i: u64) -> (u64, u64) {
 fn killed_at_5(i: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(30));
     if i == 5 {
+        println!("Item {i} kills its process on {}", place());
+        // SAFETY: signalling this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    i * i
+}
+
+/// Item 4 kills its process the first time it runs (a marker file in the
+/// directory `dir` remembers it), and succeeds when run again.
+#[task]
+fn killed_once_at_4(i: u64, dir: String) -> u64 {
+    std::thread::sleep(Duration::from_millis(30));
+    let marker = std::path::Path::new(&dir).join("item-4-ran");
+    if i == 4 && std::fs::create_dir(&marker).is_ok() {
         println!("Item {i} kills its process on {}", place());
         // SAFETY: signalling this process.
         unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
@@ -169,6 +184,25 @@ fn kill() -> Result<(), Error> {
     Ok(())
 }
 
+fn retry() -> Result<(), Error> {
+    let dir = std::env::temp_dir().join(format!("mpi_local-retry-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|err| Error::InvalidSetting(format!("cannot create {}: {err}", dir.display())))?;
+    let pool = Pool::new()?;
+    let items: Vec<(u64, String)> = (0..8)
+        .map(|i| (i, dir.to_string_lossy().into_owned()))
+        .collect();
+    let outcomes: Vec<Result<u64, Error>> = pool
+        .retries(1)
+        .chunksize(1)
+        .istarmap(task!(killed_once_at_4), items)
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    print_outcomes(&outcomes);
+    println!("Pool still works: {:?}", pool.map(task!(square), 0..6)?);
+    Ok(())
+}
+
 fn panics() -> Result<(), Error> {
     let pool = Pool::new()?;
     let outcomes: Vec<Result<u64, Error>> =
@@ -257,12 +291,15 @@ fn main() -> Result<(), Error> {
     match std::env::args().nth(1).as_deref() {
         None => seed(),
         Some("kill") => kill(),
+        Some("retry") => retry(),
         Some("panic") => panics(),
         Some("timeout") => timeout(),
         Some("tour") => tour(),
         Some("idle") => idle(),
         Some(other) => {
-            eprintln!("unknown program {other:?}: expected kill, panic, timeout, tour or idle");
+            eprintln!(
+                "unknown program {other:?}: expected kill, retry, panic, timeout, tour or idle"
+            );
             std::process::exit(2);
         }
     }

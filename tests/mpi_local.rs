@@ -244,6 +244,29 @@ fn a_local_worker_killed_mid_call_is_one_err_and_the_rest_complete() {
     not(feature = "mpi"),
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
 )]
+fn an_item_whose_local_worker_died_is_retried_when_the_call_allows_it() {
+    let output = mpirun(Some("retry"), "2", Duration::from_secs(120));
+    let (stdout, _) = assert_success(&output);
+    assert!(
+        stdout.contains("Item 4 kills its process on rank "),
+        "{stdout}"
+    );
+    let outcomes = outcomes(&stdout);
+    assert_eq!(outcomes.len(), 8, "{stdout}");
+    for (i, (index, outcome)) in outcomes.iter().enumerate() {
+        assert_eq!((*index, outcome.as_str()), (i, &*format!("ok {}", i * i)));
+    }
+    assert!(
+        stdout.contains("Pool still works: [0, 1, 4, 9, 16, 25]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
 fn a_panic_in_a_local_worker_is_one_err() {
     let output = mpirun(Some("panic"), "2", Duration::from_secs(120));
     let (stdout, _) = assert_success(&output);
