@@ -57,11 +57,13 @@ use mpi::{Tag, Threading};
 use pool_core::ProtocolError;
 use pool_core::wire::{self, ToWorker};
 
-use super::local::{self, Launch, WORKER_ENV};
+use super::Outgoing;
+use super::handshake::{self, Launch};
 use super::shm::{Progress, now_ns};
 use crate::error::{Error, ExitCause};
-use crate::scheduler::{Outgoing, RemoteStart, Shared};
-use crate::worker;
+// `Shared`: the name the scheduler keeps for this backend (see scheduler/mod.rs).
+use crate::scheduler::{RemoteStart, Shared as Scheduler};
+use crate::worker::{self, WORKER_ENV};
 
 mod node;
 
@@ -241,7 +243,7 @@ pub(crate) fn pool_ranks() -> Result<Option<(usize, RemoteStart)>, Error> {
 }
 
 /// The remote start of a pool under MPI: attaches `processes` free ranks.
-fn attach_all(shared: &Arc<Shared>) -> Result<(), Error> {
+fn attach_all(shared: &Arc<Scheduler>) -> Result<(), Error> {
     let stopped = || Error::Spawn(io::Error::other("the pool-mpi thread has stopped"));
     let rank0 = RANK0.get().ok_or_else(stopped)?;
     let (reply, answer) = crossbeam_channel::bounded(1);
@@ -731,7 +733,7 @@ enum Command {
 }
 
 struct AttachRequest {
-    shared: Arc<Shared>,
+    shared: Arc<Scheduler>,
     reply: Sender<Result<(), Error>>,
     deadline: Instant,
 }
@@ -839,19 +841,21 @@ enum Phase {
     /// The replacement of a local worker that died, in its handshake
     /// (`init`: the initializer was sent): it takes `slot` of the pool.
     Rejoin {
-        shared: Arc<Shared>,
+        shared: Arc<Scheduler>,
         slot: usize,
         init: bool,
     },
     /// A worker of a pool: frames for it arrive on `rx`.
     Attached {
-        shared: Arc<Shared>,
+        shared: Arc<Scheduler>,
         slot: usize,
         rx: Receiver<Outgoing>,
     },
     /// Sent `Exit`; waiting for `BYE` (or, for a local worker that was
     /// busy, its death), then detached from `pool` if any.
-    Releasing { pool: Option<(Arc<Shared>, usize)> },
+    Releasing {
+        pool: Option<(Arc<Scheduler>, usize)>,
+    },
     /// Broke the protocol: never given work again.
     Lost,
     /// Its rank acknowledged the end of the job.
@@ -920,7 +924,7 @@ fn endpoint_order(places: &[(usize, usize)]) -> Vec<usize> {
 /// A pool being attached: its ranks go through the handshake together.
 struct Batch {
     id: u64,
-    shared: Arc<Shared>,
+    shared: Arc<Scheduler>,
     reply: Sender<Result<(), Error>>,
     deadline: Instant,
     endpoints: Vec<usize>,
@@ -936,7 +940,7 @@ struct PendingSend {
 #[allow(dead_code)]
 enum Keep {
     Owned(Box<[u8]>),
-    Shared(Arc<Vec<u8>>),
+    Scheduler(Arc<Vec<u8>>),
 }
 
 /// The state of rank 0's MPI thread.
@@ -1121,7 +1125,7 @@ impl Hub {
             }
             let id = self.next_batch;
             self.next_batch += 1;
-            let hello = local::hello_header(&request.shared.config.launch);
+            let hello = handshake::hello_header(&request.shared.config.launch);
             for (slot, &e) in free.iter().enumerate() {
                 self.endpoints[e].phase = Phase::Hello { batch: id, slot };
                 self.endpoints[e].stream.clear();
@@ -1160,7 +1164,7 @@ impl Hub {
         let pid = self.endpoints[e].pid;
         let outcome = if init_phase {
             match &init {
-                Some(spec) => local::check_init_done(frame, spec)
+                Some(spec) => handshake::check_init_done(frame, spec)
                     .map(|()| pid)
                     .map_err(|reason| Error::Initializer {
                         task: spec.name,
@@ -1173,7 +1177,7 @@ impl Hub {
                 }),
             }
         } else {
-            local::check_ready(frame, launch).map_err(|reason| Error::Startup {
+            handshake::check_ready(frame, launch).map_err(|reason| Error::Startup {
                 pid,
                 reason: format!("{}: {reason}", self.endpoints[e].name()),
             })
@@ -1212,7 +1216,7 @@ impl Hub {
 
     /// Attaches endpoint `e` to `slot` of `shared`'s pool; releases it if
     /// the pool was terminated meanwhile.
-    fn attach(&mut self, e: usize, shared: Arc<Shared>, slot: usize) {
+    fn attach(&mut self, e: usize, shared: Arc<Scheduler>, slot: usize) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let page = if self.endpoints[e].relayed {
             relay_page()
@@ -1300,7 +1304,7 @@ impl Hub {
 
     /// Sends `Exit` to endpoint `e`; once it says goodbye it is free again
     /// (and detached from `pool`).
-    fn release(&mut self, e: usize, pool: Option<(Arc<Shared>, usize)>) {
+    fn release(&mut self, e: usize, pool: Option<(Arc<Scheduler>, usize)>) {
         let header = wire::encode_header(&ToWorker::Exit);
         self.send_frame(e, &header, &Arc::new(Vec::new()));
         self.endpoints[e].phase = Phase::Releasing { pool };
@@ -1332,7 +1336,7 @@ impl Hub {
                 drop(page);
                 if !shared.is_stopping() {
                     // The rank starts a new process on a new handshake.
-                    let hello = local::hello_header(&shared.config.launch);
+                    let hello = handshake::hello_header(&shared.config.launch);
                     self.endpoints[e].phase = Phase::Rejoin {
                         shared,
                         slot,
@@ -1371,11 +1375,11 @@ impl Hub {
         let name = self.endpoints[e].name();
         let outcome = if init {
             match &launch.init {
-                Some(spec) => local::check_init_done(frame, spec).map(|()| None),
+                Some(spec) => handshake::check_init_done(frame, spec).map(|()| None),
                 None => Err("an answer to an initializer that was never sent".to_owned()),
             }
         } else {
-            local::check_ready(frame, launch).map(Some)
+            handshake::check_ready(frame, launch).map(Some)
         };
         match outcome {
             Err(reason) => {
@@ -1491,7 +1495,7 @@ impl Hub {
                 self.sent += 1;
                 self.pending.push(PendingSend {
                     request: Some(request),
-                    _keep: Keep::Shared(Arc::clone(body)),
+                    _keep: Keep::Scheduler(Arc::clone(body)),
                 });
             }
         }

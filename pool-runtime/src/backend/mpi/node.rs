@@ -38,7 +38,9 @@ use super::{
     Assembler, BATCH, Backoff, Died, EXIT_PROTOCOL, TAG_BYE, TAG_DATA_BASE, TAG_DIED, TAG_DONE,
     TAG_FINALIZE, TAG_START, bye_body, data_tag, pieces, receive, start_body,
 };
-use crate::backend::local::{self, Launch, Signaller, Spawned};
+use crate::backend::child::Signaller;
+use crate::backend::handshake::Launch;
+use crate::backend::process::{self, Spawned};
 use crate::backend::shm::Progress;
 use crate::error::ExitCause;
 
@@ -324,13 +326,13 @@ impl Node<'_> {
                 startup_timeout: STARTUP_TIMEOUT,
                 fork_server: false,
             };
-            match local::start(&launch, &|| false) {
+            match process::start(&launch, &|| false) {
                 Ok(started) => pending.push((start.local, launch, started)),
                 Err(err) => self.start_failed(start.local, &err),
             }
         }
         for (local, launch, started) in pending {
-            match local::finish(started, &launch, |_| {}) {
+            match process::finish(started, &launch, |_| {}) {
                 Ok(spawned) => self.install(local, spawned, launch.fingerprint),
                 Err(err) => self.start_failed(local, &err),
             }
