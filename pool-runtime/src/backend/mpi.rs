@@ -905,7 +905,9 @@ struct RankInfo {
 /// take chunks back through (nothing on rank 0 claims them: the local
 /// worker's claims happen on its own page).
 fn relay_page() -> Option<Arc<Progress>> {
-    let page = Progress::create().ok()?;
+    let mut page = Progress::create().ok()?;
+    // Only rank 0 maps it: no descriptor per endpoint stays open.
+    page.forget_fd();
     // A claim far above any chunk id: the pool's `steal_after` sees the
     // worker past every chunk, so it never takes back work sent to a rank.
     page.claim(1 << 62);
@@ -1914,6 +1916,7 @@ mod tests {
     #[test]
     fn a_relay_page_never_gives_work_back() {
         let page = relay_page().expect("a page");
+        assert_eq!(page.fd(), None);
         assert!(!page.read().busy());
         // Even while it reports a running item, nothing can be taken back
         // from a rank: its worker claims chunks on a page of its own.
