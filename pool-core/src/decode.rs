@@ -3,15 +3,16 @@
 //! It accepts exactly what `postcard::from_bytes` accepts and decodes it to
 //! the same values (the tests compare both on every serde shape and on
 //! random bytes, errors included), so it reads what [`crate::encode`] and
-//! postcard write. It exists for speed: postcard reads every byte through
-//! its flavor's bounds-checked `pop` in a loop that is not inlined into the
-//! caller, while this decoder reads a one-byte varint (every integer below
-//! 128, and most lengths) inline, so that decoding a small result or
-//! argument item compiles down to a few loads. Decoding is a good share of
-//! both the caller's and the workers' time on tiny tasks.
+//! postcard write.
 //!
-//! Its error also keeps the message of a failing `Deserialize` impl, which
-//! postcard replaces by "Serde Deserialization Error".
+//! Why it stays, on evidence: its errors say what went wrong. A failing
+//! `Deserialize` impl's own message reaches the user (postcard replaces it
+//! by "Serde Deserialization Error"), and a type that needs a
+//! self-describing format (`#[serde(untagged)]`, `deserialize_any`) is
+//! named as such; `tests/faults.rs` checks both through real workers. It
+//! was also written for speed (one-byte varints read inline), but
+//! BENCHMARKS.md measured that gain as noise next to postcard's own
+//! decoder, so speed is not a reason to keep it.
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};

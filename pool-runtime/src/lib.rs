@@ -209,9 +209,11 @@
 //!   a bigger argument or result fails that item with a clear error.
 //! - **No pools inside tasks** ([`Error::NestedPool`]): a worker never
 //!   starts workers.
-//! - **Platforms:** Unix. On Linux the pool uses `/proc/self/exe`, a
-//!   parent-death signal and a `memfd` progress page; elsewhere a worker whose
-//!   parent died exits at its next read.
+//! - **Platforms:** Linux only (kernel 5.3 or newer for pidfds; without them
+//!   the fork server stays off). The pool relies on `/proc/self/exe`,
+//!   parent-death signals, `memfd` pages shared with each worker, pidfds and
+//!   descriptor passing; building for another system fails with a
+//!   `compile_error!` saying so.
 //!
 //! # Tests
 //!
@@ -242,6 +244,11 @@
 // docs.rs builds with `--cfg docsrs` on nightly: feature-gated items get a
 // "Available on crate feature ... only" badge.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "pool-runtime supports Linux only: its workers rely on /proc/self/exe, parent-death signals, memfd pages, pidfds and descriptor passing (SCM_RIGHTS). Build for a Linux target."
+);
 
 use std::sync::atomic::Ordering;
 

@@ -27,7 +27,7 @@ use pool_core::ProtocolError;
 use pool_core::wire::{self, ToWorker};
 
 use crate::error::{Error, ExitCause};
-pub(crate) use shm::Running;
+pub(crate) use shm::{Progress, Running};
 
 /// A frame for one worker: an encoded header and a shared body.
 pub(crate) struct Outgoing {

@@ -591,7 +591,7 @@ impl Scheduler {
         slot: usize,
         pid: u32,
         tx: Sender<Outgoing>,
-        page: Option<Arc<crate::backend::shm::Progress>>,
+        page: Option<Arc<crate::backend::Progress>>,
         _local: bool,
     ) -> bool {
         self.attach_link(slot, pid, Link::Remote { tx, page })
