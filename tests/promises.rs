@@ -7,6 +7,8 @@
 use std::io::{BufRead, BufReader};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
+
+use common::within;
 use std::time::{Duration, Instant};
 
 use pool_runtime::prelude::*;
@@ -15,16 +17,6 @@ use pool_runtime::{TaskFailure, task};
 mod common;
 
 pool_runtime::test_support!();
-
-/// Runs `f` on a thread; panics with "HANG" if it takes longer than `secs`.
-fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(Duration::from_secs(secs))
-        .unwrap_or_else(|_| panic!("HANG: no answer within {secs} s"))
-}
 
 /// A gate: a file path that tasks wait for (see [`gated`]); opened by
 /// creating the file, removed when dropped.
@@ -314,25 +306,30 @@ fn a_callback_may_drop_the_last_handle_on_the_pool() {
     }
 }
 
+/// Submits `square(x)` on `pool` with a callback that calls `touch` on
+/// the pool (from the result thread), then sends the value; returns that
+/// value once the callback ran to its end.
+fn callback_touching(pool: &Arc<Pool>, x: u64, touch: fn(&Pool)) -> u64 {
+    let (tx, rx) = mpsc::channel();
+    let handle = Arc::clone(pool);
+    let _pending = pool
+        .apply_async(task!(common::square), x)
+        .expect("submit")
+        .callback(move |v| {
+            touch(&handle);
+            let _ = tx.send(*v);
+        });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("HANG: the callback did not run to its end")
+}
+
 /// A callback that terminates the pool: later calls fail with
 /// `Terminated`, and every worker is reaped.
 #[test]
 fn a_callback_may_terminate_the_pool() {
     let pool = Arc::new(common::pool());
     let pids = pool.worker_pids();
-    let (tx, rx) = mpsc::channel();
-    let handle = Arc::clone(&pool);
-    let _pending = pool
-        .apply_async(task!(common::square), 4)
-        .expect("submit")
-        .callback(move |v| {
-            handle.terminate();
-            let _ = tx.send(*v);
-        });
-    let value = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the callback ran to its end");
-    assert_eq!(value, 16);
+    assert_eq!(callback_touching(&pool, 4, Pool::terminate), 16);
     assert!(matches!(
         pool.map(task!(common::square), [1]),
         Err(Error::Terminated)
@@ -350,19 +347,7 @@ fn a_callback_may_join_the_pool() {
     let other = pool
         .apply_async(task!(common::sleepy), (9, 200))
         .expect("submit the other call");
-    let (tx, rx) = mpsc::channel();
-    let handle = Arc::clone(&pool);
-    let _pending = pool
-        .apply_async(task!(common::square), 5)
-        .expect("submit")
-        .callback(move |v| {
-            handle.join();
-            let _ = tx.send(*v);
-        });
-    let value = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("HANG: join from a callback returned");
-    assert_eq!(value, 25);
+    assert_eq!(callback_touching(&pool, 5, Pool::join), 25);
     assert_eq!(other.get().expect("work submitted before the join"), 9);
     assert!(pool.is_closed());
 }

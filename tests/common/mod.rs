@@ -179,3 +179,14 @@ pub fn probe_command(probe: &str, var: &str) -> std::process::Command {
 pub fn all_children_of(pids: &[u32], parent: u32) -> bool {
     pids.iter().all(|&p| parent_of(p) == Some(parent))
 }
+
+/// Runs `f` on a thread; panics with "HANG" if it takes longer than `secs`.
+#[allow(dead_code)]
+pub fn within<R: Send + 'static>(secs: u64, f: impl FnOnce() -> R + Send + 'static) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .unwrap_or_else(|_| panic!("HANG: no answer within {secs} s"))
+}
