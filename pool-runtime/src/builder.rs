@@ -351,28 +351,27 @@ impl PoolBuilder {
 /// Raises the soft descriptor limit, up to the hard one, if it leaves less
 /// than 3 descriptors per worker (and some to spare) beside those open now.
 fn make_room_for_descriptors(processes: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let open = std::fs::read_dir("/proc/self/fd").map_or(64, |dir| dir.count());
-    let wanted = (open + 3 * processes + 64) as libc::rlim_t;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into a valid struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= wanted
-    {
+    let wanted = (open + 3 * processes + 64) as u64;
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is no limit (RLIM_INFINITY).
+    let (current, maximum) = (
+        limit.current.unwrap_or(u64::MAX),
+        limit.maximum.unwrap_or(u64::MAX),
+    );
+    let target = wanted.min(maximum);
+    if current >= wanted || target <= current {
         return;
     }
-    let raised = libc::rlimit {
-        rlim_cur: wanted.min(limit.rlim_max),
-        rlim_max: limit.rlim_max,
+    let raised = Rlimit {
+        current: Some(target),
+        maximum: limit.maximum,
     };
-    // SAFETY: setrlimit with a valid struct, within the hard limit.
-    if raised.rlim_cur > limit.rlim_cur
-        && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
-    {
+    if setrlimit(Resource::Nofile, raised).is_ok() {
         tracing::debug!(
-            from = limit.rlim_cur,
-            to = raised.rlim_cur,
+            from = current,
+            to = target,
             "raised the soft limit on open files for the pool's workers"
         );
     }

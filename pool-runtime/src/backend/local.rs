@@ -454,29 +454,16 @@ impl Ends {
 /// One non-blocking `sendmsg` of `parts`; the bytes written, or `None` if
 /// none could be (the socket is full, or the worker is gone).
 fn send_nowait(stream: &UnixStream, parts: &[&[u8]]) -> Option<usize> {
-    use std::os::fd::AsRawFd;
-    let mut iov: Vec<libc::iovec> = parts
+    use rustix::net::{SendAncillaryBuffer, SendFlags};
+    let iov: Vec<std::io::IoSlice<'_>> = parts
         .iter()
         .filter(|p| !p.is_empty())
-        .map(|p| libc::iovec {
-            iov_base: p.as_ptr() as *mut libc::c_void,
-            iov_len: p.len(),
-        })
+        .map(|p| std::io::IoSlice::new(p))
         .collect();
-    // SAFETY: an all-zero msghdr is valid; the iovecs point into `parts`,
-    // which outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
-    // SAFETY: a valid socket and message; MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::sendmsg(
-            stream.as_raw_fd(),
-            &msg,
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-        )
-    };
-    (n > 0).then_some(n as usize)
+    // MSG_DONTWAIT never blocks; MSG_NOSIGNAL: no SIGPIPE once the worker is gone.
+    let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+    let n = rustix::net::sendmsg(stream, &iov, &mut SendAncillaryBuffer::default(), flags);
+    n.ok().filter(|&n| n > 0)
 }
 
 fn write_loop(rx: Receiver<Outgoing>, ends: &Ends, max: usize, backlog: &AtomicUsize) {

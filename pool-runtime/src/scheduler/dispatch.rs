@@ -16,17 +16,8 @@ use crate::sys::now_ns;
 /// 5 ms, or twice the resolution of the coarse clock items are timed with.
 pub(super) fn stall_limit() -> Duration {
     static LIMIT: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
-        let mut res = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_getres writes into a valid timespec.
-        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } == 0;
-        let res = if ok {
-            Duration::new(res.tv_sec as u64, res.tv_nsec as u32)
-        } else {
-            Duration::from_millis(10)
-        };
+        let res = rustix::time::clock_getres(rustix::time::ClockId::MonotonicCoarse);
+        let res = Duration::new(res.tv_sec as u64, res.tv_nsec as u32);
         Duration::from_millis(5).max(res * 2)
     });
     *LIMIT
