@@ -234,6 +234,18 @@ fn observe_traces_a_killed_worker_with_its_pid_and_signal() {
     );
 }
 
+/// A private tmux server (`tmux -L name`), killed with everything in it
+/// when dropped, also when a test fails.
+struct TmuxServer(String);
+
+impl Drop for TmuxServer {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.0, "kill-server"])
+            .status();
+    }
+}
+
 /// The screen of a tmux pane, one string per row.
 fn tmux_screen(socket: &str, session: &str) -> Vec<String> {
     let out = Command::new("tmux")
@@ -264,6 +276,7 @@ fn progress_bar_under_a_terminal() {
             .expect("target dir")
             .join("examples/progress");
         let socket = format!("pool-progress-{}", std::process::id());
+        let server = TmuxServer(socket.clone());
         let session = "progress";
         let status = Command::new("tmux")
             .args(["-L", &socket, "new-session", "-d", "-x", "100", "-y", "20"])
@@ -287,9 +300,7 @@ fn progress_bar_under_a_terminal() {
                 break;
             }
         }
-        let _ = Command::new("tmux")
-            .args(["-L", &socket, "kill-server"])
-            .status();
+        drop(server);
         let text = screen.join("\n");
         assert!(text.contains("hook: 400 results"), "{features:?}:\n{text}");
         // The bar ticked: two captures a second apart differ.
@@ -328,6 +339,7 @@ fn progress_line_is_given_back_on_ctrl_c() {
         .expect("target dir")
         .join("examples/progress");
     let socket = format!("pool-progress-int-{}", std::process::id());
+    let server = TmuxServer(socket.clone());
     let session = "progress";
     let tmux = |args: &[&str]| {
         Command::new("tmux")
@@ -367,7 +379,7 @@ fn progress_line_is_given_back_on_ctrl_c() {
     tmux(&["send-keys", "-t", session, "seq 1 30", "Enter"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let screen = tmux_screen(&socket, session);
-    tmux(&["kill-server"]);
+    drop(server);
     let text = screen.join("\n");
     // The 30 lines scrolled through every row, the last one included.
     assert!(
