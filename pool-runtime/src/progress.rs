@@ -182,21 +182,22 @@ impl StatusRow {
         state.last = text;
     }
 
-    /// Gives the last row back: clears it, resets the scrolling region and
-    /// prints the last text drawn as an ordinary line.
+    /// Gives the last row back: clears it, resets the scrolling region
+    /// (unless another call's line still uses it) and prints the last text
+    /// drawn as an ordinary line.
     fn close(&self) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.rows == 0 {
             return;
         }
-        let mut out = format!("\x1b7\x1b[{};1H\x1b[2K\x1b[r\x1b8", state.rows);
+        let reset = if on_signal::closed() { "\x1b[r" } else { "" };
+        let mut out = format!("\x1b7\x1b[{};1H\x1b[2K{reset}\x1b8", state.rows);
         if !state.last.is_empty() {
             out.push_str(&state.last);
             out.push('\n');
         }
         emit(&out);
         state.rows = 0;
-        on_signal::closed();
     }
 }
 
@@ -268,9 +269,9 @@ mod on_signal {
         });
     }
 
-    /// A status row closed.
-    pub(super) fn closed() {
-        OPEN.fetch_sub(1, Ordering::SeqCst);
+    /// A status row closed; whether it was the last one open.
+    pub(super) fn closed() -> bool {
+        OPEN.fetch_sub(1, Ordering::SeqCst) == 1
     }
 
     extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
