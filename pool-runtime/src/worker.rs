@@ -606,6 +606,10 @@ struct OutShared {
     state: std::sync::Mutex<OutState>,
     armed: std::sync::Condvar,
     stream: UnixStream,
+    /// Hints read without the lock: results are buffered; the flusher is
+    /// armed. They spare [`SharedOut::arm`] the lock on the hot path.
+    waiting: AtomicBool,
+    watching: AtomicBool,
 }
 
 struct OutState {
@@ -629,6 +633,8 @@ impl SharedOut {
             }),
             armed: std::sync::Condvar::new(),
             stream,
+            waiting: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
         }))
     }
 
@@ -648,11 +654,16 @@ impl SharedOut {
     /// wake-up per period at most; none when nothing waits, as after a
     /// lone call's result).
     fn arm(&self) {
+        let out = &self.0;
+        if !out.waiting.load(Ordering::Relaxed) || out.watching.load(Ordering::Relaxed) {
+            return;
+        }
         let mut st = self.lock();
         if st.since.is_some() && !st.armed {
             st.armed = true;
+            out.watching.store(true, Ordering::Relaxed);
             drop(st);
-            self.0.armed.notify_one();
+            out.armed.notify_one();
         }
     }
 }
@@ -669,6 +680,7 @@ fn flusher(out: &OutShared) {
             None => {
                 // Nothing waits: rest until armed again.
                 st.armed = false;
+                out.watching.store(false, Ordering::Relaxed);
                 continue;
             }
             Some(waited) if waited >= FLUSH_AFTER => {
@@ -677,6 +689,7 @@ fn flusher(out: &OutShared) {
                 }
                 st.buf.clear();
                 st.since = None;
+                out.waiting.store(false, Ordering::Relaxed);
                 continue;
             }
             Some(waited) => {
@@ -705,6 +718,7 @@ impl Write for SharedOut {
             (&out.stream).write_all(&st.buf)?;
             st.buf.clear();
             st.since = None;
+            out.waiting.store(false, Ordering::Relaxed);
             if size > OUT_CAPACITY {
                 drop(st);
                 return (&out.stream).write_vectored(parts);
@@ -712,6 +726,7 @@ impl Write for SharedOut {
         }
         if st.since.is_none() {
             st.since = Some(std::time::Instant::now());
+            out.waiting.store(true, Ordering::Relaxed);
         }
         for part in parts {
             st.buf.extend_from_slice(part);
@@ -728,6 +743,7 @@ impl Write for SharedOut {
             (&self.0.stream).write_all(&st.buf)?;
             st.buf.clear();
             st.since = None;
+            self.0.waiting.store(false, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -95,11 +95,9 @@ impl Link {
         }
     }
 
-    /// Whether the worker records its running item (then the scheduler
-    /// knows which item runs, times it, and may take back chunks queued
-    /// behind it).
-    pub(crate) fn has_page(&self) -> bool {
-        self.page().is_some()
+    /// Whether chunks sent to it can be taken back ([`Link::steal_after`]).
+    pub(crate) fn can_take_back(&self) -> bool {
+        matches!(self, Link::Local(_))
     }
 
     /// What the worker records as running, if it records it.
@@ -109,9 +107,14 @@ impl Link {
 
     /// Takes back the chunks after `running` up to `last` sent to the
     /// worker, if it has not started any of them: see
-    /// [`shm::Progress::steal_after`].
+    /// [`shm::Progress::steal_after`]. Only a local worker's: a remote
+    /// worker's page is a copy kept by its backend, on which the worker
+    /// itself claims nothing.
     pub(crate) fn steal_after(&self, running: u64, last: u64) -> Option<u64> {
-        self.page()?.steal_after(running, last)
+        match self {
+            Link::Local(link) => link.page().steal_after(running, last),
+            Link::Remote { .. } => None,
+        }
     }
 }
 

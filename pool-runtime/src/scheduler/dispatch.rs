@@ -44,10 +44,15 @@ impl Worker {
     }
 
     /// Whether its running item has run longer than [`stall_limit`].
+    /// (Its page is read only if its oldest chunk in flight was sent
+    /// longer ago than that: a cross-CPU read the hot path is spared.)
     pub(super) fn stalled(&self, now: u64) -> bool {
-        self.running().is_some_and(|(_, running)| {
-            now.saturating_sub(running.started_ns) > stall_limit().as_nanos() as u64
-        })
+        let limit = stall_limit().as_nanos() as u64;
+        let oldest = self.in_flight.front().map_or(now, |f| f.sent_ns);
+        now.saturating_sub(oldest) > limit
+            && self
+                .running()
+                .is_some_and(|(_, running)| now.saturating_sub(running.started_ns) > limit)
     }
 
     /// Sends a frame (written at once to an idle local worker).
@@ -76,7 +81,7 @@ impl State {
     pub(super) fn may_steal(&self) -> bool {
         let workers = || self.workers.iter().flatten().filter(|w| !w.dying);
         workers().any(|w| w.in_flight.is_empty() && w.budget != Some(0))
-            && workers().any(|w| w.in_flight.len() > 1 && w.link.has_page())
+            && workers().any(|w| w.in_flight.len() > 1 && w.link.can_take_back())
     }
 
     /// Takes back, from each worker whose running item has run longer than
@@ -95,7 +100,7 @@ impl State {
         }
         let mut taken = Vec::new();
         for w in self.workers.iter_mut().flatten() {
-            if w.dying || w.in_flight.len() < 2 {
+            if w.dying || w.in_flight.len() < 2 || !w.stalled(now) {
                 continue;
             }
             let Some((flight, running)) = w.running() else {
@@ -221,6 +226,7 @@ impl State {
                     chunk,
                     received: 0,
                     sent: Instant::now(),
+                    sent_ns: now,
                     timeout,
                 });
             }

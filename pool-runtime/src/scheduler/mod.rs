@@ -99,6 +99,9 @@ struct InFlight {
     chunk: Chunk,
     received: u32,
     sent: Instant,
+    /// When it was sent, on the coarse clock items are timed with: no
+    /// item of it can have run longer than since then.
+    sent_ns: u64,
     /// The job's per-item timeout, kept here so a cancelled job's stuck
     /// item is still killed.
     timeout: Option<Duration>,
