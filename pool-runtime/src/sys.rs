@@ -1,114 +1,78 @@
 //! The system calls both sides of the pool make (Linux): descriptor
 //! passing (`SCM_RIGHTS`), readiness, pidfds, standard descriptors.
 //!
-//! Every `unsafe` block of the crate that is not about a mapping (the
-//! progress page) or `fork` sits here, each with its SAFETY comment.
+//! All go through `rustix`'s safe wrappers, here and beside their callers.
+//! The `unsafe` left in the crate is what has no safe wrapper: `fork`,
+//! `sigaction` and `atexit` (libc's, in the fork server and its client),
+//! the progress page's `mmap`/`munmap` (backend/shm.rs), the progress
+//! line's signal handlers (progress.rs) and std's `env::remove_var`; each
+//! block has its SAFETY comment. `libc` also
+//! still gives signal numbers and the wait-status macros ([`exit_cause`]).
 
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::retry_on_intr;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 
 use crate::error::ExitCause;
 
-/// Sends one message carrying `fds` (`SCM_RIGHTS`, none if empty).
-pub(crate) fn send_msg(sock: RawFd, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let space = if fds.is_empty() {
+/// Sends one message carrying `fds` (`SCM_RIGHTS`, none if empty), never
+/// raising SIGPIPE; retried when interrupted.
+pub(crate) fn send_msg(sock: impl AsFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let room = if fds.is_empty() {
         0
     } else {
-        // SAFETY: CMSG_SPACE only computes a size.
-        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
+        rustix::cmsg_space!(ScmRights(fds.len()))
     };
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is valid; the pointers set below point into
-    // buffers that outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        // SAFETY: the control buffer holds one header and room for `fds`.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as _;
-            std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-        }
+    let mut space = vec![MaybeUninit::uninit(); room];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("no room for the descriptors to send"));
     }
-    loop {
-        // SAFETY: a valid socket and message.
-        let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
+    let iov = [IoSlice::new(bytes)];
+    retry_on_intr(|| rustix::net::sendmsg(&sock, &iov, &mut control, SendFlags::NOSIGNAL))?;
+    Ok(())
 }
 
 /// Receives one message and up to `max_fds` descriptors (close-on-exec):
 /// the message's length (0 at the end of the channel), the descriptors,
 /// and whether some were dropped (`MSG_CTRUNC`: no room for them, or this
-/// process is out of descriptors).
+/// process is out of descriptors). Retried when interrupted.
 pub(crate) fn recv_msg(
-    sock: RawFd,
+    sock: impl AsFd,
     buf: &mut [u8],
     max_fds: usize,
 ) -> io::Result<(usize, Vec<OwnedFd>, bool)> {
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE((max_fds.max(1) * std::mem::size_of::<RawFd>()) as u32) }
-        as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: as in `send_msg`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    let n = loop {
-        // SAFETY: a valid descriptor and message.
-        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote; every
-    // descriptor in an SCM_RIGHTS message is new and ours to own.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok((n, fds, msg.msg_flags & libc::MSG_CTRUNC != 0))
+    let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds.max(1)))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = retry_on_intr(|| {
+        let mut iov = [IoSliceMut::new(buf)];
+        rustix::net::recvmsg(&sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+    })?;
+    // Every descriptor in an SCM_RIGHTS message is new and ours to own.
+    let fds = control
+        .drain()
+        .filter_map(|message| match message {
+            RecvAncillaryMessage::ScmRights(fds) => Some(fds),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    Ok((msg.bytes, fds, msg.flags.contains(ReturnFlags::CTRUNC)))
 }
 
 /// Sends `fds` over `stream` with one marker byte (`SCM_RIGHTS`).
-pub(crate) fn send_fds(stream: &UnixStream, fds: &[RawFd]) -> io::Result<()> {
-    send_msg(stream.as_raw_fd(), &[FD_MARKER], fds)
+pub(crate) fn send_fds(stream: &UnixStream, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    send_msg(stream, &[FD_MARKER], fds)
 }
 
 /// The byte that carries a worker's descriptors.
@@ -116,7 +80,7 @@ const FD_MARKER: u8 = 0xFD;
 
 /// Receives the descriptors [`send_fds`] sent (worker side): exactly
 /// `count`, close-on-exec.
-pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>> {
+pub(crate) fn recv_fds(channel: impl AsFd, count: usize) -> io::Result<Vec<OwnedFd>> {
     let mut marker = [0u8];
     let (n, fds, truncated) = recv_msg(channel, &mut marker, count)?;
     if n != 1 || marker[0] != FD_MARKER || fds.len() != count {
@@ -132,54 +96,48 @@ pub(crate) fn recv_fds(channel: RawFd, count: usize) -> io::Result<Vec<OwnedFd>>
 }
 
 /// Whether `fd` has something to read (or has ended) now.
-pub(crate) fn readable(fd: RawFd) -> bool {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+pub(crate) fn readable(fd: impl AsFd) -> bool {
+    let mut polls = [PollFd::new(&fd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    // SAFETY: one valid pollfd, zero timeout.
-    unsafe { libc::poll(&mut poll, 1, 0) > 0 }
+    rustix::event::poll(&mut polls, Some(&now)).is_ok_and(|ready| ready > 0)
 }
 
-/// Sends `signal` to the process of `pidfd`.
-pub(crate) fn signal_pidfd(pidfd: &OwnedFd, signal: libc::c_int) {
-    // SAFETY: pidfd_send_signal with a pidfd we own and no siginfo.
-    unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            pidfd.as_raw_fd(),
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        );
-    }
+/// Kills the process of `pidfd` (SIGKILL; nothing happens if it has
+/// already been reaped: a pidfd never names another process).
+pub(crate) fn kill_pidfd(pidfd: impl AsFd) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
 }
 
 /// Whether the process of `pidfd` has exited (its pidfd is readable).
-pub(crate) fn pidfd_exited(pidfd: &OwnedFd) -> bool {
-    readable(pidfd.as_raw_fd())
+pub(crate) fn pidfd_exited(pidfd: impl AsFd) -> bool {
+    readable(pidfd)
 }
 
-/// Whether our child `pid` has exited (without reaping it).
-pub(crate) fn child_exited(pid: u32) -> bool {
-    // SAFETY: an all-zero siginfo_t is valid; waitid only writes into it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: WNOWAIT leaves the child for its reader to reap.
-    let rc = unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-        )
+/// `pid` as rustix's pid (`None` for 0 or a number above `i32::MAX`,
+/// which name no child).
+pub(crate) fn pid(pid: u32) -> Option<Pid> {
+    Pid::from_raw(i32::try_from(pid).ok()?)
+}
+
+/// Whether our child `pid` has exited (without reaping it: `WNOWAIT`
+/// leaves it for its reader to reap).
+pub(crate) fn child_exited(child: u32) -> bool {
+    let Some(child) = pid(child) else {
+        return false;
     };
-    // SAFETY: si_pid is set by waitid when a child changed state (0 otherwise).
-    rc == 0 && unsafe { info.si_pid() } != 0
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    matches!(
+        rustix::process::waitid(WaitId::Pid(child), options),
+        Ok(Some(_))
+    )
 }
 
-/// How a reaped worker ended, from its `waitpid` status.
-pub(crate) fn exit_cause(status: libc::c_int) -> ExitCause {
+/// How a reaped worker ended, from its `waitpid` status (raw, as the fork
+/// server reports it).
+pub(crate) fn exit_cause(status: i32) -> ExitCause {
     if libc::WIFEXITED(status) {
         ExitCause::Code(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
@@ -189,73 +147,68 @@ pub(crate) fn exit_cause(status: libc::c_int) -> ExitCause {
     }
 }
 
-pub(crate) fn dup_cloexec(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor of ours returns a new one we own.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-    if new < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+/// A close-on-exec copy of `fd`, numbered 3 or above.
+pub(crate) fn dup_cloexec(fd: impl AsFd) -> io::Result<OwnedFd> {
+    Ok(rustix::io::fcntl_dupfd_cloexec(fd, 3)?)
+}
+
+/// `/dev/null`, opened close-on-exec with `flags` (read, or read and write).
+pub(crate) fn dev_null(flags: OFlags) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        "/dev/null",
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Moves stdin (the channel from the pool) to a close-on-exec descriptor
 /// and gives stdin `/dev/null`, so tasks, and programs they start, never
 /// see it.
-pub(crate) fn take_stdin() -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: plain descriptor calls on fd 0 and descriptors we own.
-    unsafe {
-        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let channel = OwnedFd::from_raw_fd(fd);
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if null < 0 || libc::dup2(null, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::close(null);
-        Ok(channel)
-    }
+pub(crate) fn take_stdin() -> io::Result<OwnedFd> {
+    let channel = dup_cloexec(io::stdin())?;
+    let null = dev_null(OFlags::RDONLY)?;
+    rustix::stdio::dup2_stdin(&null)?;
+    Ok(channel)
 }
 
-/// Puts `fd` in place of descriptor `to` (a standard one).
-pub(crate) fn dup_onto(fd: &std::os::fd::OwnedFd, to: std::os::fd::RawFd) -> std::io::Result<()> {
-    // SAFETY: dup2 of a descriptor we own onto a standard one.
-    if unsafe { libc::dup2(fd.as_raw_fd(), to) } < 0 {
-        return Err(std::io::Error::last_os_error());
+/// Puts `fd` in place of descriptor `to`, a standard one (0, 1 or 2).
+pub(crate) fn dup_onto(fd: &OwnedFd, to: RawFd) -> io::Result<()> {
+    match to {
+        0 => rustix::stdio::dup2_stdin(fd)?,
+        1 => rustix::stdio::dup2_stdout(fd)?,
+        2 => rustix::stdio::dup2_stderr(fd)?,
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {to} is not a standard one"),
+            ));
+        }
     }
     Ok(())
 }
 
 /// Kills and reaps our child `pid` if it is still unreaped (only then may
 /// its pid be signalled: once reaped, it may name another process).
-pub(crate) fn kill_and_reap_child(pid: u32) {
-    // SAFETY: waitpid on our own child; WNOHANG tells whether it is still
-    // unreaped.
-    let unreaped =
-        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) } == 0;
+pub(crate) fn kill_and_reap_child(child: u32) {
+    let Some(child) = pid(child) else {
+        return;
+    };
+    // WNOHANG tells whether it is still unreaped.
+    let unreaped = matches!(
+        rustix::process::waitpid(Some(child), WaitOptions::NOHANG),
+        Ok(None)
+    );
     if unreaped {
-        // SAFETY: our unreaped child.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        // SAFETY: as above, now waiting for it to end.
-        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0) };
+        let _ = rustix::process::kill_process(child, Signal::KILL);
+        // Now waiting for it to end.
+        let _ = rustix::process::waitpid(Some(child), WaitOptions::empty());
     }
 }
 
-/// A monotonic clock both processes read alike (coarse: a few ms, cheap).
+/// A monotonic clock both processes read alike (coarse: a few ms, cheap;
+/// read through the vDSO).
 #[inline]
 pub(crate) fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    #[cfg(target_os = "linux")]
-    let clock = libc::CLOCK_MONOTONIC_COARSE;
-    #[cfg(not(target_os = "linux"))]
-    let clock = libc::CLOCK_MONOTONIC;
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -2,7 +2,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{BufReader, Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,16 +134,15 @@ const FLUSH_BYTES: usize = 1 << 20;
 /// first: the channel's output, the progress page, and the real stdout
 /// under a test harness.
 fn take_channel(env: &WorkerEnv) -> std::io::Result<(UnixStream, UnixStream, Progress)> {
-    use std::os::fd::IntoRawFd;
     let channel = sys::take_stdin()?;
-    let mut fds = sys::recv_fds(channel.as_raw_fd(), 2 + usize::from(env.stdout))?.into_iter();
+    let mut fds = sys::recv_fds(&channel, 2 + usize::from(env.stdout))?.into_iter();
     let output = fds
         .next()
         .ok_or_else(|| std::io::Error::other("no output channel"))?;
     let progress = fds
         .next()
         .ok_or_else(|| std::io::Error::other("no progress page"))?;
-    let progress = Progress::open(progress.into_raw_fd())?;
+    let progress = Progress::open(progress)?;
     if let Some(stdout) = fds.next() {
         // Under a test harness: the real stdout, in place of /dev/null.
         sys::dup_onto(&stdout, 1)?;
@@ -164,19 +162,8 @@ pub(crate) fn die_with_parent(parent: u32) {
     // set before the parent check, so that a pool dying in between is seen
     // by one of the two. It cannot fail with these arguments; without it,
     // the end of the channel still ends the worker at its next read.
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-    }
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } as u32 != parent {
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if rustix::process::Pid::as_raw(rustix::process::getppid()) as u32 != parent {
         std::process::exit(EXIT_PARENT_GONE);
     }
 }
@@ -189,10 +176,9 @@ pub(crate) fn run_forked(
     stdio: [std::os::fd::OwnedFd; 2],
     parent: u32,
 ) -> ! {
-    use std::os::fd::IntoRawFd;
     IN_WORKER.store(true, Ordering::Relaxed);
     die_with_parent(parent);
-    let progress = Progress::open(progress.into_raw_fd());
+    let progress = Progress::open(progress);
     // The pool's current stdout and stderr, as a worker started now would have.
     let restored = stdio
         .iter()
@@ -240,9 +226,8 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
         eprintln!("pool-runtime worker: cannot start its flusher thread: {err}");
         std::process::exit(EXIT_PROTOCOL);
     }
-    let more_input = |r: &BufReader<&UnixStream>| {
-        !r.buffer().is_empty() || sys::readable(r.get_ref().as_raw_fd())
-    };
+    let more_input =
+        |r: &BufReader<&UnixStream>| !r.buffer().is_empty() || sys::readable(r.get_ref());
     let served = serve_hooked(
         &mut reader,
         &mut writer,

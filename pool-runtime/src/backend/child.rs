@@ -4,11 +4,13 @@
 //! is never hit.
 
 use std::collections::HashMap;
-use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
+
+use rustix::io::retry_on_intr;
+use rustix::process::{Signal, WaitOptions};
 
 use crate::error::ExitCause;
 use crate::sys;
@@ -86,7 +88,7 @@ impl ChildProc {
             return Some(cause);
         }
         let cause = match &self.forked {
-            None => self.waitpid(libc::WNOHANG)?,
+            None => self.waitpid(WaitOptions::NOHANG)?,
             Some(forked) => match take_exit(forked.request) {
                 Some(cause) => cause,
                 // Its server is gone: nobody reports its end any more
@@ -109,7 +111,9 @@ impl ChildProc {
             return cause;
         }
         if self.forked.is_none() {
-            let cause = self.waitpid(0).unwrap_or(ExitCause::Unknown);
+            let cause = self
+                .waitpid(WaitOptions::empty())
+                .unwrap_or(ExitCause::Unknown);
             self.ended = Some(cause);
             return cause;
         }
@@ -133,20 +137,17 @@ impl ChildProc {
         }
     }
 
-    fn waitpid(&self, flags: libc::c_int) -> Option<ExitCause> {
-        let mut status = 0;
-        let rc = loop {
-            // SAFETY: waitpid on our own child.
-            let rc = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, flags) };
-            if rc < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break rc;
+    /// Reaps it (our own child), retried when interrupted: `None` while
+    /// it runs (with `NOHANG`), its cause once reaped, `Unknown` if it
+    /// cannot be (reaped elsewhere, say).
+    fn waitpid(&self, options: WaitOptions) -> Option<ExitCause> {
+        let Some(pid) = sys::pid(self.pid) else {
+            return Some(ExitCause::Unknown);
         };
-        match rc {
-            0 => None,
-            rc if rc < 0 => Some(ExitCause::Unknown),
-            _ => Some(sys::exit_cause(status)),
+        match retry_on_intr(|| rustix::process::waitpid(Some(pid), options)) {
+            Ok(None) => None,
+            Ok(Some((_, status))) => Some(sys::exit_cause(status.as_raw())),
+            Err(_) => Some(ExitCause::Unknown),
         }
     }
 }
@@ -164,11 +165,13 @@ impl Signaller {
     /// SIGKILL.
     pub(crate) fn kill(&self) {
         match &self.pidfd {
-            Some(pidfd) => sys::signal_pidfd(pidfd, libc::SIGKILL),
-            // SAFETY: a child of ours that the caller knows is unreaped.
-            None => unsafe {
-                libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
-            },
+            Some(pidfd) => sys::kill_pidfd(pidfd),
+            // A child of ours that the caller knows is unreaped.
+            None => {
+                if let Some(pid) = sys::pid(self.pid) {
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                }
+            }
         }
     }
 

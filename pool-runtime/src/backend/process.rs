@@ -3,12 +3,14 @@
 //! channel. The local backend and, on worker ranks, the MPI backend use it.
 
 use std::io::{self, BufReader};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::Arc;
 
 use pool_core::wire::{self, ToWorker};
+use rustix::fs::OFlags;
+use rustix::io::FdFlags;
 
 use super::child::{ChildProc, Signaller};
 use super::forkserver::client as forkserver;
@@ -17,7 +19,7 @@ use super::handshake::{
 };
 use super::shm::Progress;
 use crate::error::{Error, ExitCause};
-use crate::sys::{dup_cloexec, send_fds};
+use crate::sys::{self, dup_cloexec, send_fds};
 use crate::worker::{WORKER_ENV, WorkerEnv};
 
 /// A started worker process, after a successful handshake.
@@ -68,12 +70,12 @@ pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Sta
     let (to, from) = (Arc::new(to), Arc::new(from));
     let mut progress = Progress::create().map_err(Error::Spawn)?;
     let progress_fd = progress
-        .fd()
+        .borrowed_fd()
         .ok_or_else(|| Error::Spawn(io::Error::other("no progress descriptor")))?;
     // Under a test harness the worker's stdout is /dev/null until the worker
     // entry restores this copy of ours, which hides the harness's chatter.
     let stdout_copy = match launch.harness_args {
-        Some(_) => Some(dup_cloexec(1).map_err(Error::Spawn)?),
+        Some(_) => Some(dup_cloexec(io::stdout()).map_err(Error::Spawn)?),
         None => None,
     };
     // Through the fork server when it runs (a `fork` of a process that is
@@ -81,16 +83,19 @@ pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Sta
     // A forked worker also gets this process's current stdout and stderr.
     // What `exec` would leave as stdout and stderr (`/dev/null` for a
     // closed or close-on-exec descriptor); if that cannot be had, no fork.
-    let forked = match (inherited(1), inherited(2)) {
+    let forked = match (
+        inherited(io::stdout().as_fd()),
+        inherited(io::stderr().as_fd()),
+    ) {
         (Ok(out), Ok(err)) => forkserver::fork_worker(
             launch,
             cancelled,
             &[
-                their_in.as_raw_fd(),
-                their_out.as_raw_fd(),
+                their_in.as_fd(),
+                their_out.as_fd(),
                 progress_fd,
-                out.as_ref().map_or(1, AsRawFd::as_raw_fd),
-                err.as_ref().map_or(2, AsRawFd::as_raw_fd),
+                out.as_ref().map_or(io::stdout().as_fd(), AsFd::as_fd),
+                err.as_ref().map_or(io::stderr().as_fd(), AsFd::as_fd),
             ],
         ),
         _ => None,
@@ -109,8 +114,8 @@ pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Sta
             return start(launch, cancelled);
         }
         None => {
-            let mut fds = vec![their_out.as_raw_fd(), progress_fd];
-            fds.extend(stdout_copy.as_ref().map(AsRawFd::as_raw_fd));
+            let mut fds = vec![their_out.as_fd(), progress_fd];
+            fds.extend(stdout_copy.as_ref().map(AsFd::as_fd));
             let child = spawn(launch, their_in, stdout_copy.is_some())?;
             let sent = send_fds(&to, &fds)
                 .map_err(|err| format!("could not pass the worker its descriptors: {err}"));
@@ -142,19 +147,12 @@ pub(crate) fn start(launch: &Launch, cancelled: &dyn Fn() -> bool) -> Result<Sta
 /// What a process started now would have as descriptor `fd` (1 or 2):
 /// `None` when it is `fd` itself; `/dev/null` in place of a descriptor that
 /// is closed or close-on-exec (a forked worker gets the result).
-fn inherited(fd: RawFd) -> io::Result<Option<OwnedFd>> {
-    // SAFETY: F_GETFD on any number only reads its flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+fn inherited(fd: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    // F_GETFD fails (EBADF) on a closed descriptor.
+    if rustix::io::fcntl_getfd(fd).is_ok_and(|flags| !flags.contains(FdFlags::CLOEXEC)) {
         return Ok(None);
     }
-    // SAFETY: opening /dev/null; the new descriptor is ours.
-    let null = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if null < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(Some(unsafe { OwnedFd::from_raw_fd(null) }))
+    sys::dev_null(OFlags::RDWR).map(Some)
 }
 
 /// Starts a worker process afresh: this binary, with the worker variable

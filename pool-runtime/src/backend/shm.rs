@@ -5,8 +5,11 @@
 //! item that was running and to requeue the others.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+
+use rustix::fs::MemfdFlags;
+use rustix::mm::{MapFlags, ProtFlags};
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 /// The clock the page's times are read with.
@@ -73,27 +76,30 @@ impl Progress {
     /// Creates a new page (parent side); its descriptor is close-on-exec
     /// and kept only until [`Progress::forget_fd`].
     pub(crate) fn create() -> io::Result<Progress> {
-        let fd = anonymous_file()?;
-        // SAFETY: fd is a valid descriptor we own.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), SIZE as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = map(fd.as_raw_fd())?;
+        let fd = rustix::fs::memfd_create("pool-runtime-progress", MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, SIZE as u64)?;
+        let ptr = map(&fd)?;
         Ok(Progress { ptr, fd: Some(fd) })
     }
 
-    /// Maps the page whose descriptor was inherited (worker side), then
+    /// Maps the page whose descriptor the pool passed (worker side), then
     /// closes that descriptor.
-    pub(crate) fn open(fd: RawFd) -> io::Result<Progress> {
-        // SAFETY: the parent passed this descriptor to us; we take ownership.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let ptr = map(owned.as_raw_fd())?;
-        drop(owned);
+    pub(crate) fn open(fd: OwnedFd) -> io::Result<Progress> {
+        let ptr = map(&fd)?;
+        drop(fd);
         Ok(Progress { ptr, fd: None })
     }
 
     /// The descriptor to hand to the worker.
-    pub(crate) fn fd(&self) -> Option<RawFd> {
+    pub(crate) fn borrowed_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// The number of that descriptor, while it is kept (the MPI
+    /// backend's tests check it is gone once the worker has it).
+    #[cfg(all(test, feature = "mpi"))]
+    pub(crate) fn fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
         self.fd.as_ref().map(AsRawFd::as_raw_fd)
     }
 
@@ -198,58 +204,26 @@ impl Progress {
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        // SAFETY: ptr came from mmap of SIZE bytes and is unmapped once.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), SIZE) };
+        // SAFETY: ptr came from `map` (SIZE bytes), is unmapped once, here,
+        // and no reference into the page outlives `self`.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), SIZE) };
     }
 }
 
-fn map(fd: RawFd) -> io::Result<NonNull<Layout>> {
-    // SAFETY: a fresh shared mapping of a descriptor sized to SIZE bytes.
+/// Maps `fd`, sized to SIZE bytes, shared and writable.
+fn map(fd: &OwnedFd) -> io::Result<NonNull<Layout>> {
+    // SAFETY: a fresh shared mapping at an address the kernel picks (no
+    // existing memory is replaced) of a descriptor sized to SIZE bytes;
+    // every byte of the page is read only through atomics.
     let ptr = unsafe {
-        libc::mmap(
+        rustix::mm::mmap(
             std::ptr::null_mut(),
             SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
             fd,
             0,
         )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    }?;
     NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
-}
-
-#[cfg(target_os = "linux")]
-fn anonymous_file() -> io::Result<OwnedFd> {
-    // SAFETY: a NUL-terminated name and valid flags.
-    let fd = unsafe { libc::memfd_create(c"pool-runtime-progress".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: memfd_create returned a new descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-#[cfg(not(target_os = "linux"))]
-fn anonymous_file() -> io::Result<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    let mut path = std::env::temp_dir()
-        .join("pool-runtime-progress-XXXXXX")
-        .as_os_str()
-        .as_bytes()
-        .to_vec();
-    path.push(0);
-    // SAFETY: path is a writable NUL-terminated template.
-    let fd = unsafe { libc::mkstemp(path.as_mut_ptr().cast()) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: mkstemp returned a new descriptor we own; the name is removed at once.
-    unsafe {
-        libc::unlink(path.as_ptr().cast());
-        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
 }

@@ -5,13 +5,17 @@ use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
+use rustix::process::{Resource, Signal, WaitOptions};
 
 use super::{
     EXITED, FAILED, FORK, FORKED, KILL, READY, RETIRE, SERVER_ENV, STATUS_UNKNOWN, ServerEnv,
@@ -174,29 +178,25 @@ fn snapshot(launch: &Launch) -> u64 {
     }
     // Resource limits.
     for resource in [
-        libc::RLIMIT_AS,
-        libc::RLIMIT_CORE,
-        libc::RLIMIT_CPU,
-        libc::RLIMIT_DATA,
-        libc::RLIMIT_FSIZE,
-        libc::RLIMIT_LOCKS,
-        libc::RLIMIT_MEMLOCK,
-        libc::RLIMIT_MSGQUEUE,
-        libc::RLIMIT_NICE,
-        libc::RLIMIT_NOFILE,
-        libc::RLIMIT_NPROC,
-        libc::RLIMIT_RSS,
-        libc::RLIMIT_RTPRIO,
-        libc::RLIMIT_RTTIME,
-        libc::RLIMIT_SIGPENDING,
-        libc::RLIMIT_STACK,
+        Resource::As,
+        Resource::Core,
+        Resource::Cpu,
+        Resource::Data,
+        Resource::Fsize,
+        Resource::Locks,
+        Resource::Memlock,
+        Resource::Msgqueue,
+        Resource::Nice,
+        Resource::Nofile,
+        Resource::Nproc,
+        Resource::Rss,
+        Resource::Rtprio,
+        Resource::Rttime,
+        Resource::Sigpending,
+        Resource::Stack,
     ] {
-        // SAFETY: an all-zero rlimit is valid; getrlimit writes into it.
-        let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        if unsafe { libc::getrlimit(resource, &mut limit) } == 0 {
-            (limit.rlim_cur, limit.rlim_max).hash(&mut hasher);
-        }
+        let limit = rustix::process::getrlimit(resource);
+        (limit.current, limit.maximum).hash(&mut hasher);
     }
     hasher.finish()
 }
@@ -213,7 +213,7 @@ fn snapshot(launch: &Launch) -> u64 {
 pub(crate) fn fork_worker(
     launch: &Launch,
     cancelled: &dyn Fn() -> bool,
-    fds: &[RawFd],
+    fds: &[BorrowedFd<'_>],
 ) -> Option<Result<ChildProc, String>> {
     if !launch.fork_server {
         return None;
@@ -245,7 +245,7 @@ pub(crate) fn fork_worker(
     let id = NEXT_REQUEST.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = crossbeam_channel::bounded(1);
     lock(&PENDING).insert(id, (server.pid, tx));
-    if let Err(err) = sys::send_msg(server.conn.as_raw_fd(), &message(FORK, id, 0), fds) {
+    if let Err(err) = sys::send_msg(&server.conn, &message(FORK, id, 0), fds) {
         // Nothing was handed over.
         lock(&PENDING).remove(&id);
         tracing::debug!(error = %err, "the fork server cannot be reached; starting a worker afresh");
@@ -321,13 +321,14 @@ pub(crate) fn fork_worker(
                 errno,
                 "the fork server could not fork; starting a worker afresh"
             );
-            if errno == libc::EDEADLK || errno == libc::ENOSYS || !faithful {
+            let never = [Errno::DEADLK, Errno::NOSYS].map(Errno::raw_os_error);
+            if never.contains(&errno) || !faithful {
                 // It found a second thread in itself (it never will fork),
                 // the kernel has no pidfds, or it is out of date.
                 forget(&server);
                 end(&server);
             }
-            if errno == libc::EDEADLK || errno == libc::ENOSYS {
+            if never.contains(&errno) {
                 // Nor will it fork usefully later (no pidfds on this kernel).
                 lock(&STATE).disabled = true;
             } else if !faithful {
@@ -354,9 +355,8 @@ fn forget(server: &Arc<Server>) {
 /// forked have ended (they go on serving their pools meanwhile). If even
 /// that message cannot be sent, its channel is shut, which ends it.
 fn end(server: &Server) {
-    if sys::send_msg(server.conn.as_raw_fd(), &message(RETIRE, 0, 0), &[]).is_err() {
-        // SAFETY: shutdown of a socket we own.
-        unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
+    if sys::send_msg(&server.conn, &message(RETIRE, 0, 0), &[]).is_err() {
+        let _ = rustix::net::shutdown(&server.conn, Shutdown::Both);
     }
 }
 
@@ -491,21 +491,23 @@ extern "C" fn end_at_exit() {
         return;
     }
     for server in &st.running {
-        // SAFETY: shutdown of a socket we own; the server exits at its end.
-        unsafe { libc::shutdown(server.conn.as_raw_fd(), libc::SHUT_RDWR) };
+        // The server exits at its end.
+        let _ = rustix::net::shutdown(&server.conn, Shutdown::Both);
     }
-    if let Some(pid) = st.spawning {
-        // SAFETY: our own child, not yet reaped: its starter thread
-        // clears `spawning` under the state lock (held here) before it
-        // reaps it, or publishes it first.
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    if let Some(pid) = st.spawning.and_then(sys::pid) {
+        // Our own child, not yet reaped (so the pid is still its own): its
+        // starter thread clears `spawning` under the state lock (held
+        // here) before it reaps it, or publishes it first.
+        let _ = rustix::process::kill_process(pid, Signal::KILL);
     }
     let pids = st.running.iter().map(|s| s.pid).chain(st.spawning);
-    for pid in pids {
-        // SAFETY: waitpid on our own child (its relay thread may reap it
-        // first: then this fails, and the loop ends).
-        while unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) } == 0
-            && std::time::Instant::now() < deadline
+    for pid in pids.filter_map(sys::pid) {
+        // Our own child (its relay thread may reap it first: then this
+        // fails, and the loop ends).
+        while matches!(
+            rustix::process::waitpid(Some(pid), WaitOptions::NOHANG),
+            Ok(None)
+        ) && std::time::Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -517,7 +519,7 @@ extern "C" fn end_at_exit() {
 fn relay(server: &Server) {
     loop {
         let mut msg = [0u8; 12];
-        let (mut fds, truncated) = match sys::recv_msg(server.conn.as_raw_fd(), &mut msg, 1) {
+        let (mut fds, truncated) = match sys::recv_msg(&server.conn, &mut msg, 1) {
             Ok((12, fds, truncated)) => (fds, truncated),
             // The end of the channel (it exited), or a broken message.
             _ => break,
@@ -532,13 +534,13 @@ fn relay(server: &Server) {
                 None => {
                     tracing::debug!(pid = word(4), "killing a worker forked too late");
                     lock(&ABANDONED).insert(word(8));
-                    sys::signal_pidfd(&pidfd, libc::SIGKILL);
+                    sys::kill_pidfd(&pidfd);
                 }
             },
             (FORKED, None) => {
                 // Its pidfd did not fit (this process is out of
                 // descriptors, say): the server kills that child itself.
-                let _ = sys::send_msg(server.conn.as_raw_fd(), &message(KILL, word(8), 0), &[]);
+                let _ = sys::send_msg(&server.conn, &message(KILL, word(8), 0), &[]);
                 lock(&ABANDONED).insert(word(8));
                 if let Some(tx) = waiting(word(8)) {
                     let why = if truncated {
@@ -561,7 +563,7 @@ fn relay(server: &Server) {
                 }
                 let cause = match word(8) {
                     STATUS_UNKNOWN => ExitCause::Unknown,
-                    status => sys::exit_cause(status as libc::c_int),
+                    status => sys::exit_cause(status as i32),
                 };
                 child::report_exit(id, cause);
             }
@@ -598,13 +600,15 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
     let mut child = spawned?;
     lock(&STATE).spawning = Some(child.id());
     static AT_EXIT: std::sync::Once = std::sync::Once::new();
-    // SAFETY: registering a plain function.
+    // rustix has no `atexit` (it is libc's, not a system call).
+    // SAFETY: registering a plain `extern "C"` function taking nothing,
+    // which never unwinds (a panic there aborts).
     AT_EXIT.call_once(|| unsafe {
         libc::atexit(end_at_exit);
     });
     let ready = wait_readable(&conn, launch.startup_timeout).and_then(|()| {
         let mut msg = [0u8; 12];
-        let (n, _, _) = sys::recv_msg(conn.as_raw_fd(), &mut msg, 0)?;
+        let (n, _, _) = sys::recv_msg(&conn, &mut msg, 0)?;
         let pid = u32::from_le_bytes([msg[4], msg[5], msg[6], msg[7]]);
         if n == 12 && msg[..4] == READY.to_le_bytes() && pid == child.id() {
             Ok(())
@@ -626,39 +630,29 @@ fn start_server(launch: &Launch) -> io::Result<(Child, OwnedFd)> {
 }
 
 fn wait_readable(fd: &OwnedFd, limit: Duration) -> io::Result<()> {
-    let mut poll = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
+    let mut polls = [PollFd::new(fd, PollFlags::IN)];
+    // At most i32::MAX ms, as poll(2) takes.
+    let ms = limit.as_millis().min(i32::MAX as u128) as i64;
+    let timeout = Timespec {
+        tv_sec: ms / 1000,
+        tv_nsec: ms % 1000 * 1_000_000,
     };
-    let ms = limit.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: one valid pollfd.
-    match unsafe { libc::poll(&mut poll, 1, ms) } {
-        1 => Ok(()),
+    match rustix::event::poll(&mut polls, Some(&timeout))? {
         0 => Err(io::Error::new(
             io::ErrorKind::TimedOut,
             "the fork server did not start in time",
         )),
-        _ => Err(io::Error::last_os_error()),
+        _ => Ok(()),
     }
 }
 
 /// A connected pair of `SOCK_SEQPACKET` sockets (message boundaries kept,
 /// descriptors travel with their message), close-on-exec.
 fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: socketpair writes two descriptors into `fds`.
-    let rc = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both are new descriptors we own.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
