@@ -16,7 +16,8 @@
 //! An argument picks another program: `kill` (item 5 of 12 kills its own
 //! process with `SIGKILL`), `retry` (item 4 kills its process once, and the
 //! call retries it once on a fresh worker), `panic` (item 2 panics), `timeout` (item 3
-//! never ends; the pool's timeout is 500 ms), `tour` (every kind of call, an
+//! never ends; the pool's timeout is 500 ms), `drop` (a pool dropped while
+//! every worker is busy, then a new pool), `tour` (every kind of call, an
 //! initializer, a second pool) and `idle` (the CPU time an idle pool costs,
 //! ranks included). Without a launcher the same programs run on local
 //! workers.
@@ -88,6 +89,13 @@ fn hangs_at_3(i: u64) -> u64 {
     }
     std::thread::sleep(Duration::from_millis(20));
     i * i
+}
+
+/// Sleeps for `ms` milliseconds.
+#[task]
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
 }
 
 #[task]
@@ -223,6 +231,31 @@ fn timeout() -> Result<(), Error> {
     Ok(())
 }
 
+fn drop_busy() -> Result<(), Error> {
+    let pool = Pool::new()?;
+    let n = pool.processes();
+    // Every worker busy for a minute.
+    let pending = pool
+        .chunksize(1)
+        .map_async(task!(sleep_ms), std::iter::repeat_n(60_000, n))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    drop(pool);
+    println!(
+        "Dropped a busy pool in under 5 s: {}",
+        start.elapsed() < Duration::from_secs(5)
+    );
+    match pending.get() {
+        Ok(out) => println!("Unexpected success: {out:?}"),
+        Err(Error::Terminated) => println!("Its call: Terminated"),
+        Err(err) => println!("Its call: {err}"),
+    }
+    // The same workers serve the next pool.
+    let pool = Pool::new()?;
+    println!("Next pool: {:?}", pool.map(task!(square), 0..6)?);
+    Ok(())
+}
+
 fn tour() -> Result<(), Error> {
     let pool = Pool::new()?;
     println!("Workers: {}", pool.processes());
@@ -295,10 +328,11 @@ fn main() -> Result<(), Error> {
         Some("panic") => panics(),
         Some("timeout") => timeout(),
         Some("tour") => tour(),
+        Some("drop") => drop_busy(),
         Some("idle") => idle(),
         Some(other) => {
             eprintln!(
-                "unknown program {other:?}: expected kill, retry, panic, timeout, tour or idle"
+                "unknown program {other:?}: expected kill, retry, panic, timeout, drop, tour or idle"
             );
             std::process::exit(2);
         }

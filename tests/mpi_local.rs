@@ -295,6 +295,25 @@ fn a_timeout_kills_the_local_worker_and_the_pool_goes_on() {
     not(feature = "mpi"),
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
 )]
+fn a_pool_dropped_while_busy_kills_its_local_workers_and_the_next_pool_works() {
+    let start = Instant::now();
+    let output = mpirun(Some("drop"), "2", Duration::from_secs(120));
+    let (stdout, _) = assert_success(&output);
+    assert_eq!(
+        stdout,
+        "Dropped a busy pool in under 5 s: true\n\
+         Its call: Terminated\n\
+         Next pool: [0, 1, 4, 9, 16, 25]\n"
+    );
+    // The items sleep for a minute: only killing them ends the job sooner.
+    assert!(start.elapsed() < Duration::from_secs(50));
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
 fn every_kind_of_call_works_on_local_workers() {
     let output = mpirun(Some("tour"), "2", Duration::from_secs(120));
     let (stdout, _) = assert_success(&output);
