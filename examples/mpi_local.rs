@@ -17,7 +17,8 @@
 //! process with `SIGKILL`), `retry` (item 4 kills its process once, and the
 //! call retries it once on a fresh worker), `panic` (item 2 panics), `timeout` (item 3
 //! never ends; the pool's timeout is 500 ms), `drop` (a pool dropped while
-//! every worker is busy, then a new pool), `tour` (every kind of call, an
+//! every worker is busy, then a new pool), `rankkill` (under MPI only: a task
+//! kills its rank's process, which ends the job), `tour` (every kind of call, an
 //! initializer, a second pool) and `idle` (the CPU time an idle pool costs,
 //! ranks included). Without a launcher the same programs run on local
 //! workers.
@@ -89,6 +90,22 @@ fn hangs_at_3(i: u64) -> u64 {
     }
     std::thread::sleep(Duration::from_millis(20));
     i * i
+}
+
+/// Item 2 kills its parent: under MPI with local workers, its rank's
+/// process (which ends the whole job, as any rank's death does).
+#[task]
+fn kills_its_rank_at_2(i: u64) -> u64 {
+    if i == 2 {
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        println!("Item {i} kills its parent process {parent} on {}", place());
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        // SAFETY: signalling a process.
+        unsafe { libc::kill(parent, libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    i
 }
 
 /// Sleeps for `ms` milliseconds.
@@ -256,6 +273,20 @@ fn drop_busy() -> Result<(), Error> {
     Ok(())
 }
 
+fn kill_rank() -> Result<(), Error> {
+    if pool_runtime::mpi_rank().is_none() {
+        // Without MPI the parent would be this very program.
+        eprintln!("rankkill runs only under an MPI launcher");
+        std::process::exit(2);
+    }
+    let pool = Pool::new()?;
+    match pool.chunksize(1).map(task!(kills_its_rank_at_2), 0..8) {
+        Ok(results) => println!("Unexpected success: {results:?}"),
+        Err(err) => println!("Got error: {err}"),
+    }
+    Ok(())
+}
+
 fn tour() -> Result<(), Error> {
     let pool = Pool::new()?;
     println!("Workers: {}", pool.processes());
@@ -329,10 +360,11 @@ fn main() -> Result<(), Error> {
         Some("timeout") => timeout(),
         Some("tour") => tour(),
         Some("drop") => drop_busy(),
+        Some("rankkill") => kill_rank(),
         Some("idle") => idle(),
         Some(other) => {
             eprintln!(
-                "unknown program {other:?}: expected kill, retry, panic, timeout, drop, tour or idle"
+                "unknown program {other:?}: expected kill, retry, panic, timeout, drop, rankkill, tour or idle"
             );
             std::process::exit(2);
         }

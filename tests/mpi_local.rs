@@ -314,6 +314,24 @@ fn a_pool_dropped_while_busy_kills_its_local_workers_and_the_next_pool_works() {
     not(feature = "mpi"),
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
 )]
+fn a_rank_that_dies_ends_the_job_and_leaves_no_local_worker_behind() {
+    // Only a local worker's death is survived; its rank's is not.
+    let output = mpirun(Some("rankkill"), "2", Duration::from_secs(120));
+    let (stdout, stderr) = text(&output);
+    assert!(!output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Item 2 kills its parent process"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("exited on signal 9"), "{stderr}");
+    assert!(!stdout.contains("Unexpected success"), "{stdout}");
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
+)]
 fn every_kind_of_call_works_on_local_workers() {
     let output = mpirun(Some("tour"), "2", Duration::from_secs(120));
     let (stdout, _) = assert_success(&output);
