@@ -26,7 +26,7 @@ fn step(x: u64) -> u64 {
 #[pool_runtime::main]
 fn main() -> Result<(), Error> {
     let pool = Pool::builder().processes(2).build()?;
-    let out = pool.chunksize(4).progress().map(task!(step), 0..1500)?;
+    let out = pool.chunksize(4).progress(true).map(task!(step), 0..1500)?;
     println!("bar: {} results, last {:?}", out.len(), out.last());
 
     static LAST: AtomicUsize = AtomicUsize::new(0);

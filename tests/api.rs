@@ -44,7 +44,7 @@ fn get_timeout_times_out_and_the_result_stays_retrievable() {
     let err = slow
         .get_timeout(Duration::from_millis(1))
         .expect_err("a 300 ms task is not ready after 1 ms");
-    assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+    assert!(matches!(err, Error::WaitTimeout(_)), "{err:?}");
     slow.wait();
     assert!(slow.ready());
     assert_eq!(slow.successful(), Some(true));

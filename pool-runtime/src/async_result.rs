@@ -133,6 +133,23 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// The call's error (the first failing item, [`Error::Terminated`], ...),
     /// or [`Error::AlreadyRetrieved`] if a
     /// [`get_timeout`](AsyncResult::get_timeout) already returned it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.apply_async(task!(power), (2, 10))?;
+    /// assert_eq!(pending.get()?, 1024);
+    /// # Ok(()) }
+    /// ```
     pub fn get(self) -> Result<T, Error> {
         match self.shared.wait_settled(None) {
             Some(mut slot) => take(&mut slot),
@@ -144,23 +161,81 @@ impl<T: Send + 'static> AsyncResult<T> {
     ///
     /// # Errors
     ///
-    /// [`Error::Timeout`] if the result is not ready in time; it stays
+    /// [`Error::WaitTimeout`] if the result is not ready in time; it stays
     /// retrievable, so call again. Otherwise as [`get`](AsyncResult::get);
     /// once returned, the outcome is gone and a later call gives
     /// [`Error::AlreadyRetrieved`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut pending = pool.apply_async(task!(nap), 500)?;
+    /// // Not ready after 1 ms: `Error::WaitTimeout`, and the result stays retrievable.
+    /// assert!(matches!(pending.get_timeout(Duration::from_millis(1)), Err(Error::WaitTimeout(_))));
+    /// assert_eq!(pending.get_timeout(Duration::from_secs(10))?, 500);
+    /// assert!(matches!(pending.get_timeout(Duration::ZERO), Err(Error::AlreadyRetrieved)));
+    /// # Ok(()) }
+    /// ```
     pub fn get_timeout(&mut self, limit: Duration) -> Result<T, Error> {
         match self.shared.wait_settled(Some(Instant::now() + limit)) {
             Some(mut slot) => take(&mut slot),
-            None => Err(Error::Timeout(limit)),
+            None => Err(Error::WaitTimeout(limit)),
         }
     }
 
     /// Waits until the result is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.apply_async(task!(nap), 50)?;
+    /// pending.wait();
+    /// assert!(pending.ready());
+    /// assert_eq!(pending.successful(), Some(true));
+    /// assert_eq!(pending.get()?, 50);
+    /// # Ok(()) }
+    /// ```
     pub fn wait(&self) {
         drop(self.shared.wait_settled(None));
     }
 
     /// Waits at most `limit`; returns whether the result is ready.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.apply_async(task!(nap), 500)?;
+    /// assert!(!pending.wait_timeout(Duration::from_millis(1)));
+    /// assert!(pending.wait_timeout(Duration::from_secs(10)));
+    /// # Ok(()) }
+    /// ```
     pub fn wait_timeout(&self, limit: Duration) -> bool {
         self.shared
             .wait_settled(Some(Instant::now() + limit))
@@ -168,6 +243,25 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 
     /// Whether the call completed (successfully or not).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.apply_async(task!(nap), 500)?;
+    /// assert!(!pending.ready()); // half a second to go
+    /// pending.wait();
+    /// assert!(pending.ready());
+    /// # Ok(()) }
+    /// ```
     pub fn ready(&self) -> bool {
         let slot = self.shared.lock();
         slot.outcome.is_some() || slot.taken || slot.busy > 0
@@ -175,6 +269,28 @@ impl<T: Send + 'static> AsyncResult<T> {
 
     /// Whether the call completed successfully; `None` while it runs or
     /// after the outcome was taken.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// # #[task] fn fail(x: u64) -> u64 { panic!("no {x}") }
+    /// let good = pool.apply_async(task!(square), 3)?;
+    /// let bad = pool.apply_async(task!(fail), 3)?;
+    /// good.wait();
+    /// bad.wait();
+    /// assert_eq!((good.successful(), bad.successful()), (Some(true), Some(false)));
+    /// assert!(matches!(bad.get(), Err(Error::TaskPanicked { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn successful(&self) -> Option<bool> {
         self.shared.lock().outcome.as_ref().map(Result::is_ok)
     }
@@ -182,6 +298,27 @@ impl<T: Send + 'static> AsyncResult<T> {
     /// Calls `f` with the result once the call succeeds, on the pool's
     /// result thread (never the caller's). Keep it short: it delays other
     /// async results. A panic in it is caught and reported on stderr.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let pending = pool.apply_async(task!(square), 12)?.callback(move |v: &u64| {
+    ///     let _ = tx.send(*v);
+    /// });
+    /// assert_eq!(rx.recv_timeout(Duration::from_secs(10)).ok(), Some(144));
+    /// assert_eq!(pending.get()?, 144); // the value is still there
+    /// # Ok(()) }
+    /// ```
     pub fn callback(self, f: impl FnOnce(&T) + Send + 'static) -> Self {
         self.register(move |outcome| {
             if let Ok(value) = outcome {
@@ -192,6 +329,29 @@ impl<T: Send + 'static> AsyncResult<T> {
 
     /// Calls `f` with the error once the call fails, on the pool's result
     /// thread (never the caller's). A panic in it is caught and reported.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// # #[task] fn fail(x: u64) -> u64 { panic!("no {x}") }
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let pending = pool.apply_async(task!(fail), 3)?.error_callback(move |e| {
+    ///     let _ = tx.send(e.to_string());
+    /// });
+    /// let message = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    /// assert!(message.contains("panicked"), "{message}");
+    /// assert!(pending.get().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn error_callback(self, f: impl FnOnce(&Error) + Send + 'static) -> Self {
         self.register(move |outcome| {
             if let Err(err) = outcome {
@@ -238,6 +398,42 @@ fn take<T>(slot: &mut Slot<T>) -> Result<T, Error> {
     }
 }
 
+/// `.await` an [`AsyncResult`] in async code, on any executor; the waiting
+/// happens on the pool's result thread, not the executor's.
+///
+/// ```
+/// # use pool_runtime::prelude::*;
+/// # use pool_runtime::task;
+/// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+/// async fn two_calls(pool: &Pool) -> Result<u64, Error> {
+///     let a = pool.apply_async(task!(power), (2, 10))?;
+///     let b = pool.apply_async(task!(power), (3, 3))?;
+///     Ok(a.await? + b.await?)
+/// }
+///
+/// #[pool_runtime::main]
+/// fn main() -> Result<(), Error> {
+///     let pool = Pool::builder().processes(2).build()?;
+///     // tokio's `block_on`, or any other executor's, does the same.
+///     assert_eq!(block_on(two_calls(&pool))?, 1024 + 27);
+///     Ok(())
+/// }
+/// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     use std::sync::Arc;
+/// #     use std::task::{Context, Poll, Wake};
+/// #     struct Unpark(std::thread::Thread);
+/// #     impl Wake for Unpark {
+/// #         fn wake(self: Arc<Self>) { self.0.unpark() }
+/// #     }
+/// #     let waker = Arc::new(Unpark(std::thread::current())).into();
+/// #     let mut cx = Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop {
+/// #         if let Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+/// #         std::thread::park();
+/// #     }
+/// # }
+/// ```
 impl<T: Send + 'static> Future for AsyncResult<T> {
     type Output = Result<T, Error>;
 

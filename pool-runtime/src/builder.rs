@@ -76,6 +76,20 @@ impl Default for PoolBuilder {
 
 impl PoolBuilder {
     /// The default settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = pool_runtime::PoolBuilder::new().processes(2).build()?; // the same as Pool::builder()
+    /// # let _ = pool;
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Self {
         PoolBuilder {
             processes: None,
@@ -99,6 +113,20 @@ impl PoolBuilder {
     /// the soft `RLIMIT_NOFILE` leaves too little room for them, `build`
     /// raises it, up to the hard limit (as Go's runtime does for every
     /// program); it never lowers it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(3).build()?;
+    /// assert_eq!(pool.worker_pids().len(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
         self
@@ -107,12 +135,43 @@ impl PoolBuilder {
     /// Largest frame (a chunk of arguments or of results) in bytes. A single
     /// argument or result above it fails with [`Error::Serialization`].
     /// Default: 1 GiB; at most 4 GiB − 1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// # #[task] fn len(s: String) -> usize { s.len() }
+    /// let pool = Pool::builder().processes(1).max_frame_size(64 * 1024).build()?;
+    /// assert_eq!(pool.apply(task!(len), "x".repeat(1000))?, 1000);
+    /// let err = pool.apply(task!(len), "x".repeat(100_000)).expect_err("above the limit");
+    /// assert!(matches!(err, Error::Serialization { .. }), "{err}");
+    /// # Ok(()) }
+    /// ```
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
         self.max_frame = bytes;
         self
     }
 
     /// How long a new worker may take to answer the handshake. Default: 10 s.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).startup_timeout(Duration::from_secs(30)).build()?;
+    /// # let _ = pool;
+    /// # Ok(()) }
+    /// ```
     pub fn startup_timeout(mut self, limit: Duration) -> Self {
         self.startup_timeout = limit;
         self
@@ -156,6 +215,20 @@ impl PoolBuilder {
     /// longer, or that has not run that task last, gets one at a time. The limit matters for chunks of a few microseconds (tiny tasks
     /// with `chunksize(1)`): the more of them travel together, the fewer
     /// wake-ups per item. Default: 256; at most 1024.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).chunks_in_flight(4).build()?;
+    /// assert_eq!(pool.map(task!(square), 0..1000)?.len(), 1000);
+    /// # Ok(()) }
+    /// ```
     pub fn chunks_in_flight(mut self, n: usize) -> Self {
         self.depth = n;
         self
@@ -226,6 +299,22 @@ impl PoolBuilder {
     /// what a leaking task can accumulate. Chunks are split so that no
     /// worker runs more than `n`; work in flight is never lost. Default: no
     /// limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// # #[task] fn pid(_item: u64) -> u32 { std::process::id() }
+    /// let pool = Pool::builder().processes(1).max_tasks_per_child(1).build()?;
+    /// let pids = pool.call().chunksize(1).map(task!(pid), [0, 1, 2])?;
+    /// assert!(pids[0] != pids[1] && pids[1] != pids[2]); // a fresh worker for each item
+    /// # Ok(()) }
+    /// ```
     pub fn max_tasks_per_child(mut self, n: usize) -> Self {
         self.max_tasks = Some(n);
         self
@@ -233,6 +322,23 @@ impl PoolBuilder {
 
     /// A default per-item timeout for every call; see
     /// [`Call::timeout`](crate::Call::timeout). Default: none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// let pool = Pool::builder().processes(1).timeout(Duration::from_millis(300)).build()?;
+    /// assert!(matches!(pool.apply(task!(nap), 60_000), Err(Error::TaskTimeout { .. })));
+    /// // One call may set its own.
+    /// assert_eq!(pool.timeout(Duration::from_secs(10)).apply(task!(nap), 500)?, 500);
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.defaults.timeout = Some(limit);
         self
@@ -240,13 +346,62 @@ impl PoolBuilder {
 
     /// Default retries for every call; see
     /// [`Call::retries`](crate::Call::retries). Default: 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).retries(2).build()?;
+    /// assert_eq!(pool.map(task!(square), [1, 2])?, [1, 4]); // retried only if a worker dies
+    /// # Ok(()) }
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.defaults.retries = n;
         self
     }
 
-    /// Draw a progress bar for every blocking call and `imap` (feature
-    /// `progress`); see [`Call::progress`](crate::Call::progress). Default: off.
+    /// Also retry panicking items, for every call (up to its
+    /// [`retries`](PoolBuilder::retries)); see
+    /// [`Call::retry_panics`](crate::Call::retry_panics). Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).retries(1).retry_panics(true).build()?;
+    /// assert_eq!(pool.map(task!(square), [1, 2])?, [1, 4]);
+    /// # Ok(()) }
+    /// ```
+    pub fn retry_panics(mut self, yes: bool) -> Self {
+        self.defaults.retry_panics = yes;
+        self
+    }
+
+    /// Draw a progress line for every blocking call and `imap`; see
+    /// [`Call::progress`](crate::Call::progress). Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).progress(true).build()?;
+    /// assert_eq!(pool.map(task!(square), 0..100)?.len(), 100); // a bar while it runs, on a terminal
+    /// # Ok(()) }
+    /// ```
     pub fn progress(mut self, on: bool) -> Self {
         self.defaults.progress_bar = on;
         self
@@ -265,6 +420,21 @@ impl PoolBuilder {
     /// - [`Error::Spawn`] / [`Error::Startup`] if a worker cannot start;
     /// - [`Error::Initializer`] if the initializer fails in a worker;
     /// - [`Error::Registry`] if two tasks share an id.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// assert!(matches!(Pool::builder().processes(0).build(), Err(Error::InvalidSetting(_))));
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<Pool, Error> {
         if worker::IN_WORKER.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::NestedPool);

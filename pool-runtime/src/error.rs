@@ -19,6 +19,30 @@ pub enum ExitCause {
 
 impl ExitCause {
     /// The signal's name (`"SIGKILL"`), for a death by signal.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn abort_on(x: u64) -> u64 { if x == 1 { std::process::abort() } x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// use pool_runtime::ExitCause;
+    /// let out: Vec<_> = pool.chunksize(1).imap(task!(abort_on), [0, 1, 2]).collect();
+    /// match &out[1] {
+    ///     Err(Error::WorkerDied { cause, index: 1, .. }) => {
+    ///         assert_eq!(*cause, ExitCause::Signal(6));
+    ///         assert_eq!(cause.signal_name(), Some("SIGABRT"));
+    ///         assert!(cause.to_string().starts_with("was killed by signal 6 (SIGABRT)"));
+    ///     }
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// assert_eq!(ExitCause::Code(3).signal_name(), None);
+    /// assert_eq!(ExitCause::Code(3).to_string(), "exited with code 3");
+    /// # Ok(()) }
+    /// ```
     pub fn signal_name(&self) -> Option<&'static str> {
         let ExitCause::Signal(sig) = *self else {
             return None;
@@ -130,7 +154,10 @@ pub enum Error {
         /// How it ended.
         cause: ExitCause,
     },
-    /// The item ran longer than the call's timeout; its worker was killed.
+    /// The item ran longer than the call's
+    /// [`timeout`](crate::Call::timeout): its worker was killed and
+    /// replaced. (A wait for an async result that ran out is
+    /// [`Error::WaitTimeout`]; the work goes on.)
     #[error(
         "task `{task}` on item {index} exceeded its timeout of {timeout:?}; worker process {pid} was killed"
     )]
@@ -186,10 +213,13 @@ pub enum Error {
     /// The pool was terminated or dropped before this work finished.
     #[error("the pool was terminated before this work finished")]
     Terminated,
-    /// An async result was not ready within the time given to
-    /// `get_timeout`; it stays retrievable.
+    /// A wait ran out: an async result was not ready within the time given
+    /// to [`get_timeout`](crate::AsyncResult::get_timeout). Nothing was
+    /// stopped; the work goes on and the result stays retrievable. (An item
+    /// that ran over the call's `timeout` and was killed is
+    /// [`Error::TaskTimeout`].)
     #[error("the result was not ready within {0:?}")]
-    Timeout(Duration),
+    WaitTimeout(Duration),
     /// The outcome of an async result was already returned once.
     #[error("this result was already retrieved")]
     AlreadyRetrieved,
@@ -218,6 +248,22 @@ pub enum Error {
 
 impl Error {
     /// The index within its call of the item this error is about, if any.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn abort_on(x: u64) -> u64 { if x == 1 { std::process::abort() } x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out: Vec<_> = pool.chunksize(1).imap(task!(abort_on), [0, 1, 2]).collect();
+    /// let failed: Vec<usize> = out.iter().filter_map(|r| r.as_ref().err()?.index()).collect();
+    /// assert_eq!(failed, [1]);
+    /// assert_eq!(Error::Closed.index(), None); // not about one item
+    /// # Ok(()) }
+    /// ```
     pub fn index(&self) -> Option<usize> {
         match self {
             Error::TaskPanicked { index, .. }

@@ -57,7 +57,7 @@
 //!     assert_eq!(pool.map(task!(square), [1, 2, 3])?, [1, 4, 9]); // one-argument tasks
 //!     assert_eq!(pool.starmap(task!(power), [(2, 3), (3, 2)])?, [8, 9]); // argument tuples
 //!     assert_eq!(pool.apply(task!(power), (2, 10))?, 1024); // one call
-//!     // Per-call options come first: chunk size, timeout, retries, progress.
+//!     // Per-call options come first (see "One name per option" below).
 //!     let big = pool.chunksize(100).map(task!(square), 0..10_000)?;
 //!     assert_eq!(big[9_999], 9_999 * 9_999);
 //!     Ok(())
@@ -190,7 +190,37 @@
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | the same names |
 //! | `with Pool() as pool:` | scope: dropping the pool ends every worker |
 //! | `if __name__ == '__main__':` | [`#[pool_runtime::main]`](macro@main) or [`init()`](init) first in `main` |
-//! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats) |
+//! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`retry_panics`](Call::retry_panics), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats) |
+//!
+//! # One name per option
+//!
+//! - **Per call.** Every option of one call is a method of [`Call`]
+//!   (`pool.call().timeout(d)`), and [`Pool`] has a shortcut of the same
+//!   name and arguments that starts a call with it (`pool.timeout(d)`):
+//!   [`chunksize`](Pool::chunksize), [`timeout`](Pool::timeout),
+//!   [`retries`](Pool::retries), [`retry_panics`](Pool::retry_panics),
+//!   [`progress`](Pool::progress), [`on_progress`](Pool::on_progress).
+//!   Chain the others after it.
+//! - **Pool defaults.** The same name on [`PoolBuilder`] sets the default
+//!   of every call of that pool: [`timeout`](PoolBuilder::timeout),
+//!   [`retries`](PoolBuilder::retries),
+//!   [`retry_panics`](PoolBuilder::retry_panics),
+//!   [`progress`](PoolBuilder::progress). `chunksize` and `on_progress`
+//!   describe one call's input and one call's observer, so they have no
+//!   pool default.
+//! - **Pool settings** (`processes`, `initializer`, `max_tasks_per_child`,
+//!   `max_frame_size`, `startup_timeout`, `fork_server`,
+//!   `chunks_in_flight`) exist on the builder only.
+//! - **Arguments.** A switch takes a `bool` everywhere (`progress(true)`,
+//!   `retry_panics(true)`, `fork_server(false)`); a limit takes its value
+//!   (`timeout(Duration)`, `retries(u32)`).
+//! - **Timeouts.** `timeout` always limits how long one item may run: past
+//!   it the worker is killed and replaced, and the item fails with
+//!   [`Error::TaskTimeout`]. A limit on how long the caller waits is named
+//!   after the wait ([`get_timeout`](AsyncResult::get_timeout),
+//!   [`wait_timeout`](AsyncResult::wait_timeout),
+//!   [`startup_timeout`](PoolBuilder::startup_timeout)); `get_timeout`
+//!   running out is [`Error::WaitTimeout`], and nothing is stopped.
 //!
 //! # Limits
 //!
@@ -230,7 +260,8 @@
 //!
 //! # Features
 //!
-//! - `progress`: [`Call::progress`] draws an `indicatif` bar on stderr.
+//! - `progress`: the line [`Call::progress`] draws is an `indicatif` bar
+//!   (without the feature: plain text with the same numbers).
 //! - `mpi`: the same binary on a cluster. Started by `mpirun`, `mpiexec` or
 //!   `srun --mpi=pmix`, [`init`] initialises MPI: rank 0 returns to `main`
 //!   and its pools use ranks 1..N-1 as their workers; the other ranks serve
@@ -389,6 +420,25 @@ pub mod prelude {
 /// before it runs in every worker as well, and must not read stdin nor start
 /// programs that inherit it: until `init()` takes it over, a worker's stdin
 /// is its channel to the pool (its tasks then see an empty stdin).
+///
+/// # Examples
+///
+/// ```
+/// use pool_runtime::prelude::*;
+/// use pool_runtime::task;
+///
+/// #[task]
+/// fn pid() -> u32 {
+///     std::process::id()
+/// }
+///
+/// fn main() -> Result<(), Error> {
+///     pool_runtime::init(); // first: in a worker, serves tasks and never returns
+///     let pool = Pool::builder().processes(2).build()?;
+///     assert_ne!(pool.apply(task!(pid), ())?, std::process::id());
+///     Ok(())
+/// }
+/// ```
 pub fn init() {
     entry::enter();
 }
@@ -398,7 +448,8 @@ pub fn init() {
 /// in the process that runs `main` and owns the pool, `1..` in its workers.
 /// `None` otherwise, and before [`init`] ran.
 ///
-/// ```no_run
+/// ```
+/// use pool_runtime::prelude::*;
 /// use pool_runtime::task;
 ///
 /// #[task]
@@ -408,7 +459,15 @@ pub fn init() {
 ///         None => format!("process {}", std::process::id()),
 ///     }
 /// }
-/// # fn main() {}
+///
+/// #[pool_runtime::main]
+/// fn main() -> Result<(), Error> {
+///     let pool = Pool::builder().processes(2).build()?;
+///     // Without a launcher (or without the feature) workers are local processes.
+///     let here = pool.apply(task!(whoami), ())?;
+///     assert!(here.starts_with("process ") || here.starts_with("MPI rank "), "{here}");
+///     Ok(())
+/// }
 /// ```
 pub fn mpi_rank() -> Option<u32> {
     #[cfg(feature = "mpi")]

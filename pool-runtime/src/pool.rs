@@ -65,11 +65,45 @@ impl Pool {
     /// # Errors
     ///
     /// See [`PoolBuilder::build`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pool = Pool::new()?;
+    /// assert!(pool.processes() >= 1); // one per available CPU
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Result<Pool, Error> {
         PoolBuilder::new().build()
     }
 
     /// A builder to choose the number of processes and other settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pool = Pool::builder().processes(2).max_tasks_per_child(1000).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> PoolBuilder {
         PoolBuilder::new()
     }
@@ -88,22 +122,98 @@ impl Pool {
     }
 
     /// The number of worker processes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.processes(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn processes(&self) -> usize {
         self.shared.config.processes
     }
 
     /// Counters per worker (items, failures, respawns, busy time) and the
     /// queue depth. See [`PoolStats`](crate::PoolStats).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// pool.map(task!(square), 0..100)?;
+    /// let stats = pool.stats();
+    /// let items: u64 = stats.workers.iter().map(|w| w.items).sum();
+    /// assert_eq!(items, 100);
+    /// assert_eq!((stats.queued_items, stats.in_flight_items), (0, 0));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> crate::PoolStats {
         self.shared.stats()
     }
 
     /// The process ids of the live workers (replaced workers get new ids).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pids = pool.worker_pids();
+    /// assert_eq!(pids.len(), 2);
+    /// assert!(!pids.contains(&std::process::id())); // separate processes
+    /// # Ok(()) }
+    /// ```
     pub fn worker_pids(&self) -> Vec<u32> {
         self.shared.pids()
     }
 
     /// The same pool with options for the next call: see [`Call`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out = pool
+    ///     .call()
+    ///     .chunksize(10)
+    ///     .timeout(Duration::from_secs(10))
+    ///     .retries(1)
+    ///     .map(task!(square), 0..100)?;
+    /// assert_eq!(out[99], 99 * 99);
+    /// # Ok(()) }
+    /// ```
     pub fn call(&self) -> Call<'_> {
         Call {
             pool: self,
@@ -114,20 +224,149 @@ impl Pool {
 
     /// Options for the next call, starting with its chunk size:
     /// `pool.chunksize(2).starmap(task!(f), items)`. See [`Call::chunksize`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out = pool.chunksize(2).starmap(task!(power), [(2, 3), (3, 2), (4, 1)])?;
+    /// assert_eq!(out, [8, 9, 4]);
+    /// # Ok(()) }
+    /// ```
     pub fn chunksize(&self, items: usize) -> Call<'_> {
         self.call().chunksize(items)
     }
 
     /// Options for the next call, starting with its per-item timeout:
     /// `pool.timeout(d).map(task!(f), items)`. See [`Call::timeout`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// // The second item sleeps for a minute: its worker is killed after 300 ms.
+    /// let out: Vec<_> = pool.timeout(Duration::from_millis(300)).imap(task!(nap), [1, 60_000, 2]).collect();
+    /// assert!(matches!(out[1], Err(Error::TaskTimeout { index: 1, .. })));
+    /// assert_eq!((out[0].as_ref().ok(), out[2].as_ref().ok()), (Some(&1), Some(&2)));
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(&self, limit: Duration) -> Call<'_> {
         self.call().timeout(limit)
     }
 
     /// Options for the next call, starting with its retries:
     /// `pool.retries(2).starmap(task!(f), items)`. See [`Call::retries`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// # #[task]
+    /// # fn exit_once(x: u64, marker: String) -> u64 {
+    /// #     if x == 2 && std::fs::File::create_new(&marker).is_ok() { std::process::exit(3) }
+    /// #     x
+    /// # }
+    /// # let marker = std::env::temp_dir().join(format!("pool-doc-retries-{}", std::process::id()));
+    /// # let _ = std::fs::remove_file(&marker);
+    /// # let marker = marker.display().to_string();
+    /// // `exit_once` ends its worker the first time it sees 2: the item runs
+    /// // again on a fresh worker.
+    /// let items = (0..4).map(|x| (x, marker.clone()));
+    /// assert_eq!(pool.retries(1).starmap(task!(exit_once), items)?, [0, 1, 2, 3]);
+    /// # let _ = std::fs::remove_file(&marker);
+    /// # Ok(()) }
+    /// ```
     pub fn retries(&self, n: u32) -> Call<'_> {
         self.call().retries(n)
+    }
+
+    /// Options for the next call, starting with whether a panicking item
+    /// is retried: `pool.retries(1).retry_panics(true).map(..)`. See
+    /// [`Call::retry_panics`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.retry_panics(true).retries(1).map(task!(square), [2])?, [4]);
+    /// # Ok(()) }
+    /// ```
+    pub fn retry_panics(&self, yes: bool) -> Call<'_> {
+        self.call().retry_panics(yes)
+    }
+
+    /// Options for the next call, starting with a progress line on the
+    /// terminal: `pool.progress(true).map(..)`. See [`Call::progress`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.progress(true).map(task!(square), 0..100)?.len(), 100);
+    /// # Ok(()) }
+    /// ```
+    pub fn progress(&self, on: bool) -> Call<'_> {
+        self.call().progress(on)
+    }
+
+    /// Options for the next call, starting with a progress hook:
+    /// `pool.on_progress(|done, total| ..).map(..)`. See
+    /// [`Call::on_progress`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::sync::atomic::{AtomicUsize, Ordering};
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// static DONE: AtomicUsize = AtomicUsize::new(0);
+    /// pool.on_progress(|done, _total| DONE.store(done, Ordering::Relaxed)).map(task!(square), 0..10)?;
+    /// assert_eq!(DONE.load(Ordering::Relaxed), 10);
+    /// # Ok(()) }
+    /// ```
+    pub fn on_progress(
+        &self,
+        hook: impl Fn(usize, Option<usize>) + Send + Sync + 'static,
+    ) -> Call<'_> {
+        self.call().on_progress(hook)
     }
 
     /// Calls a one-argument task on every item; results in input order.
@@ -137,6 +376,22 @@ impl Pool {
     ///
     /// The first item failure that comes back, or a
     /// pool-level error ([`Error::Closed`], [`Error::Terminated`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.map(task!(square), [1, 2, 3])?, [1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn map<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
     where
         T: UnaryTask,
@@ -152,6 +407,22 @@ impl Pool {
     /// # Errors
     ///
     /// As [`Pool::map`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.starmap(task!(power), [(2, 3), (3, 2)])?, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap<T, I>(&self, task: T, items: I) -> Result<Vec<T::Output>, Error>
     where
         T: Task,
@@ -166,6 +437,23 @@ impl Pool {
     /// # Errors
     ///
     /// As [`Pool::map`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.apply(task!(power), (2, 10))?, 1024);
+    /// assert_eq!(pool.apply(task!(square), 12)?, 144); // a one-argument task takes its bare argument
+    /// # Ok(()) }
+    /// ```
     pub fn apply<T, A>(&self, task: T, args: A) -> Result<T::Output, Error>
     where
         T: Task,
@@ -180,6 +468,24 @@ impl Pool {
     ///
     /// [`Error::Closed`] or [`Error::Terminated`]; the call's own errors come
     /// from the [`AsyncResult`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.map_async(task!(square), 0..4)?;
+    /// // ... other work while the workers run ...
+    /// assert_eq!(pending.get()?, [0, 1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_async<T, I>(&self, task: T, items: I) -> Result<AsyncResult<Vec<T::Output>>, Error>
     where
         T: UnaryTask,
@@ -194,6 +500,23 @@ impl Pool {
     /// # Errors
     ///
     /// As [`Pool::map_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.starmap_async(task!(power), [(2, 3), (3, 2)])?;
+    /// assert_eq!(pending.get()?, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap_async<T, I>(
         &self,
         task: T,
@@ -212,6 +535,23 @@ impl Pool {
     /// # Errors
     ///
     /// As [`Pool::map_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.apply_async(task!(power), (2, 10))?;
+    /// assert_eq!(pending.get()?, 1024);
+    /// # Ok(()) }
+    /// ```
     pub fn apply_async<T, A>(&self, task: T, args: A) -> Result<AsyncResult<T::Output>, Error>
     where
         T: Task,
@@ -222,6 +562,26 @@ impl Pool {
 
     /// Lazily maps a one-argument task; yields results in input order.
     /// See [`Call::imap`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut total = 0;
+    /// for result in pool.imap(task!(square), 1..=100) {
+    ///     total += result?; // in input order, as they come
+    /// }
+    /// assert_eq!(total, 338_350);
+    /// # Ok(()) }
+    /// ```
     pub fn imap<T, I>(&self, task: T, items: I) -> Imap<T, I::IntoIter>
     where
         T: UnaryTask,
@@ -233,6 +593,24 @@ impl Pool {
 
     /// Lazily maps a one-argument task; yields results as they complete.
     /// See [`Call::imap_unordered`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut out: Vec<u64> = pool.imap_unordered(task!(square), [3, 1, 2]).collect::<Result<_, _>>()?;
+    /// out.sort(); // completion order
+    /// assert_eq!(out, [1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn imap_unordered<T, I>(&self, task: T, items: I) -> ImapUnordered<T, I::IntoIter>
     where
         T: UnaryTask,
@@ -243,6 +621,23 @@ impl Pool {
     }
 
     /// [`imap`](Pool::imap) for tasks taking argument tuples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out: Vec<u64> = pool.istarmap(task!(power), [(2, 3), (3, 2)]).collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn istarmap<T, I>(&self, task: T, items: I) -> Imap<T, I::IntoIter>
     where
         T: Task,
@@ -253,6 +648,25 @@ impl Pool {
     }
 
     /// [`imap_unordered`](Pool::imap_unordered) for tasks taking argument tuples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut out: Vec<u64> =
+    ///     pool.istarmap_unordered(task!(power), [(2, 3), (3, 2)]).collect::<Result<_, _>>()?;
+    /// out.sort();
+    /// assert_eq!(out, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn istarmap_unordered<T, I>(&self, task: T, items: I) -> ImapUnordered<T, I::IntoIter>
     where
         T: Task,
@@ -263,6 +677,25 @@ impl Pool {
     }
 
     /// Accepts no new calls; calls already running go on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.map_async(task!(square), [1, 2])?;
+    /// pool.close();
+    /// assert!(matches!(pool.map(task!(square), [3]), Err(Error::Closed)));
+    /// assert_eq!(pending.get()?, [1, 4]); // work already submitted goes on
+    /// # Ok(()) }
+    /// ```
     pub fn close(&self) {
         self.shared.close();
     }
@@ -275,6 +708,25 @@ impl Pool {
     /// [`Error::Terminated`] once (the rest of its input is not read). From
     /// a result callback, `join` waits for the work of every call, and the
     /// results of async calls are delivered once the callback returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.map_async(task!(nap), [100, 100])?;
+    /// pool.join(); // waits for the two naps, then ends both workers
+    /// assert!(pending.ready());
+    /// assert_eq!(pending.get()?, [100, 100]);
+    /// # Ok(()) }
+    /// ```
     pub fn join(&self) {
         self.shared.close();
         let from_results_thread = self
@@ -289,12 +741,48 @@ impl Pool {
 
     /// Stops at once: every worker is killed and reaped; unfinished calls
     /// get [`Error::Terminated`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.map_async(task!(nap), [60_000, 60_000])?;
+    /// pool.terminate(); // does not wait for the naps
+    /// assert!(matches!(pending.get(), Err(Error::Terminated)));
+    /// # Ok(()) }
+    /// ```
     pub fn terminate(&self) {
         self.stop(false);
     }
 
     /// Whether [`close`](Pool::close), [`join`](Pool::join) or
     /// [`terminate`](Pool::terminate) was called.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert!(!pool.is_closed());
+    /// pool.close();
+    /// assert!(pool.is_closed());
+    /// # Ok(()) }
+    /// ```
     pub fn is_closed(&self) -> bool {
         self.shared.is_closed()
     }
@@ -362,8 +850,13 @@ impl Drop for Pool {
 
 /// Options for one call, then the call itself.
 ///
-/// Made by [`Pool::call`], [`Pool::chunksize`] or [`Pool::timeout`]; the
-/// operations are the same as on [`Pool`].
+/// Made by [`Pool::call`] or by any per-call shortcut of [`Pool`] (the
+/// same name as the option: [`Pool::chunksize`], [`Pool::timeout`],
+/// [`Pool::retries`], [`Pool::retry_panics`], [`Pool::progress`],
+/// [`Pool::on_progress`]); the operations are the same as on [`Pool`]. An
+/// option not set here takes the pool's default from its [`PoolBuilder`],
+/// which has a setter of the same name for every option but the call's
+/// own `chunksize` and `on_progress` hook.
 ///
 /// ```
 /// # use pool_runtime::prelude::*;
@@ -397,6 +890,23 @@ impl<'p> Call<'p> {
     /// Python's choice (`len / (4 × processes)`, rounded up), and it starts
     /// small and grows with the measured throughput, so slow tasks keep
     /// every worker busy and tiny tasks travel in large chunks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out = pool.call().chunksize(100).map(task!(square), 0..10_000)?;
+    /// assert_eq!(out[9_999], 9_999 * 9_999);
+    /// # Ok(()) }
+    /// ```
     pub fn chunksize(mut self, items: usize) -> Self {
         self.options.chunksize = Some(items);
         self
@@ -405,6 +915,24 @@ impl<'p> Call<'p> {
     /// A limit on how long one item may run. An item over the limit fails
     /// with [`Error::TaskTimeout`]; its worker is killed and replaced, and
     /// the other items go on. Default: none. Checked every ~10 ms.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let r = pool.call().timeout(Duration::from_millis(300)).apply(task!(nap), 60_000);
+    /// assert!(matches!(r, Err(Error::TaskTimeout { .. })));
+    /// assert_eq!(pool.apply(task!(nap), 1)?, 1); // the worker was replaced
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, limit: Duration) -> Self {
         self.options.timeout = Some(limit);
         self
@@ -417,6 +945,23 @@ impl<'p> Call<'p> {
     ///
     /// A retried item may have run partly (or, if its worker died just
     /// after it, completely) before: retry idempotent work only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// // Retries cover a worker dying under an item; a healthy call is unchanged.
+    /// assert_eq!(pool.call().retries(2).map(task!(square), [1, 2])?, [1, 4]);
+    /// # Ok(()) }
+    /// ```
     pub fn retries(mut self, n: u32) -> Self {
         self.options.retries = n;
         self
@@ -425,6 +970,34 @@ impl<'p> Call<'p> {
     /// Also re-run an item that panics, in place, up to the
     /// [`retries`](Call::retries) count, before reporting
     /// [`Error::TaskPanicked`]. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// # #[task]
+    /// # fn panic_once(x: u64, marker: String) -> u64 {
+    /// #     if x == 1 && std::fs::File::create_new(&marker).is_ok() { panic!("first try of item 1") }
+    /// #     x
+    /// # }
+    /// # let marker = std::env::temp_dir().join(format!("pool-doc-retry-panics-{}", std::process::id()));
+    /// # let _ = std::fs::remove_file(&marker);
+    /// # let marker = marker.display().to_string();
+    /// // `panic_once` panics the first time it sees 1; the second try succeeds.
+    /// let items = || (0..3).map(|x| (x, marker.clone()));
+    /// let out = pool.call().retries(1).retry_panics(true).starmap(task!(panic_once), items())?;
+    /// assert_eq!(out, [0, 1, 2]);
+    /// # let _ = std::fs::remove_file(&marker);
+    /// # Ok(()) }
+    /// ```
     pub fn retry_panics(mut self, yes: bool) -> Self {
         self.options.retry_panics = yes;
         self
@@ -453,11 +1026,32 @@ impl<'p> Call<'p> {
         self
     }
 
-    /// Draws a progress bar with rate and ETA on stderr while the call runs,
-    /// only when stderr is a terminal (redirected output gets no escape
-    /// codes). Needs the `progress` feature; without it, this does nothing.
-    pub fn progress(mut self) -> Self {
-        self.options.progress_bar = true;
+    /// Whether to draw a progress line with rate, elapsed time and ETA on
+    /// the terminal's last row while the call runs; lines the program and
+    /// its tasks print scroll above it. Only when stderr is a terminal
+    /// (redirected output gets no escape codes). With the `progress`
+    /// feature the line is an `indicatif` bar; without it, plain text with
+    /// the same numbers. Default: the pool's
+    /// ([`PoolBuilder::progress`], off).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out = pool.call().progress(true).map(task!(nap), [10; 20])?;
+    /// assert_eq!(out.len(), 20);
+    /// # Ok(()) }
+    /// ```
+    pub fn progress(mut self, on: bool) -> Self {
+        self.options.progress_bar = on;
         self
     }
 
@@ -470,6 +1064,22 @@ impl<'p> Call<'p> {
     /// ([`Error::TaskPanicked`], [`Error::WorkerDied`], ...), with the item's
     /// index; the rest of the input is not sent. Use [`Call::imap`] to get a
     /// result per item instead.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.call().chunksize(1).map(task!(square), [1, 2, 3])?, [1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn map<T, I>(self, task: T, items: I) -> Result<Vec<T::Output>, Error>
     where
         T: UnaryTask,
@@ -485,6 +1095,22 @@ impl<'p> Call<'p> {
     /// # Errors
     ///
     /// As [`Call::map`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.call().chunksize(1).starmap(task!(power), [(2, 3), (3, 2)])?, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap<T, I>(self, _task: T, items: I) -> Result<Vec<T::Output>, Error>
     where
         T: Task,
@@ -522,6 +1148,22 @@ impl<'p> Call<'p> {
     /// # Errors
     ///
     /// As [`Call::map`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// assert_eq!(pool.call().timeout(Duration::from_secs(10)).apply(task!(power), (2, 10))?, 1024);
+    /// # Ok(()) }
+    /// ```
     pub fn apply<T, A>(self, task: T, args: A) -> Result<T::Output, Error>
     where
         T: Task,
@@ -538,6 +1180,23 @@ impl<'p> Call<'p> {
     ///
     /// [`Error::Closed`], [`Error::Terminated`] or an invalid option; the
     /// call's own errors come from the [`AsyncResult`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.call().chunksize(2).map_async(task!(square), 0..4)?;
+    /// assert_eq!(pending.get()?, [0, 1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn map_async<T, I>(self, task: T, items: I) -> Result<AsyncResult<Vec<T::Output>>, Error>
     where
         T: UnaryTask,
@@ -553,6 +1212,23 @@ impl<'p> Call<'p> {
     /// # Errors
     ///
     /// As [`Call::map_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.call().chunksize(1).starmap_async(task!(power), [(2, 3), (3, 2)])?;
+    /// assert_eq!(pending.get()?, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn starmap_async<T, I>(
         self,
         _task: T,
@@ -572,6 +1248,23 @@ impl<'p> Call<'p> {
     /// # Errors
     ///
     /// As [`Call::map_async`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.call().timeout(Duration::from_secs(10)).apply_async(task!(square), 7)?;
+    /// assert_eq!(pending.get()?, 49);
+    /// # Ok(()) }
+    /// ```
     pub fn apply_async<T, A>(self, _task: T, args: A) -> Result<AsyncResult<T::Output>, Error>
     where
         T: Task,
@@ -592,6 +1285,23 @@ impl<'p> Call<'p> {
     /// works, and stopping the iteration stops the pulling. Dropping the
     /// iterator cancels the rest (chunks already sent to a worker still
     /// run).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let first: Vec<u64> = pool.call().chunksize(4).imap(task!(square), 0u64..).take(3).collect::<Result<_, _>>()?;
+    /// assert_eq!(first, [0, 1, 4]); // an endless input is read only as far as needed
+    /// # Ok(()) }
+    /// ```
     pub fn imap<T, I>(self, task: T, items: I) -> Imap<T, I::IntoIter>
     where
         T: UnaryTask,
@@ -602,6 +1312,23 @@ impl<'p> Call<'p> {
     }
 
     /// As [`Call::imap`], but yields results as they complete.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let n = pool.call().chunksize(1).imap_unordered(task!(square), 0..10).filter(Result::is_ok).count();
+    /// assert_eq!(n, 10);
+    /// # Ok(()) }
+    /// ```
     pub fn imap_unordered<T, I>(self, task: T, items: I) -> ImapUnordered<T, I::IntoIter>
     where
         T: UnaryTask,
@@ -612,6 +1339,23 @@ impl<'p> Call<'p> {
     }
 
     /// [`imap`](Call::imap) for tasks taking argument tuples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let out: Vec<u64> = pool.call().chunksize(1).istarmap(task!(power), [(2, 3), (3, 2)]).collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn istarmap<T, I>(self, _task: T, items: I) -> Imap<T, I::IntoIter>
     where
         T: Task,
@@ -634,6 +1378,24 @@ impl<'p> Call<'p> {
     }
 
     /// [`imap_unordered`](Call::imap_unordered) for tasks taking argument tuples.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut out: Vec<u64> = pool.call().chunksize(1).istarmap_unordered(task!(power), [(2, 3), (3, 2)]).collect::<Result<_, _>>()?;
+    /// out.sort();
+    /// assert_eq!(out, [8, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn istarmap_unordered<T, I>(self, _task: T, items: I) -> ImapUnordered<T, I::IntoIter>
     where
         T: Task,
