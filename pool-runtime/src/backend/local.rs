@@ -327,6 +327,24 @@ fn after_reader_panic(events: &dyn Events, slot: usize, pid: u32, signal: &Signa
     events.detach(slot, pid, ExitCause::Unknown, None);
 }
 
+/// How long a worker whose channel ended mid-frame is given to be seen
+/// exited before the frame counts as a broken protocol.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
+
+/// Whether `child` has ended, or ends within `limit`.
+fn exits_within(child: &mut ChildProc, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().is_some() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Reads the frames of the worker in `slot` until its channel ends; then
 /// reaps it and reports its end.
 fn read_loop(
@@ -372,6 +390,10 @@ fn read_loop(
         {
             None
         }
+        // The channel ended in the middle of a frame: if the worker died
+        // (a signal, an exit while writing), that is what happened, and
+        // its death is reported, not a broken protocol.
+        ProtocolError::Truncated { .. } if exits_within(&mut child, EXIT_GRACE) => None,
         other => {
             // The worker broke the protocol: it cannot be trusted further.
             child.kill();
