@@ -9,9 +9,15 @@
 //! cargo build --release --features mpi --example mpi_local
 //! mpirun -n 3 --oversubscribe -x POOL_RUNTIME_MPI_LOCAL_WORKERS=2 \
 //!     target/release/examples/mpi_local            # 2 ranks x 2 local workers
-//! srun --mpi=pmix -N 8 --ntasks-per-node=1 --export=ALL,POOL_RUNTIME_MPI_LOCAL_WORKERS=auto \
-//!     target/release/examples/mpi_local
+//! srun --mpi=pmix -N 8 --ntasks-per-node=1 --cpus-per-task=64 \
+//!     --export=ALL,POOL_RUNTIME_MPI_LOCAL_WORKERS=auto target/release/examples/mpi_local
+//! mpirun --map-by ppr:1:node --bind-to none -x POOL_RUNTIME_MPI_LOCAL_WORKERS=auto \
+//!     --hostfile hosts target/release/examples/mpi_local
 //! ```
+//!
+//! `auto` counts the CPUs the rank may use: a launcher that binds the rank
+//! to one core (`mpirun` does for jobs of 2 ranks or fewer, unless
+//! `--bind-to none`) gives it one local worker.
 //!
 //! An argument picks another program: `kill` (item 5 of 12 kills its own
 //! process with `SIGKILL`), `retry` (item 4 kills its process once, and the

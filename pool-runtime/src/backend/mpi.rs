@@ -441,13 +441,26 @@ fn run_worker_rank(launcher: &Launcher) -> ! {
     let rank = world.rank(); // the launcher's, which is not 0 (`init_mpi` checked)
     // SAFETY: registering a plain `extern "C" fn` with no arguments.
     unsafe { libc::atexit(worker_exit_hook) };
-    let local = match local_workers_from_env(std::env::var(LOCAL_WORKERS_ENV).ok().as_deref()) {
+    let setting = std::env::var(LOCAL_WORKERS_ENV).ok();
+    let local = match local_workers_from_env(setting.as_deref()) {
         Ok(count) => count,
         Err(message) => {
             eprintln!("{message}");
             world.abort(EXIT_PROTOCOL);
         }
     };
+    if local == 1 && setting.is_some_and(|v| v.trim().eq_ignore_ascii_case("auto")) {
+        // SAFETY: sysconf has no preconditions.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        if online > 1 {
+            eprintln!(
+                "pool-runtime: MPI rank {rank}: {LOCAL_WORKERS_ENV}=auto gives 1 local worker: this \
+                 rank may use 1 of the node's {online} CPUs (bound by the launcher: mpirun binds each \
+                 rank to a core when it starts 2 or fewer); start it with mpirun --bind-to none, or \
+                 srun --cpus-per-task, to use more"
+            );
+        }
+    }
     world
         .process_at_rank(0)
         .send_with_tag(&(local as u32).to_le_bytes()[..], TAG_CAPACITY);
