@@ -955,7 +955,7 @@ struct PendingSend {
 #[allow(dead_code)]
 enum Keep {
     Owned(Box<[u8]>),
-    Scheduler(Arc<Vec<u8>>),
+    Shared(Arc<Vec<u8>>),
 }
 
 /// The state of rank 0's MPI thread.
@@ -1510,7 +1510,7 @@ impl Hub {
                 self.sent += 1;
                 self.pending.push(PendingSend {
                     request: Some(request),
-                    _keep: Keep::Scheduler(Arc::clone(body)),
+                    _keep: Keep::Shared(Arc::clone(body)),
                 });
             }
         }
