@@ -575,14 +575,11 @@ impl Node<'_> {
             }
             proc.exiting = true;
         }
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
+        let mut deadline = Instant::now() + SHUTDOWN_TIMEOUT;
         let mut killed = false;
         while live > 0 {
             let wait = deadline.saturating_duration_since(Instant::now());
-            match self
-                .events
-                .recv_timeout(wait.max(Duration::from_millis(10)))
-            {
+            match self.events.recv_timeout(wait) {
                 Ok(Event::Exited {
                     local, generation, ..
                 }) => {
@@ -594,7 +591,9 @@ impl Node<'_> {
                 }
                 Ok(Event::Frame { .. }) => {}
                 Err(_) if !killed => {
+                    // Late: killed, then given a moment to be reaped.
                     killed = true;
+                    deadline = Instant::now() + Duration::from_secs(2);
                     for place in &self.locals {
                         if let Some(proc) = &place.proc {
                             proc.signal.kill();
