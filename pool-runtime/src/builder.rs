@@ -446,7 +446,7 @@ impl PoolBuilder {
         #[cfg(feature = "mpi")]
         let mpi = crate::backend::mpi::pool_ranks()?;
         #[cfg(not(feature = "mpi"))]
-        let mpi: Option<(usize, crate::scheduler::RemoteStart)> = None;
+        let mpi: Option<(usize, crate::backend::RemoteStart)> = None;
         let processes = match (self.processes, mpi) {
             (Some(0), _) => {
                 return Err(Error::InvalidSetting("processes must be at least 1".into()));

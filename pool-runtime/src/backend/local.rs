@@ -16,23 +16,14 @@ use crossbeam_channel::{Receiver, Sender};
 use pool_core::ProtocolError;
 use pool_core::wire;
 
-pub(crate) use super::child::{ChildProc, Signaller};
+use super::child::{ChildProc, Signaller};
 use super::forkserver::client as forkserver;
-pub(crate) use super::handshake::Launch;
+use super::handshake::Launch;
 use super::process;
-pub(crate) use super::process::Spawned;
+use super::process::Spawned;
 use super::shm::Progress;
 use super::{Backend, Events, Link, Outgoing};
 use crate::error::{Error, ExitCause};
-
-// The MPI backend starts its ranks' local workers through these; it is to
-// import them from `process`, `child` and `handshake` directly.
-#[allow(unused_imports)]
-pub(crate) use super::handshake::{check_init_done, check_ready, hello_header};
-#[allow(unused_imports)]
-pub(crate) use super::process::{finish, start};
-#[allow(unused_imports)]
-pub(crate) use crate::worker::WORKER_ENV;
 
 /// Starts and reaps this machine's worker processes for one pool.
 pub(crate) struct LocalBackend {

@@ -27,7 +27,11 @@ use pool_core::ProtocolError;
 use pool_core::wire::{self, ToWorker};
 
 use crate::error::{Error, ExitCause};
-pub(crate) use shm::{Progress, Running};
+pub(crate) use shm::Running;
+
+/// Attaches the workers of a backend whose workers already exist (MPI
+/// ranks) to a new pool, through its events.
+pub(crate) type RemoteStart = fn(&Arc<dyn Events>) -> Result<(), Error>;
 
 /// A frame for one worker: an encoded header and a shared body.
 pub(crate) struct Outgoing {
@@ -44,6 +48,8 @@ pub(crate) enum Link {
     /// A worker behind a backend's own thread (an MPI rank): frames go to
     /// that thread; it is stopped with an exit frame, honoured between
     /// chunks.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+    // only the MPI backend has remote workers
     Remote {
         tx: Sender<Outgoing>,
         /// A page where its running item is recorded, if it has one.
@@ -121,6 +127,12 @@ impl Link {
 /// What a backend tells the scheduler about its workers, and asks it.
 /// Implemented by the scheduler; a backend never reaches into its state.
 pub(crate) trait Events: Send + Sync {
+    /// The handshake and initializer every worker of the pool gets.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // for backends that attach existing workers
+    fn launch(&self) -> &handshake::Launch;
+    /// How many workers the pool has.
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // as above
+    fn processes(&self) -> usize;
     /// Whether the pool is shutting down: no worker is to be started.
     fn is_stopping(&self) -> bool;
     /// A worker start begins: counted until [`Events::launched`], so that
@@ -142,6 +154,11 @@ pub(crate) trait Events: Send + Sync {
         pid: u32,
         frames: &mut Vec<Vec<u8>>,
     ) -> Result<(), ProtocolError>;
+    /// One frame from the worker in `slot` (see [`Events::deliver_all`]).
+    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend delivers frame by frame
+    fn deliver(&self, slot: usize, pid: u32, frame: Vec<u8>) -> Result<(), ProtocolError> {
+        self.deliver_all(slot, pid, &mut vec![frame])
+    }
     /// The worker in `slot` is ending: nothing more is sent to it, and it
     /// is no longer signalled.
     fn mark_dying(&self, slot: usize);

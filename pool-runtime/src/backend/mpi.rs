@@ -60,9 +60,8 @@ use pool_core::wire::{self, ToWorker};
 use super::Outgoing;
 use super::handshake::{self, Launch};
 use super::shm::{Progress, now_ns};
+use super::{Events, Link, RemoteStart};
 use crate::error::{Error, ExitCause};
-// `Shared`: the name the scheduler keeps for this backend (see scheduler/mod.rs).
-use crate::scheduler::{RemoteStart, Shared as Scheduler};
 use crate::worker::{self, WORKER_ENV};
 
 mod node;
@@ -243,7 +242,7 @@ pub(crate) fn pool_ranks() -> Result<Option<(usize, RemoteStart)>, Error> {
 }
 
 /// The remote start of a pool under MPI: attaches `processes` free ranks.
-fn attach_all(shared: &Arc<Scheduler>) -> Result<(), Error> {
+fn attach_all(shared: &Arc<dyn Events>) -> Result<(), Error> {
     let stopped = || Error::Spawn(io::Error::other("the pool-mpi thread has stopped"));
     let rank0 = RANK0.get().ok_or_else(stopped)?;
     let (reply, answer) = crossbeam_channel::bounded(1);
@@ -252,7 +251,7 @@ fn attach_all(shared: &Arc<Scheduler>) -> Result<(), Error> {
         .send(Command::Attach(AttachRequest {
             shared: Arc::clone(shared),
             reply,
-            deadline: Instant::now() + shared.config.launch.startup_timeout,
+            deadline: Instant::now() + shared.launch().startup_timeout,
         }))
         .map_err(|_| stopped())?;
     answer.recv().unwrap_or_else(|_| Err(stopped()))
@@ -746,7 +745,7 @@ enum Command {
 }
 
 struct AttachRequest {
-    shared: Arc<Scheduler>,
+    shared: Arc<dyn Events>,
     reply: Sender<Result<(), Error>>,
     deadline: Instant,
 }
@@ -854,20 +853,20 @@ enum Phase {
     /// The replacement of a local worker that died, in its handshake
     /// (`init`: the initializer was sent): it takes `slot` of the pool.
     Rejoin {
-        shared: Arc<Scheduler>,
+        shared: Arc<dyn Events>,
         slot: usize,
         init: bool,
     },
     /// A worker of a pool: frames for it arrive on `rx`.
     Attached {
-        shared: Arc<Scheduler>,
+        shared: Arc<dyn Events>,
         slot: usize,
         rx: Receiver<Outgoing>,
     },
     /// Sent `Exit`; waiting for `BYE` (or, for a local worker that was
     /// busy, its death), then detached from `pool` if any.
     Releasing {
-        pool: Option<(Arc<Scheduler>, usize)>,
+        pool: Option<(Arc<dyn Events>, usize)>,
     },
     /// Broke the protocol: never given work again.
     Lost,
@@ -939,7 +938,7 @@ fn endpoint_order(places: &[(usize, usize)]) -> Vec<usize> {
 /// A pool being attached: its ranks go through the handshake together.
 struct Batch {
     id: u64,
-    shared: Arc<Scheduler>,
+    shared: Arc<dyn Events>,
     reply: Sender<Result<(), Error>>,
     deadline: Instant,
     endpoints: Vec<usize>,
@@ -1102,7 +1101,7 @@ impl Hub {
                 progressed = true;
                 continue;
             }
-            let wanted = request.shared.config.processes;
+            let wanted = request.shared.processes();
             let free: Vec<usize> = self
                 .order
                 .iter()
@@ -1140,7 +1139,7 @@ impl Hub {
             }
             let id = self.next_batch;
             self.next_batch += 1;
-            let hello = handshake::hello_header(&request.shared.config.launch);
+            let hello = handshake::hello_header(request.shared.launch());
             for (slot, &e) in free.iter().enumerate() {
                 self.endpoints[e].phase = Phase::Hello { batch: id, slot };
                 self.endpoints[e].stream.clear();
@@ -1174,7 +1173,7 @@ impl Hub {
             self.release(e, None);
             return;
         };
-        let launch: &Launch = &batch.shared.config.launch;
+        let launch: &Launch = batch.shared.launch();
         let init = launch.init.clone();
         let pid = self.endpoints[e].pid;
         let outcome = if init_phase {
@@ -1231,7 +1230,7 @@ impl Hub {
 
     /// Attaches endpoint `e` to `slot` of `shared`'s pool; releases it if
     /// the pool was terminated meanwhile.
-    fn attach(&mut self, e: usize, shared: Arc<Scheduler>, slot: usize) {
+    fn attach(&mut self, e: usize, shared: Arc<dyn Events>, slot: usize) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let page = if self.endpoints[e].relayed {
             relay_page()
@@ -1239,7 +1238,14 @@ impl Hub {
             None
         };
         let pid = self.endpoints[e].pid;
-        if shared.attach(slot, pid, tx, page.clone(), false) {
+        if shared.attach(
+            slot,
+            pid,
+            Link::Remote {
+                tx,
+                page: page.clone(),
+            },
+        ) {
             self.endpoints[e].page = page;
             self.endpoints[e].phase = Phase::Attached { shared, slot, rx };
         } else {
@@ -1304,7 +1310,7 @@ impl Hub {
         for (id, e) in late {
             let timeout = self
                 .batch(id)
-                .map_or(Duration::ZERO, |b| b.shared.config.launch.startup_timeout);
+                .map_or(Duration::ZERO, |b| b.shared.launch().startup_timeout);
             let err = Error::Startup {
                 pid: self.endpoints[e].pid,
                 reason: format!(
@@ -1319,7 +1325,7 @@ impl Hub {
 
     /// Sends `Exit` to endpoint `e`; once it says goodbye it is free again
     /// (and detached from `pool`).
-    fn release(&mut self, e: usize, pool: Option<(Arc<Scheduler>, usize)>) {
+    fn release(&mut self, e: usize, pool: Option<(Arc<dyn Events>, usize)>) {
         let header = wire::encode_header(&ToWorker::Exit);
         self.send_frame(e, &header, &Arc::new(Vec::new()));
         self.endpoints[e].phase = Phase::Releasing { pool };
@@ -1351,7 +1357,7 @@ impl Hub {
                 drop(page);
                 if !shared.is_stopping() {
                     // The rank starts a new process on a new handshake.
-                    let hello = handshake::hello_header(&shared.config.launch);
+                    let hello = handshake::hello_header(shared.launch());
                     self.endpoints[e].phase = Phase::Rejoin {
                         shared,
                         slot,
@@ -1386,7 +1392,7 @@ impl Hub {
             return;
         };
         let (shared, slot, init) = (Arc::clone(shared), *slot, *init);
-        let launch = &shared.config.launch;
+        let launch = shared.launch();
         let name = self.endpoints[e].name();
         let outcome = if init {
             match &launch.init {
@@ -1452,7 +1458,7 @@ impl Hub {
         };
         let (shared, slot) = (Arc::clone(shared), *slot);
         let size = out.header.len() + out.body.len();
-        let max = shared.config.launch.max_frame;
+        let max = shared.launch().max_frame;
         if size > max {
             // As a failed write does locally: the worker is lost to the pool.
             shared.mark_dying(slot);
@@ -1617,7 +1623,7 @@ impl Hub {
             Phase::Attached { shared, .. }
             | Phase::Releasing {
                 pool: Some((shared, _)),
-            } => shared.config.launch.max_frame,
+            } => shared.launch().max_frame,
             _ => 4096,
         };
         let mut frames = Vec::new();

@@ -22,12 +22,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pool_core::ProtocolError;
 use pool_core::wire::{self, FromWorker, ToWorker};
 
-pub(crate) use crate::backend::Outgoing;
-/// The name the MPI backend still uses for [`Scheduler`].
-#[cfg(feature = "mpi")]
-pub(crate) type Shared = Scheduler;
 use crate::backend::handshake::Launch;
-use crate::backend::{Backend, Events, Link};
+use crate::backend::{Backend, Events, Link, RemoteStart};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::sys::now_ns;
@@ -61,9 +57,6 @@ pub(crate) struct Config {
 /// Failed starts in a row of a slot, with no worker running, after which
 /// the pool is broken (about 150 ms of retries).
 const BREAK_AFTER: u32 = 5;
-
-/// Attaches the workers of a remote backend to a new pool.
-pub(crate) type RemoteStart = fn(&Arc<Scheduler>) -> Result<(), Error>;
 
 /// Encoded work for one worker: `count` items of one job.
 pub(crate) struct Chunk {
@@ -478,7 +471,7 @@ impl Scheduler {
             match msg {
                 Some(Supervise::Initial(reply)) => {
                     let started = match self.config.remote {
-                        Some(attach_all) => attach_all(&self),
+                        Some(attach_all) => attach_all(&(Arc::clone(&self) as Arc<dyn Events>)),
                         None => Ok(()),
                     };
                     let _ = reply.send(started);
@@ -583,23 +576,6 @@ impl Scheduler {
         }
     }
 
-    /// Adds a ready remote worker in `slot`: frames for it go to `tx`;
-    /// whoever reads its frames calls [`Scheduler::deliver`], and
-    /// [`Scheduler::detach`] once it is gone. Returns `false` (and attaches
-    /// nothing) once the pool is terminated. (`_local` is always `false`:
-    /// local workers come through [`Events::attach`].)
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend attaches its ranks with it
-    pub(crate) fn attach(
-        &self,
-        slot: usize,
-        pid: u32,
-        tx: Sender<Outgoing>,
-        page: Option<Arc<crate::backend::Progress>>,
-        _local: bool,
-    ) -> bool {
-        self.attach_link(slot, pid, Link::Remote { tx, page })
-    }
-
     fn attach_link(&self, slot: usize, pid: u32, link: Link) -> bool {
         let mut st = self.lock();
         if st.terminated {
@@ -646,17 +622,6 @@ impl Scheduler {
                 kill(worker);
             }
         }
-    }
-
-    /// Handles one frame from the worker in `slot`.
-    #[cfg_attr(not(feature = "mpi"), allow(dead_code))] // the MPI backend delivers frame by frame
-    pub(crate) fn deliver(
-        &self,
-        slot: usize,
-        pid: u32,
-        frame: Vec<u8>,
-    ) -> Result<(), ProtocolError> {
-        self.deliver_all(slot, pid, &mut vec![frame])
     }
 
     /// Handles frames from the worker in `slot`, in order, under one lock,
@@ -928,6 +893,14 @@ impl Scheduler {
 }
 
 impl Events for Scheduler {
+    fn launch(&self) -> &Launch {
+        &self.config.launch
+    }
+
+    fn processes(&self) -> usize {
+        self.config.processes
+    }
+
     fn is_stopping(&self) -> bool {
         Scheduler::is_stopping(self)
     }
