@@ -275,6 +275,78 @@ fn join_delivers_every_item_an_imap_pulled() {
     }
 }
 
+/// `join` while another thread keeps pulling an endless `imap`: the join
+/// returns, the iterator delivers what it pulled, in order, then one error
+/// and its end.
+#[test]
+fn join_ends_an_imap_that_keeps_pulling() {
+    let pool = Arc::new(common::pool());
+    let p = Arc::clone(&pool);
+    let (seen_tx, seen_rx) = mpsc::channel();
+    let consumer = std::thread::spawn(move || {
+        let mut results = Vec::new();
+        for result in p.istarmap(task!(common::sleepy), (0u64..).map(|x| (x, 1))) {
+            results.push(result.map_err(|e| e.to_string()));
+            if results.len() == 10 {
+                let _ = seen_tx.send(());
+            }
+        }
+        results
+    });
+    seen_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the imap delivers");
+    let p = Arc::clone(&pool);
+    within(20, move || p.join());
+    let results = within(20, move || consumer.join().expect("consumer"));
+    let (last, values) = results.split_last().expect("results");
+    assert!(last.is_err(), "{last:?}");
+    let values: Vec<u64> = values
+        .iter()
+        .map(|r| r.clone().expect("every pulled item is delivered"))
+        .collect();
+    assert_eq!(values, (0..values.len() as u64).collect::<Vec<_>>());
+    // Closed, then joined: new work is refused as closed.
+    assert!(matches!(
+        pool.map(task!(common::square), [1]),
+        Err(Error::Closed)
+    ));
+}
+
+/// A task whose items all take `ms` milliseconds.
+#[task]
+fn busy_for(x: u64, ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    x
+}
+
+/// After thousands of instant items of a task, items of 10 ms are given
+/// one at a time as soon as one was seen (the pace does not stay fast and
+/// queue several behind each other).
+#[test]
+fn slow_items_after_fast_ones_are_not_queued_deep() {
+    let pool = Arc::new(common::pool());
+    let warm = pool.starmap(task!(busy_for), (0..20_000).map(|x| (x, 0)));
+    assert_eq!(warm.map(|v| v.len()).ok(), Some(20_000));
+    let p = Arc::clone(&pool);
+    let in_flight = within(60, move || {
+        let mut seen = Vec::new();
+        for (i, result) in p
+            .chunksize(1)
+            .istarmap(task!(busy_for), (0..60).map(|x| (x, 10)))
+            .enumerate()
+        {
+            assert_eq!(result.expect("an item"), i as u64);
+            if i >= 30 {
+                seen.push(p.stats().in_flight_items);
+            }
+        }
+        seen
+    });
+    // Two workers, one item each (and one more just handed out).
+    assert!(in_flight.iter().all(|&n| n <= 4), "{in_flight:?}");
+}
+
 // ----- 4. callbacks that touch the pool -----
 
 /// A callback that drops the last handle on the pool: the pool ends and
@@ -361,16 +433,17 @@ fn probe_stalled_fork() {
     if std::env::var_os("POOL_PROBE_STALLED_FORK").is_none() {
         return;
     }
+    let first = Pool::builder().processes(1).build().expect("first pool");
+    let server = common::wait_for_fork_server(None);
+    // A pool built now has forks of the server: when they end, only the
+    // stopped server could say how.
     let pool = Pool::builder()
-        .processes(1)
+        .processes(2)
         .startup_timeout(Duration::MAX)
         .build()
         .expect("pool");
-    let server = common::wait_for_fork_server(None);
-    // A pool built now has forks of it: the server is in use.
-    let second = Pool::builder().processes(1).build().expect("second pool");
-    assert!(common::all_children_of(&second.worker_pids(), server));
-    drop(second);
+    assert!(common::all_children_of(&pool.worker_pids(), server));
+    drop(first);
     // SAFETY: stopping and signalling processes of this program.
     unsafe { libc::kill(server as i32, libc::SIGSTOP) };
     let worker = pool.worker_pids()[0];
@@ -378,7 +451,9 @@ fn probe_stalled_fork() {
     unsafe { libc::kill(worker as i32, libc::SIGKILL) };
     // The replacement's thread runs once the death is seen.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(pool.stats().workers[0].respawns == 1 && thread_named("pool-worker-0")) {
+    while !(pool.stats().workers.iter().map(|w| w.respawns).sum::<u64>() == 1
+        && (thread_named("pool-worker-0") || thread_named("pool-worker-1")))
+    {
         assert!(Instant::now() < deadline, "no replacement under way");
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -398,7 +473,9 @@ fn thread_named(name: &str) -> bool {
 }
 
 /// Dropping a pool whose replacement worker waits on a stopped fork
-/// server (with no startup timeout) returns: shutdown sees that start.
+/// server (with no startup timeout), and whose other worker is a fork of
+/// that server, returns within its 2 s bound: shutdown abandons the start,
+/// and does not wait for the stopped server to report the kill.
 #[test]
 fn drop_ends_while_a_fork_request_is_stalled() {
     let mut probe = common::probe_command("probe_stalled_fork", "POOL_PROBE_STALLED_FORK")
@@ -426,7 +503,7 @@ fn drop_ends_while_a_fork_request_is_stalled() {
     let line = line.expect("HANG: the pool's drop did not return within 30 s");
     assert!(status.success(), "{line}; {status}");
     let ms: u64 = line.trim_end_matches(" ms").parse().expect("a duration");
-    assert!(ms < 10_000, "drop took {ms} ms, beyond its 2 s bound");
+    assert!(ms < 2_000, "drop took {ms} ms, beyond its 2 s bound");
 }
 
 // ----- 6. descriptors per worker -----

@@ -729,6 +729,7 @@ impl Pool {
     /// ```
     pub fn join(&self) {
         self.shared.close();
+        self.shared.begin_join();
         let from_results_thread = self
             .driver
             .lock()

@@ -110,6 +110,8 @@ pub(crate) struct Run<T: Task, I> {
     delivered: usize,
     /// Items the consumer is done with; the window is counted from here.
     released: usize,
+    /// An `imap`-family call: it stops reading input once the pool joins.
+    lazy: bool,
     /// Whether the consumer releases items itself, in input order (`imap`);
     /// otherwise every delivered item counts as released.
     ordered: bool,
@@ -200,6 +202,7 @@ where
             pulled: 0,
             delivered: 0,
             released: 0,
+            lazy,
             ordered,
             // Blocking calls hold a few chunks per worker more than `imap`,
             // which keeps memory small; both grow to the workers' pipeline
@@ -313,7 +316,7 @@ where
             if self.input.is_none() {
                 return Ok(());
             }
-            if self.shared.is_stopping() {
+            if !self.shared.takes_input(self.lazy) {
                 // Joined or terminated: what was pulled is delivered (or
                 // failed), and the rest of the input is not read.
                 self.input = None;

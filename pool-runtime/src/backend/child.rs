@@ -107,6 +107,13 @@ impl ChildProc {
 
     /// Waits for it to end (and reaps it, if a child of ours).
     pub(crate) fn wait(&mut self) -> ExitCause {
+        self.wait_reported(Duration::from_secs(2))
+    }
+
+    /// [`ChildProc::wait`], giving the fork server at most `grace` after a
+    /// forked worker is gone to report how it ended (the pool shutting
+    /// down killed it, and a stopped server must not hold that up).
+    pub(crate) fn wait_reported(&mut self, grace: Duration) -> ExitCause {
         if let Some(cause) = self.ended {
             return cause;
         }
@@ -128,7 +135,7 @@ impl ChildProc {
                 && sys::pidfd_exited(&forked.pidfd)
             {
                 let since = *exited_since.get_or_insert_with(std::time::Instant::now);
-                if since.elapsed() > Duration::from_secs(2) {
+                if since.elapsed() > grace {
                     self.ended = Some(ExitCause::Unknown);
                     return ExitCause::Unknown;
                 }

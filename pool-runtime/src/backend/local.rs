@@ -399,7 +399,13 @@ fn read_loop(
         thread::sleep(Duration::from_millis(2));
     }
     child.kill();
-    let cause = child.wait();
+    let cause = if events.is_stopping() {
+        // Killed by the shutdown: its cause is known well enough, and a
+        // fork server that does not report (stopped) must not hold it up.
+        child.wait_reported(Duration::from_millis(20))
+    } else {
+        child.wait()
+    };
     events.detach(slot, pid, cause, protocol);
 }
 

@@ -37,6 +37,48 @@ impl Worker {
             .map(|f| (f, page))
     }
 
+    /// Adds a chunk sent to it.
+    pub(super) fn push_back(&mut self, flight: InFlight) {
+        let task = flight.chunk.task;
+        match self.tasks.iter_mut().find(|(t, _)| *t == task) {
+            Some((_, n)) => *n += 1,
+            None => self.tasks.push((task, 1)),
+        }
+        self.in_flight.push_back(flight);
+    }
+
+    /// Removes its oldest chunk (completed).
+    pub(super) fn pop_front(&mut self) -> Option<InFlight> {
+        let flight = self.in_flight.pop_front()?;
+        self.forget_task(flight.chunk.task);
+        Some(flight)
+    }
+
+    /// Removes its newest chunk (taken back).
+    pub(super) fn pop_back(&mut self) -> Option<InFlight> {
+        let flight = self.in_flight.pop_back()?;
+        self.forget_task(flight.chunk.task);
+        Some(flight)
+    }
+
+    fn forget_task(&mut self, task: u64) {
+        if let Some(at) = self.tasks.iter().position(|(t, _)| *t == task) {
+            self.tasks[at].1 -= 1;
+            if self.tasks[at].1 == 0 {
+                self.tasks.swap_remove(at);
+            }
+        }
+    }
+
+    /// Whether every chunk in flight to it is of `task`.
+    pub(super) fn runs_only(&self, task: u64) -> bool {
+        match self.tasks.as_slice() {
+            [] => true,
+            [(only, _)] => *only == task,
+            _ => false,
+        }
+    }
+
     /// Its time per item on `task`, if `task` is what it last finished.
     pub(super) fn pace_on(&self, task: u64) -> Option<Duration> {
         self.pace
@@ -71,8 +113,15 @@ impl State {
         loop {
             self.dispatch_queued(config, now);
             if !self.queue.is_empty() || !self.steal(now) {
-                return;
+                break;
             }
+        }
+        // A worker is idle beside one with chunks behind its running item:
+        // the supervisor watches at its fast pace from now on (it may be
+        // asleep for 100 ms), to take them back once the item runs long.
+        if self.queue.is_empty() && !self.watching_steals && self.may_steal() {
+            self.watching_steals = true;
+            let _ = self.wake.send(super::Supervise::Wake);
         }
     }
 
@@ -129,7 +178,7 @@ impl State {
             };
             let first = taken.len();
             while w.in_flight.back().is_some_and(|f| f.id > floor) {
-                if let Some(flight) = w.in_flight.pop_back() {
+                if let Some(flight) = w.pop_back() {
                     if let Some(budget) = w.budget.as_mut() {
                         *budget += (flight.chunk.count - flight.received) as usize;
                     }
@@ -175,7 +224,7 @@ impl State {
                     if w.in_flight.is_empty() {
                         return true;
                     }
-                    if w.in_flight.iter().any(|f| f.chunk.task != task) {
+                    if !w.runs_only(task) {
                         return false;
                     }
                     let Some(per_item) = w.pace_on(task) else {
@@ -221,7 +270,7 @@ impl State {
             });
             if let Some(worker) = self.workers[slot].as_mut() {
                 worker.send(header, Arc::clone(&chunk.body), config.launch.max_frame);
-                worker.in_flight.push_back(InFlight {
+                worker.push_back(InFlight {
                     id,
                     chunk,
                     received: 0,

@@ -105,6 +105,9 @@ struct Worker {
     /// How it is reached, stopped, and watched (its kind).
     link: Link,
     in_flight: VecDeque<InFlight>,
+    /// How many chunks of each task are in `in_flight` (kept beside it, so
+    /// that dispatch asks "only this task?" without a scan).
+    tasks: Vec<(u64, usize)>,
     /// The reader saw the end; the pid may be reaped: never signal it again.
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
@@ -119,6 +122,11 @@ struct Worker {
 }
 
 pub(crate) struct State {
+    /// Wakes the supervisor, so it watches at its fast pace as soon as
+    /// chunks may need taking back (see [`State::dispatch`]).
+    wake: Sender<Supervise>,
+    /// The supervisor was woken for that and has not seen it end yet.
+    watching_steals: bool,
     workers: Vec<Option<Worker>>,
     queue: VecDeque<Chunk>,
     jobs: HashMap<u64, JobSpec>,
@@ -166,6 +174,9 @@ pub(crate) struct Scheduler {
     pub(crate) chunk_sizes: Mutex<HashMap<u64, usize>>,
     /// Set once shutdown begins (read without the lock).
     stopping: AtomicBool,
+    /// Set once `join` begins: calls read no more input (read without the
+    /// lock).
+    joining: AtomicBool,
     /// Threads that made events under the lock and send them after it:
     /// shutdown waits for them before it ends the jobs, so that a job's
     /// end never overtakes its last results.
@@ -178,6 +189,8 @@ impl Scheduler {
         let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Scheduler {
             state: Mutex::new(State {
+                wake: tx.clone(),
+                watching_steals: false,
                 workers: (0..config.processes).map(|_| None).collect(),
                 queue: VecDeque::new(),
                 jobs: HashMap::new(),
@@ -198,6 +211,7 @@ impl Scheduler {
             supervisor: tx.clone(),
             chunk_sizes: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            joining: AtomicBool::new(false),
             delivering: AtomicUsize::new(0),
         });
         let sup = Arc::clone(&shared);
@@ -239,11 +253,12 @@ impl Scheduler {
     /// Registers a job; its events go to `events`.
     pub(crate) fn register(&self, spec: JobSpec) -> Result<u64, Error> {
         let mut st = self.lock();
-        if st.terminated {
-            return Err(Error::Terminated);
-        }
+        // A pool closed, then joined, refuses new work as closed.
         if st.closed {
             return Err(Error::Closed);
+        }
+        if st.terminated {
+            return Err(Error::Terminated);
         }
         if let Some((reason, source)) = &st.broken {
             return Err(Error::Broken {
@@ -330,6 +345,21 @@ impl Scheduler {
     /// Whether the pool is shutting down (or has): no work is accepted.
     pub(crate) fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// `join` begins: calls read no more of their input (an `imap` whose
+    /// consumer keeps pulling would otherwise keep the pool busy for ever),
+    /// and what they pulled runs to its end.
+    pub(crate) fn begin_join(&self) {
+        self.joining.store(true, Ordering::Release);
+    }
+
+    /// Whether a call may still read input: not once the pool is shutting
+    /// down, nor a `lazy` one (an `imap`) once it is joining (a blocking
+    /// call was submitted whole before the join, as in Python, and runs to
+    /// its end).
+    pub(crate) fn takes_input(&self, lazy: bool) -> bool {
+        !(lazy && self.joining.load(Ordering::Acquire)) && !self.is_stopping()
     }
 
     /// Whether `close` was called.
@@ -444,8 +474,9 @@ impl Scheduler {
             // And fast ones while an idle worker may take chunks waiting
             // behind a long item.
             let tick = {
-                let st = self.lock();
-                if st.may_steal() {
+                let mut st = self.lock();
+                st.watching_steals = st.may_steal();
+                if st.watching_steals {
                     stall_limit().min(Duration::from_millis(10))
                 } else if st
                     .workers
@@ -589,6 +620,7 @@ impl Scheduler {
             pid,
             link,
             in_flight: VecDeque::new(),
+            tasks: Vec::new(),
             dying: false,
             timed_out: None,
             last_done: Instant::now(),
@@ -726,7 +758,7 @@ impl Scheduler {
             worker.pace = Some((task, pace));
             worker.last_done = now;
             st.stats[slot].busy += took;
-            worker.in_flight.pop_front();
+            worker.pop_front();
             if worker.budget == Some(0) && worker.in_flight.is_empty() {
                 // Spent: it exits, its reader sees the end, and the
                 // supervisor starts a replacement.

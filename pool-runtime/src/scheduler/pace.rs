@@ -12,11 +12,15 @@ pub(super) const PIPELINE: Duration = Duration::from_millis(1);
 /// A running estimate of a worker's time per item: decayed sums of chunk
 /// times and item counts. Results read in one batch make the first chunk
 /// seem to take all the time and the others none; the sums average that
-/// out, and a slow chunk raises the estimate at once.
+/// out. A chunk that took [`PIPELINE`] or more counts at once, whatever
+/// came before: after thousands of instant items, the sums would take
+/// dozens of slow chunks to notice them (each queued deep behind the last).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Pace {
     nanos: f64,
     items: f64,
+    /// The time per item of the last chunk, if it took `PIPELINE` or more.
+    slow: Option<Duration>,
 }
 
 impl Pace {
@@ -25,11 +29,14 @@ impl Pace {
         const KEEP: f64 = 0.875;
         self.nanos = self.nanos * KEEP + took.as_nanos() as f64;
         self.items = self.items * KEEP + f64::from(items);
+        self.slow = (took >= PIPELINE).then(|| took / items.max(1));
     }
 
     /// The time per item, once a chunk was added.
     pub(crate) fn per_item(&self) -> Option<Duration> {
-        (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))
+        let average =
+            (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))?;
+        Some(self.slow.map_or(average, |slow| slow.max(average)))
     }
 }
 
@@ -42,4 +49,27 @@ pub(crate) fn ahead(chunk_time: Duration) -> usize {
     }
     let n = PIPELINE.as_nanos() / chunk_time.as_nanos().max(1);
     usize::try_from(n).unwrap_or(usize::MAX).max(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slow chunk after many instant ones is seen at once.
+    #[test]
+    fn a_slow_chunk_counts_at_once() {
+        let mut pace = Pace::default();
+        for _ in 0..1000 {
+            pace.add(Duration::from_micros(5), 1000);
+        }
+        assert!(pace.per_item() < Some(Duration::from_micros(1)));
+        pace.add(Duration::from_millis(10), 1);
+        assert_eq!(pace.per_item(), Some(Duration::from_millis(10)));
+        assert_eq!(ahead(Duration::from_millis(10)), 1);
+        // A fast chunk after it: the average again (batched results make
+        // single readings near zero, so one fast reading is not trusted
+        // more than the sums).
+        pace.add(Duration::from_micros(5), 1);
+        assert!(pace.per_item() < Some(Duration::from_millis(10)));
+    }
 }
