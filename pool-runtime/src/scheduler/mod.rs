@@ -359,7 +359,8 @@ impl Scheduler {
     /// call was submitted whole before the join, as in Python, and runs to
     /// its end).
     pub(crate) fn takes_input(&self, lazy: bool) -> bool {
-        !(lazy && self.joining.load(Ordering::Acquire)) && !self.is_stopping()
+        let joined = lazy && self.joining.load(Ordering::Acquire);
+        !(joined || self.is_stopping())
     }
 
     /// Whether `close` was called.
