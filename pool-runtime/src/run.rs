@@ -293,7 +293,7 @@ where
     /// chunks and [`DEEP_BYTES`] of encoded arguments), never beyond: input
     /// is not read ahead of what the workers can take.
     fn window_for(&self, size: usize) -> usize {
-        let pipeline = match self.pace.per_item() {
+        let pipeline = match self.pace.average() {
             Some(per_item) => {
                 let chunk_time = per_item
                     .checked_mul(u32::try_from(size).unwrap_or(u32::MAX))

@@ -576,8 +576,10 @@ fn run_chunk(
 }
 
 /// How long results may wait in a worker's buffer while a chunk runs
-/// before its flusher thread sends them.
-const FLUSH_AFTER: Duration = Duration::from_millis(1);
+/// before its flusher thread sends them: the stall limit of dispatch, so
+/// results of finished chunks are in before chunks behind a long item are
+/// taken back. (1 ms cost chunk-size-1 throughput about 10% in wake-ups.)
+const FLUSH_AFTER: Duration = Duration::from_millis(5);
 /// Buffered bytes past which a write goes out at once.
 const OUT_CAPACITY: usize = 256 * 1024;
 

@@ -32,11 +32,16 @@ impl Pace {
         self.slow = (took >= PIPELINE).then(|| took / items.max(1));
     }
 
-    /// The time per item, once a chunk was added.
+    /// The time per item, once a chunk was added: what dispatch goes by.
     pub(crate) fn per_item(&self) -> Option<Duration> {
-        let average =
-            (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))?;
+        let average = self.average()?;
         Some(self.slow.map_or(average, |slow| slow.max(average)))
+    }
+
+    /// The decayed average alone, without the last slow chunk's say (for a
+    /// call's read-ahead, which one slow reading should not shrink).
+    pub(crate) fn average(&self) -> Option<Duration> {
+        (self.items > 0.0).then(|| Duration::from_nanos((self.nanos / self.items) as u64))
     }
 }
 
