@@ -1,16 +1,19 @@
-//! The scheduler: shared state of a pool, chunk dispatch, worker threads.
+//! The scheduler: a pool's policy, with no process code. It keeps the jobs
+//! (calls), their queued chunks, what each worker has in flight, and
+//! decides what goes where ([`dispatch`]: which worker, how many chunks
+//! ahead at its [`pace`], taking chunks back from behind a long item),
+//! when an item has run past its timeout, what a worker's death means for
+//! the items it held (blame, requeue, retry), and when a replacement is
+//! due. Calls receive their results as [`events`].
 //!
-//! All state sits in one [`State`] behind a mutex; whichever thread has news
-//! (a caller submitting, a reader thread receiving results, the supervisor
-//! spawning a worker) takes the lock, updates it and dispatches queued chunks.
-//! Each worker has a reader thread (frames in) and a writer thread (frames
-//! out), so a large frame being written never blocks the reading of results.
-//! The reader thread is also the one that started the worker process and
-//! reaps it, so the worker's parent-death signal is tied to a thread that
-//! lives exactly as long as the worker. The thread that builds the pool
-//! starts the first workers and waits for them; the supervisor thread
-//! starts replacements (without waiting for them), enforces timeouts and
-//! notices exits.
+//! It sees workers only through [`crate::backend`]: a [`Backend`] starts
+//! and replaces them and reports through [`Events`] (implemented here);
+//! each worker is held as a [`Link`]. All state sits in one [`State`]
+//! behind a mutex; whichever thread has news (a caller submitting, a
+//! backend's reader delivering frames, the supervisor) takes the lock,
+//! updates the state and dispatches. The supervisor thread starts
+//! replacements (with backoff after a failed start), enforces timeouts,
+//! takes chunks back from behind long items, and notices exits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
