@@ -7,112 +7,16 @@
 //! they did not run; with it, a missing `mpirun` fails the tests that need
 //! it, saying what to install.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-/// One MPI job at a time: the machine may have two cores, and the check
-/// that no rank is left running must not see another test's ranks.
-static ONE_JOB: Mutex<()> = Mutex::new(());
-
-/// Panics, saying what to install, when `mpirun` is not on the PATH.
-fn require_mpirun() {
-    assert!(
-        find_on_path("mpirun").is_some(),
-        "`mpirun` is not on the PATH (Debian: apt-get install openmpi-bin libopenmpi-dev libclang-dev)"
-    );
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Builds the example with the feature, in release mode; returns its path.
-fn example() -> PathBuf {
-    static BUILT: Mutex<bool> = Mutex::new(false);
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    // target/<profile>/deps/mpi-<hash> → target/release/examples/mpi_starmap
-    let exe = std::env::current_exe().expect("test path");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target dir");
-    if !*built {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--features",
-                "mpi",
-                "--example",
-                "mpi_starmap",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", target)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the mpi_starmap example");
-        *built = true;
-    }
-    target.join("release/examples/mpi_starmap")
-}
-
-/// Runs `command` to its end, or kills it after `limit`.
-fn run(mut command: Command, limit: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            panic!(
-                "still running after {limit:?}:\n{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-/// Processes still running the example binary.
-fn leftovers(exe: &Path) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let exe = exe.to_string_lossy();
-    dir.flatten()
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let first = cmdline.split(|&b| b == 0).next()?;
-            (String::from_utf8_lossy(first) == exe).then(|| {
-                format!(
-                    "pid {}: {}",
-                    entry.file_name().to_string_lossy(),
-                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
-                )
-            })
-        })
-        .collect()
-}
+mod common;
+use common::mpi::{ONE_JOB, assert_nothing_left, example, require_mpirun, run};
 
 /// The example under `mpirun -n 3`; checks that no rank outlives the job.
 fn mpirun(program: Option<&str>, limit: Duration) -> Output {
     require_mpirun();
-    let exe = example();
+    let exe = example("mpi_starmap");
     let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
     let mut command = Command::new("mpirun");
     command
@@ -126,13 +30,7 @@ fn mpirun(program: Option<&str>, limit: Duration) -> Output {
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
     let output = run(command, limit);
     // mpirun returns once every rank has ended; allow a moment for reaping.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut left = leftovers(&exe);
-    while !left.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        left = leftovers(&exe);
-    }
-    assert!(left.is_empty(), "ranks left running: {left:?}");
+    assert_nothing_left(&exe);
     output
 }
 
@@ -348,7 +246,7 @@ fn idle_ranks_do_not_spin() {
 fn an_mpi_library_that_does_not_match_the_launcher_is_refused() {
     // MPICH's mpiexec sets PMI_RANK/PMI_SIZE; Open MPI ignores them and
     // starts a world of one, which must not run as one of three jobs.
-    let exe = example();
+    let exe = example("mpi_starmap");
     let mut command = Command::new(&exe);
     command
         .env("PMI_RANK", "0")
@@ -371,7 +269,7 @@ fn an_mpi_library_that_does_not_match_the_launcher_is_refused() {
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
 )]
 fn without_a_launcher_the_same_binary_uses_local_processes() {
-    let exe = example();
+    let exe = example("mpi_starmap");
     let output = run(Command::new(&exe), Duration::from_secs(60));
     let (stdout, stderr) = text(&output);
     assert!(

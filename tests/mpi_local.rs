@@ -9,120 +9,17 @@
 //! bounded in time and checks that no process of the example (rank or local
 //! worker) outlives it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// One MPI job at a time: the machine may have two cores, and the check
-/// that nothing is left running must not see another test's processes.
-static ONE_JOB: Mutex<()> = Mutex::new(());
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Builds the example with the feature, in release mode; returns its path.
-fn example() -> PathBuf {
-    static BUILT: Mutex<bool> = Mutex::new(false);
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    // target/<profile>/deps/mpi_local-<hash> → target/release/examples/mpi_local
-    let exe = std::env::current_exe().expect("test path");
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .expect("target dir");
-    if !*built {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--release",
-                "--features",
-                "mpi",
-                "--example",
-                "mpi_local",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", target)
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the mpi_local example");
-        *built = true;
-    }
-    target.join("release/examples/mpi_local")
-}
-
-/// Runs `command` to its end, or kills it after `limit`.
-fn run(mut command: Command, limit: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            panic!(
-                "still running after {limit:?}:\n{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
-
-/// Processes still running the example binary: ranks, and local workers
-/// (which run the same binary under the same name).
-fn leftovers(exe: &Path) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let exe = exe.to_string_lossy();
-    dir.flatten()
-        .filter_map(|entry| {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let first = cmdline.split(|&b| b == 0).next()?;
-            (String::from_utf8_lossy(first) == exe).then(|| {
-                format!(
-                    "pid {}: {}",
-                    entry.file_name().to_string_lossy(),
-                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
-                )
-            })
-        })
-        .collect()
-}
-
-/// Waits a moment for processes to be reaped, then checks none is left.
-fn assert_nothing_left(exe: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut left = leftovers(exe);
-    while !left.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        left = leftovers(exe);
-    }
-    assert!(left.is_empty(), "processes left running: {left:?}");
-}
+mod common;
+use common::mpi::{ONE_JOB, assert_nothing_left, example, require_mpirun, run};
 
 /// The example under `mpirun -n 3` with `local` local workers per worker
 /// rank; checks that nothing outlives the job.
 fn mpirun(program: Option<&str>, local: &str, limit: Duration) -> Output {
-    assert!(
-        find_on_path("mpirun").is_some(),
-        "`mpirun` is not on the PATH (Debian: apt-get install openmpi-bin libopenmpi-dev libclang-dev)"
-    );
-    let exe = example();
+    require_mpirun();
+    let exe = example("mpi_local");
     let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
     let mut command = Command::new("mpirun");
     command
@@ -405,7 +302,7 @@ fn a_bad_local_worker_count_ends_the_job_with_a_message() {
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi_local"
 )]
 fn without_a_launcher_the_same_program_uses_local_processes() {
-    let exe = example();
+    let exe = example("mpi_local");
     let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
     let mut command = Command::new(&exe);
     command

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+pub mod mpi;
+
 use pool_runtime::Pool;
 use pool_runtime::task;
 

@@ -256,12 +256,14 @@ impl Scheduler {
     /// Registers a job; its events go to `events`.
     pub(crate) fn register(&self, spec: JobSpec) -> Result<u64, Error> {
         let mut st = self.lock();
-        // A pool closed, then joined, refuses new work as closed.
+        // A pool joined (closed, then stopped once its work was done)
+        // refuses new work as closed; a terminated one as terminated.
+        let joined = self.joining.load(Ordering::Acquire);
+        if st.terminated && !joined {
+            return Err(Error::Terminated);
+        }
         if st.closed {
             return Err(Error::Closed);
-        }
-        if st.terminated {
-            return Err(Error::Terminated);
         }
         if let Some((reason, source)) = &st.broken {
             return Err(Error::Broken {
