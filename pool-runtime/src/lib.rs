@@ -286,8 +286,10 @@ use std::sync::atomic::Ordering;
 mod async_result;
 mod backend;
 mod builder;
+mod call;
 mod entry;
 mod error;
+mod imap;
 mod in_order;
 mod pool;
 mod progress;
@@ -299,8 +301,10 @@ mod worker;
 
 pub use async_result::AsyncResult;
 pub use builder::PoolBuilder;
+pub use call::Call;
 pub use error::{Error, ExitCause, ProtocolError, RegistryError, TaskFailure};
-pub use pool::{Call, Imap, ImapUnordered, Pool};
+pub use imap::{Imap, ImapUnordered};
+pub use pool::Pool;
 pub use pool_core::{InitOutput, IntoArgs, Task, UnaryTask};
 pub use stats::{PoolStats, WorkerStats};
 

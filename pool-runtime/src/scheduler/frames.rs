@@ -1,0 +1,282 @@
+//! What a worker's frames and its end mean for the items it held:
+//! results delivered to their calls, chunks completed (and the worker's
+//! pace), and at a death, the running item blamed (or retried) and the
+//! others requeued.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pool_core::ProtocolError;
+use pool_core::wire::{self, FromWorker, ToWorker};
+
+use super::{Event, InFlight, Outbox, Pace, Scheduler, State, Supervise, sub_chunk};
+use crate::error::{Error, ExitCause};
+
+impl Scheduler {
+    /// Handles frames from the worker in `slot`, in order, under one lock,
+    /// draining `frames`. On a bad frame, those before it are delivered.
+    pub(crate) fn deliver_all(
+        &self,
+        slot: usize,
+        pid: u32,
+        frames: &mut Vec<Vec<u8>>,
+    ) -> Result<(), ProtocolError> {
+        let mut outbox = Outbox::default();
+        let mut finished = false;
+        let mut wake = false;
+        let counted;
+        let mut outcome = Ok(());
+        {
+            let mut st = self.lock();
+            for frame in frames.drain(..) {
+                match self.on_frame(&mut st, slot, pid, frame, &mut outbox) {
+                    Ok(done) => finished |= done,
+                    Err(err) => {
+                        outcome = Err(err);
+                        break;
+                    }
+                }
+            }
+            if finished {
+                st.dispatch(&self.config);
+                wake = st.waiters > 0;
+            }
+            counted = outbox.count(self);
+        }
+        frames.clear();
+        outbox.send_counted(self, counted);
+        if wake {
+            self.changed.notify_all();
+        }
+        outcome
+    }
+
+    /// Applies one results frame; `true` if it completed a chunk.
+    fn on_frame(
+        &self,
+        st: &mut State,
+        slot: usize,
+        pid: u32,
+        frame: Vec<u8>,
+        outbox: &mut Outbox,
+    ) -> Result<bool, ProtocolError> {
+        let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
+            Ok((header, body)) => (header, body.len()),
+            Err(err) => return Err(err),
+        };
+        let FromWorker::Results {
+            chunk,
+            first,
+            count,
+        } = header
+        else {
+            return Err(ProtocolError::Unexpected("a frame other than results"));
+        };
+        let body_at = frame.len() - body_len;
+        let worker = st.workers[slot]
+            .as_mut()
+            .ok_or(ProtocolError::Unexpected("results from a removed worker"))?;
+        let front = worker
+            .in_flight
+            .front_mut()
+            .ok_or(ProtocolError::Unexpected("results with no chunk in flight"))?;
+        if front.id != chunk
+            || first != front.received
+            || count > front.chunk.count - front.received
+        {
+            return Err(ProtocolError::Unexpected(
+                "results for another chunk or range",
+            ));
+        }
+        let failed = wire::count_failed(&frame[body_at..]).ok_or_else(|| {
+            ProtocolError::Malformed("a results body overruns its frame".to_owned())
+        })?;
+        front.received += count;
+        let stats = &mut st.stats[slot];
+        stats.items += u64::from(count);
+        stats.failures += failed as u64;
+        if failed > 0 {
+            tracing::debug!(pid, failed, "items failed in a pool worker");
+        }
+        let job = front.chunk.job;
+        let start = front.chunk.first + first as usize;
+        let mut finished = false;
+        let mut chunk_time = None;
+        if front.received == front.chunk.count {
+            let now = Instant::now();
+            let took = now - front.sent.max(worker.last_done);
+            chunk_time = Some((took, front.chunk.count));
+            let task = front.chunk.task;
+            let mut pace = match worker.pace {
+                Some((last, pace)) if last == task => pace,
+                _ => Pace::default(),
+            };
+            pace.add(took, front.chunk.count);
+            worker.pace = Some((task, pace));
+            worker.last_done = now;
+            st.stats[slot].busy += took;
+            worker.pop_front();
+            if worker.budget == Some(0) && worker.in_flight.is_empty() {
+                // Spent: it exits, its reader sees the end, and the
+                // supervisor starts a replacement.
+                let header = wire::encode_header(&ToWorker::Exit);
+                worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
+            }
+            finished = true;
+        }
+        if let Some(spec) = st.jobs.get(&job) {
+            let event = Event::Results {
+                first: start,
+                count,
+                frame,
+                body_at,
+                pid,
+                chunk_time,
+            };
+            outbox.push(&spec.events, job, event);
+        }
+        Ok(finished)
+    }
+
+    /// The worker in `slot` is ending: nothing more is sent to it, and its
+    /// pid is no longer signalled.
+    pub(crate) fn mark_dying(&self, slot: usize) {
+        if let Some(w) = self.lock().workers[slot].as_mut() {
+            w.dying = true;
+        }
+    }
+
+    /// The worker in `slot` is gone: its running item fails (or is retried),
+    /// its other work is requeued, and a replacement is started.
+    pub(crate) fn detach(
+        &self,
+        slot: usize,
+        pid: u32,
+        cause: ExitCause,
+        protocol: Option<ProtocolError>,
+    ) {
+        let attached = self.lock().workers[slot]
+            .as_ref()
+            .is_some_and(|w| w.pid == pid);
+        if !attached {
+            // Detached already (a reader that panicked after its end).
+            return;
+        }
+        self.on_death(slot, pid, cause, protocol);
+        let mut st = self.lock();
+        st.live_readers -= 1;
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn on_death(&self, slot: usize, pid: u32, cause: ExitCause, protocol: Option<ProtocolError>) {
+        let mut outbox = Outbox::default();
+        let mut st = self.lock();
+        let Some(worker) = st.workers[slot].take() else {
+            return;
+        };
+        st.stats[slot].pid = None;
+        if !st.terminated && st.broken.is_none() && self.config.backend.is_some() {
+            st.stats[slot].respawns += 1;
+        }
+        if st.terminated {
+            tracing::debug!(pid, %cause, "pool worker exited");
+        } else if let Some(timeout) = worker.timed_out {
+            tracing::warn!(
+                pid,
+                ?timeout,
+                "pool worker killed: a task exceeded its timeout"
+            );
+        } else if let Some(err) = &protocol {
+            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
+        } else if worker.budget == Some(0) {
+            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
+        } else {
+            let signal = cause.signal_name();
+            tracing::warn!(pid, %cause, signal, "pool worker died");
+        }
+        let (running_chunk, running_item) = match worker.link.running() {
+            Some(page) => {
+                // Between items: nothing is blamed, everything requeued.
+                if page.busy() {
+                    (page.chunk, page.item)
+                } else {
+                    (0, 0)
+                }
+            }
+            // Without a progress page, blame the first unreported item.
+            None => worker
+                .in_flight
+                .front()
+                .map_or((0, 0), |f| (f.id, u64::from(f.received))),
+        };
+        let mut requeue = Vec::new();
+        let mut blamed = 0;
+        let mut protocol = protocol;
+        // The worker runs its chunks in order and may not have sent the
+        // results of finished ones yet (it batches them): the chunks before
+        // the running one are requeued whole, and in the running one only
+        // the running item is blamed.
+        for flight in worker.in_flight {
+            let InFlight {
+                id,
+                chunk,
+                received,
+                ..
+            } = flight;
+            let job = st.jobs.get(&chunk.job);
+            let Some(job) = job else { continue };
+            if id == running_chunk
+                && (running_item as u32) >= received
+                && (running_item as u32) < chunk.count
+            {
+                let k = running_item as u32;
+                requeue.extend(sub_chunk(&chunk, received, k));
+                let index = chunk.first + k as usize;
+                let died = worker.timed_out.is_none() && protocol.is_none();
+                if died && chunk.attempt < job.retries {
+                    // Opt-in retry: the item runs again, alone, on a fresh worker.
+                    if let Some(mut again) = sub_chunk(&chunk, k, k + 1) {
+                        again.attempt += 1;
+                        requeue.push(again);
+                    }
+                    requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
+                    continue;
+                }
+                let error = match (worker.timed_out, protocol.take()) {
+                    (Some(timeout), _) => Error::TaskTimeout {
+                        task: job.task,
+                        index,
+                        pid,
+                        timeout,
+                    },
+                    (None, Some(source)) => Error::Protocol { pid, source },
+                    (None, None) => Error::WorkerDied {
+                        task: job.task,
+                        index,
+                        pid,
+                        cause,
+                    },
+                };
+                tracing::debug!(pid, task = job.task, index, error = %error, "item failed with its worker");
+                blamed += 1;
+                outbox.push(&job.events, chunk.job, Event::Failed { index, error });
+                requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
+            } else {
+                requeue.extend(sub_chunk(&chunk, received, chunk.count));
+            }
+        }
+        st.stats[slot].failures += blamed;
+        for chunk in requeue.into_iter().rev() {
+            st.queue.push_front(chunk);
+        }
+        if !st.terminated && st.broken.is_none() {
+            let _ = self.supervisor.send(Supervise::Respawn(slot));
+        }
+        st.dispatch(&self.config);
+        let counted = outbox.count(self);
+        drop(st);
+        outbox.send_counted(self, counted);
+        self.changed.notify_all();
+    }
+}
