@@ -11,34 +11,11 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 mod common;
-use common::mpi::{ONE_JOB, assert_nothing_left, example, require_mpirun, run};
+use common::mpi::{example, run, text};
 
 /// The example under `mpirun -n 3`; checks that no rank outlives the job.
 fn mpirun(program: Option<&str>, limit: Duration) -> Output {
-    require_mpirun();
-    let exe = example("mpi_starmap");
-    let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
-    let mut command = Command::new("mpirun");
-    command
-        .args(["-n", "3", "--oversubscribe"])
-        // Shared memory only: starts in ~40 ms instead of ~300 ms.
-        .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader"])
-        .arg(&exe)
-        .args(program)
-        // Open MPI refuses to run as root without these (CI runs as root).
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    let output = run(command, limit);
-    // mpirun returns once every rank has ended; allow a moment for reaping.
-    assert_nothing_left(&exe);
-    output
-}
-
-fn text(output: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    common::mpi::mpirun("mpi_starmap", program, &[], limit)
 }
 
 /// `(identifier, value, rank)` of `Task {i} executing with {v} on rank {r}`.

@@ -13,35 +13,16 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::mpi::{ONE_JOB, assert_nothing_left, example, require_mpirun, run};
+use common::mpi::{ONE_JOB, assert_nothing_left, example, run, text};
 
 /// The example under `mpirun -n 3` with `local` local workers per worker
 /// rank; checks that nothing outlives the job.
 fn mpirun(program: Option<&str>, local: &str, limit: Duration) -> Output {
-    require_mpirun();
-    let exe = example("mpi_local");
-    let _one = ONE_JOB.lock().unwrap_or_else(|p| p.into_inner());
-    let mut command = Command::new("mpirun");
-    command
-        .args(["-n", "3", "--oversubscribe"])
-        // Shared memory only: starts in ~40 ms instead of ~300 ms.
-        .args(["--mca", "pml", "ob1", "--mca", "btl", "self,vader"])
-        .args(["-x", "POOL_RUNTIME_MPI_LOCAL_WORKERS"])
-        .arg(&exe)
-        .args(program)
-        .env("POOL_RUNTIME_MPI_LOCAL_WORKERS", local)
-        // Open MPI refuses to run as root without these (CI runs as root).
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    let output = run(command, limit);
-    assert_nothing_left(&exe);
-    output
-}
-
-fn text(output: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+    common::mpi::mpirun(
+        "mpi_local",
+        program,
+        &[("POOL_RUNTIME_MPI_LOCAL_WORKERS", local)],
+        limit,
     )
 }
 
