@@ -7,11 +7,11 @@
 //! task) and runs the callbacks, each under `catch_unwind`: a panicking
 //! callback is reported on stderr and changes nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use pool_core::Task;
 use crate::error::Error;
 use crate::in_order::InOrder;
 use crate::run::{Detached, JobGuard, event_batch};
-use crate::scheduler::{Event, Routed};
+use crate::scheduler::{Event, Routed, Scheduler};
 
 type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
 
@@ -34,6 +34,30 @@ struct Slot<T> {
     busy: usize,
     waker: Option<Waker>,
     callbacks: Vec<Callback<T>>,
+    /// The result thread took the callbacks to run them with the outcome:
+    /// too late to cancel.
+    completing: bool,
+    /// Waits over several results ([`crate::as_completed`]) to tell once
+    /// this one is settled, with its position there.
+    watchers: Vec<(Weak<Watch>, usize)>,
+}
+
+impl<T> Slot<T> {
+    /// Whether `get` would return at once.
+    fn settled(&self) -> bool {
+        self.taken || (self.outcome.is_some() && self.busy == 0)
+    }
+
+    /// Tells the watchers, once settled.
+    fn tell_watchers(&mut self) {
+        if self.settled() {
+            for (watch, position) in self.watchers.drain(..) {
+                if let Some(watch) = watch.upgrade() {
+                    watch.settled(position);
+                }
+            }
+        }
+    }
 }
 
 struct ResultCell<T> {
@@ -49,7 +73,7 @@ impl<T> ResultCell<T> {
     /// Waits until the outcome can be taken (or was).
     fn wait_settled(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Slot<T>>> {
         let mut slot = self.lock();
-        while !(slot.taken || (slot.outcome.is_some() && slot.busy == 0)) {
+        while !slot.settled() {
             slot = match deadline {
                 None => self.ready.wait(slot).unwrap_or_else(|p| p.into_inner()),
                 Some(deadline) => {
@@ -76,11 +100,62 @@ impl<T> ResultCell<T> {
         }
         let mut slot = self.lock();
         slot.busy -= 1;
+        slot.tell_watchers();
         let waker = slot.waker.take();
         drop(slot);
         self.ready.notify_all();
         if let Some(waker) = waker {
             waker.wake();
+        }
+    }
+}
+
+/// Where results tell, by position, that they are settled.
+pub(crate) struct Watch {
+    settled: Mutex<VecDeque<usize>>,
+    changed: Condvar,
+}
+
+impl Watch {
+    pub(crate) fn new() -> Arc<Watch> {
+        Arc::new(Watch {
+            settled: Mutex::new(VecDeque::new()),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// The result at `position` is settled.
+    pub(crate) fn settled(&self, position: usize) {
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(position);
+        self.changed.notify_all();
+    }
+
+    /// The next position told, waiting until `deadline` at most.
+    pub(crate) fn next(&self, deadline: Option<Instant>) -> Option<usize> {
+        let mut settled = self.settled.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(position) = settled.pop_front() {
+                return Some(position);
+            }
+            settled = match deadline {
+                None => self
+                    .changed
+                    .wait(settled)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.changed
+                        .wait_timeout(settled, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
     }
 }
@@ -110,15 +185,42 @@ impl<T> ResultCell<T> {
 /// assert_eq!(pending.get_timeout(std::time::Duration::from_secs(2))?, [8, 9]);
 /// # Ok(()) }
 /// ```
+#[must_use = "an AsyncResult dropped unread, with no callback, cancels its call"]
 pub struct AsyncResult<T> {
     shared: Arc<ResultCell<T>>,
     driver: Sender<Control>,
+    /// Its call in the scheduler, to cancel it.
+    call: Option<CallHandle>,
+}
+
+/// What an [`AsyncResult`] needs to cancel its call.
+struct CallHandle {
+    scheduler: Arc<Scheduler>,
+    job: u64,
+    kill_on_drop: bool,
+}
+
+impl<T> Drop for AsyncResult<T> {
+    /// Dropped unread with no callback, nobody can see the outcome: the
+    /// call's chunks that no worker started are withdrawn (and its running
+    /// items stopped, with [`Call::cancel_on_drop`](crate::Call::cancel_on_drop)).
+    fn drop(&mut self) {
+        let unread = {
+            let slot = self.shared.lock();
+            !(slot.taken || slot.outcome.is_some() || slot.completing || slot.busy > 0)
+                && slot.callbacks.is_empty()
+        };
+        if unread && let Some(call) = &self.call {
+            call.scheduler.cancel(call.job, call.kill_on_drop);
+            let _ = self.driver.send(Control::Forget(call.job));
+        }
+    }
 }
 
 impl<T> std::fmt::Debug for AsyncResult<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let slot = self.shared.lock();
-        let ready = slot.outcome.is_some() || slot.taken || slot.busy > 0;
+        let ready = slot.outcome.is_some() || slot.taken || slot.busy > 0 || slot.completing;
         f.debug_struct("AsyncResult")
             .field("ready", &ready)
             .finish()
@@ -360,6 +462,93 @@ impl<T: Send + 'static> AsyncResult<T> {
         })
     }
 
+    /// Cancels the call: its queued items are dropped, and items running
+    /// are stopped by killing their workers, which are replaced (the only
+    /// way to stop arbitrary code). The result is then
+    /// `Err(`[`Error::Cancelled`]`)`, and nothing of the call is delivered
+    /// afterwards: its error callbacks get `Cancelled`, on the result
+    /// thread. Returns whether anything was still pending: `false` if the
+    /// call had completed (its outcome stays) or was cancelled already.
+    ///
+    /// Under the MPI backend, ranks are not replaced, so an item already
+    /// running on one finishes (its result is dropped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let long = pool.map_async(task!(nap), [60_000; 10])?;
+    /// assert!(long.cancel()); // both workers killed and replaced
+    /// assert!(!long.cancel()); // nothing left to cancel
+    /// assert!(matches!(long.get(), Err(Error::Cancelled)));
+    /// assert_eq!(pool.apply(task!(square), 7)?, 49); // at once, not in a minute
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel(&self) -> bool {
+        let callbacks = {
+            let mut slot = self.shared.lock();
+            if slot.taken || slot.outcome.is_some() || slot.completing || slot.busy > 0 {
+                return false;
+            }
+            // Settled first: a result arriving meanwhile finds it complete.
+            slot.outcome = Some(Err(Error::Cancelled));
+            let callbacks = std::mem::take(&mut slot.callbacks);
+            if callbacks.is_empty() {
+                slot.tell_watchers();
+                let waker = slot.waker.take();
+                drop(slot);
+                self.shared.ready.notify_all();
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            } else {
+                // `get` waits for the error callbacks, run on the result thread.
+                slot.busy += 1;
+            }
+            callbacks
+        };
+        if let Some(call) = &self.call {
+            call.scheduler.cancel(call.job, true);
+            let _ = self.driver.send(Control::Forget(call.job));
+        }
+        if !callbacks.is_empty() {
+            let shared = Arc::clone(&self.shared);
+            let late = Late(Some(Box::new(move || {
+                shared.run_late(move |outcome| {
+                    for f in callbacks {
+                        guarded(|| f(outcome));
+                    }
+                })
+            })));
+            if let Err(crossbeam_channel::SendError(Control::Run(mut late))) =
+                self.driver.send(Control::Run(late))
+            {
+                late.run();
+            }
+        }
+        true
+    }
+
+    /// Asks `watch` to be told, with `position`, once this result is settled.
+    pub(crate) fn watch(&self, watch: &Arc<Watch>, position: usize) {
+        let mut slot = self.shared.lock();
+        slot.watchers.retain(|(w, _)| w.strong_count() > 0);
+        slot.watchers.push((Arc::downgrade(watch), position));
+        slot.tell_watchers();
+    }
+
+    /// Whether `get` would return at once.
+    pub(crate) fn settled(&self) -> bool {
+        self.shared.lock().settled()
+    }
+
     fn register(self, f: impl FnOnce(&Result<T, Error>) + Send + 'static) -> Self {
         {
             let mut slot = self.shared.lock();
@@ -439,7 +628,7 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut slot = self.shared.lock();
-        if slot.taken || (slot.outcome.is_some() && slot.busy == 0) {
+        if slot.settled() {
             return Poll::Ready(take(&mut slot));
         }
         slot.waker = Some(cx.waker().clone());
@@ -487,6 +676,8 @@ impl<T: Task, R: Send + 'static> Collect<T, R> {
                 }
                 if slot.callbacks.is_empty() {
                     slot.outcome = Some(outcome);
+                    slot.completing = false;
+                    slot.tell_watchers();
                     let waker = slot.waker.take();
                     drop(slot);
                     self.shared.ready.notify_all();
@@ -495,6 +686,7 @@ impl<T: Task, R: Send + 'static> Collect<T, R> {
                     }
                     return;
                 }
+                slot.completing = true;
                 std::mem::take(&mut slot.callbacks)
             };
             // Outside the lock; callbacks registered meanwhile run next round.
@@ -546,6 +738,8 @@ impl<T: Task, R: Send + 'static> Tracked for Collect<T, R> {
 
 enum Control {
     Add(u64, Box<dyn Tracked>),
+    /// The call was cancelled: stop tracking it.
+    Forget(u64),
     Run(Late),
     Stop,
 }
@@ -608,10 +802,17 @@ impl Driver {
                 busy: 0,
                 waker: None,
                 callbacks: Vec::new(),
+                completing: false,
+                watchers: Vec::new(),
             }),
             ready: Condvar::new(),
         });
         let job = detached.guard.job;
+        let call = CallHandle {
+            scheduler: Arc::clone(&detached.guard.shared),
+            job,
+            kill_on_drop: detached.guard.kill_on_drop,
+        };
         let mut collect = Collect::<T, R> {
             shared: Arc::clone(&shared),
             results: InOrder::with_capacity(detached.items),
@@ -633,6 +834,7 @@ impl Driver {
         AsyncResult {
             shared,
             driver: self.control.clone(),
+            call: Some(call),
         }
     }
 
@@ -705,6 +907,10 @@ fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
                     last_added = Some(job);
                     forget_finished(&mut early, last_added);
                 }
+                Ok(Control::Forget(job)) => {
+                    pending.remove(&job);
+                    early.remove(&job);
+                }
                 Ok(Control::Run(mut late)) => late.run(),
                 Ok(Control::Stop) | Err(_) => break,
             },
@@ -718,6 +924,9 @@ fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
         match msg {
             Control::Add(job, call) => {
                 pending.insert(job, call);
+            }
+            Control::Forget(job) => {
+                pending.remove(&job);
             }
             Control::Run(mut late) => late.run(),
             Control::Stop => {}

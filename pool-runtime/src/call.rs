@@ -228,6 +228,36 @@ impl<'p> Call<'p> {
         self
     }
 
+    /// Whether dropping the call before its end also stops the items
+    /// running for it, by killing their workers (which are replaced).
+    /// Either way, dropping an [`imap`](Call::imap)-family iterator or an
+    /// unread [`AsyncResult`] (one with no callback) withdraws its chunks
+    /// that no worker started: queued ones, and those waiting on a worker
+    /// behind its running item. Default: `false`: running items finish and
+    /// their results are dropped. (Under the MPI backend, ranks are not
+    /// replaced, so their running items always finish.)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let mut naps = pool.call().cancel_on_drop(true).chunksize(1).imap(task!(nap), [60_000; 100]);
+    /// drop(naps); // both workers are killed and replaced: no minute-long wait
+    /// assert_eq!(pool.map(task!(square), [1, 2, 3])?, [1, 4, 9]);
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_on_drop(mut self, yes: bool) -> Self {
+        self.options.cancel_on_drop = yes;
+        self
+    }
+
     /// Calls a one-argument task on every item, in parallel; returns the
     /// results in input order.
     ///

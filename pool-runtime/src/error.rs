@@ -213,6 +213,10 @@ pub enum Error {
     /// The pool was terminated or dropped before this work finished.
     #[error("the pool was terminated before this work finished")]
     Terminated,
+    /// The call was cancelled ([`AsyncResult::cancel`](crate::AsyncResult::cancel),
+    /// [`Pool::cancel_all`](crate::Pool::cancel_all)) before its result was in.
+    #[error("the call was cancelled before its result was in")]
+    Cancelled,
     /// A wait ran out: an async result was not ready within the time given
     /// to [`get_timeout`](crate::AsyncResult::get_timeout). Nothing was
     /// stopped; the work goes on and the result stays retrievable. (An item
@@ -247,6 +251,21 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same failure of a whole call, for another of its items: the
+    /// kinds a call ends with are repeated, anything else as
+    /// [`Error::Terminated`].
+    pub(crate) fn again(&self) -> Error {
+        match self {
+            Error::Closed => Error::Closed,
+            Error::Cancelled => Error::Cancelled,
+            Error::Broken { reason, source } => Error::Broken {
+                reason: reason.clone(),
+                source: source.clone(),
+            },
+            _ => Error::Terminated,
+        }
+    }
+
     /// The index within its call of the item this error is about, if any.
     ///
     /// # Examples

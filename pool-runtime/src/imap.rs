@@ -70,10 +70,11 @@ fn place<O>(buffer: &mut VecDeque<Option<Result<O, Error>>>, next: usize, batch:
 }
 
 /// The iterator of [`Pool::imap_unordered`](crate::Pool::imap_unordered): one `Result` per input item,
-/// in completion order.
+/// in completion order. [`indexed`](ImapUnordered::indexed) tells which
+/// input each result belongs to.
 pub struct ImapUnordered<T: Task, I> {
     inner: Result<Run<T, I>, Option<Error>>,
-    ready: VecDeque<Result<T::Output, Error>>,
+    ready: VecDeque<Indexed<T::Output>>,
 }
 
 impl<T: Task, I> ImapUnordered<T, I> {
@@ -81,6 +82,39 @@ impl<T: Task, I> ImapUnordered<T, I> {
         ImapUnordered {
             inner: run.map_err(Some),
             ready: VecDeque::new(),
+        }
+    }
+
+    /// The same results, each with the position of its input item:
+    /// `(index, result)`, in completion order.
+    ///
+    /// A failure of the whole call ([`Error::Terminated`],
+    /// [`Error::Cancelled`], ...) is yielded for every item pulled from the
+    /// input whose result had not come (input 0 if the call failed before
+    /// reading any), then the iterator ends: every input read gets exactly
+    /// one outcome.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let naps = [300, 10];
+    /// let mut done = pool.chunksize(1).imap_unordered(task!(nap), naps).indexed();
+    /// assert!(matches!(done.next(), Some((1, Ok(10))))); // input 1 finished first
+    /// assert!(matches!(done.next(), Some((0, Ok(300)))));
+    /// # Ok(()) }
+    /// ```
+    pub fn indexed(self) -> ImapIndexed<T, I> {
+        ImapIndexed {
+            inner: self.inner,
+            ready: self.ready,
+            seen: Vec::new(),
         }
     }
 }
@@ -99,12 +133,57 @@ where
             Err(err) => return err.take().map(Err),
         };
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some((_, item)) = self.ready.pop_front() {
                 return Some(item);
             }
             match run.next_batch()? {
                 Err(err) => return Some(Err(err)),
-                Ok(batch) => self.ready.extend(batch.into_iter().map(|(_, r)| r)),
+                Ok(batch) => self.ready.extend(batch),
+            }
+        }
+    }
+}
+
+/// The iterator of [`ImapUnordered::indexed`]: `(index, result)` per input
+/// item, in completion order.
+pub struct ImapIndexed<T: Task, I> {
+    inner: Result<Run<T, I>, Option<Error>>,
+    ready: VecDeque<Indexed<T::Output>>,
+    /// Which indices were yielded, to fail the others once the call fails.
+    seen: Vec<bool>,
+}
+
+impl<T, I> Iterator for ImapIndexed<T, I>
+where
+    T: Task,
+    I: Iterator,
+    I::Item: IntoArgs<T>,
+{
+    type Item = (usize, Result<T::Output, Error>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((index, item)) = self.ready.pop_front() {
+                if self.seen.len() <= index {
+                    self.seen.resize(index + 1, false);
+                }
+                self.seen[index] = true;
+                return Some((index, item));
+            }
+            let run = match &mut self.inner {
+                Ok(run) => run,
+                Err(err) => return err.take().map(|err| (0, Err(err))),
+            };
+            match run.next_batch()? {
+                Ok(batch) => self.ready.extend(batch),
+                Err(err) => {
+                    // Every input read and not answered gets the call's error.
+                    let pulled = run.pulled();
+                    self.seen.resize(self.seen.len().max(pulled), false);
+                    let missing = (0..pulled).filter(|&i| !self.seen[i]);
+                    self.ready.extend(missing.map(|i| (i, Err(err.again()))));
+                    self.inner = Err(None);
+                }
             }
         }
     }

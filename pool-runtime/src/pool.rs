@@ -338,6 +338,29 @@ impl Pool {
         self.call().progress(on)
     }
 
+    /// Options for the next call, starting with whether dropping it
+    /// unfinished kills the workers running its items:
+    /// `pool.cancel_on_drop(true).imap(..)`. See [`Call::cancel_on_drop`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let pending = pool.cancel_on_drop(true).map_async(task!(nap), [60_000, 60_000])?;
+    /// drop(pending); // unread and without a callback: cancelled, workers replaced
+    /// assert_eq!(pool.apply(task!(nap), 1)?, 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_on_drop(&self, yes: bool) -> Call<'_> {
+        self.call().cancel_on_drop(yes)
+    }
+
     /// Options for the next call, starting with a progress hook:
     /// `pool.on_progress(|done, total| ..).map(..)`. See
     /// [`Call::on_progress`].
@@ -757,6 +780,37 @@ impl Pool {
     /// ```
     pub fn terminate(&self) {
         self.stop(false);
+    }
+
+    /// Cancels every call submitted so far and keeps the pool open
+    /// (`concurrent.futures`' `shutdown(cancel_futures=True)` without the
+    /// shutdown): queued items are dropped, items running are stopped by
+    /// killing their workers, which are replaced. Each cancelled call ends
+    /// with [`Error::Cancelled`]: blocking calls in other threads return
+    /// it, `imap` iterators yield it once, async results hold it (and
+    /// their error callbacks get it). Returns how many calls it cancelled.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).build()?;
+    /// let a = pool.map_async(task!(nap), [60_000, 60_000])?;
+    /// let b = pool.apply_async(task!(nap), 60_000)?;
+    /// assert_eq!(pool.cancel_all(), 2);
+    /// assert!(matches!(a.get(), Err(Error::Cancelled)));
+    /// assert!(matches!(b.get(), Err(Error::Cancelled)));
+    /// assert_eq!(pool.map(task!(square), [4])?, [16]); // still open
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_all(&self) -> usize {
+        self.shared.cancel_all()
     }
 
     /// Whether [`close`](Pool::close), [`join`](Pool::join) or

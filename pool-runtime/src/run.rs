@@ -58,6 +58,9 @@ pub(crate) struct CallOptions {
     pub(crate) retry_panics: bool,
     /// Draw a progress bar (feature `progress`).
     pub(crate) progress_bar: bool,
+    /// Dropping the call unfinished kills the workers running its items
+    /// (otherwise they finish them, and only its waiting chunks are dropped).
+    pub(crate) cancel_on_drop: bool,
 }
 
 /// How a call's results are consumed.
@@ -74,16 +77,18 @@ pub(crate) enum Mode {
 /// A decoded result with its index in the call.
 pub(crate) type Indexed<O> = (usize, Result<O, Error>);
 
-/// Cancels its job when dropped: queued chunks are dropped, late results
-/// ignored.
+/// Cancels its job when dropped: chunks not started are dropped (or taken
+/// back from the workers), late results ignored, and, with `kill_on_drop`,
+/// items running are stopped.
 pub(crate) struct JobGuard {
-    shared: Arc<Scheduler>,
+    pub(crate) shared: Arc<Scheduler>,
     pub(crate) job: u64,
+    pub(crate) kill_on_drop: bool,
 }
 
 impl Drop for JobGuard {
     fn drop(&mut self) {
-        self.shared.cancel(self.job);
+        self.shared.cancel(self.job, self.kill_on_drop);
     }
 }
 
@@ -180,6 +185,7 @@ where
         let guard = JobGuard {
             shared: Arc::clone(shared),
             job,
+            kill_on_drop: options.cancel_on_drop,
         };
         let processes = shared.config.processes;
         let total = match items.size_hint() {

@@ -181,6 +181,8 @@ impl Scheduler {
         }
         if st.terminated {
             tracing::debug!(pid, %cause, "pool worker exited");
+        } else if worker.cancelled {
+            tracing::debug!(pid, "pool worker stopped for a cancelled call");
         } else if let Some(timeout) = worker.timed_out {
             tracing::warn!(
                 pid,
@@ -196,6 +198,9 @@ impl Scheduler {
             tracing::warn!(pid, %cause, signal, "pool worker died");
         }
         let (running_chunk, running_item) = match worker.link.running() {
+            // Killed for a cancelled call: what it ran is not blamed, even
+            // if it moved on to another call's item meanwhile.
+            _ if worker.cancelled => (0, 0),
             Some(page) => {
                 // Between items: nothing is blamed, everything requeued.
                 if page.busy() {

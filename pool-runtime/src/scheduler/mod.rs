@@ -31,6 +31,7 @@ use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::sys::now_ns;
 
+mod cancel;
 mod dispatch;
 mod events;
 mod frames;
@@ -116,6 +117,9 @@ struct Worker {
     dying: bool,
     /// Killed by the pool for exceeding this timeout.
     timed_out: Option<Duration>,
+    /// Killed by the pool to stop a cancelled call's running item: nothing
+    /// it ran is blamed, the other calls' chunks it held are requeued.
+    cancelled: bool,
     /// When its last chunk completed.
     last_done: Instant,
     /// The task of its last completed chunk, and its time per item on
@@ -294,22 +298,6 @@ impl Scheduler {
         st.queue.push_back(chunk);
         st.dispatch(&self.config);
         Ok(())
-    }
-
-    /// Forgets a job: its queued chunks are dropped, late results ignored.
-    pub(crate) fn cancel(&self, job: u64) {
-        let mut st = self.lock();
-        let spec = st.jobs.remove(&job);
-        if spec.is_some() {
-            st.queue.retain(|c| c.job != job);
-        }
-        let wake = st.waiters > 0;
-        drop(st);
-        // Its event sink is released outside the lock.
-        drop(spec);
-        if wake {
-            self.changed.notify_all();
-        }
     }
 
     /// A worker start begins (see [`Events::launching`]).
@@ -630,6 +618,7 @@ impl Scheduler {
             tasks: Vec::new(),
             dying: false,
             timed_out: None,
+            cancelled: false,
             last_done: Instant::now(),
             pace: None,
             budget: self.config.max_tasks,
