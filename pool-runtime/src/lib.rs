@@ -190,7 +190,36 @@
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | the same names |
 //! | `with Pool() as pool:` | scope: dropping the pool ends every worker |
 //! | `if __name__ == '__main__':` | [`#[pool_runtime::main]`](macro@main) or [`init()`](init) first in `main` |
-//! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`retry_panics`](Call::retry_panics), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats) |
+//! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`retry_panics`](Call::retry_panics), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats), [`cancel`](AsyncResult::cancel), [`cancel_all`](Pool::cancel_all), [`as_completed`] |
+//!
+//! | `concurrent.futures.ProcessPoolExecutor` | pool-runtime |
+//! |---|---|
+//! | `ProcessPoolExecutor(max_workers=4)` | [`Pool::builder()`](Pool::builder)`.processes(4).build()?` |
+//! | `ex.submit(f, a, b)` | [`pool.apply_async(task!(f), (a, b))?`](Pool::apply_async): an [`AsyncResult`], which is also a `Future` |
+//! | `fut.result(timeout=t)`, `fut.done()` | [`get_timeout(t)`](AsyncResult::get_timeout), [`ready()`](AsyncResult::ready) |
+//! | `fut.add_done_callback(fn)` | [`.callback(..)`](AsyncResult::callback) and [`.error_callback(..)`](AsyncResult::error_callback), run on the pool's result thread |
+//! | `fut.cancel()` | [`cancel()`](AsyncResult::cancel). Differs: Python cancels only a future not yet running; here items already running are stopped too, by killing their worker (which is replaced) |
+//! | `as_completed(fs, timeout=t)` | [`as_completed(results)`](as_completed), with [`next_timeout(t)`](AsCompleted::next_timeout) for the limit; it yields each outcome with its position |
+//! | `wait(fs, timeout=t, return_when=FIRST_COMPLETED)` / `ALL_COMPLETED` | [`wait_any(&results, Some(t))`](wait_any) / [`wait_all(&results, Some(t))`](wait_all) |
+//! | `wait(.., return_when=FIRST_EXCEPTION)` | no single call: iterate [`as_completed`] and stop at the first `Err`, then [`cancel_remaining()`](AsCompleted::cancel_remaining) |
+//! | `ex.map(f, xs, chunksize=k)` | [`pool.chunksize(k).imap(task!(f), xs)`](Pool::imap): lazy, where Python's `map` submits the whole input at once |
+//! | `ex.map(f, xs, timeout=t)` | Differs: Python's `timeout` limits the caller's wait and the work goes on; here [`timeout(t)`](Call::timeout) limits each item's run and kills its worker. For Python's meaning: [`map_async`](Pool::map_async) + [`get_timeout(t)`](AsyncResult::get_timeout) |
+//! | `ex.shutdown(wait=True)` / `wait=False` | [`close()`](Pool::close) + [`join()`](Pool::join) / [`close()`](Pool::close) (dropping the pool ends it) |
+//! | `ex.shutdown(cancel_futures=True)` | [`cancel_all()`](Pool::cancel_all), then [`join()`](Pool::join); `cancel_all` alone keeps the pool open |
+//! | `max_tasks_per_child=n` | [`.max_tasks_per_child(n)`](PoolBuilder::max_tasks_per_child) |
+//! | `mp_context=` | no equivalent, because workers are always a fresh start of the program (or forks of a fork server that only ran `init`), never a fork of a parent with threads |
+//! | `BrokenProcessPool` after a worker dies | no equivalent, because the pool does not break: the item the worker ran fails with [`Error::WorkerDied`], the worker is replaced and the rest goes on |
+//!
+//! | joblib | pool-runtime |
+//! |---|---|
+//! | `Parallel(n_jobs=-1)(delayed(f)(x) for x in xs)` | [`Pool::new()?`](Pool::new)`.map(task!(f), xs)?` (one worker per CPU) |
+//! | `n_jobs=4` / `n_jobs=-2` | [`.processes(4)`](PoolBuilder::processes) / `.processes(cpus - 1)` from [`std::thread::available_parallelism`] |
+//! | `delayed(f)(a, b)` | the tuple `(a, b)` in [`starmap(task!(f), ..)`](Pool::starmap) |
+//! | `return_as="generator"` / `"generator_unordered"` | [`imap`](Pool::imap) / [`imap_unordered(..).indexed()`](ImapUnordered::indexed) (each result with its input's position) |
+//! | `batch_size="auto"`, `pre_dispatch` | the default: automatic chunk sizes, input read within a bounded window |
+//! | `timeout=t` | [`timeout(t)`](Call::timeout): per item, as in joblib, and the stuck worker is killed and replaced |
+//! | `verbose=10` | [`progress(true)`](Call::progress) or [`on_progress`](Call::on_progress) |
+//! | `backend="threading"` | no equivalent, because the pool runs processes only; for threads in one process use `rayon` |
 //!
 //! # One name per option
 //!
@@ -199,8 +228,8 @@
 //!   name and arguments that starts a call with it (`pool.timeout(d)`):
 //!   [`chunksize`](Pool::chunksize), [`timeout`](Pool::timeout),
 //!   [`retries`](Pool::retries), [`retry_panics`](Pool::retry_panics),
-//!   [`progress`](Pool::progress), [`on_progress`](Pool::on_progress).
-//!   Chain the others after it.
+//!   [`progress`](Pool::progress), [`on_progress`](Pool::on_progress),
+//!   [`cancel_on_drop`](Pool::cancel_on_drop). Chain the others after it.
 //! - **Pool defaults.** The same name on [`PoolBuilder`] sets the default
 //!   of every call of that pool: [`timeout`](PoolBuilder::timeout),
 //!   [`retries`](PoolBuilder::retries),
