@@ -390,3 +390,27 @@ fn progress_line_is_given_back_on_ctrl_c() {
     assert_eq!(screen[10], "30", "{text}");
     assert!(screen[11].starts_with("bash"), "{text}");
 }
+
+/// `cancel`: 49 of 50 calls cancelled, the last one's value; then the
+/// first failure cancels the three calls left (the value of the time
+/// line is not checked: tests do not time).
+#[test]
+fn cancel_example_cancels_49_calls_and_then_the_rest_after_a_failure() {
+    let stdout = run_example("cancel");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "Cancelled 49 of 50 calls; the last one returned 49"
+    );
+    assert!(lines[1].starts_with("Its result came in under a second: "));
+    assert_eq!(
+        lines[2..],
+        [
+            "Call 1 failed: input 1 is bad; cancelling the rest",
+            "Cancelled 3 calls still running or queued",
+            "Call 0: the call was cancelled before its result was in",
+            "Call 2: the call was cancelled before its result was in",
+            "Call 3: the call was cancelled before its result was in",
+        ]
+    );
+}
