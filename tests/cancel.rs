@@ -559,3 +559,205 @@ fn indexed_unordered_pairs_results_with_inputs_and_answers_each_once() {
     );
     assert_eq!(ended_at, [0, 1, 2, 3], "every input pulled: {ended:?}");
 }
+
+// ----- what adversarial programs found -----
+
+/// Leaves a line `tag` in file `log`, sleeps `ms`; returns `tag`.
+#[task]
+fn log_tag(log: String, tag: String, ms: u64) -> String {
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+    {
+        let _ = writeln!(f, "{tag}");
+    }
+    std::thread::sleep(Duration::from_millis(ms));
+    tag
+}
+
+/// One worker, its pace warm: call B's chunks run, their results still
+/// in the worker's buffer, while call A's long item (queued behind them)
+/// starts; cancelling A must not lose those results: no item of B runs
+/// twice.
+#[test]
+fn cancelling_a_call_never_reruns_another_calls_finished_items() {
+    let markers = Markers::new("rerun");
+    let log = markers.gate("log");
+    let dir = markers.arg();
+    let counts = within(90, move || {
+        let pool = pool(1);
+        let mut counts = Vec::new();
+        for round in 0..3 {
+            let _ = std::fs::remove_file(&log);
+            let warm = (0..2000).map(|i| (format!("{dir}/warm"), format!("w{i}"), 0));
+            assert!(pool.chunksize(100).starmap(task!(log_tag), warm).is_ok());
+            let b_items = (0..400).map(|i| (log.clone(), format!("B{i}"), 0));
+            let b = pool
+                .chunksize(100)
+                .starmap_async(task!(log_tag), b_items)
+                .expect("submit B");
+            let a_tag = format!("A{round}");
+            let a = pool
+                .apply_async(task!(log_tag), (log.clone(), a_tag.clone(), 60_000))
+                .expect("submit A");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !std::fs::read_to_string(&log).is_ok_and(|s| s.lines().any(|l| l == a_tag))
+                && Instant::now() < deadline
+            {
+                std::hint::spin_loop();
+            }
+            assert!(a.cancel());
+            let b = b.get().expect("B completes");
+            assert_eq!(b.len(), 400);
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let mut seen = std::collections::HashMap::new();
+            for line in text.lines().filter(|l| l.starts_with('B')) {
+                *seen.entry(line.to_owned()).or_insert(0usize) += 1;
+            }
+            counts.push((seen.len(), seen.values().filter(|&&n| n > 1).count()));
+        }
+        counts
+    });
+    assert_eq!(counts, [(400, 0); 3], "(B items run, run twice) per round");
+}
+
+/// `get` right after `cancel`, inside another call's callback (on the
+/// result thread) returns `Cancelled`, and the cancelled call's error
+/// callback has run: the result thread does not wait for itself.
+#[test]
+fn get_after_cancel_inside_a_callback_returns_at_once() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let seen = within(30, move || {
+        let pool = pool(2);
+        let called = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&called);
+        let victim = pool
+            .apply_async(task!(mark_nap), ("/nonexistent".to_owned(), 0, 60_000))
+            .expect("submit")
+            .error_callback(move |_| {
+                c.fetch_add(1, Ordering::SeqCst);
+            });
+        let trigger = pool.apply_async(task!(square), 2).expect("submit");
+        let _trigger = trigger.callback(move |_| {
+            let cancelled = victim.cancel();
+            let got = victim.get();
+            let _ = tx.send((
+                cancelled,
+                got.err().map(|e| e.to_string()),
+                called.load(Ordering::SeqCst),
+            ));
+        });
+        rx.recv_timeout(Duration::from_secs(20)).ok()
+    });
+    assert_eq!(
+        seen,
+        Some((
+            true,
+            Some("the call was cancelled before its result was in".to_owned()),
+            1
+        ))
+    );
+}
+
+/// `cancel_all` racing with a thread that keeps submitting: every call
+/// ends `Ok` or `Cancelled`, never `Terminated`, and the pool stays open.
+#[test]
+fn cancel_all_racing_submissions_never_reports_terminated() {
+    let outcomes = within(60, || {
+        let pool = Arc::new(pool(2));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (Arc::clone(&pool), Arc::clone(&stop));
+        let submitter = std::thread::spawn(move || {
+            let mut outcomes = std::collections::BTreeMap::new();
+            while !s.load(Ordering::Relaxed) {
+                let key = match p.chunksize(1).map(task!(square), 0..50) {
+                    Ok(v) if v.len() == 50 => "Ok".to_owned(),
+                    Ok(v) => format!("short {}", v.len()),
+                    Err(e) => e.to_string(),
+                };
+                *outcomes.entry(key).or_insert(0usize) += 1;
+            }
+            outcomes
+        });
+        for _ in 0..2000 {
+            pool.cancel_all();
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let outcomes = submitter.join().expect("submitter");
+        assert!(!pool.is_closed());
+        assert_eq!(pool.map(task!(square), [3]).ok(), Some(vec![9]));
+        outcomes
+    });
+    let keys: Vec<&String> = outcomes.keys().collect();
+    assert!(
+        keys.iter()
+            .all(|k| *k == "Ok" || *k == "the call was cancelled before its result was in"),
+        "{outcomes:?}"
+    );
+}
+
+/// `join` cutting an `imap_unordered(..).indexed()` short is visible: the
+/// error comes once, at the index of the first input not read, after one
+/// outcome for every input read.
+#[test]
+fn indexed_unordered_shows_where_join_cut_the_input() {
+    let (yielded, errors) = within(60, || {
+        let pool = Arc::new(pool(2));
+        let p = Arc::clone(&pool);
+        let it = std::thread::spawn(move || {
+            p.chunksize(1)
+                .imap_unordered(task!(square), 0..1_000_000u64)
+                .indexed()
+                .collect::<Vec<_>>()
+        });
+        while pool.stats().workers.iter().map(|w| w.items).sum::<u64>() < 100 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        pool.close();
+        pool.join();
+        let all = it.join().expect("iterator thread");
+        let errors: Vec<(usize, String)> = all
+            .iter()
+            .filter_map(|(at, r)| r.as_ref().err().map(|e| (*at, e.to_string())))
+            .collect();
+        (all.len(), errors)
+    });
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, yielded - 1, "at the first input not read");
+    assert_eq!(
+        errors[0].1,
+        "the pool was terminated before this work finished"
+    );
+}
+
+/// Switching to `indexed()` after plain `next()` calls: the inputs already
+/// answered are not answered again when the call is cancelled.
+#[test]
+fn indexed_after_plain_next_answers_each_input_once() {
+    let markers = Markers::new("switch");
+    let dir = markers.arg();
+    let answers = within(60, move || {
+        let pool = pool(2);
+        let mut it = pool.chunksize(1).istarmap_unordered(
+            task!(mark_nap),
+            (0..10).map(move |i| (dir.clone(), i, if i < 4 { 0 } else { 60_000 })),
+        );
+        let mut answers: Vec<usize> = Vec::new();
+        for _ in 0..4 {
+            if let Some(Ok(i)) = it.next() {
+                answers.push(i as usize);
+            }
+        }
+        let mut indexed = it.indexed();
+        markers.wait_started(6);
+        pool.cancel_all();
+        answers.extend(indexed.by_ref().map(|(at, _)| at));
+        answers
+    });
+    let mut sorted = answers.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..10).collect::<Vec<_>>(), "{answers:?}");
+}

@@ -7,6 +7,7 @@
 //! task) and runs the callbacks, each under `catch_unwind`: a panicking
 //! callback is reported on stderr and changes nothing else.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -497,7 +498,15 @@ impl<T: Send + 'static> AsyncResult<T> {
             if slot.taken || slot.outcome.is_some() || slot.completing || slot.busy > 0 {
                 return false;
             }
-            // Settled first: a result arriving meanwhile finds it complete.
+            // The scheduler first, under this lock (no outcome lands
+            // meanwhile): a call it no longer knows has ended (completed,
+            // cancelled by `cancel_all`, terminated), and the result thread
+            // settles it with that outcome.
+            if let Some(call) = &self.call
+                && !call.scheduler.cancel(call.job, true)
+            {
+                return false;
+            }
             slot.outcome = Some(Err(Error::Cancelled));
             let callbacks = std::mem::take(&mut slot.callbacks);
             if callbacks.is_empty() {
@@ -515,25 +524,37 @@ impl<T: Send + 'static> AsyncResult<T> {
             callbacks
         };
         if let Some(call) = &self.call {
-            call.scheduler.cancel(call.job, true);
             let _ = self.driver.send(Control::Forget(call.job));
         }
         if !callbacks.is_empty() {
             let shared = Arc::clone(&self.shared);
-            let late = Late(Some(Box::new(move || {
+            self.on_result_thread(move || {
                 shared.run_late(move |outcome| {
                     for f in callbacks {
                         guarded(|| f(outcome));
                     }
                 })
-            })));
-            if let Err(crossbeam_channel::SendError(Control::Run(mut late))) =
-                self.driver.send(Control::Run(late))
-            {
-                late.run();
-            }
+            });
         }
         true
+    }
+
+    /// Runs `f` on the result thread: here if this is it (a callback
+    /// runs: it must not wait for itself), else queued to it, or here if
+    /// it is gone.
+    fn on_result_thread(&self, f: impl FnOnce() + Send + 'static) {
+        if ON_RESULT_THREAD.with(Cell::get) {
+            f();
+            return;
+        }
+        // Runs even if the result thread is gone: dropping an undelivered
+        // message runs it too, so `get` never waits for it in vain.
+        let late = Late(Some(Box::new(f)));
+        if let Err(crossbeam_channel::SendError(Control::Run(mut late))) =
+            self.driver.send(Control::Run(late))
+        {
+            late.run();
+        }
     }
 
     /// Asks `watch` to be told, with `position`, once this result is settled.
@@ -565,14 +586,7 @@ impl<T: Send + 'static> AsyncResult<T> {
             slot.busy += 1;
         }
         let shared = Arc::clone(&self.shared);
-        // Runs even if the result thread is gone: dropping an undelivered
-        // message runs it too, so `get` never waits for it in vain.
-        let late = Late(Some(Box::new(move || shared.run_late(f))));
-        if let Err(crossbeam_channel::SendError(Control::Run(mut late))) =
-            self.driver.send(Control::Run(late))
-        {
-            late.run();
-        }
+        self.on_result_thread(move || shared.run_late(f));
         self
     }
 }
@@ -859,7 +873,13 @@ impl Driver {
     }
 }
 
+thread_local! {
+    /// Set on a pool's result thread (where callbacks run).
+    static ON_RESULT_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
 fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
+    ON_RESULT_THREAD.with(|on| on.set(true));
     let mut pending: HashMap<u64, Box<dyn Tracked>> = HashMap::new();
     // Events can overtake the `Add` of their job: keep them until it comes.
     // Jobs are added in id order, so events of a job at or below the last

@@ -75,6 +75,38 @@ fn place<O>(buffer: &mut VecDeque<Option<Result<O, Error>>>, next: usize, batch:
 pub struct ImapUnordered<T: Task, I> {
     inner: Result<Run<T, I>, Option<Error>>,
     ready: VecDeque<Indexed<T::Output>>,
+    answered: Answered,
+}
+
+/// Which inputs got their outcome: every one below `base`, and those
+/// marked after it (a window as wide as the results' disorder).
+#[derive(Default)]
+struct Answered {
+    base: usize,
+    above: VecDeque<bool>,
+}
+
+impl Answered {
+    fn mark(&mut self, index: usize) {
+        let Some(offset) = index.checked_sub(self.base) else {
+            return;
+        };
+        if self.above.len() <= offset {
+            self.above.resize(offset + 1, false);
+        }
+        self.above[offset] = true;
+        while self.above.front() == Some(&true) {
+            self.above.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// The inputs below `pulled` with no outcome yet.
+    fn missing(&self, pulled: usize) -> Vec<usize> {
+        (self.base..pulled)
+            .filter(|&i| !self.above.get(i - self.base).copied().unwrap_or(false))
+            .collect()
+    }
 }
 
 impl<T: Task, I> ImapUnordered<T, I> {
@@ -82,17 +114,19 @@ impl<T: Task, I> ImapUnordered<T, I> {
         ImapUnordered {
             inner: run.map_err(Some),
             ready: VecDeque::new(),
+            answered: Answered::default(),
         }
     }
 
     /// The same results, each with the position of its input item:
     /// `(index, result)`, in completion order.
     ///
-    /// A failure of the whole call ([`Error::Terminated`],
-    /// [`Error::Cancelled`], ...) is yielded for every item pulled from the
-    /// input whose result had not come (input 0 if the call failed before
-    /// reading any), then the iterator ends: every input read gets exactly
-    /// one outcome.
+    /// Every input read gets exactly one outcome, those yielded before the
+    /// switch included. A failure of the whole call ([`Error::Terminated`],
+    /// [`Error::Cancelled`], ...) is yielded for every input read whose
+    /// result had not come; if there is none, it is yielded once at the
+    /// index of the first input not read (the input was cut short there:
+    /// by `join`, say). Then the iterator ends.
     ///
     /// # Examples
     ///
@@ -114,7 +148,7 @@ impl<T: Task, I> ImapUnordered<T, I> {
         ImapIndexed {
             inner: self.inner,
             ready: self.ready,
-            seen: Vec::new(),
+            answered: self.answered,
         }
     }
 }
@@ -133,7 +167,8 @@ where
             Err(err) => return err.take().map(Err),
         };
         loop {
-            if let Some((_, item)) = self.ready.pop_front() {
+            if let Some((index, item)) = self.ready.pop_front() {
+                self.answered.mark(index);
                 return Some(item);
             }
             match run.next_batch()? {
@@ -149,8 +184,8 @@ where
 pub struct ImapIndexed<T: Task, I> {
     inner: Result<Run<T, I>, Option<Error>>,
     ready: VecDeque<Indexed<T::Output>>,
-    /// Which indices were yielded, to fail the others once the call fails.
-    seen: Vec<bool>,
+    /// Which inputs were answered, to fail the others once the call fails.
+    answered: Answered,
 }
 
 impl<T, I> Iterator for ImapIndexed<T, I>
@@ -164,10 +199,7 @@ where
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             if let Some((index, item)) = self.ready.pop_front() {
-                if self.seen.len() <= index {
-                    self.seen.resize(index + 1, false);
-                }
-                self.seen[index] = true;
+                self.answered.mark(index);
                 return Some((index, item));
             }
             let run = match &mut self.inner {
@@ -177,11 +209,16 @@ where
             match run.next_batch()? {
                 Ok(batch) => self.ready.extend(batch),
                 Err(err) => {
-                    // Every input read and not answered gets the call's error.
+                    // Every input read and not answered gets the call's
+                    // error; with none, the first input not read does.
                     let pulled = run.pulled();
-                    self.seen.resize(self.seen.len().max(pulled), false);
-                    let missing = (0..pulled).filter(|&i| !self.seen[i]);
-                    self.ready.extend(missing.map(|i| (i, Err(err.again()))));
+                    let missing = self.answered.missing(pulled);
+                    if missing.is_empty() {
+                        self.ready.push_back((pulled, Err(err)));
+                    } else {
+                        self.ready
+                            .extend(missing.into_iter().map(|i| (i, Err(err.again()))));
+                    }
                     self.inner = Err(None);
                 }
             }

@@ -438,7 +438,7 @@ where
     /// and every item pulled after them, fail with it; no more input is read.
     fn stopped_by(&mut self, first: usize, count: u32, err: &Error) {
         let error = || match err {
-            Error::Closed => Error::Closed,
+            Error::Closed | Error::Cancelled | Error::Broken { .. } => err.again(),
             _ => Error::Terminated,
         };
         for index in first..self.pulled.max(first + count as usize) {

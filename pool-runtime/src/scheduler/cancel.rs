@@ -7,7 +7,7 @@
 //! [`steal`]: State::steal
 
 use super::dispatch::kill;
-use super::{Event, Outbox, Scheduler, State};
+use super::{Event, Outbox, Scheduler, State, Worker};
 use crate::error::Error;
 
 impl Scheduler {
@@ -113,13 +113,36 @@ impl State {
                     .iter()
                     .any(|f| f.id == page.chunk && gone(f.chunk.job));
             if kill_running && running_gone {
-                tracing::debug!(pid = w.pid, "pool worker killed: its call was cancelled");
-                w.cancelled = true;
-                kill(w);
+                w.cancel_at = Some(page.chunk);
+                w.stop_if_due();
             }
         }
         for chunk in requeue.into_iter().rev() {
             queue.push_front(chunk);
+        }
+    }
+}
+
+impl Worker {
+    /// Kills it for the cancelled call's chunk it runs ([`Worker::cancel_at`])
+    /// once that chunk is its oldest in flight: every chunk before it has
+    /// sent its results, so nothing finished is lost and runs again. (It
+    /// sends them within its flush interval, 5 ms, while the item runs.)
+    /// Forgets the chunk if the worker moved past it.
+    pub(super) fn stop_if_due(&mut self) {
+        let Some(at) = self.cancel_at else { return };
+        match self.in_flight.front() {
+            Some(front) if front.id == at => {
+                self.cancel_at = None;
+                let running = self.link.running();
+                if running.is_some_and(|p| p.busy() && p.chunk == at) && !self.dying {
+                    tracing::debug!(pid = self.pid, "pool worker killed: its call was cancelled");
+                    self.cancelled = true;
+                    kill(self);
+                }
+            }
+            Some(front) if front.id < at => {}
+            _ => self.cancel_at = None,
         }
     }
 }

@@ -116,6 +116,7 @@ impl Scheduler {
             worker.last_done = now;
             st.stats[slot].busy += took;
             worker.pop_front();
+            worker.stop_if_due();
             if worker.budget == Some(0) && worker.in_flight.is_empty() {
                 // Spent: it exits, its reader sees the end, and the
                 // supervisor starts a replacement.

@@ -120,6 +120,10 @@ struct Worker {
     /// Killed by the pool to stop a cancelled call's running item: nothing
     /// it ran is blamed, the other calls' chunks it held are requeued.
     cancelled: bool,
+    /// A cancelled call's chunk it runs, to be stopped once the results of
+    /// the chunks before it are in (it may hold them in its buffer: a kill
+    /// now would lose them, and those items would run again).
+    cancel_at: Option<u64>,
     /// When its last chunk completed.
     last_done: Instant,
     /// The task of its last completed chunk, and its time per item on
@@ -293,7 +297,14 @@ impl Scheduler {
             return Err(Error::Terminated);
         }
         if !st.jobs.contains_key(&chunk.job) {
-            return Err(Error::Terminated);
+            // Ended by `cancel_all` (or the pool broke) while it read input.
+            return Err(match &st.broken {
+                Some((reason, source)) => Error::Broken {
+                    reason: reason.clone(),
+                    source: Some(Arc::clone(source)),
+                },
+                None => Error::Cancelled,
+            });
         }
         st.queue.push_back(chunk);
         st.dispatch(&self.config);
@@ -619,6 +630,7 @@ impl Scheduler {
             dying: false,
             timed_out: None,
             cancelled: false,
+            cancel_at: None,
             last_done: Instant::now(),
             pace: None,
             budget: self.config.max_tasks,
