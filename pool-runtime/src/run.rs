@@ -79,6 +79,9 @@ pub(crate) type Indexed<O> = (usize, Result<O, Error>);
 pub(crate) struct JobGuard {
     shared: Arc<Scheduler>,
     pub(crate) job: u64,
+    /// The shared values whose handles the call's arguments carry: kept
+    /// until the call is done.
+    pins: crate::shared::Pins,
 }
 
 impl Drop for JobGuard {
@@ -180,6 +183,7 @@ where
         let guard = JobGuard {
             shared: Arc::clone(shared),
             job,
+            pins: Default::default(),
         };
         let processes = shared.config.processes;
         let total = match items.size_hint() {
@@ -353,7 +357,10 @@ where
                 self.pulled += 1;
                 let args: T::Args = item.into_args();
                 let mark = body.len();
-                let failure = match wire::push_arg(&mut body, &args, max_item) {
+                let pushed = crate::shared::pinning(&mut self.guard.pins, || {
+                    wire::push_arg(&mut body, &args, max_item)
+                });
+                let failure = match pushed {
                     Ok(()) => None,
                     Err(EncodeError::TooLarge { limit }) => Some(format!(
                         "they take more than {limit} bytes, the most one item may take under the frame limit of {} bytes (see PoolBuilder::max_frame_size)",
