@@ -123,6 +123,27 @@ fn power_prints_map_starmap_async_and_apply() {
 }
 
 #[test]
+fn shared_data_sums_slices_of_one_shared_array() {
+    let (stdout, _) = run_example_with("shared_data", &[], &[("SHARED_DATA_MIB", "16")]);
+    assert!(
+        stdout.contains("an array of 2097152 f64 (16 MiB)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("1000 tasks summed 1072693248 in") && stdout.contains("sum ok"),
+        "{stdout}"
+    );
+    for stage in [
+        "share_slice: ",
+        "after each worker read one page:",
+        "after the 1000 slices:",
+        "after each worker read it all:",
+    ] {
+        assert!(stdout.contains(stage), "no {stage:?} in {stdout}");
+    }
+}
+
+#[test]
 fn init_worker_initializes_every_worker_once_and_maps() {
     let stdout = run_example("init_worker");
     let lines: Vec<&str> = stdout.lines().collect();

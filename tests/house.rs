@@ -30,6 +30,7 @@ const UNITS: &[&str] = &[
     "progress",
     "run",
     "scheduler",
+    "shared",
     "stats",
     "sys",
     "worker",

@@ -21,7 +21,10 @@ pub(crate) fn enter() {
     }
     match std::env::var(WORKER_ENV) {
         Ok(value) => match WorkerEnv::decode(&value) {
-            Some(env) => worker::run(env),
+            Some(env) => {
+                crate::shared::set_pool_process(env.parent);
+                worker::run(env)
+            }
             None => {
                 eprintln!("pool-runtime: ignoring a malformed {WORKER_ENV} variable");
             }

@@ -248,6 +248,20 @@ pub enum Error {
         #[source]
         source: Option<std::sync::Arc<Error>>,
     },
+    /// A value could not be shared with the workers
+    /// ([`Pool::share`](crate::Pool::share),
+    /// [`Pool::share_slice`](crate::Pool::share_slice)): it could not be
+    /// encoded, or its memfd could not be created or written.
+    #[error("could not share a value of type `{ty}`: {reason}")]
+    Share {
+        /// The shared type's name.
+        ty: &'static str,
+        /// What went wrong.
+        reason: String,
+        /// The system call's error, if one failed.
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 impl Error {

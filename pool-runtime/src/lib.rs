@@ -171,6 +171,35 @@
 //! }
 //! ```
 //!
+//! ## Large read-only inputs: [`share`](Pool::share), [`share_slice`](Pool::share_slice)
+//!
+//! ```
+//! use pool_runtime::prelude::*; // also Shared and SharedSlice
+//! use pool_runtime::task;
+//!
+//! #[task]
+//! fn dot(weights: SharedSlice<f64>, row: Vec<f64>) -> f64 {
+//!     weights.iter().zip(&row).map(|(w, x)| w * x).sum()
+//! }
+//!
+//! #[task]
+//! fn label(names: Shared<Vec<String>>, i: usize) -> String {
+//!     names[i].clone()
+//! }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     // Written once into a sealed memfd; each item carries a small handle.
+//!     let weights = pool.share_slice(&[0.5, 2.0])?; // read in place by workers
+//!     let names = pool.share(vec!["a".to_owned(), "b".to_owned()])?; // decoded once per worker
+//!     let rows = [vec![2.0, 1.0], vec![4.0, 0.0]].map(|r| (weights.clone(), r));
+//!     assert_eq!(pool.starmap(task!(dot), rows)?, [3.0, 2.0]);
+//!     assert_eq!(pool.apply(task!(label), (names, 1))?, "b");
+//!     Ok(())
+//! }
+//! ```
+//!
 //! # Coming from Python
 //!
 //! | `multiprocessing.Pool` | pool-runtime |
@@ -189,6 +218,7 @@
 //! | `pool.imap_unordered(f, xs)` | [`pool.imap_unordered(task!(f), xs)`](Pool::imap_unordered) |
 //! | `pool.close()`, `pool.join()`, `pool.terminate()` | the same names |
 //! | `with Pool() as pool:` | scope: dropping the pool ends every worker |
+//! | joblib's memmapping, `ray.put(x)` | [`pool.share_slice(&array)?`](Pool::share_slice) (read in place), [`pool.share(x)?`](Pool::share) (decoded once per worker) |
 //! | `if __name__ == '__main__':` | [`#[pool_runtime::main]`](macro@main) or [`init()`](init) first in `main` |
 //! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`retry_panics`](Call::retry_panics), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats), [`cancel`](AsyncResult::cancel), [`cancel_all`](Pool::cancel_all), [`as_completed`] |
 //!
@@ -268,6 +298,12 @@
 //!   a bigger argument or result fails that item with a clear error.
 //! - **No pools inside tasks** ([`Error::NestedPool`]): a worker never
 //!   starts workers.
+//! - **Shared values need local workers.** Workers read a [`Shared`] or
+//!   [`SharedSlice`] through `/proc/<pid>/fd/<n>` of the pool's process:
+//!   they must run on the same machine as the same user (true of every
+//!   local worker, forked or not). On the ranks of the MPI backend, or
+//!   with a handle created by another process, the item fails with
+//!   [`Error::Serialization`] saying so.
 //! - **Platforms:** Linux only (kernel 5.3 or newer for pidfds; without them
 //!   the fork server stays off). The pool relies on `/proc/self/exe`,
 //!   parent-death signals, `memfd` pages shared with each worker, pidfds and
@@ -325,6 +361,7 @@ mod pool;
 mod progress;
 mod run;
 mod scheduler;
+mod shared;
 mod stats;
 mod sys;
 mod worker;
@@ -337,6 +374,7 @@ pub use error::{Error, ExitCause, ProtocolError, RegistryError, TaskFailure};
 pub use imap::{Imap, ImapIndexed, ImapUnordered};
 pub use pool::Pool;
 pub use pool_core::{InitOutput, IntoArgs, Task, UnaryTask};
+pub use shared::{CACHE_ENTRIES, Plain, Shared, SharedSlice};
 pub use stats::{PoolStats, WorkerStats};
 
 /// Registers a function as a pool task.
@@ -412,12 +450,13 @@ pub use pool_macros::task;
 /// ```
 pub use pool_macros::main;
 
-/// The names most programs need: [`Pool`], [`Error`] and the `task!(...)` macro.
+/// The names most programs need: [`Pool`], [`Error`], the `task!(...)`
+/// macro, and the shared-value handles [`Shared`] and [`SharedSlice`].
 ///
 /// Import the `#[task]` attribute beside it with `use pool_runtime::task;`:
 /// the explicit import and this glob import coexist.
 pub mod prelude {
-    pub use crate::{Error, Pool};
+    pub use crate::{Error, Pool, Shared, SharedSlice};
 
     /// Names the handle of a `#[task]` function: `task!(power)`,
     /// `task!(math::power)`, `task!(other_crate::power)`.

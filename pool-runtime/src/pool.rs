@@ -13,6 +13,9 @@ use crate::error::Error;
 use crate::imap::{Imap, ImapUnordered};
 use crate::run::{CallOptions, Mode, Run};
 use crate::scheduler::Scheduler;
+use crate::shared::{Plain, Shared, SharedSlice};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// A pool of worker processes running `#[task]` functions.
 ///
@@ -889,6 +892,82 @@ impl Pool {
         )?;
         let detached = run.submit_all()?;
         Ok(driver.track::<T, R>(detached, finish))
+    }
+
+    /// Shares `value` once with every worker: the typed answer to
+    /// `ray.put`. Tasks take the returned [`Shared`] as an argument
+    /// (`#[task] fn f(model: Shared<Model>, x: f64)`), which travels as a
+    /// small handle; each worker decodes the value once and reads it as
+    /// `&T`. For arrays of numbers or bytes, [`share_slice`](Pool::share_slice)
+    /// avoids the per-worker copy. The value stays readable here too
+    /// (`Deref`). See [`Shared`] for lifetime and reach.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Share`] if the value cannot be encoded (postcard), or its
+    /// memfd cannot be created or written (out of memory).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_runtime::prelude::*;
+    /// use pool_runtime::task;
+    ///
+    /// #[task]
+    /// fn lookup(table: Shared<Vec<String>>, i: usize) -> String {
+    ///     table[i].clone()
+    /// }
+    ///
+    /// #[pool_runtime::main]
+    /// fn main() -> Result<(), Error> {
+    ///     let pool = Pool::builder().processes(2).build()?;
+    ///     let table = pool.share(vec!["zero".to_owned(), "one".to_owned()])?;
+    ///     let out = pool.starmap(task!(lookup), [(table.clone(), 1), (table, 0)])?;
+    ///     assert_eq!(out, ["one", "zero"]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn share<T>(&self, value: T) -> Result<Shared<T>, Error>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        crate::shared::share(value)
+    }
+
+    /// Shares an array of numbers or bytes once with every worker, read in
+    /// place: the typed answer to joblib's memmapping. The elements are
+    /// copied once into a sealed memfd; workers map it read-only and a
+    /// task reads `&[E]` with no decoding and no copy, each worker's
+    /// memory growing only by the pages it touches. The caller may drop
+    /// `data` afterwards. See [`SharedSlice`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Share`] if the memfd cannot be created, written or mapped
+    /// (out of memory).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pool_runtime::prelude::*;
+    /// use pool_runtime::task;
+    ///
+    /// #[task]
+    /// fn count(bytes: SharedSlice<u8>, byte: u8) -> usize {
+    ///     bytes.iter().filter(|&&b| b == byte).count()
+    /// }
+    ///
+    /// #[pool_runtime::main]
+    /// fn main() -> Result<(), Error> {
+    ///     let pool = Pool::builder().processes(2).build()?;
+    ///     let text = pool.share_slice(b"abracadabra")?;
+    ///     let out = pool.starmap(task!(count), [(text.clone(), b'a'), (text, b'b')])?;
+    ///     assert_eq!(out, [5, 2]);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn share_slice<E: Plain>(&self, data: &[E]) -> Result<SharedSlice<E>, Error> {
+        crate::shared::share_slice(data)
     }
 }
 

@@ -84,6 +84,9 @@ pub(crate) struct JobGuard {
     pub(crate) shared: Arc<Scheduler>,
     pub(crate) job: u64,
     pub(crate) kill_on_drop: bool,
+    /// The shared values whose handles the call's arguments carry: kept
+    /// until the call is done.
+    pins: crate::shared::Pins,
 }
 
 impl Drop for JobGuard {
@@ -186,6 +189,7 @@ where
             shared: Arc::clone(shared),
             job,
             kill_on_drop: options.cancel_on_drop,
+            pins: Default::default(),
         };
         let processes = shared.config.processes;
         let total = match items.size_hint() {
@@ -359,7 +363,10 @@ where
                 self.pulled += 1;
                 let args: T::Args = item.into_args();
                 let mark = body.len();
-                let failure = match wire::push_arg(&mut body, &args, max_item) {
+                let pushed = crate::shared::pinning(&mut self.guard.pins, || {
+                    wire::push_arg(&mut body, &args, max_item)
+                });
+                let failure = match pushed {
                     Ok(()) => None,
                     Err(EncodeError::TooLarge { limit }) => Some(format!(
                         "they take more than {limit} bytes, the most one item may take under the frame limit of {} bytes (see PoolBuilder::max_frame_size)",

@@ -23,6 +23,8 @@ pub(crate) fn serve(env: ServerEnv) -> ! {
     // other thread that can exist is a test harness's main thread, blocked.
     unsafe { std::env::remove_var(SERVER_ENV) };
     crate::worker::die_with_parent(env.parent);
+    // Its forks are workers of the pool of that process.
+    crate::shared::set_pool_process(env.parent);
     let conn = match sys::take_stdin() {
         Ok(conn) => conn,
         Err(err) => {
