@@ -248,6 +248,7 @@
 //! | `return_as="generator"` / `"generator_unordered"` | [`imap`](Pool::imap) / [`imap_unordered(..).indexed()`](ImapUnordered::indexed) (each result with its input's position) |
 //! | `batch_size="auto"`, `pre_dispatch` | the default: automatic chunk sizes, input read within a bounded window |
 //! | `timeout=t` | [`timeout(t)`](Call::timeout): per item, as in joblib, and the stuck worker is killed and replaced |
+//! | automatic memmapping of large arrays (`max_nbytes`) | explicit: [`pool.share_slice(&array)?`](Pool::share_slice), passed to tasks as a handle; nothing is shared without asking, since an argument is owned by the call |
 //! | `verbose=10` | [`progress(true)`](Call::progress) or [`on_progress`](Call::on_progress) |
 //! | `backend="threading"` | no equivalent, because the pool runs processes only; for threads in one process use `rayon` |
 //!
