@@ -5,7 +5,8 @@
 //! The `unsafe` left in the crate is what has no safe wrapper: `fork`,
 //! `sigaction` and `atexit` (libc's, in the fork server and its client),
 //! the progress page's `mmap`/`munmap` (backend/shm.rs), the progress
-//! line's signal handlers (progress.rs) and std's `env::remove_var`; each
+//! line's signal handlers (progress.rs), `getrusage` (memory.rs) and std's
+//! `env::remove_var`; each
 //! block has its SAFETY comment. `libc` also
 //! still gives signal numbers and the wait-status macros ([`exit_cause`]).
 
