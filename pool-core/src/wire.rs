@@ -20,7 +20,7 @@ use crate::encode::{EncodeError, encode_into, encode_limited};
 use crate::error::{ProtocolError, TaskFailure};
 
 /// The version both sides must speak; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The default maximum frame size: 1 GiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
@@ -41,6 +41,9 @@ pub enum ToWorker {
         fingerprint: u64,
         /// The largest frame the worker may send or accept.
         max_frame: u64,
+        /// The most resident memory, in bytes, the worker may hold after
+        /// an item before it retires ([`FromWorker::Retiring`]).
+        max_memory: Option<u64>,
     },
     /// Run `items` calls of task `task`; the body holds their arguments.
     Run {
@@ -90,6 +93,26 @@ pub enum FromWorker {
     InitDone {
         /// Why it failed, if it did.
         failure: Option<TaskFailure>,
+    },
+    /// The worker runs nothing more and exits once this frame is sent: the
+    /// results of every item it finished came before it, and the chunks it
+    /// holds that it did not finish are the pool's to run elsewhere.
+    Retiring {
+        /// Why.
+        reason: Retire,
+    },
+}
+
+/// Why a worker retires on its own ([`FromWorker::Retiring`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Retire {
+    /// Its resident memory was above the bound it was given
+    /// ([`ToWorker::Hello`]'s `max_memory`) after an item.
+    Memory {
+        /// Resident memory, in bytes, when it was measured.
+        resident: u64,
+        /// The bound, in bytes.
+        limit: u64,
     },
 }
 

@@ -33,6 +33,7 @@ fn corpus() -> Vec<Vec<u8>> {
                 protocol: 1,
                 fingerprint: 7,
                 max_frame: 1024,
+                max_memory: Some(1 << 20),
             }),
             &[],
         ),
@@ -66,6 +67,15 @@ fn corpus() -> Vec<Vec<u8>> {
         ),
         (
             wire::encode_header(&FromWorker::InitDone { failure: None }),
+            &[],
+        ),
+        (
+            wire::encode_header(&FromWorker::Retiring {
+                reason: wire::Retire::Memory {
+                    resident: 200 << 20,
+                    limit: 100 << 20,
+                },
+            }),
             &[],
         ),
     ];
@@ -177,6 +187,7 @@ fn a_wrong_protocol_version_is_visible_before_anything_else() {
         protocol: 99,
         fingerprint: 1,
         max_frame: 1,
+        max_memory: None,
     });
     match wire::split_frame::<ToWorker>(&hello) {
         Ok((ToWorker::Hello { protocol, .. }, _)) => assert_eq!(protocol, 99),

@@ -19,6 +19,10 @@ use crate::worker;
 
 /// The largest [`PoolBuilder::chunks_in_flight`].
 const MAX_CHUNKS_IN_FLIGHT: usize = 1024;
+/// The smallest [`PoolBuilder::max_memory_per_child`]: 1 MiB.
+const MIN_MEMORY_PER_CHILD: u64 = 1 << 20;
+/// The shortest [`PoolBuilder::max_lifetime`].
+const MIN_LIFETIME: Duration = Duration::from_millis(10);
 
 /// Settings of a [`Pool`]; made by [`Pool::builder`].
 ///
@@ -35,6 +39,8 @@ pub struct PoolBuilder {
     startup_timeout: Duration,
     depth: usize,
     max_tasks: Option<usize>,
+    max_memory: Option<u64>,
+    max_lifetime: Option<Duration>,
     fork_server: bool,
     defaults: CallOptions,
     /// The initializer, or why its arguments could not be encoded.
@@ -49,6 +55,8 @@ impl std::fmt::Debug for PoolBuilder {
             .field("startup_timeout", &self.startup_timeout)
             .field("chunks_in_flight", &self.depth)
             .field("max_tasks_per_child", &self.max_tasks)
+            .field("max_memory_per_child", &self.max_memory)
+            .field("max_lifetime", &self.max_lifetime)
             .field("fork_server", &self.fork_server)
             .field(
                 "initializer",
@@ -97,6 +105,8 @@ impl PoolBuilder {
             startup_timeout: Duration::from_secs(10),
             depth: 256,
             max_tasks: None,
+            max_memory: None,
+            max_lifetime: None,
             fork_server: true,
             defaults: CallOptions::default(),
             init: None,
@@ -320,6 +330,110 @@ impl PoolBuilder {
         self
     }
 
+    /// Replaces a worker whose resident memory is above `bytes` after an
+    /// item, before it runs another (loky's memory-leak protection, checked
+    /// after every item rather than now and then). Default: no bound; at
+    /// least 1 MiB.
+    ///
+    /// The worker measures itself, on the thread that runs the items and
+    /// with no thread of its own, as `/proc/self/statm` reports it
+    /// (resident pages times the page size, file-backed and shared pages
+    /// included: what `ps` shows as RSS). Above the bound it stops before
+    /// its next item, even in the middle of a chunk: it sends the results
+    /// of the items it ran, tells the pool it retires, and exits cleanly.
+    /// The pool runs the items it did not run on other workers, blames no
+    /// item, logs the retirement at debug level, counts it in
+    /// [`WorkerStats::memory_retirements`](crate::WorkerStats::memory_retirements),
+    /// and starts a replacement (a fork of the fork server, if it runs). No
+    /// item is lost or run twice. Every worker runs at least one item, so
+    /// a bound below what a fresh worker (and its
+    /// [`initializer`](Self::initializer)) holds replaces it after every
+    /// item, like `max_tasks_per_child(1)`.
+    ///
+    /// The cost: items run one at a time instead of in batches of up to
+    /// 32, and each is followed by one `getrusage` call (well under a
+    /// microsecond); the file is read (about 2 µs) only once the worker's
+    /// peak resident size has been above the bound. Memory a task frees
+    /// counts only if the allocator gives it back to the system.
+    ///
+    /// Works together with [`max_tasks_per_child`](Self::max_tasks_per_child)
+    /// and [`max_lifetime`](Self::max_lifetime): whichever comes first
+    /// replaces the worker. Under an MPI launcher (feature `mpi`) it has no
+    /// effect: a rank is not replaced by a fresh process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// /// Leaks 4 MiB it has written to (so it is resident); returns its
+    /// /// worker's pid.
+    /// #[task]
+    /// fn leaky(_item: u32) -> u32 {
+    ///     std::hint::black_box(Box::leak(vec![1u8; 4 << 20].into_boxed_slice()));
+    ///     std::process::id()
+    /// }
+    ///
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(1).max_memory_per_child(64 << 20).build()?;
+    /// let pids = pool.map(task!(leaky), 0..40)?; // 160 MiB leaked in all
+    /// assert_eq!(pids.len(), 40);
+    /// assert!(pool.stats().workers[0].memory_retirements >= 1);
+    /// let workers: std::collections::HashSet<u32> = pids.into_iter().collect();
+    /// assert!(workers.len() >= 3); // none held more than 64 MiB after an item
+    /// # Ok(()) }
+    /// ```
+    pub fn max_memory_per_child(mut self, bytes: u64) -> Self {
+        self.max_memory = Some(bytes);
+        self
+    }
+
+    /// Replaces a worker once it has lived about `limit` (dask's
+    /// `--lifetime` with its stagger): for slow leaks that no bound
+    /// catches, or resources that age. Default: no limit; at least 10 ms.
+    ///
+    /// Each worker draws its own limit uniformly between 90% and 100% of
+    /// `limit`, counted from when it is ready (after its
+    /// [`initializer`](Self::initializer)), so workers started together do
+    /// not all leave together. Past it, the worker gets no more chunks; it
+    /// is told to exit once it holds none: at once if it is idle, else
+    /// after its current chunk (never in the middle of an item, nor of a
+    /// chunk: a chunk of long items can keep it a while longer). Its exit
+    /// is logged at debug level, counted in
+    /// [`WorkerStats::lifetime_retirements`](crate::WorkerStats::lifetime_retirements),
+    /// and a replacement is started. A limit too large to be reached is
+    /// no limit.
+    ///
+    /// Works together with [`max_tasks_per_child`](Self::max_tasks_per_child)
+    /// and [`max_memory_per_child`](Self::max_memory_per_child): whichever
+    /// comes first replaces the worker. Under an MPI launcher (feature
+    /// `mpi`) it has no effect: a rank is not replaced by a fresh process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// #[task]
+    /// fn pid_after(ms: u64) -> u32 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     std::process::id()
+    /// }
+    ///
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(1).max_lifetime(Duration::from_millis(100)).build()?;
+    /// let pids = pool.call().chunksize(1).map(task!(pid_after), vec![20; 30])?; // 600 ms of work
+    /// assert_ne!(pids.first(), pids.last()); // the first worker was replaced
+    /// # Ok(()) }
+    /// ```
+    pub fn max_lifetime(mut self, limit: Duration) -> Self {
+        self.max_lifetime = Some(limit);
+        self
+    }
+
     /// A default per-item timeout for every call; see
     /// [`Call::timeout`](crate::Call::timeout). Default: none.
     ///
@@ -416,7 +530,8 @@ impl PoolBuilder {
     ///   no test binary with [`test_support!`](crate::test_support);
     /// - [`Error::WorkerContext`] / [`Error::NestedPool`] inside a worker;
     /// - [`Error::InvalidSetting`] for zero processes, chunks in flight or
-    ///   a frame limit out of range;
+    ///   a frame limit out of range, `max_tasks_per_child(0)`, a
+    ///   `max_memory_per_child` below 1 MiB or a `max_lifetime` below 10 ms;
     /// - [`Error::Spawn`] / [`Error::Startup`] if a worker cannot start;
     /// - [`Error::Initializer`] if the initializer fails in a worker;
     /// - [`Error::Registry`] if two tasks share an id.
@@ -474,6 +589,16 @@ impl PoolBuilder {
                 "max_tasks_per_child must be at least 1".into(),
             ));
         }
+        if let Some(bytes) = self.max_memory.filter(|&b| b < MIN_MEMORY_PER_CHILD) {
+            return Err(Error::InvalidSetting(format!(
+                "max_memory_per_child must be at least 1 MiB ({MIN_MEMORY_PER_CHILD} bytes; a fresh worker alone holds a few MiB), not {bytes} bytes"
+            )));
+        }
+        if let Some(limit) = self.max_lifetime.filter(|&d| d < MIN_LIFETIME) {
+            return Err(Error::InvalidSetting(format!(
+                "max_lifetime must be at least {MIN_LIFETIME:?} (a worker takes about a millisecond to start), not {limit:?}"
+            )));
+        }
         let init = self
             .init
             .transpose()
@@ -497,12 +622,15 @@ impl PoolBuilder {
             max_frame: self.max_frame,
             startup_timeout: self.startup_timeout,
             fork_server: self.fork_server,
+            // An MPI rank cannot be replaced by a fresh process.
+            max_memory: self.max_memory.filter(|_| mpi.is_none()),
         };
         let config = Config {
             processes,
             depth: self.depth,
             // An MPI rank cannot be replaced by a fresh process.
             max_tasks: self.max_tasks.filter(|_| mpi.is_none()),
+            max_lifetime: self.max_lifetime.filter(|_| mpi.is_none()),
             backend: match mpi {
                 Some(_) => None,
                 None => Some(Arc::new(LocalBackend::new(launch.clone())) as Arc<dyn Backend>),

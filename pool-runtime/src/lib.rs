@@ -221,6 +221,7 @@
 //! | joblib's memmapping, `ray.put(x)` | [`pool.share_slice(&array)?`](Pool::share_slice) (read in place), [`pool.share(x)?`](Pool::share) (decoded once per worker) |
 //! | `if __name__ == '__main__':` | [`#[pool_runtime::main]`](macro@main) or [`init()`](init) first in `main` |
 //! | — | [`timeout`](Call::timeout), [`retries`](Call::retries), [`retry_panics`](Call::retry_panics), [`on_progress`](Call::on_progress), [`progress`](Call::progress), [`stats`](Pool::stats), [`cancel`](AsyncResult::cancel), [`cancel_all`](Pool::cancel_all), [`as_completed`] |
+//! | loky's memory-leak protection; dask's `--lifetime` | [`.max_memory_per_child(bytes)`](PoolBuilder::max_memory_per_child), [`.max_lifetime(d)`](PoolBuilder::max_lifetime) |
 //!
 //! | `concurrent.futures.ProcessPoolExecutor` | pool-runtime |
 //! |---|---|
@@ -269,8 +270,9 @@
 //!   describe one call's input and one call's observer, so they have no
 //!   pool default.
 //! - **Pool settings** (`processes`, `initializer`, `max_tasks_per_child`,
-//!   `max_frame_size`, `startup_timeout`, `fork_server`,
-//!   `chunks_in_flight`) exist on the builder only.
+//!   `max_memory_per_child`, `max_lifetime`, `max_frame_size`,
+//!   `startup_timeout`, `fork_server`, `chunks_in_flight`) exist on the
+//!   builder only.
 //! - **Arguments.** A switch takes a `bool` everywhere (`progress(true)`,
 //!   `retry_panics(true)`, `fork_server(false)`); a limit takes its value
 //!   (`timeout(Duration)`, `retries(u32)`).
@@ -333,7 +335,8 @@
 //!   and its pools use ranks 1..N-1 as their workers; the other ranks serve
 //!   tasks and exit with the job. Without a launcher nothing changes.
 //!   [`mpi_rank`] says which rank runs a task. A rank cannot be killed or
-//!   replaced alone, so timeouts and `max_tasks_per_child` do not apply, and
+//!   replaced alone, so timeouts, `max_tasks_per_child`,
+//!   `max_memory_per_child` and `max_lifetime` do not apply, and
 //!   a rank that dies ends the whole job. Needs an MPI library and libclang
 //!   to build (Debian: `openmpi-bin libopenmpi-dev libclang-dev`); the
 //!   README's "Running on a cluster" says more.
@@ -358,6 +361,7 @@ mod entry;
 mod error;
 mod imap;
 mod in_order;
+mod memory;
 mod pool;
 mod progress;
 mod run;

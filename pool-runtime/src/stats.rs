@@ -14,8 +14,48 @@ pub struct WorkerStats {
     /// a worker died or timed out on.
     pub failures: u64,
     /// Times the slot's worker was replaced (death, timeout,
-    /// `max_tasks_per_child`).
+    /// `max_tasks_per_child`, and the retirements counted below).
     pub respawns: u64,
+    /// Times the slot's worker was replaced because its resident memory was
+    /// above [`max_memory_per_child`](crate::PoolBuilder::max_memory_per_child)
+    /// after an item. Each is also one of `respawns`, so `respawns` is at
+    /// least `memory_retirements + lifetime_retirements`; the rest are
+    /// deaths, timeouts and `max_tasks_per_child`. Like `respawns`, it is
+    /// counted once the worker has exited (a call whose last item that
+    /// worker ran may return just before), and not while the pool shuts down.
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).max_memory_per_child(1 << 30).build()?;
+    /// assert_eq!(pool.map(task!(square), 0..100)?.len(), 100);
+    /// let stats = pool.stats();
+    /// let retired: u64 = stats.workers.iter().map(|w| w.memory_retirements).sum();
+    /// let respawns: u64 = stats.workers.iter().map(|w| w.respawns).sum();
+    /// assert!(retired <= respawns); // every retirement is also a respawn
+    /// # Ok(()) }
+    /// ```
+    pub memory_retirements: u64,
+    /// Times the slot's worker was replaced because it reached its
+    /// [`max_lifetime`](crate::PoolBuilder::max_lifetime) and exited
+    /// cleanly. Each is also one of `respawns` (see `memory_retirements`).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn square(x: u64) -> u64 { x * x }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(2).max_lifetime(Duration::from_secs(3600)).build()?;
+    /// assert_eq!(pool.map(task!(square), 0..100)?.len(), 100);
+    /// assert!(pool.stats().workers.iter().all(|w| w.lifetime_retirements == 0)); // an hour is long
+    /// # Ok(()) }
+    /// ```
+    pub lifetime_retirements: u64,
     /// Times a worker for this slot failed to start (each is retried with
     /// backoff; see [`Error::Broken`](crate::Error::Broken)).
     pub start_failures: u64,

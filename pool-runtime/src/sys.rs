@@ -6,7 +6,8 @@
 //! `sigaction` and `atexit` (libc's, in the fork server and its client),
 //! the progress page's `mmap`/`munmap` (backend/shm.rs), the mappings of
 //! shared values and their views as slices (shared.rs), the progress
-//! line's signal handlers (progress.rs) and std's `env::remove_var`; each
+//! line's signal handlers (progress.rs), `getrusage` (memory.rs) and std's
+//! `env::remove_var`; each
 //! block has its SAFETY comment. `libc` also
 //! still gives signal numbers and the wait-status macros ([`exit_cause`]).
 

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use pool_core::registry::{Batch, Halt, Registry, TaskEntry};
-use pool_core::wire::{self, FromWorker, Items, ToWorker};
+use pool_core::wire::{self, FromWorker, Items, Retire, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
 use crate::backend::shm::{Progress, now_ns};
+use crate::memory::MemoryBound;
 use crate::sys;
 
 /// The environment variable that tells a process it is a worker.
@@ -285,11 +286,12 @@ fn serve_hooked<R: Read, W: Write>(
 
     // Handshake: read the parent's limits first.
     wire::read_frame(reader, 4096, &mut frame)?;
-    let max_frame = match wire::split_frame::<ToWorker>(&frame)? {
+    let (max_frame, mut memory) = match wire::split_frame::<ToWorker>(&frame)? {
         (
             ToWorker::Hello {
                 protocol,
                 max_frame,
+                max_memory,
                 ..
             },
             _,
@@ -307,7 +309,8 @@ fn serve_hooked<R: Read, W: Write>(
                     theirs: protocol,
                 });
             }
-            usize::try_from(max_frame).unwrap_or(usize::MAX)
+            let max_frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
+            (max_frame, max_memory.map(MemoryBound::new))
         }
         _ => return Err(ProtocolError::Unexpected("expected the handshake")),
     };
@@ -340,7 +343,12 @@ fn serve_hooked<R: Read, W: Write>(
                     panic_retries,
                     body,
                 };
-                run_chunk(&registry, writer, progress, &mut out, &work, max_frame)?;
+                let memory = memory.as_mut();
+                if let Some(reason) = run_chunk(
+                    &registry, writer, progress, &mut out, &work, max_frame, memory,
+                )? {
+                    return retire(writer, reason, max_frame);
+                }
             }
             ToWorker::Init { task } => {
                 let failure = match registry.get(task) {
@@ -366,6 +374,14 @@ fn serve_hooked<R: Read, W: Write>(
             ToWorker::Hello { .. } => return Err(ProtocolError::Unexpected("a second handshake")),
         }
     }
+}
+
+/// Tells the pool this worker runs nothing more, and why; it then exits.
+fn retire(writer: &mut impl Write, reason: Retire, max_frame: usize) -> Result<(), ProtocolError> {
+    let header = wire::encode_header(&FromWorker::Retiring { reason });
+    wire::write_frame(writer, &header, &[], max_frame)?;
+    writer.flush()?;
+    Ok(())
 }
 
 /// Runs one item, catching panics from the task and from serde impls.
@@ -431,6 +447,9 @@ struct ChunkWork<'a> {
     body: &'a [u8],
 }
 
+/// Runs a chunk and sends its results. With a memory bound, it stops after
+/// the first item that leaves the worker above it, and returns why: the
+/// results of the items it ran are sent, the rest of the chunk is not run.
 fn run_chunk(
     registry: &Registry,
     writer: &mut impl Write,
@@ -438,7 +457,8 @@ fn run_chunk(
     out: &mut Vec<u8>,
     work: &ChunkWork<'_>,
     max_frame: usize,
-) -> Result<(), ProtocolError> {
+    mut memory: Option<&mut MemoryBound>,
+) -> Result<Option<Retire>, ProtocolError> {
     let ChunkWork {
         chunk,
         task,
@@ -463,12 +483,16 @@ fn run_chunk(
     UNWINDING.with(|u| u.borrow_mut().take());
     IN_TASK.with(|f| f.set(true));
     let mut i = 0u32;
+    let mut retiring = None;
+    // Items run one at a time under a timeout (each one's start is
+    // recorded) and under a memory bound (checked after each one).
+    let one_by_one = timed || memory.is_some();
     while i < count {
-        // The clock is read for every item only under a timeout; otherwise
-        // every 32nd item, to pace partial sends. Items between two reads
-        // run as one batch, in a loop compiled for the task.
+        // The clock is read for every item only then; otherwise every 32nd
+        // item, to pace partial sends. Items between two reads run as one
+        // batch, in a loop compiled for the task.
         let now = now_ns();
-        let span = if timed { 1 } else { 32 - i % 32 }.min(count - i);
+        let span = if one_by_one { 1 } else { 32 - i % 32 }.min(count - i);
         let mut mark = out.len();
         // Whether item `i` ended outside a batch: it failed, or its task
         // is unknown. Its record was appended at `mark`.
@@ -527,6 +551,7 @@ fn run_chunk(
         if single {
             i += 1;
         }
+        retiring = memory.as_deref_mut().and_then(MemoryBound::exceeded);
         if out.len() + 64 > max_frame && mark > 0 {
             // The last result does not fit beside the ones waiting: send
             // those first.
@@ -546,7 +571,7 @@ fn run_chunk(
             last_flush = now;
         }
         let partial = out.len() >= FLUSH_BYTES || now.saturating_sub(last_flush) >= interval;
-        if i == count || partial {
+        if i == count || partial || retiring.is_some() {
             let _ = std::io::stdout().flush();
             let header = FromWorker::Results {
                 chunk,
@@ -562,17 +587,20 @@ fn run_chunk(
             first = i;
             last_flush = now;
         }
+        if retiring.is_some() {
+            break;
+        }
     }
     IN_TASK.with(|f| f.set(false));
     if let Some(progress) = progress {
         progress.idle(chunk);
     }
-    if !items.is_empty() {
+    if retiring.is_none() && !items.is_empty() {
         return Err(ProtocolError::Malformed(
             "trailing bytes after the last item".to_owned(),
         ));
     }
-    Ok(())
+    Ok(retiring)
 }
 
 /// How long results may wait in a worker's buffer while a chunk runs

@@ -1,5 +1,5 @@
 //! What every backend's workers are told first and answer: the handshake
-//! (protocol version, registry fingerprint, frame limit) and the
+//! (protocol version, registry fingerprint, frame and memory limits) and the
 //! initializer, and how a worker is launched. Backend-neutral: the local
 //! backend and MPI both use it.
 
@@ -32,6 +32,9 @@ pub(crate) struct Launch {
     pub(crate) startup_timeout: Duration,
     /// Workers may be forked by the fork server ([`forkserver`](super::forkserver)).
     pub(crate) fork_server: bool,
+    /// A worker whose resident memory is above this many bytes after an
+    /// item retires (`max_memory_per_child`).
+    pub(crate) max_memory: Option<u64>,
 }
 
 /// Checks a worker's answer to [`ToWorker::Init`] (a frame without its
@@ -55,6 +58,7 @@ pub(crate) fn hello_header(launch: &Launch) -> Vec<u8> {
         protocol: wire::PROTOCOL_VERSION,
         fingerprint: launch.fingerprint,
         max_frame: launch.max_frame as u64,
+        max_memory: launch.max_memory,
     })
 }
 

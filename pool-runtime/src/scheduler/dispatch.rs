@@ -129,7 +129,7 @@ impl State {
     /// one it runs: then the supervisor watches for long items often.
     pub(super) fn may_steal(&self) -> bool {
         let workers = || self.workers.iter().flatten().filter(|w| !w.dying);
-        workers().any(|w| w.in_flight.is_empty() && w.budget != Some(0))
+        workers().any(|w| w.in_flight.is_empty() && !w.spent())
             && workers().any(|w| w.in_flight.len() > 1 && w.link.can_take_back())
     }
 
@@ -143,7 +143,7 @@ impl State {
             .workers
             .iter()
             .flatten()
-            .any(|w| !w.dying && w.in_flight.is_empty() && w.budget != Some(0))
+            .any(|w| !w.dying && w.in_flight.is_empty() && !w.spent())
         {
             return false;
         }
@@ -218,7 +218,7 @@ impl State {
                 .enumerate()
                 .filter_map(|(i, w)| w.as_ref().map(|w| (i, w)))
                 .filter(|(_, w)| {
-                    if w.dying || w.budget == Some(0) {
+                    if w.dying || w.spent() {
                         return false;
                     }
                     if w.in_flight.is_empty() {

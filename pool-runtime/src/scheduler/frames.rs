@@ -9,6 +9,7 @@ use std::time::Instant;
 use pool_core::ProtocolError;
 use pool_core::wire::{self, FromWorker, ToWorker};
 
+use super::retire::Retirement;
 use super::{Event, InFlight, Outbox, Pace, Scheduler, State, Supervise, sub_chunk};
 use crate::error::{Error, ExitCause};
 
@@ -64,6 +65,10 @@ impl Scheduler {
             Ok((header, body)) => (header, body.len()),
             Err(err) => return Err(err),
         };
+        if let FromWorker::Retiring { reason } = &header {
+            st.on_retiring(slot, pid, reason);
+            return Ok(false);
+        }
         let FromWorker::Results {
             chunk,
             first,
@@ -117,9 +122,9 @@ impl Scheduler {
             st.stats[slot].busy += took;
             worker.pop_front();
             worker.stop_if_due();
-            if worker.budget == Some(0) && worker.in_flight.is_empty() {
-                // Spent: it exits, its reader sees the end, and the
-                // supervisor starts a replacement.
+            if worker.exit_due() {
+                // Spent or retiring: it exits, its reader sees the end, and
+                // the supervisor starts a replacement.
                 let header = wire::encode_header(&ToWorker::Exit);
                 worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
             }
@@ -177,8 +182,12 @@ impl Scheduler {
             return;
         };
         st.stats[slot].pid = None;
+        let retired = worker.retired(cause);
         if !st.terminated && st.broken.is_none() && self.config.backend.is_some() {
             st.stats[slot].respawns += 1;
+            if let Some(why) = retired {
+                st.stats[slot].count_retirement(why);
+            }
         }
         if st.terminated {
             tracing::debug!(pid, %cause, "pool worker exited");
@@ -192,6 +201,8 @@ impl Scheduler {
             );
         } else if let Some(err) = &protocol {
             tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
+        } else if let Some(why) = retired {
+            tracing::debug!(pid, ?why, "pool worker retired");
         } else if worker.budget == Some(0) {
             tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
         } else {
@@ -215,6 +226,11 @@ impl Scheduler {
                 .in_flight
                 .front()
                 .map_or((0, 0), |f| (f.id, u64::from(f.received))),
+        };
+        // One that retired for its memory stopped between items.
+        let (running_chunk, running_item) = match retired {
+            Some(Retirement::Memory) => (0, 0),
+            _ => (running_chunk, running_item),
         };
         let mut requeue = Vec::new();
         let mut blamed = 0;

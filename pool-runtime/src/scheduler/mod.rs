@@ -36,6 +36,7 @@ mod dispatch;
 mod events;
 mod frames;
 mod pace;
+mod retire;
 
 use dispatch::{kill, stall_limit, sub_chunk};
 use events::Outbox;
@@ -49,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) depth: usize,
     /// Items a worker runs before it is replaced.
     pub(crate) max_tasks: Option<usize>,
+    /// How long a worker lives before it is replaced (see [`retire`]).
+    pub(crate) max_lifetime: Option<Duration>,
     /// The backend that starts workers and replaces lost ones; `None`
     /// when `remote` attaches workers that already exist.
     pub(crate) backend: Option<Arc<dyn Backend>>,
@@ -131,6 +134,10 @@ struct Worker {
     pace: Option<(u64, Pace)>,
     /// Items it may still be given (`max_tasks_per_child`).
     budget: Option<usize>,
+    /// When it is to retire (`max_lifetime`).
+    retire_at: Option<Instant>,
+    /// It is being replaced, and why: it gets no more work.
+    retiring: Option<retire::Retirement>,
 }
 
 pub(crate) struct State {
@@ -474,6 +481,8 @@ impl Scheduler {
     fn supervise(self: Arc<Self>, rx: Receiver<Supervise>) {
         // Replacements to start later (after a failed start), by due time.
         let mut delayed: Vec<(Instant, usize)> = Vec::new();
+        // When the next worker reaches its lifetime.
+        let mut next_retirement: Option<Instant> = None;
         loop {
             // Fast ticks while an item with a timeout runs; slow ones to
             // notice workers that exited while something kept their channel open.
@@ -499,6 +508,7 @@ impl Scheduler {
             let tick = delayed
                 .iter()
                 .map(|&(due, _)| due.saturating_duration_since(now))
+                .chain(next_retirement.map(|due| due.saturating_duration_since(now)))
                 .fold(tick, Duration::min);
             let msg = match rx.recv_timeout(tick) {
                 Ok(msg) => Some(msg),
@@ -526,6 +536,7 @@ impl Scheduler {
                 due > now
             });
             self.enforce_timeouts();
+            next_retirement = self.retire_expired();
             self.rebalance();
             self.notice_exits();
         }
@@ -634,6 +645,8 @@ impl Scheduler {
             last_done: Instant::now(),
             pace: None,
             budget: self.config.max_tasks,
+            retire_at: self.retire_at(),
+            retiring: None,
         });
         st.dispatch(&self.config);
         true

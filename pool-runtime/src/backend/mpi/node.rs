@@ -325,6 +325,8 @@ impl Node<'_> {
                 max_frame: start.max_frame,
                 startup_timeout: STARTUP_TIMEOUT,
                 fork_server: false,
+                // Not offered under MPI (see `PoolBuilder::max_memory_per_child`).
+                max_memory: None,
             };
             match process::start(&launch, &|| false) {
                 Ok(started) => pending.push((start.local, launch, started)),
