@@ -61,7 +61,7 @@ PROCSPAWN_ARGS = {
             "20 000 items, not 100 000: one call per item runs at ~25 k items/s, "
             "and the row would take 20 s"),
     "payload": (["payload", "--procs", "2", "--count", "16", "--mib", "16"],
-                "16 of the 64 payloads: plain serde moves ~0.3 GB/s, and the row would take 30 s"),
+                "16 of the 64 payloads: plain serde moves 0.3-0.5 GB/s, and the row would take 20-30 s"),
 }
 PROCSPAWN_NONE = {
     "raw": "not a pool: the floor between two processes",
