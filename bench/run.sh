@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: pool-runtime (examples/bench.rs) against Python's
-# multiprocessing.Pool (bench/python_pool.py). See BENCHMARKS.md.
+# multiprocessing.Pool (bench/python_pool.py) and the Rust crate procspawn
+# (examples/bench_procspawn.rs). See BENCHMARKS.md.
 #
 #   bash bench/run.sh            # everything, 5 repetitions after a warm-up
 #   bash bench/run.sh --quick    # 1 repetition each: a smoke test
 #   bash bench/run.sh --only tiny,payload
 #
-# Each workload runs for Rust, then for Python, in the same invocation; each
-# side runs in a fresh process. Results also go to target/bench/results.json.
-# Never part of `cargo test`.
+# Each workload runs for pool-runtime, then Python, then procspawn, in the
+# same invocation; each side runs in a fresh process. Results also go to
+# target/bench/results.json. Never part of `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --example bench
+cargo build --release --quiet --example bench --example bench_procspawn
 exec python3 - "$@" <<'PY'
 import json, os, platform, re, resource, signal, statistics, subprocess, sys, time
 
 ROOT = os.getcwd()
-RUST = os.path.join(ROOT, "target/release/examples/bench")
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
+RUST = os.path.join(TARGET, "release/examples/bench")
+PROCSPAWN = os.path.join(TARGET, "release/examples/bench_procspawn")
 PY = [sys.executable, os.path.join(ROOT, "bench/python_pool.py")]
 OUT = os.path.join(ROOT, "target/bench/results.json")
 
@@ -44,8 +47,43 @@ PLAN = [
     ("cs1", "chunksize1", "tiny, chunksize 1", ["tiny", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("imap1", "chunksize1", "tiny, imap, chunksize 1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", "payload", "payload 64 x 16 MiB", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
+    ("payload256", "payload", "payload 1 x 256 MiB", ["payload", "--procs", "2", "--count", "1", "--mib", "256", "--reps", "4"]),
     ("cpu", "cpu", "cpu 40 x 50 ms", ["cpu", "--procs", "2", "--tasks", "40", "--ms", "50"]),
 ]
+
+# What the procspawn side runs: the row's own arguments unless listed here,
+# with other arguments (and why), or nothing (and why). procspawn has no
+# `map` and no chunking: bench_procspawn cuts the items into chunks itself
+# (Python's default size without --chunksize), one call per chunk, and at
+# chunk size 1 makes one call per item.
+PROCSPAWN_ARGS = {
+    "cs1": (["tiny", "--procs", "2", "--items", "20000", "--chunksize", "1"],
+            "20 000 items, not 100 000: one call per item runs at ~25 k items/s, "
+            "and the row would take 20 s"),
+    "payload": (["payload", "--procs", "2", "--count", "16", "--mib", "16"],
+                "16 of the 64 payloads: plain serde moves 0.3-0.5 GB/s, and the row would take 20-30 s"),
+}
+PROCSPAWN_NONE = {
+    "raw": "not a pool: the floor between two processes",
+    "sweep": "compares pool-runtime with itself",
+    "imap1": "no lazy iterator (imap); its one-call-per-item rate is the chunksize 1 row",
+}
+PROCSPAWN_NOTES = {
+    "auto2": "no chunking: chunks of 125 000 items (Python's default size) cut by the caller",
+    "auto1": "no chunking: chunks of 250 000 items (Python's default size) cut by the caller",
+    "cs1000": "chunks cut by the caller, one call each",
+    "cs10000": "chunks cut by the caller, one call each",
+    "cs62500": "chunks cut by the caller, one call each",
+    "cs125000": "chunks cut by the caller, one call each",
+    "cs1": "one call per item",
+    "payload": "plain serde and procspawn::serde::Shmem",
+    "payload256": "plain serde and procspawn::serde::Shmem",
+}
+# A procspawn metric with no pool-runtime metric of its name: the one it is
+# compared with, and how the table names the variant.
+PROCSPAWN_VARIANTS = {"mb_per_s_shmem": ("mb_per_s", "procspawn: Shmem")}
+IMPLS = ("rust", "python", "procspawn")
+NAMES = {"rust": "pool-runtime", "python": "Python", "procspawn": "procspawn"}
 
 
 def cpu_busy(seconds=0.3):
@@ -126,6 +164,16 @@ def sh(cmd):
         return "?"
 
 
+def procspawn_version():
+    """The procspawn version in Cargo.lock."""
+    try:
+        text = open(os.path.join(ROOT, "Cargo.lock")).read()
+    except OSError:
+        return "?"
+    m = re.search(r'name = "procspawn"\nversion = "([^"]+)"', text)
+    return m.group(1) if m else "?"
+
+
 def machine():
     cpu = "?"
     with open("/proc/cpuinfo") as f:
@@ -139,6 +187,7 @@ def machine():
         "kernel": platform.release(),
         "rustc": sh("rustc --version"),
         "python": platform.python_version(),
+        "procspawn": procspawn_version(),
         "commit": sh("git rev-parse --short HEAD") + (" (dirty)" if sh("git status --porcelain --untracked-files=no") else ""),
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
     }
@@ -146,8 +195,9 @@ def machine():
 
 def leftovers():
     """Processes still running our benchmark programs (pool workers included:
-    Rust workers re-execute the same binary, Python's are forks)."""
-    ours = os.path.realpath(RUST)
+    pool-runtime's and procspawn's workers re-execute the same binary,
+    Python's are forks)."""
+    ours = {os.path.realpath(RUST), os.path.realpath(PROCSPAWN)}
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
@@ -165,7 +215,7 @@ def leftovers():
                 script = os.path.realpath(os.path.join(os.readlink(f"/proc/{pid}/cwd"), args[1]))
             except OSError:
                 pass
-        if exe == ours or script == os.path.realpath(PY[1]):
+        if exe in ours or script == os.path.realpath(PY[1]):
             found.append(f"{pid} {' '.join(args).strip()}")
     return found
 
@@ -186,22 +236,37 @@ def fmt(x):
     return f"{x:.2f}"
 
 
+def procspawn_notes(only):
+    """(row label, text): what the procspawn side ran, where it differs."""
+    notes = []
+    for row, group, label, argv in PLAN:
+        if only and group not in only and row not in only:
+            continue
+        if row in PROCSPAWN_NONE:
+            notes.append((label, "no run: " + PROCSPAWN_NONE[row]))
+            continue
+        text = [t for t in (PROCSPAWN_NOTES.get(row), PROCSPAWN_ARGS.get(row, (0, ""))[1]) if t]
+        if text:
+            notes.append((label, "; ".join(text)))
+    return notes
+
+
 def main():
     began = time.time()
     info = machine()
     print(f"# machine: {info['nproc']} CPUs, {info['cpu']}, Linux {info['kernel']}, "
-          f"{info['rustc']}, Python {info['python']}, commit {info['commit']}, "
+          f"{info['rustc']}, Python {info['python']}, procspawn {info['procspawn']}, commit {info['commit']}, "
           f"load {' '.join(info['loadavg_start'])}", flush=True)
     results = {}  # (row, impl, metric) -> record
     errors = []
-    def measure(row, label, argv, impl, cmd, attempt):
+    def measure(row, label, cmd, impl, attempt):
         busy = wait_quiet()
         t0 = time.time()
-        recs, err, other = run(cmd + argv + reps)
+        recs, err, other = run(cmd + reps)
         took = time.time() - t0
         noisy = "  NOISY" if other > NOISY else ""
         again = " (again)" if attempt else ""
-        print(f"# {label:<28} {impl:<6} {took:6.1f} s  other processes used {other:4.0%} of the CPUs "
+        print(f"# {label:<28} {impl:<9} {took:6.1f} s  other processes used {other:4.0%} of the CPUs "
               f"(before: {busy:.0%}){noisy}{again}", flush=True)
         if err:
             errors.append(err)
@@ -213,24 +278,34 @@ def main():
         return recs
 
     runs = {}  # (row, impl) -> records of the attempt kept
-    todo = [(row, label, argv, impl, cmd) for row, group, label, argv in PLAN
+    def side(row, argv, impl):
+        """The command line of one side of a row, or None."""
+        if impl == "python" and row in RUST_ONLY:
+            return None
+        if impl == "procspawn":
+            if row in PROCSPAWN_NONE:
+                return None
+            return [PROCSPAWN] + PROCSPAWN_ARGS.get(row, (argv, ""))[0]
+        return ([RUST] if impl == "rust" else PY) + argv
+
+    todo = [(row, label, cmd, impl) for row, group, label, argv in PLAN
             if not only or group in only or row in only
-            for impl, cmd in (("rust", [RUST]), ("python", PY))
-            if not (impl == "python" and row in RUST_ONLY)]
-    for row, label, argv, impl, cmd in todo:
-        recs = measure(row, label, argv, impl, cmd, 0)
+            for impl in IMPLS
+            for cmd in [side(row, argv, impl)] if cmd]
+    for row, label, cmd, impl in todo:
+        recs = measure(row, label, cmd, impl, 0)
         if recs is not None:
             runs[(row, impl)] = recs
     # Runs that other processes disturbed get one more try while the whole
     # benchmark stays within its budget; the less disturbed attempt is kept
     # (chosen by disturbance, never by result).
-    for row, label, argv, impl, cmd in todo:
+    for row, label, cmd, impl in todo:
         recs = runs.get((row, impl))
         if not recs or recs[0]["other_cpu"] <= NOISY:
             continue
         if time.time() - began + recs[0]["seconds"] + 5 > BUDGET:
             continue
-        again = measure(row, label, argv, impl, cmd, 1)
+        again = measure(row, label, cmd, impl, 1)
         if again is not None and again[0]["other_cpu"] < recs[0]["other_cpu"]:
             runs[(row, impl)] = again
     for (row, impl), recs in runs.items():
@@ -243,25 +318,56 @@ def main():
 
     # ----- the main table -----
     targets = []  # (row label, check text, met)
+    ratios = []  # what results.json records of the table's ratios
     lines = [
-        "| workload | metric | Rust median (min–max) | Python median (min–max) | Rust/Python | Rust advantage |",
-        "|---|---|---|---|---|---|",
+        "| workload | metric | pool-runtime median (min–max) | Python median (min–max) "
+        "| procspawn median (min–max) | pool-runtime/Python | advantage | "
+        "pool-runtime/procspawn | advantage |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def cell(rec):
+        if not rec:
+            return "—"
+        noisy = " ⚠" if rec["other_cpu"] > NOISY else ""
+        return f"{fmt(rec['median'])} ({fmt(rec['min'])}–{fmt(rec['max'])}) {rec['unit']}{noisy}"
+
+    def compare(r, other):
+        """pool-runtime/other of the medians, and how many times better
+        pool-runtime is; None without both."""
+        if not r or not other:
+            return None, None
+        ratio = r["median"] / other["median"]
+        return ratio, ratio if r["higher_is_better"] else 1 / ratio
+
+    def ratio_cells(ratio, adv):
+        return ("—", "—") if ratio is None else (f"{ratio:.3g}", f"{adv:.2f}×")
+
+    order = list(results)
     for row, group, label, argv in PLAN:
-        for key in sorted({k for k in results if k[0] == row}, key=lambda k: list(results).index(k)):
+        keys = sorted({k for k in results if k[0] == row}, key=order.index)
+        for key in keys:
             if key[1] != "rust":
                 continue
-            r = results[key]
-            p = results.get((row, "python", key[2]))
-            flag = lambda rec: " ⚠" if rec["other_cpu"] > NOISY else ""
-            rs = f"{fmt(r['median'])} ({fmt(r['min'])}–{fmt(r['max'])}) {r['unit']}{flag(r)}"
-            if p:
-                ps = f"{fmt(p['median'])} ({fmt(p['min'])}–{fmt(p['max'])}) {p['unit']}{flag(p)}"
-                ratio = r["median"] / p["median"]
-                adv = ratio if r["higher_is_better"] else 1 / ratio
-                lines.append(f"| {label} | {key[2]} | {rs} | {ps} | {ratio:.3g} | {adv:.2f}× |")
-            else:
-                lines.append(f"| {label} | {key[2]} | {rs} | — | — | — |")
+            metric = key[2]
+            r, p, ps = (results.get((row, impl, metric)) for impl in IMPLS)
+            rp, rs = compare(r, p), compare(r, ps)
+            ratios.append({"row": row, "label": label, "metric": metric,
+                           "rust_over_python": rp[0], "advantage_over_python": rp[1],
+                           "rust_over_procspawn": rs[0], "advantage_over_procspawn": rs[1]})
+            lines.append(f"| {label} | {metric} | {cell(r)} | {cell(p)} | {cell(ps)} | "
+                         + " | ".join(ratio_cells(*rp) + ratio_cells(*rs)) + " |")
+        # procspawn's variants of a metric (payload through Shmem)
+        for key in keys:
+            if key[1] != "procspawn" or key[2] not in PROCSPAWN_VARIANTS:
+                continue
+            base, name = PROCSPAWN_VARIANTS[key[2]]
+            r, ps = results.get((row, "rust", base)), results[key]
+            rs = compare(r, ps)
+            ratios.append({"row": row, "label": f"{label}, {name}", "metric": key[2],
+                           "rust_over_procspawn": rs[0], "advantage_over_procspawn": rs[1]})
+            lines.append(f"| {label}, {name} | {key[2]} | {cell(r)} | — | {cell(ps)} | — | — | "
+                         + " | ".join(ratio_cells(*rs)) + " |")
 
     def target(name, ok, text):
         if ok is None:
@@ -324,6 +430,11 @@ def main():
     print("\n".join(lines))
     if any(r["other_cpu"] > NOISY for r in results.values()):
         print("\n⚠: other processes used over 10% of the CPUs during that run: treat it as noisy.")
+    notes = procspawn_notes(only)
+    if notes:
+        print("\nThe procspawn column:")
+        for label, text in notes:
+            print(f"- {label}: {text}")
     print()
     print("| target | result | status |")
     print("|---|---|---|")
@@ -332,13 +443,13 @@ def main():
 
     # ----- 1 → 2 workers -----
     print()
-    print("| 1 → 2 workers | Rust 1 | Rust 2 | Rust 2/1 | Python 1 | Python 2 | Python 2/1 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| 1 → 2 workers | " + " | ".join(f"{NAMES[i]} {n}" for i in IMPLS for n in ("1", "2", "2/1")) + " |")
+    print("|---|" + "---|" * 3 * len(IMPLS))
     for name, one, two, metric in (("tiny auto items/s", "auto1", "auto2", "items_per_s"),
                                    ("round trip µs", "rt1", "rt2", "roundtrip_us"),
                                    ("cpu 40 × 50 ms, s", "cpu", "cpu", None)):
         cells = []
-        for impl in ("rust", "python"):
+        for impl in IMPLS:
             if metric:
                 a, b = get(one, impl, metric), get(two, impl, metric)
             else:
@@ -348,17 +459,18 @@ def main():
 
     # ----- memory -----
     print()
-    print("| idle worker | Rust | Python |")
-    print("|---|---|---|")
+    print("| idle worker | " + " | ".join(NAMES[i] for i in IMPLS) + " |")
+    print("|---|" + "---|" * len(IMPLS))
     for metric, name in (("idle_worker_rss_kb", "VmRSS"), ("idle_worker_pss_kb", "Pss (shared pages split)")):
-        r, p = both("start", metric)
-        print(f"| {name} | {fmt(r) if r else '—'} kB | {fmt(p) if p else '—'} kB |")
+        kb = (get("start", impl, metric) for impl in IMPLS)
+        print(f"| {name} | " + " | ".join(f"{fmt(v)} kB" if v else "—" for v in kb) + " |")
 
     info["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     info["seconds"] = round(time.time() - began, 1)
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump({"machine": info, "results": list(results.values()), "targets": targets,
+                   "ratios": ratios, "procspawn_notes": dict(procspawn_notes(only)),
                    "errors": errors}, f, indent=1)
     time.sleep(0.5)
     left = leftovers()

@@ -1,7 +1,8 @@
 //! The Rust half of the side-by-side benchmark against Python's
 //! `multiprocessing.Pool` (the Python half is `bench/python_pool.py`).
 //!
-//! Run everything, both sides, with `bash bench/run.sh`; see `BENCHMARKS.md`.
+//! Run everything, all three sides (procspawn's is `examples/bench_procspawn.rs`),
+//! with `bash bench/run.sh`; see `BENCHMARKS.md`.
 //! This binary runs one workload per invocation and prints one JSON line per
 //! metric on stdout (a human summary goes to stderr):
 //!
