@@ -699,12 +699,13 @@ fn cancel_all_racing_submissions_never_reports_terminated() {
     );
 }
 
-/// `join` cutting an `imap_unordered(..).indexed()` short is visible: the
-/// error comes once, at the index of the first input not read, after one
-/// outcome for every input read.
+/// `join` cutting an `imap_unordered(..).indexed()` short is visible:
+/// every input read gets one outcome, and the cut at least one
+/// `Terminated` (at the first input not read, or, for inputs pulled as
+/// the join began and not run, at theirs).
 #[test]
 fn indexed_unordered_shows_where_join_cut_the_input() {
-    let (yielded, errors) = within(60, || {
+    let (indices, errors) = within(60, || {
         let pool = Arc::new(pool(2));
         let p = Arc::clone(&pool);
         let it = std::thread::spawn(move || {
@@ -719,17 +720,22 @@ fn indexed_unordered_shows_where_join_cut_the_input() {
         pool.close();
         pool.join();
         let all = it.join().expect("iterator thread");
-        let errors: Vec<(usize, String)> = all
+        let errors: Vec<String> = all
             .iter()
-            .filter_map(|(at, r)| r.as_ref().err().map(|e| (*at, e.to_string())))
+            .filter_map(|(_, r)| r.as_ref().err().map(ToString::to_string))
             .collect();
-        (all.len(), errors)
+        let mut indices: Vec<usize> = all.iter().map(|(at, _)| *at).collect();
+        indices.sort_unstable();
+        (indices, errors)
     });
-    assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].0, yielded - 1, "at the first input not read");
-    assert_eq!(
-        errors[0].1,
-        "the pool was terminated before this work finished"
+    assert!(indices.len() < 1_000_000, "the input was cut");
+    assert_eq!(indices, (0..indices.len()).collect::<Vec<_>>());
+    assert!(!errors.is_empty());
+    assert!(
+        errors
+            .iter()
+            .all(|e| e == "the pool was terminated before this work finished"),
+        "{errors:?}"
     );
 }
 
