@@ -497,6 +497,7 @@ impl PoolBuilder {
             max_frame: self.max_frame,
             startup_timeout: self.startup_timeout,
             fork_server: self.fork_server,
+            log_level: None,
         };
         let config = Config {
             processes,

@@ -1,5 +1,5 @@
 //! What every backend's workers are told first and answer: the handshake
-//! (protocol version, registry fingerprint, frame limit) and the
+//! (protocol version, registry fingerprint, frame limit, log level) and the
 //! initializer, and how a worker is launched. Backend-neutral: the local
 //! backend and MPI both use it.
 
@@ -32,6 +32,10 @@ pub(crate) struct Launch {
     pub(crate) startup_timeout: Duration,
     /// Workers may be forked by the fork server ([`forkserver`](super::forkserver)).
     pub(crate) fork_server: bool,
+    /// The level of log records workers forward ([`wire::LOG_OFF`] ..
+    /// [`wire::LOG_TRACE`]); `None`: what this process shows when the
+    /// worker starts ([`forward_level`](crate::logging::forward_level)).
+    pub(crate) log_level: Option<u8>,
 }
 
 /// Checks a worker's answer to [`ToWorker::Init`] (a frame without its
@@ -56,6 +60,15 @@ pub(crate) fn hello_header(launch: &Launch) -> Vec<u8> {
         fingerprint: launch.fingerprint,
         max_frame: launch.max_frame as u64,
     })
+}
+
+/// The body of the handshake: the level of log records to forward.
+pub(crate) fn hello_body(launch: &Launch) -> Vec<u8> {
+    vec![
+        launch
+            .log_level
+            .unwrap_or_else(crate::logging::forward_level),
+    ]
 }
 
 /// Checks a worker's answer to the handshake (a frame without its length

@@ -1,7 +1,7 @@
 //! What a worker's frames and its end mean for the items it held:
 //! results delivered to their calls, chunks completed (and the worker's
-//! pace), and at a death, the running item blamed (or retried) and the
-//! others requeued.
+//! pace), log records and failed items emitted as events, and at a death,
+//! the running item blamed (or retried) and the others requeued.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,6 +11,7 @@ use pool_core::wire::{self, FromWorker, ToWorker};
 
 use super::{Event, InFlight, Outbox, Pace, Scheduler, State, Supervise, sub_chunk};
 use crate::error::{Error, ExitCause};
+use crate::logging::emit::Pending;
 
 impl Scheduler {
     /// Handles frames from the worker in `slot`, in order, under one lock,
@@ -22,6 +23,7 @@ impl Scheduler {
         frames: &mut Vec<Vec<u8>>,
     ) -> Result<(), ProtocolError> {
         let mut outbox = Outbox::default();
+        let mut logs = Pending::default();
         let mut finished = false;
         let mut wake = false;
         let counted;
@@ -29,7 +31,7 @@ impl Scheduler {
         {
             let mut st = self.lock();
             for frame in frames.drain(..) {
-                match self.on_frame(&mut st, slot, pid, frame, &mut outbox) {
+                match self.on_frame(&mut st, slot, pid, frame, &mut outbox, &mut logs) {
                     Ok(done) => finished |= done,
                     Err(err) => {
                         outcome = Err(err);
@@ -44,6 +46,8 @@ impl Scheduler {
             counted = outbox.count(self);
         }
         frames.clear();
+        // Log records before the results of their items reach the calls.
+        logs.emit();
         outbox.send_counted(self, counted);
         if wake {
             self.changed.notify_all();
@@ -51,7 +55,7 @@ impl Scheduler {
         outcome
     }
 
-    /// Applies one results frame; `true` if it completed a chunk.
+    /// Applies one results or log frame; `true` if it completed a chunk.
     fn on_frame(
         &self,
         st: &mut State,
@@ -59,11 +63,18 @@ impl Scheduler {
         pid: u32,
         frame: Vec<u8>,
         outbox: &mut Outbox,
+        logs: &mut Pending,
     ) -> Result<bool, ProtocolError> {
         let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
             Ok((header, body)) => (header, body.len()),
             Err(err) => return Err(err),
         };
+        if let FromWorker::Log { records, dropped } = header {
+            let body = &frame[frame.len() - body_len..];
+            let locate = |chunk, item| item_of(st, slot, chunk, item);
+            logs.add_log(pid, (records, dropped), body, &locate)?;
+            return Ok(false);
+        }
         let FromWorker::Results {
             chunk,
             first,
@@ -97,6 +108,9 @@ impl Scheduler {
         stats.failures += failed as u64;
         if failed > 0 {
             tracing::debug!(pid, failed, "items failed in a pool worker");
+            let task = st.jobs.get(&front.chunk.job).map(|job| job.task);
+            let first_index = front.chunk.first + first as usize;
+            logs.add_failures(pid, task, first_index, &frame[body_at..]);
         }
         let job = front.chunk.job;
         let start = front.chunk.first + first as usize;
@@ -179,22 +193,6 @@ impl Scheduler {
         if !st.terminated && st.broken.is_none() && self.config.backend.is_some() {
             st.stats[slot].respawns += 1;
         }
-        if st.terminated {
-            tracing::debug!(pid, %cause, "pool worker exited");
-        } else if let Some(timeout) = worker.timed_out {
-            tracing::warn!(
-                pid,
-                ?timeout,
-                "pool worker killed: a task exceeded its timeout"
-            );
-        } else if let Some(err) = &protocol {
-            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
-        } else if worker.budget == Some(0) {
-            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
-        } else {
-            let signal = cause.signal_name();
-            tracing::warn!(pid, %cause, signal, "pool worker died");
-        }
         let (running_chunk, running_item) = match worker.link.running() {
             Some(page) => {
                 // Between items: nothing is blamed, everything requeued.
@@ -210,6 +208,30 @@ impl Scheduler {
                 .front()
                 .map_or((0, 0), |f| (f.id, u64::from(f.received))),
         };
+        if st.terminated {
+            tracing::debug!(pid, %cause, "pool worker exited");
+        } else if let Some(timeout) = worker.timed_out {
+            tracing::warn!(
+                pid,
+                ?timeout,
+                "pool worker killed: a task exceeded its timeout"
+            );
+        } else if let Some(err) = &protocol {
+            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
+        } else if worker.budget == Some(0) {
+            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
+        } else {
+            let signal = cause.signal_name();
+            // The item it was running, if one was.
+            let running = worker.in_flight.iter().find(|f| {
+                f.id == running_chunk
+                    && running_item >= u64::from(f.received)
+                    && running_item < u64::from(f.chunk.count)
+            });
+            let task = running.and_then(|f| st.jobs.get(&f.chunk.job).map(|job| job.task));
+            let item = running.map(|f| f.chunk.first + running_item as usize);
+            tracing::warn!(pid, slot, task, item, %cause, signal, "pool worker died");
+        }
         let mut requeue = Vec::new();
         let mut blamed = 0;
         let mut protocol = protocol;
@@ -278,5 +300,25 @@ impl Scheduler {
         drop(st);
         outbox.send_counted(self, counted);
         self.changed.notify_all();
+    }
+}
+
+/// The task and input index of item `item` of chunk `chunk` in flight to
+/// the worker in `slot`; `None`s if it is not (any more).
+fn item_of(
+    st: &State,
+    slot: usize,
+    chunk: u64,
+    item: u32,
+) -> (Option<&'static str>, Option<usize>) {
+    let flight = st.workers[slot]
+        .as_ref()
+        .and_then(|w| w.in_flight.iter().find(|f| f.id == chunk));
+    match flight {
+        Some(f) if item < f.chunk.count => (
+            st.jobs.get(&f.chunk.job).map(|job| job.task),
+            Some(f.chunk.first + item as usize),
+        ),
+        _ => (None, None),
     }
 }
