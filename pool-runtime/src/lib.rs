@@ -246,10 +246,12 @@
 //! async fn main() -> Result<(), pool_runtime::Error> { /* .. */ }
 //! ```
 //!
-//! The other order puts `init()` inside the `async` body, so every worker
-//! builds a tokio runtime first (its threads included) and serves tasks
-//! from inside its `block_on`: a task that starts a runtime of its own
-//! then panics ("Cannot start a runtime from within a runtime").
+//! The other order would put `init()` inside the `async` body, so every
+//! worker would build a tokio runtime first (its threads included) and
+//! serve tasks from inside its `block_on`, where a task that starts a
+//! runtime of its own panics ("Cannot start a runtime from within a
+//! runtime"). It does not compile: `#[pool_runtime::main]` refuses an
+//! `async fn`, with a message saying where it goes.
 //!
 //! # Coming from Python
 //!
@@ -451,7 +453,8 @@ pub use pool_macros::task;
 ///
 /// With an async runtime's attribute, this one goes below it, so that
 /// `init()` runs before the runtime starts (see the crate docs, "With
-/// `#[tokio::main]`"):
+/// `#[tokio::main]`"); on an `async fn` (written above it) it is a compile
+/// error:
 ///
 /// ```ignore
 /// #[tokio::main]
