@@ -255,6 +255,45 @@ fn observe_traces_a_killed_worker_with_its_pid_and_signal() {
     );
 }
 
+#[test]
+fn logging_shows_records_of_tasks_with_pid_task_and_item() {
+    let (stdout, stderr) =
+        run_example_with("logging", &[], &[("RUST_LOG", "info"), ("NO_COLOR", "1")]);
+    assert!(stdout.contains("7 items ok, 1 failed"), "{stdout}");
+    // One line per item, at its level, with the task's own target.
+    for x in 0..8 {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&format!("squaring x={x} ")))
+            .unwrap_or_else(|| panic!("no record of item {x} in:\n{stderr}"));
+        assert!(line.contains(" INFO logging: "), "{line}");
+        assert!(line.contains(&format!("item={x}")), "{line}");
+        assert!(line.contains("task=\"logging::square\""), "{line}");
+        assert!(line.contains(" pid="), "{line}");
+    }
+    // `log` records, and the initializer's records (no item) in each worker.
+    assert!(
+        stderr.contains("WARN logging: 3 is a multiple of 3"),
+        "{stderr}"
+    );
+    let connected = stderr
+        .lines()
+        .filter(|l| l.contains("worker connected"))
+        .count();
+    assert_eq!(connected, 2, "{stderr}");
+    // Debug is below RUST_LOG=info; the panic is one warning.
+    assert!(!stderr.contains("RUST_LOG=debug only"), "{stderr}");
+    let panics: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("task panicked"))
+        .collect();
+    assert_eq!(panics.len(), 1, "{stderr}");
+    assert!(
+        panics[0].contains("five is not allowed") && panics[0].contains("item=5"),
+        "{stderr}"
+    );
+}
+
 /// A private tmux server (`tmux -L name`), killed with everything in it
 /// when dropped, also when a test fails.
 struct TmuxServer(String);

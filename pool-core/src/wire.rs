@@ -10,7 +10,12 @@
 //! - an arguments body is a sequence of `u32 length ++ postcard(Args)`;
 //! - a results body is a sequence of `u8 tag ++ u32 length ++ bytes`, where
 //!   tag [`ITEM_OK`] carries `postcard(Output)` and tag [`ITEM_FAILED`] a
-//!   `postcard(TaskFailure)`.
+//!   `postcard(TaskFailure)`;
+//! - a log body (of [`FromWorker::Log`]) is a sequence of
+//!   `u32 length ++ postcard(LogRecord)`, as an arguments body is;
+//! - the body of [`ToWorker::Hello`] is one byte, the most verbose level of
+//!   log records the pool wants from the worker ([`LOG_OFF`] ..
+//!   [`LOG_TRACE`]); an empty body means [`LOG_OFF`].
 
 use std::io::{self, IoSlice, Read, Write};
 
@@ -29,6 +34,19 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 pub const ITEM_OK: u8 = 0;
 /// Tag of an item that failed.
 pub const ITEM_FAILED: u8 = 1;
+
+/// No log records: the level of a [`ToWorker::Hello`] body that wants none.
+pub const LOG_OFF: u8 = 0;
+/// Level of error records ([`LogRecord::level`]).
+pub const LOG_ERROR: u8 = 1;
+/// Level of warning records.
+pub const LOG_WARN: u8 = 2;
+/// Level of informational records.
+pub const LOG_INFO: u8 = 3;
+/// Level of debug records.
+pub const LOG_DEBUG: u8 = 4;
+/// Level of trace records, the most verbose.
+pub const LOG_TRACE: u8 = 5;
 
 /// Frames a pool sends to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +119,15 @@ pub enum FromWorker {
         /// Why.
         reason: Retire,
     },
+    /// Log records emitted in the worker; the body holds `records` of them.
+    /// Sent before the results of the items that emitted them.
+    Log {
+        /// Number of records in the body.
+        records: u32,
+        /// Records the worker dropped since its previous `Log` frame, its
+        /// buffer being full.
+        dropped: u64,
+    },
 }
 
 /// Why a worker retires on its own ([`FromWorker::Retiring`]).
@@ -114,6 +141,28 @@ pub enum Retire {
         /// The bound, in bytes.
         limit: u64,
     },
+}
+
+/// One `tracing` event or `log` record emitted in a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRecord {
+    /// [`LOG_ERROR`] .. [`LOG_TRACE`].
+    pub level: u8,
+    /// The target it was emitted with (by default its module path).
+    pub target: String,
+    /// The module it was emitted in, when known.
+    pub module_path: Option<String>,
+    /// The source file it was emitted in, when known.
+    pub file: Option<String>,
+    /// The line in `file`, when known.
+    pub line: Option<u32>,
+    /// The message, followed by the event's other fields as ` name=value`.
+    pub message: String,
+    /// The chunk whose item was running when it was emitted; 0 when none
+    /// was (between chunks, in the initializer).
+    pub chunk: u64,
+    /// The index in `chunk` of that item.
+    pub item: u32,
 }
 
 /// Encodes a frame header.
@@ -350,6 +399,30 @@ fn failed_result(tag: u8, data: &[u8]) -> Result<Result<&[u8], TaskFailure>, Pro
     }
 }
 
+/// Appends one record to a log body; returns its encoded size.
+pub fn push_log(body: &mut Vec<u8>, record: &LogRecord) -> usize {
+    let mark = body.len();
+    body.extend_from_slice(&[0; 4]);
+    // A record holds strings and integers only: encoding cannot fail.
+    let _ = encode_into(body, record);
+    let len = (body.len() - mark - 4) as u32;
+    body[mark..mark + 4].copy_from_slice(&len.to_le_bytes());
+    body.len() - mark
+}
+
+/// Decodes the records of a log body; an error if it is malformed.
+pub fn log_records(body: &[u8]) -> Result<Vec<LogRecord>, ProtocolError> {
+    let mut items = Items::new(body);
+    let mut records = Vec::new();
+    while !items.is_empty() {
+        let item = items.next_arg()?;
+        let record = crate::decode::from_bytes(item)
+            .map_err(|err| ProtocolError::Malformed(format!("bad log record: {err}")))?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +499,35 @@ mod tests {
         let mut results = Items::new(&[9, 0, 0, 0, 0]);
         assert!(results.next_result().is_err());
         assert!(split_frame::<ToWorker>(&[250, 250, 250]).is_err());
+    }
+
+    #[test]
+    fn log_records_round_trip() {
+        let record = LogRecord {
+            level: LOG_WARN,
+            target: "app::db".into(),
+            module_path: Some("app::db".into()),
+            file: Some("src/db.rs".into()),
+            line: Some(12),
+            message: "slow query ms=300".into(),
+            chunk: 4,
+            item: 2,
+        };
+        let mut body = Vec::new();
+        let size = push_log(&mut body, &record);
+        assert_eq!(size, body.len());
+        push_log(
+            &mut body,
+            &LogRecord {
+                level: LOG_TRACE,
+                ..record.clone()
+            },
+        );
+        let got = log_records(&body).expect("well formed");
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], record);
+        assert_eq!(got[1].level, LOG_TRACE);
+        assert!(log_records(&body[..body.len() - 1]).is_err());
     }
 
     #[test]

@@ -624,6 +624,7 @@ impl PoolBuilder {
             fork_server: self.fork_server,
             // An MPI rank cannot be replaced by a fresh process.
             max_memory: self.max_memory.filter(|_| mpi.is_none()),
+            log_level: None,
         };
         let config = Config {
             processes,

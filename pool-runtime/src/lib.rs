@@ -200,6 +200,88 @@
 //! }
 //! ```
 //!
+//! # Logging from tasks
+//!
+//! `tracing` events and `log` records emitted in a task, or in the
+//! initializer, are emitted again in the pool's process, where its
+//! subscriber shows them as it shows its own events:
+//!
+//! ```text
+//! INFO my_app: squaring x=3 pid=4242 task="my_app::square" item=3
+//! ```
+//!
+//! - Each keeps its level, its target, module, file and line (the worker's;
+//!   filters such as `RUST_LOG=my_app=debug` select it by them), and gets
+//!   the fields `pid` (the worker's), `task` and `item` (the item's index in
+//!   the call's input; absent in the initializer and between items). The
+//!   event's own fields follow its message as ` name=value`, as
+//!   `tracing_subscriber::fmt` prints them. Spans are not forwarded.
+//! - The pool's process decides what is shown. A worker is told, when it
+//!   starts, the most verbose level this process shows (the higher of
+//!   `tracing`'s `LevelFilter::current()` and `log::max_level()`), and
+//!   installs a `tracing` subscriber and a `log` logger with that level:
+//!   disabled levels cost a worker nothing more than without a subscriber.
+//!   So set the subscriber up before building the pool. With no subscriber
+//!   and no logger, workers install nothing. A subscriber or logger that the
+//!   program installs before [`init`] runs in the workers too, and wins: its
+//!   records stay in the worker (for example on its stderr). A task cannot
+//!   install its own (`set_global_default` and `log::set_logger` return
+//!   errors; `tracing_subscriber`'s `init()` panics, `try_init()` does not).
+//! - Emitting never waits for the pool: records wait in a bounded buffer
+//!   in the worker (4 096 records, 4 MiB of text; messages past 16 KiB are
+//!   cut). When the pool's process reads too slowly, the records that do not
+//!   fit are dropped and counted, and the count is one `warn` event:
+//!   "N log records dropped". Records reach the pool before the result of
+//!   the item that emitted them, and within a few milliseconds while a long
+//!   item runs.
+//! - Without a global `tracing` subscriber, records go to the `log` logger,
+//!   with `pid`, `task` and `item` at the end of the message.
+//! - The pool adds its own `warn` events: a failed item (`task panicked:
+//!   <message>`, with `task`, `item`, `location` and `pid`) and a worker
+//!   that died (`pool worker died`, with `task` and `item` of the item it
+//!   ran, its `slot`, `pid`, `cause` and `signal`).
+//!
+//! ```
+//! use pool_runtime::prelude::*;
+//! use pool_runtime::task;
+//!
+//! #[task]
+//! fn square(x: u64) -> u64 {
+//!     tracing::info!(x, "squaring"); // shown by this process's subscriber
+//!     x * x
+//! }
+//!
+//! #[pool_runtime::main]
+//! fn main() -> Result<(), Error> {
+//!     // e.g. tracing_subscriber::fmt().with_env_filter(EnvFilter::from_default_env()).init();
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     assert_eq!(pool.map(task!(square), [1, 2, 3])?, [1, 4, 9]);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `examples/logging.rs` is a complete program with `tracing_subscriber`.
+//!
+//! ## With `#[tokio::main]`
+//!
+//! Put `#[pool_runtime::main]` below `#[tokio::main]` (or any async
+//! runtime's attribute): attributes expand from the top, so the lower one
+//! sees the plain `fn main` the runtime's attribute made, and [`init`]
+//! comes first in it, before the runtime starts.
+//!
+//! ```ignore
+//! #[tokio::main]
+//! #[pool_runtime::main]
+//! async fn main() -> Result<(), pool_runtime::Error> { /* .. */ }
+//! ```
+//!
+//! The other order would put `init()` inside the `async` body, so every
+//! worker would build a tokio runtime first (its threads included) and
+//! serve tasks from inside its `block_on`, where a task that starts a
+//! runtime of its own panics ("Cannot start a runtime from within a
+//! runtime"). It does not compile: `#[pool_runtime::main]` refuses an
+//! `async fn`, with a message saying where it goes.
+//!
 //! # Coming from Python
 //!
 //! | `multiprocessing.Pool` | pool-runtime |
@@ -361,6 +443,7 @@ mod entry;
 mod error;
 mod imap;
 mod in_order;
+mod logging;
 mod memory;
 mod pool;
 mod progress;
@@ -440,6 +523,17 @@ pub use pool_macros::task;
 /// fn main() {
 ///     // ...
 /// }
+/// ```
+///
+/// With an async runtime's attribute, this one goes below it, so that
+/// `init()` runs before the runtime starts (see the crate docs, "With
+/// `#[tokio::main]`"); on an `async fn` (written above it) it is a compile
+/// error:
+///
+/// ```ignore
+/// #[tokio::main]
+/// #[pool_runtime::main]
+/// async fn main() { /* .. */ }
 /// ```
 ///
 /// `#[pool_runtime::main(crate = path)]`, like `#[task(crate = path)]`,

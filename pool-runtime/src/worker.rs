@@ -216,6 +216,9 @@ pub(crate) fn run(env: WorkerEnv) -> ! {
 /// The worker loop on a channel to the pool, then the process's exit.
 fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> ! {
     install_panic_hook();
+    // Kept until the process exits: log records read the running item from it.
+    let progress: &'static Progress = Box::leak(Box::new(progress));
+    crate::logging::capture::watch(progress);
     let mut reader = BufReader::with_capacity(256 * 1024, &input);
     // Results are buffered and written in one system call once no more work
     // is waiting: a worker fed many small chunks answers them in batches.
@@ -227,12 +230,13 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
         eprintln!("pool-runtime worker: cannot start its flusher thread: {err}");
         std::process::exit(EXIT_PROTOCOL);
     }
+    crate::logging::capture::set_sender(Box::new(writer.clone()));
     let more_input =
         |r: &BufReader<&UnixStream>| !r.buffer().is_empty() || sys::readable(r.get_ref());
     let served = serve_hooked(
         &mut reader,
         &mut writer,
-        Some(&progress),
+        Some(progress),
         more_input,
         SharedOut::arm,
     );
@@ -294,7 +298,7 @@ fn serve_hooked<R: Read, W: Write>(
                 max_memory,
                 ..
             },
-            _,
+            settings,
         ) => {
             let ready = FromWorker::Ready {
                 protocol: wire::PROTOCOL_VERSION,
@@ -310,6 +314,8 @@ fn serve_hooked<R: Read, W: Write>(
                 });
             }
             let max_frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
+            let log_level = settings.first().copied().unwrap_or(wire::LOG_OFF);
+            crate::logging::capture::install(log_level, max_frame);
             (max_frame, max_memory.map(MemoryBound::new))
         }
         _ => return Err(ProtocolError::Unexpected("expected the handshake")),
@@ -318,6 +324,7 @@ fn serve_hooked<R: Read, W: Write>(
     let mut out = Vec::with_capacity(64 * 1024);
     loop {
         if !more_input(reader) {
+            crate::logging::capture::send(writer)?;
             writer.flush()?;
         }
         wire::read_frame(reader, max_frame, &mut frame)?;
@@ -363,6 +370,7 @@ fn serve_hooked<R: Read, W: Write>(
                     }
                 };
                 let body = if failure.is_none() { &out[..] } else { &[][..] };
+                crate::logging::capture::send(writer)?;
                 let done = FromWorker::InitDone { failure };
                 wire::write_frame(writer, &wire::encode_header(&done), body, max_frame)?;
                 let _ = std::io::stdout().flush();
@@ -555,6 +563,7 @@ fn run_chunk(
         if out.len() + 64 > max_frame && mark > 0 {
             // The last result does not fit beside the ones waiting: send
             // those first.
+            crate::logging::capture::send(writer)?;
             let header = FromWorker::Results {
                 chunk,
                 first,
@@ -573,6 +582,7 @@ fn run_chunk(
         let partial = out.len() >= FLUSH_BYTES || now.saturating_sub(last_flush) >= interval;
         if i == count || partial || retiring.is_some() {
             let _ = std::io::stdout().flush();
+            crate::logging::capture::send(writer)?;
             let header = FromWorker::Results {
                 chunk,
                 first,
@@ -615,6 +625,7 @@ const OUT_CAPACITY: usize = 256 * 1024;
 /// (which writes frames, and flushes before it would wait for input) and a
 /// flusher thread (which sends what waited longer than [`FLUSH_AFTER`]
 /// while a chunk runs, once armed by [`SharedOut::arm`]).
+#[derive(Clone)]
 struct SharedOut(std::sync::Arc<OutShared>);
 
 struct OutShared {
@@ -683,6 +694,24 @@ impl SharedOut {
     }
 }
 
+/// Writes all of `parts`.
+fn write_all_vectored(
+    mut stream: &UnixStream,
+    parts: &[std::io::IoSlice<'_>],
+) -> std::io::Result<()> {
+    let mut parts: Vec<std::io::IoSlice<'_>> = parts.to_vec();
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        match stream.write_vectored(parts) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut parts, n),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
 /// Sends buffered results that waited [`FLUSH_AFTER`], while armed.
 fn flusher(out: &OutShared) {
     let mut st = out.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -735,8 +764,10 @@ impl Write for SharedOut {
             st.since = None;
             out.waiting.store(false, Ordering::Relaxed);
             if size > OUT_CAPACITY {
-                drop(st);
-                return (&out.stream).write_vectored(parts);
+                // Whole, under the lock: a frame another thread writes
+                // (log records) never lands inside this one.
+                write_all_vectored(&out.stream, parts)?;
+                return Ok(size);
             }
         }
         if st.since.is_none() {

@@ -1,5 +1,6 @@
 //! What every backend's workers are told first and answer: the handshake
-//! (protocol version, registry fingerprint, frame and memory limits) and the
+//! (protocol version, registry fingerprint, frame and memory limits, log
+//! level) and the
 //! initializer, and how a worker is launched. Backend-neutral: the local
 //! backend and MPI both use it.
 
@@ -35,6 +36,10 @@ pub(crate) struct Launch {
     /// A worker whose resident memory is above this many bytes after an
     /// item retires (`max_memory_per_child`).
     pub(crate) max_memory: Option<u64>,
+    /// The level of log records workers forward ([`wire::LOG_OFF`] ..
+    /// [`wire::LOG_TRACE`]); `None`: what this process shows when the
+    /// worker starts ([`forward_level`](crate::logging::forward_level)).
+    pub(crate) log_level: Option<u8>,
 }
 
 /// Checks a worker's answer to [`ToWorker::Init`] (a frame without its
@@ -60,6 +65,15 @@ pub(crate) fn hello_header(launch: &Launch) -> Vec<u8> {
         max_frame: launch.max_frame as u64,
         max_memory: launch.max_memory,
     })
+}
+
+/// The body of the handshake: the level of log records to forward.
+pub(crate) fn hello_body(launch: &Launch) -> Vec<u8> {
+    vec![
+        launch
+            .log_level
+            .unwrap_or_else(crate::logging::forward_level),
+    ]
 }
 
 /// Checks a worker's answer to the handshake (a frame without its length

@@ -2,7 +2,7 @@
 //! or forked by the fork server; the handshake and initializer over its
 //! channel. The local backend and, on worker ranks, the MPI backend use it.
 
-use std::io::{self, BufReader};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
@@ -15,7 +15,7 @@ use rustix::io::FdFlags;
 use super::child::{ChildProc, Signaller};
 use super::forkserver::client as forkserver;
 use super::handshake::{
-    InitSpec, Launch, check_init_done, check_ready, hello_header, worker_command,
+    InitSpec, Launch, check_init_done, check_ready, hello_body, hello_header, worker_command,
 };
 use super::shm::Progress;
 use crate::error::{Error, ExitCause};
@@ -197,7 +197,7 @@ pub(crate) fn finish(
         });
     }
     if let Some(init) = &launch.init
-        && let Err(reason) = run_init(&to, &from, init, launch.max_frame)
+        && let Err(reason) = run_init(&to, &from, init, launch.max_frame, pid)
     {
         forget(pid);
         return Err(Error::Initializer {
@@ -225,35 +225,49 @@ fn reap(mut child: ChildProc, reason: String) -> String {
     }
 }
 
-/// Runs the initializer in a new worker and checks its outcome.
+/// Runs the initializer in a new worker and checks its outcome; the log
+/// records it emits are emitted here.
 fn run_init(
     to: &UnixStream,
     from: &UnixStream,
     init: &InitSpec,
     max_frame: usize,
+    pid: u32,
 ) -> Result<(), String> {
     let header = wire::encode_header(&ToWorker::Init { task: init.task });
     let mut writer = to;
     wire::write_frame(&mut writer, &header, &init.body, max_frame)
         .map_err(|err| err.to_string())?;
     let mut buf = Vec::new();
-    match wire::read_frame(&mut BufReader::new(from), max_frame, &mut buf) {
-        Ok(()) => {}
-        Err(pool_core::ProtocolError::Closed) => {
-            return Err("the worker exited while running it".to_owned());
+    loop {
+        // Unbuffered: the frames after the answer are the reader thread's.
+        match wire::read_frame(&mut { from }, max_frame, &mut buf) {
+            Ok(()) => {}
+            Err(pool_core::ProtocolError::Closed) => {
+                return Err("the worker exited while running it".to_owned());
+            }
+            Err(pool_core::ProtocolError::Io(err))
+                if err.kind() == io::ErrorKind::ConnectionReset =>
+            {
+                return Err("the worker exited while running it".to_owned());
+            }
+            Err(err) => return Err(err.to_string()),
         }
-        Err(pool_core::ProtocolError::Io(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-            return Err("the worker exited while running it".to_owned());
+        if !crate::logging::emit::emit_start_frame(&buf, pid, Some(init.name)) {
+            return check_init_done(&buf, init);
         }
-        Err(err) => return Err(err.to_string()),
     }
-    check_init_done(&buf, init)
 }
 
 fn send_hello(stream: &UnixStream, launch: &Launch) -> Result<(), String> {
     let mut writer = stream;
-    wire::write_frame(&mut writer, &hello_header(launch), &[], launch.max_frame)
-        .map_err(|err| format!("could not send the handshake: {err}"))
+    wire::write_frame(
+        &mut writer,
+        &hello_header(launch),
+        &hello_body(launch),
+        launch.max_frame,
+    )
+    .map_err(|err| format!("could not send the handshake: {err}"))
 }
 
 fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), String> {
@@ -261,7 +275,8 @@ fn read_ready(stream: &UnixStream, launch: &Launch, pid: u32) -> Result<(), Stri
         .set_read_timeout(Some(launch.startup_timeout))
         .map_err(|err| err.to_string())?;
     let mut buf = Vec::new();
-    let read = wire::read_frame(&mut BufReader::new(stream), 4096, &mut buf);
+    // Unbuffered: the frames after this one are the reader thread's.
+    let read = wire::read_frame(&mut { stream }, 4096, &mut buf);
     stream
         .set_read_timeout(None)
         .map_err(|err| err.to_string())?;

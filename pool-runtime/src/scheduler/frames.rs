@@ -1,7 +1,7 @@
 //! What a worker's frames and its end mean for the items it held:
 //! results delivered to their calls, chunks completed (and the worker's
-//! pace), and at a death, the running item blamed (or retried) and the
-//! others requeued.
+//! pace), log records and failed items emitted as events, and at a death,
+//! the running item blamed (or retried) and the others requeued.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,6 +12,7 @@ use pool_core::wire::{self, FromWorker, ToWorker};
 use super::retire::Retirement;
 use super::{Event, InFlight, Outbox, Pace, Scheduler, State, Supervise, sub_chunk};
 use crate::error::{Error, ExitCause};
+use crate::logging::emit::Pending;
 
 impl Scheduler {
     /// Handles frames from the worker in `slot`, in order, under one lock,
@@ -23,6 +24,7 @@ impl Scheduler {
         frames: &mut Vec<Vec<u8>>,
     ) -> Result<(), ProtocolError> {
         let mut outbox = Outbox::default();
+        let mut logs = Pending::default();
         let mut finished = false;
         let mut wake = false;
         let counted;
@@ -30,7 +32,7 @@ impl Scheduler {
         {
             let mut st = self.lock();
             for frame in frames.drain(..) {
-                match self.on_frame(&mut st, slot, pid, frame, &mut outbox) {
+                match self.on_frame(&mut st, slot, pid, frame, &mut outbox, &mut logs) {
                     Ok(done) => finished |= done,
                     Err(err) => {
                         outcome = Err(err);
@@ -45,6 +47,8 @@ impl Scheduler {
             counted = outbox.count(self);
         }
         frames.clear();
+        // Log records before the results of their items reach the calls.
+        logs.emit();
         outbox.send_counted(self, counted);
         if wake {
             self.changed.notify_all();
@@ -52,7 +56,7 @@ impl Scheduler {
         outcome
     }
 
-    /// Applies one results frame; `true` if it completed a chunk.
+    /// Applies one results or log frame; `true` if it completed a chunk.
     fn on_frame(
         &self,
         st: &mut State,
@@ -60,6 +64,7 @@ impl Scheduler {
         pid: u32,
         frame: Vec<u8>,
         outbox: &mut Outbox,
+        logs: &mut Pending,
     ) -> Result<bool, ProtocolError> {
         let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
             Ok((header, body)) => (header, body.len()),
@@ -67,6 +72,12 @@ impl Scheduler {
         };
         if let FromWorker::Retiring { reason } = &header {
             st.on_retiring(slot, pid, reason);
+            return Ok(false);
+        }
+        if let FromWorker::Log { records, dropped } = header {
+            let body = &frame[frame.len() - body_len..];
+            let locate = |chunk, item| item_of(st, slot, chunk, item);
+            logs.add_log(pid, (records, dropped), body, &locate)?;
             return Ok(false);
         }
         let FromWorker::Results {
@@ -102,6 +113,9 @@ impl Scheduler {
         stats.failures += failed as u64;
         if failed > 0 {
             tracing::debug!(pid, failed, "items failed in a pool worker");
+            let task = st.jobs.get(&front.chunk.job).map(|job| job.task);
+            let first_index = front.chunk.first + first as usize;
+            logs.add_failures(pid, task, first_index, &frame[body_at..]);
         }
         let job = front.chunk.job;
         let start = front.chunk.first + first as usize;
@@ -189,26 +203,6 @@ impl Scheduler {
                 st.stats[slot].count_retirement(why);
             }
         }
-        if st.terminated {
-            tracing::debug!(pid, %cause, "pool worker exited");
-        } else if worker.cancelled {
-            tracing::debug!(pid, "pool worker stopped for a cancelled call");
-        } else if let Some(timeout) = worker.timed_out {
-            tracing::warn!(
-                pid,
-                ?timeout,
-                "pool worker killed: a task exceeded its timeout"
-            );
-        } else if let Some(err) = &protocol {
-            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
-        } else if let Some(why) = retired {
-            tracing::debug!(pid, ?why, "pool worker retired");
-        } else if worker.budget == Some(0) {
-            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
-        } else {
-            let signal = cause.signal_name();
-            tracing::warn!(pid, %cause, signal, "pool worker died");
-        }
         let (running_chunk, running_item) = match worker.link.running() {
             // Killed for a cancelled call: what it ran is not blamed, even
             // if it moved on to another call's item meanwhile.
@@ -227,6 +221,34 @@ impl Scheduler {
                 .front()
                 .map_or((0, 0), |f| (f.id, u64::from(f.received))),
         };
+        if st.terminated {
+            tracing::debug!(pid, %cause, "pool worker exited");
+        } else if worker.cancelled {
+            tracing::debug!(pid, "pool worker stopped for a cancelled call");
+        } else if let Some(timeout) = worker.timed_out {
+            tracing::warn!(
+                pid,
+                ?timeout,
+                "pool worker killed: a task exceeded its timeout"
+            );
+        } else if let Some(err) = &protocol {
+            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
+        } else if let Some(why) = retired {
+            tracing::debug!(pid, ?why, "pool worker retired");
+        } else if worker.budget == Some(0) {
+            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
+        } else {
+            let signal = cause.signal_name();
+            // The item it was running, if one was.
+            let running = worker.in_flight.iter().find(|f| {
+                f.id == running_chunk
+                    && running_item >= u64::from(f.received)
+                    && running_item < u64::from(f.chunk.count)
+            });
+            let task = running.and_then(|f| st.jobs.get(&f.chunk.job).map(|job| job.task));
+            let item = running.map(|f| f.chunk.first + running_item as usize);
+            tracing::warn!(pid, slot, task, item, %cause, signal, "pool worker died");
+        }
         // One that retired for its memory stopped between items.
         let (running_chunk, running_item) = match retired {
             Some(Retirement::Memory) => (0, 0),
@@ -300,5 +322,25 @@ impl Scheduler {
         drop(st);
         outbox.send_counted(self, counted);
         self.changed.notify_all();
+    }
+}
+
+/// The task and input index of item `item` of chunk `chunk` in flight to
+/// the worker in `slot`; `None`s if it is not (any more).
+fn item_of(
+    st: &State,
+    slot: usize,
+    chunk: u64,
+    item: u32,
+) -> (Option<&'static str>, Option<usize>) {
+    let flight = st.workers[slot]
+        .as_ref()
+        .and_then(|w| w.in_flight.iter().find(|f| f.id == chunk));
+    match flight {
+        Some(f) if item < f.chunk.count => (
+            st.jobs.get(&f.chunk.job).map(|job| job.task),
+            Some(f.chunk.first + item as usize),
+        ),
+        _ => (None, None),
     }
 }

@@ -191,10 +191,11 @@ impl Hub {
             let id = self.next_batch;
             self.next_batch += 1;
             let hello = handshake::hello_header(request.shared.launch());
+            let settings = Arc::new(handshake::hello_body(request.shared.launch()));
             for (slot, &e) in free.iter().enumerate() {
                 self.endpoints[e].phase = Phase::Hello { batch: id, slot };
                 self.endpoints[e].stream.clear();
-                self.send_frame(e, &hello, &Arc::new(Vec::new()));
+                self.send_frame(e, &hello, &settings);
             }
             self.batches.push(Batch {
                 id,
@@ -409,12 +410,13 @@ impl Hub {
                 if !shared.is_stopping() {
                     // The rank starts a new process on a new handshake.
                     let hello = handshake::hello_header(shared.launch());
+                    let settings = Arc::new(handshake::hello_body(shared.launch()));
                     self.endpoints[e].phase = Phase::Rejoin {
                         shared,
                         slot,
                         init: false,
                     };
-                    self.send_frame(e, &hello, &Arc::new(Vec::new()));
+                    self.send_frame(e, &hello, &settings);
                 }
             }
             Phase::Hello { batch, .. } | Phase::Init { batch, .. } | Phase::Ready { batch, .. } => {
@@ -435,6 +437,19 @@ impl Hub {
             Phase::Done => self.endpoints[e].phase = Phase::Done,
             Phase::Free | Phase::Releasing { pool: None } => {}
         }
+    }
+
+    /// Emits the log records of a starting worker (those of its
+    /// initializer); `false` if `frame` holds none.
+    pub(super) fn on_start_log(&self, e: usize, frame: &[u8]) -> bool {
+        let init = match &self.endpoints[e].phase {
+            Phase::Hello { batch, .. } | Phase::Init { batch, .. } => self
+                .batch(*batch)
+                .and_then(|b| b.shared.launch().init.as_ref().map(|i| i.name)),
+            Phase::Rejoin { shared, .. } => shared.launch().init.as_ref().map(|i| i.name),
+            _ => None,
+        };
+        crate::logging::emit::emit_start_frame(frame, self.endpoints[e].pid, init)
     }
 
     /// A handshake frame from the replacement of a local worker.
@@ -691,6 +706,8 @@ impl Hub {
                         return;
                     }
                 }
+                Phase::Hello { .. } | Phase::Init { .. } | Phase::Rejoin { .. }
+                    if self.on_start_log(e, &frame) => {}
                 Phase::Hello { .. } | Phase::Init { .. } => self.on_handshake(e, &frame),
                 Phase::Rejoin { .. } => self.on_rejoin(e, &frame),
                 Phase::Releasing { pool: None } => {} // e.g. a late `Ready`

@@ -106,6 +106,8 @@ struct Start {
     local: usize,
     fingerprint: u64,
     max_frame: usize,
+    /// The level of log records rank 0 wants (the `Hello`'s body).
+    log_level: u8,
 }
 
 struct Node<'a> {
@@ -251,8 +253,8 @@ impl Node<'_> {
 
     /// A frame from rank 0 (without its length) for local worker `local`.
     fn on_frame(&mut self, local: usize, frame: Vec<u8>, starts: &mut Vec<Start>) {
-        let header = match wire::split_frame::<ToWorker>(&frame) {
-            Ok((header, _)) => header,
+        let (header, log_level) = match wire::split_frame::<ToWorker>(&frame) {
+            Ok((header, body)) => (header, body.first().copied().unwrap_or(wire::LOG_OFF)),
             Err(err) => self.broken(&format!("a bad frame from rank 0: {err}")),
         };
         let place = &mut self.locals[local];
@@ -272,6 +274,7 @@ impl Node<'_> {
                     local,
                     fingerprint,
                     max_frame: place.max_frame,
+                    log_level,
                 });
             }
             ToWorker::Run {
@@ -327,6 +330,7 @@ impl Node<'_> {
                 fork_server: false,
                 // Not offered under MPI (see `PoolBuilder::max_memory_per_child`).
                 max_memory: None,
+                log_level: Some(start.log_level),
             };
             match process::start(&launch, &|| false) {
                 Ok(started) => pending.push((start.local, launch, started)),

@@ -48,6 +48,14 @@ pub(super) fn run_worker_rank(launcher: &Launcher) -> ! {
         std::process::exit(0)
     }
     worker::install_panic_hook();
+    // A page of this process alone, where the running item is recorded for
+    // log records to name it (nobody else reads it); kept until the exit.
+    let page: Option<&'static Progress> = Progress::create()
+        .ok()
+        .map(|page| &*Box::leak(Box::new(page)));
+    if let Some(page) = page {
+        crate::logging::capture::watch(page);
+    }
     let mut reader = RankReader::new(&world);
     let mut writer = RankWriter::new(&world);
     // Another message from rank 0 is waiting (or buffered): results can wait.
@@ -55,7 +63,7 @@ pub(super) fn run_worker_rank(launcher: &Launcher) -> ! {
         r.pos < r.buf.len() || r.world.process_at_rank(0).immediate_probe().is_some()
     };
     loop {
-        let outcome = worker::serve_with(&mut reader, &mut writer, None, more_input);
+        let outcome = worker::serve_with(&mut reader, &mut writer, page, more_input);
         if reader.finalize {
             break;
         }

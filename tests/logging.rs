@@ -1,0 +1,408 @@
+//! Logging from tasks: `tracing` events and `log` records emitted in
+//! workers reach this process's subscriber with the worker's pid, the task
+//! and the item; the pool's own warnings name the task and item too.
+//!
+//! One capturing subscriber serves every test of this binary (it must be
+//! global: events are emitted on the pool's threads). It shows `INFO` and
+//! above; each test tells its events apart by task and pid.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use pool_runtime::prelude::*;
+use pool_runtime::task;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+mod common;
+use common::within;
+
+pool_runtime::test_support!();
+
+/// One event the subscriber saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    level: tracing::Level,
+    target: String,
+    fields: HashMap<String, String>,
+}
+
+impl Seen {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.get(name).map(String::as_str)
+    }
+
+    fn message(&self) -> &str {
+        self.field("message").unwrap_or("")
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.field("pid")?.parse().ok()
+    }
+
+    fn item(&self) -> Option<usize> {
+        self.field("item")?.parse().ok()
+    }
+
+    fn task_is(&self, name: &str) -> bool {
+        self.field("task")
+            .is_some_and(|t| t.rsplit("::").next() == Some(name))
+    }
+}
+
+#[derive(Default)]
+struct Fields(HashMap<String, String>);
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().to_owned(), value.to_owned());
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_owned(), format!("{value:?}"));
+    }
+}
+
+/// Where the subscriber keeps what it saw.
+static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
+/// The first record of item 1 of the flood test holds the pool's reader
+/// until this file exists (see [`flood_holds_back_nothing`]).
+static FLOOD_GATE: OnceLock<PathBuf> = OnceLock::new();
+static FLOOD_HELD: AtomicBool = AtomicBool::new(false);
+
+struct Capture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let seen = Seen {
+            level: *event.metadata().level(),
+            target: event.metadata().target().to_owned(),
+            fields: fields.0,
+        };
+        let flood = seen.task_is("flood") && seen.item() == Some(1);
+        if flood && !FLOOD_HELD.swap(true, Ordering::SeqCst) {
+            // A slow subscriber: this process reads nothing more from the
+            // worker until its task has emitted all its records.
+            if let Some(gate) = FLOOD_GATE.get() {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !gate.exists() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        lock().push(seen);
+    }
+}
+
+fn lock() -> MutexGuard<'static, Vec<Seen>> {
+    SEEN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Installs the capturing subscriber (once), showing `INFO` and above.
+fn capture() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let subscriber = tracing_subscriber::registry()
+            .with(LevelFilter::INFO)
+            .with(Capture);
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    });
+}
+
+/// The events seen so far that `keep` selects.
+fn seen(keep: impl Fn(&Seen) -> bool) -> Vec<Seen> {
+    lock().iter().filter(|s| keep(s)).cloned().collect()
+}
+
+/// Waits (bounded) until `keep` selects at least `n` events; returns them.
+fn wait_for(n: usize, keep: impl Fn(&Seen) -> bool) -> Vec<Seen> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = seen(&keep);
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pool() -> Pool {
+    capture();
+    Pool::builder()
+        .processes(2)
+        .build()
+        .expect("a pool of two workers starts")
+}
+
+#[task]
+fn greet(x: u64) -> u64 {
+    tracing::info!(x, "hello from a task");
+    x + 1
+}
+
+#[test]
+fn a_tracing_event_in_a_task_reaches_the_parent_with_pid_task_and_item() {
+    within(60, || {
+        let pool = pool();
+        let pids = pool.worker_pids();
+        let out = pool
+            .call()
+            .chunksize(2)
+            .map(task!(greet), 0..8u64)
+            .expect("map");
+        assert_eq!(out, (1..9).collect::<Vec<_>>());
+        // The records of an item arrive before its result.
+        let events = seen(|s| s.task_is("greet"));
+        assert_eq!(events.len(), 8, "{events:#?}");
+        for event in &events {
+            assert_eq!(event.level, tracing::Level::INFO);
+            assert_eq!(event.target, "logging", "the task's own target");
+            let x: usize = event
+                .message()
+                .strip_prefix("hello from a task x=")
+                .and_then(|x| x.parse().ok())
+                .unwrap_or_else(|| panic!("message and field: {event:?}"));
+            assert_eq!(event.item(), Some(x), "item of {event:?}");
+            let pid = event.pid().expect("a pid field");
+            assert!(pids.contains(&pid), "{pid} is not one of {pids:?}");
+        }
+        let mut items: Vec<usize> = events.iter().filter_map(Seen::item).collect();
+        items.sort_unstable();
+        assert_eq!(items, (0..8).collect::<Vec<_>>());
+    });
+}
+
+#[task]
+fn careful(x: u64) -> u64 {
+    log::warn!("careful with {x}");
+    x
+}
+
+#[test]
+fn a_log_record_in_a_task_reaches_the_parent_with_pid_task_and_item() {
+    within(60, || {
+        let pool = pool();
+        let pids = pool.worker_pids();
+        assert_eq!(
+            pool.map(task!(careful), [10, 11, 12]).expect("map"),
+            [10, 11, 12]
+        );
+        let events = seen(|s| s.task_is("careful"));
+        assert_eq!(events.len(), 3, "{events:#?}");
+        for event in &events {
+            assert_eq!(event.level, tracing::Level::WARN);
+            assert_eq!(event.target, "logging");
+            let item = event.item().expect("an item field");
+            assert_eq!(event.message(), format!("careful with {}", 10 + item));
+            assert!(pids.contains(&event.pid().expect("a pid field")));
+        }
+    });
+}
+
+/// What the worker's own filters say: `tracing` debug, `log` debug,
+/// `tracing` info.
+#[task]
+fn levels() -> (bool, bool, bool) {
+    tracing::debug!("hidden from the parent");
+    log::debug!("hidden from the parent too");
+    tracing::info!("shown in the parent");
+    (
+        tracing::enabled!(tracing::Level::DEBUG),
+        log::log_enabled!(log::Level::Debug),
+        tracing::enabled!(tracing::Level::INFO),
+    )
+}
+
+#[test]
+fn a_level_the_parent_does_not_show_is_not_forwarded() {
+    within(60, || {
+        let pool = pool();
+        // The parent shows INFO: the worker's filters turn DEBUG off at the source.
+        let enabled = pool.apply(task!(levels), ()).expect("apply");
+        assert_eq!(enabled, (false, false, true));
+        let events = seen(|s| s.task_is("levels"));
+        let messages: Vec<&str> = events.iter().map(Seen::message).collect();
+        assert_eq!(messages, ["shown in the parent"]);
+    });
+}
+
+#[task]
+fn set_up(name: String) {
+    tracing::info!(%name, "initializing");
+}
+
+#[task]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
+#[test]
+fn records_of_the_initializer_name_it_and_no_item() {
+    within(60, || {
+        capture();
+        let pool = Pool::builder()
+            .processes(2)
+            .initializer(task!(set_up), "init-check".to_owned())
+            .build()
+            .expect("pool");
+        let pids = pool.worker_pids();
+        let _ = pool.apply(task!(worker_pid), ()).expect("apply");
+        let events = wait_for(2, |s| s.task_is("set_up"));
+        assert_eq!(events.len(), 2, "one per worker: {events:#?}");
+        for event in &events {
+            assert_eq!(event.message(), "initializing name=init-check");
+            assert_eq!(event.item(), None);
+            assert!(pids.contains(&event.pid().expect("pid")));
+        }
+    });
+}
+
+/// Emits `count` records, then creates `gate`; returns `x`.
+#[task]
+fn flood(x: u64, count: u64, gate: String) -> u64 {
+    for i in 0..count {
+        tracing::info!("flood {i}");
+    }
+    if !gate.is_empty() {
+        let _ = std::fs::write(&gate, b"done");
+    }
+    x * 2
+}
+
+#[test]
+fn flood_holds_back_nothing() {
+    within(120, || {
+        let gate = std::env::temp_dir().join(format!("logging-flood-{}", std::process::id()));
+        let _ = std::fs::remove_file(&gate);
+        FLOOD_GATE.set(gate.clone()).expect("set once");
+        let pool = pool();
+        let pids = pool.worker_pids();
+        let text = gate.to_string_lossy().into_owned();
+        // Item 1 emits 100 000 records while this process, held by its
+        // slow subscriber, reads none: emitting never waits, the worker's
+        // buffer fills and the rest are dropped and counted.
+        let items = [
+            (0, 1, String::new()),
+            (1, 100_000, text),
+            (2, 1, String::new()),
+            (3, 1, String::new()),
+        ];
+        let out = pool
+            .call()
+            .chunksize(1)
+            .starmap(task!(flood), items)
+            .expect("starmap");
+        assert_eq!(out, [0, 2, 4, 6]);
+        let _ = std::fs::remove_file(&gate);
+        let from_pool = |s: &Seen| s.pid().is_some_and(|pid| pids.contains(&pid));
+        let forwarded = seen(|s| s.task_is("flood") && from_pool(s)).len() as u64;
+        let drops = seen(|s| s.message().contains(" log records dropped") && from_pool(s));
+        let dropped: u64 = drops
+            .iter()
+            .map(|s| {
+                s.field("dropped")
+                    .and_then(|d| d.parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert!(dropped > 0, "nothing dropped ({forwarded} forwarded)");
+        assert!(forwarded > 3, "only {forwarded} forwarded");
+        for event in &drops {
+            assert_eq!(event.level, tracing::Level::WARN);
+            assert!(
+                event.message().starts_with(&format!(
+                    "{} log records dropped",
+                    event.field("dropped").unwrap_or("?")
+                )),
+                "{event:?}"
+            );
+        }
+        // Every record is accounted for: shown or counted as dropped.
+        assert_eq!(forwarded + dropped, 100_003);
+    });
+}
+
+/// Panics on `x == bad`.
+#[task]
+fn panic_on(x: u64, bad: u64) -> u64 {
+    assert_ne!(x, bad, "item {x} is bad");
+    x
+}
+
+#[test]
+fn a_task_panic_is_one_warning_with_its_message_task_and_item() {
+    within(60, || {
+        let pool = pool();
+        let pids = pool.worker_pids();
+        let err = pool
+            .starmap(task!(panic_on), (0..6u64).map(|x| (x, 3)))
+            .expect_err("item 3 panics");
+        assert!(
+            matches!(err, Error::TaskPanicked { index: 3, .. }),
+            "{err:?}"
+        );
+        let events = seen(|s| s.task_is("panic_on"));
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let event = &events[0];
+        assert_eq!(event.level, tracing::Level::WARN);
+        assert_eq!(event.item(), Some(3));
+        assert!(event.message().starts_with("task panicked: "), "{event:?}");
+        assert!(event.message().contains("item 3 is bad"), "{event:?}");
+        assert!(
+            event
+                .field("location")
+                .is_some_and(|l| l.contains("logging.rs"))
+        );
+        assert!(pids.contains(&event.pid().expect("pid")));
+    });
+}
+
+/// Kills its own worker with SIGKILL on `x == bad`.
+#[task]
+fn kill_self_on(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        // SAFETY: signalling our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    x
+}
+
+#[test]
+fn a_killed_worker_is_a_warning_naming_task_item_and_slot() {
+    within(60, || {
+        let pool = pool();
+        let err = pool
+            .call()
+            .chunksize(1)
+            .starmap(task!(kill_self_on), (0..5u64).map(|x| (x, 2)))
+            .expect_err("item 2 kills its worker");
+        let Error::WorkerDied { index: 2, pid, .. } = err else {
+            panic!("{err:?}");
+        };
+        let events = wait_for(1, |s| {
+            s.message() == "pool worker died" && s.pid() == Some(pid)
+        });
+        assert_eq!(events.len(), 1, "{events:#?}");
+        let event = &events[0];
+        assert_eq!(event.level, tracing::Level::WARN);
+        assert!(event.task_is("kill_self_on"), "{event:?}");
+        assert_eq!(event.item(), Some(2));
+        let slot: usize = event
+            .field("slot")
+            .and_then(|s| s.parse().ok())
+            .expect("a slot");
+        assert!(slot < 2, "{event:?}");
+        assert_eq!(event.field("signal"), Some("SIGKILL"), "{event:?}");
+    });
+}

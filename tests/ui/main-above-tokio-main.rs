@@ -1,0 +1,3 @@
+#[pool_runtime::main]
+#[tokio::main(flavor = "current_thread")]
+async fn main() {}
