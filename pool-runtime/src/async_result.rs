@@ -1,46 +1,60 @@
-//! [`AsyncResult`] and the thread that completes asynchronous calls.
+//! [`AsyncResult`]: the outcome of an asynchronous call, waited for,
+//! polled, awaited, cancelled, or watched with others ([`Watch`]).
 //!
 //! Async calls (`map_async`, `starmap_async`, `apply_async`) submit their
-//! whole input at once, as Python does, and return at once. One driver
-//! thread per pool, started by the first async call, receives their results,
-//! decodes them, completes each [`AsyncResult`] (waking a waiting thread or
-//! task) and runs the callbacks, each under `catch_unwind`: a panicking
-//! callback is reported on stderr and changes nothing else.
+//! whole input at once, as Python does, and return at once. One result
+//! thread per pool ([`crate::result_thread`]), started by the first async
+//! call, completes them and runs their callbacks.
 
 use std::cell::Cell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
-use pool_core::Task;
+use crossbeam_channel::Sender;
 
 use crate::error::Error;
-use crate::in_order::InOrder;
-use crate::run::{Detached, JobGuard, event_batch};
-use crate::scheduler::{Event, Routed, Scheduler};
+use crate::result_thread::{Control, Late, ON_RESULT_THREAD, guarded};
+use crate::scheduler::Scheduler;
 
-type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
+/// Waits on `ready` once, until `deadline` at most; `None` once it passed.
+fn wait_until<'a, G>(
+    ready: &Condvar,
+    guard: MutexGuard<'a, G>,
+    deadline: Option<Instant>,
+) -> Option<MutexGuard<'a, G>> {
+    match deadline {
+        None => Some(ready.wait(guard).unwrap_or_else(|p| p.into_inner())),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let waited = ready.wait_timeout(guard, left);
+            Some(waited.unwrap_or_else(|p| p.into_inner()).0)
+        }
+    }
+}
 
-struct Slot<T> {
-    outcome: Option<Result<T, Error>>,
+pub(crate) type Callback<T> = Box<dyn FnOnce(&Result<T, Error>) + Send>;
+
+pub(crate) struct Slot<T> {
+    pub(crate) outcome: Option<Result<T, Error>>,
     /// The outcome was handed out by `get`.
-    taken: bool,
+    pub(crate) taken: bool,
     /// Callbacks registered after completion, not yet run: `get` waits for them.
-    busy: usize,
-    waker: Option<Waker>,
-    callbacks: Vec<Callback<T>>,
+    pub(crate) busy: usize,
+    pub(crate) waker: Option<Waker>,
+    pub(crate) callbacks: Vec<Callback<T>>,
     /// The result thread took the callbacks to run them with the outcome:
     /// too late to cancel.
-    completing: bool,
+    pub(crate) completing: bool,
     /// Waits over several results ([`crate::as_completed`]) to tell once
     /// this one is settled, with its position there.
-    watchers: Vec<(Weak<Watch>, usize)>,
+    pub(crate) watchers: Vec<(Weak<Watch>, usize)>,
 }
 
 impl<T> Slot<T> {
@@ -50,7 +64,7 @@ impl<T> Slot<T> {
     }
 
     /// Tells the watchers, once settled.
-    fn tell_watchers(&mut self) {
+    pub(crate) fn tell_watchers(&mut self) {
         if self.settled() {
             for (watch, position) in self.watchers.drain(..) {
                 if let Some(watch) = watch.upgrade() {
@@ -61,13 +75,13 @@ impl<T> Slot<T> {
     }
 }
 
-struct ResultCell<T> {
-    slot: Mutex<Slot<T>>,
-    ready: Condvar,
+pub(crate) struct ResultCell<T> {
+    pub(crate) slot: Mutex<Slot<T>>,
+    pub(crate) ready: Condvar,
 }
 
 impl<T> ResultCell<T> {
-    fn lock(&self) -> MutexGuard<'_, Slot<T>> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot<T>> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -75,25 +89,13 @@ impl<T> ResultCell<T> {
     fn wait_settled(&self, deadline: Option<Instant>) -> Option<MutexGuard<'_, Slot<T>>> {
         let mut slot = self.lock();
         while !slot.settled() {
-            slot = match deadline {
-                None => self.ready.wait(slot).unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.ready
-                        .wait_timeout(slot, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            slot = wait_until(&self.ready, slot, deadline)?;
         }
         Some(slot)
     }
 
     /// Runs a callback registered after completion, on the driver thread.
-    fn run_late(&self, f: impl FnOnce(&Result<T, Error>)) {
+    pub(crate) fn run_late(&self, f: impl FnOnce(&Result<T, Error>)) {
         let outcome = self.lock().outcome.take();
         if let Some(outcome) = outcome {
             guarded(|| f(&outcome));
@@ -141,22 +143,7 @@ impl Watch {
             if let Some(position) = settled.pop_front() {
                 return Some(position);
             }
-            settled = match deadline {
-                None => self
-                    .changed
-                    .wait(settled)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.changed
-                        .wait_timeout(settled, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            settled = wait_until(&self.changed, settled, deadline)?;
         }
     }
 }
@@ -188,17 +175,17 @@ impl Watch {
 /// ```
 #[must_use = "an AsyncResult dropped unread, with no callback, cancels its call"]
 pub struct AsyncResult<T> {
-    shared: Arc<ResultCell<T>>,
-    driver: Sender<Control>,
+    pub(crate) shared: Arc<ResultCell<T>>,
+    pub(crate) driver: Sender<Control>,
     /// Its call in the scheduler, to cancel it.
-    call: Option<CallHandle>,
+    pub(crate) call: Option<CallHandle>,
 }
 
 /// What an [`AsyncResult`] needs to cancel its call.
-struct CallHandle {
-    scheduler: Arc<Scheduler>,
-    job: u64,
-    kill_on_drop: bool,
+pub(crate) struct CallHandle {
+    pub(crate) scheduler: Arc<Scheduler>,
+    pub(crate) job: u64,
+    pub(crate) kill_on_drop: bool,
 }
 
 impl<T> Drop for AsyncResult<T> {
@@ -591,7 +578,7 @@ impl<T: Send + 'static> AsyncResult<T> {
     }
 }
 
-fn take<T>(slot: &mut Slot<T>) -> Result<T, Error> {
+pub(crate) fn take<T>(slot: &mut Slot<T>) -> Result<T, Error> {
     match slot.outcome.take() {
         Some(outcome) => {
             slot.taken = true;
@@ -647,312 +634,5 @@ impl<T: Send + 'static> Future for AsyncResult<T> {
         }
         slot.waker = Some(cx.waker().clone());
         Poll::Pending
-    }
-}
-
-fn guarded(f: impl FnOnce()) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
-        eprintln!("pool-runtime: a result callback panicked: {message}");
-    }
-}
-
-/// A typed async call, seen by the driver.
-trait Tracked: Send {
-    /// Handles one event; returns whether the call is complete.
-    fn on_event(&mut self, event: Event) -> bool;
-    /// Ends the call with `err`.
-    fn fail(&mut self, err: Error);
-}
-
-/// Collects the results of one async call of task `T`, then finishes them
-/// into `R` (a `Vec` for the map family, one value for `apply_async`).
-struct Collect<T: Task, R> {
-    shared: Arc<ResultCell<R>>,
-    results: InOrder<T::Output>,
-    items: usize,
-    finish: fn(Vec<T::Output>) -> Option<R>,
-    _guard: JobGuard,
-}
-
-impl<T: Task, R: Send + 'static> Collect<T, R> {
-    /// Runs the callbacks, then publishes the outcome and wakes waiters.
-    fn complete(&mut self, outcome: Result<R, Error>) {
-        loop {
-            let callbacks = {
-                let mut slot = self.shared.lock();
-                if slot.outcome.is_some() || slot.taken {
-                    return;
-                }
-                if slot.callbacks.is_empty() {
-                    slot.outcome = Some(outcome);
-                    slot.completing = false;
-                    slot.tell_watchers();
-                    let waker = slot.waker.take();
-                    drop(slot);
-                    self.shared.ready.notify_all();
-                    if let Some(waker) = waker {
-                        waker.wake();
-                    }
-                    return;
-                }
-                slot.completing = true;
-                std::mem::take(&mut slot.callbacks)
-            };
-            // Outside the lock; callbacks registered meanwhile run next round.
-            for f in callbacks {
-                guarded(|| f(&outcome));
-            }
-        }
-    }
-}
-
-impl<T: Task, R: Send + 'static> Tracked for Collect<T, R> {
-    fn on_event(&mut self, event: Event) -> bool {
-        let batch = match event_batch::<T>(event) {
-            Ok(batch) => batch,
-            Err(err) => {
-                self.fail(err);
-                return true;
-            }
-        };
-        for (index, result) in batch {
-            match result {
-                Err(err) => {
-                    self.fail(err);
-                    return true;
-                }
-                Ok(value) => self.results.put(index, value),
-            }
-        }
-        if self.results.len() == self.items {
-            let results = std::mem::replace(&mut self.results, InOrder::with_capacity(0));
-            let outcome = results
-                .finish(self.items)
-                .ok()
-                .and_then(self.finish)
-                .ok_or_else(|| Error::Broken {
-                    reason: "an async result lost its value".into(),
-                    source: None,
-                });
-            self.complete(outcome);
-            return true;
-        }
-        false
-    }
-
-    fn fail(&mut self, err: Error) {
-        self.complete(Err(err));
-    }
-}
-
-enum Control {
-    Add(u64, Box<dyn Tracked>),
-    /// The call was cancelled: stop tracking it.
-    Forget(u64),
-    Run(Late),
-    Stop,
-}
-
-/// A callback registered after completion: run by the result thread, or,
-/// if that thread is gone, wherever the message is dropped.
-struct Late(Option<Box<dyn FnOnce() + Send>>);
-
-impl Late {
-    fn run(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
-    }
-}
-
-impl Drop for Late {
-    fn drop(&mut self) {
-        self.run();
-    }
-}
-
-/// The pool's result thread for async calls.
-pub(crate) struct Driver {
-    events: Sender<Routed>,
-    control: Sender<Control>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Driver {
-    pub(crate) fn start() -> Result<Driver, Error> {
-        let (events, events_rx) = crossbeam_channel::unbounded();
-        let (control, control_rx) = crossbeam_channel::unbounded();
-        let thread = thread::Builder::new()
-            .name("pool-results".into())
-            .spawn(move || drive(events_rx, control_rx))
-            .map_err(Error::Spawn)?;
-        Ok(Driver {
-            events,
-            control,
-            thread: Some(thread),
-        })
-    }
-
-    /// Where async calls' scheduler events go.
-    pub(crate) fn sink(&self) -> Sender<Routed> {
-        self.events.clone()
-    }
-
-    /// Starts tracking a detached call of task `T`.
-    pub(crate) fn track<T: Task, R: Send + 'static>(
-        &self,
-        detached: Detached,
-        finish: fn(Vec<T::Output>) -> Option<R>,
-    ) -> AsyncResult<R> {
-        let shared = Arc::new(ResultCell {
-            slot: Mutex::new(Slot {
-                outcome: None,
-                taken: false,
-                busy: 0,
-                waker: None,
-                callbacks: Vec::new(),
-                completing: false,
-                watchers: Vec::new(),
-            }),
-            ready: Condvar::new(),
-        });
-        let job = detached.guard.job;
-        let call = CallHandle {
-            scheduler: Arc::clone(&detached.guard.shared),
-            job,
-            kill_on_drop: detached.guard.kill_on_drop,
-        };
-        let mut collect = Collect::<T, R> {
-            shared: Arc::clone(&shared),
-            results: InOrder::with_capacity(detached.items),
-            items: detached.items,
-            finish,
-            _guard: detached.guard,
-        };
-        if let Some((_, err)) = detached.local.into_iter().next() {
-            collect.fail(err);
-        } else if detached.items == 0 {
-            let outcome = finish(Vec::new()).ok_or_else(|| Error::Broken {
-                reason: "an async call had no input".into(),
-                source: None,
-            });
-            collect.complete(outcome);
-        } else {
-            let _ = self.control.send(Control::Add(job, Box::new(collect)));
-        }
-        AsyncResult {
-            shared,
-            driver: self.control.clone(),
-            call: Some(call),
-        }
-    }
-
-    /// Whether the calling thread is this result thread (a callback runs).
-    pub(crate) fn is_current(&self) -> bool {
-        self.thread
-            .as_ref()
-            .is_some_and(|t| t.thread().id() == thread::current().id())
-    }
-
-    /// Completes every call still pending with [`Error::Terminated`] and
-    /// stops the thread. Call after the scheduler shut down. From a
-    /// callback (on this very thread), the thread stops once the callback
-    /// returns, without being waited for.
-    pub(crate) fn stop(&mut self) {
-        let _ = self.control.send(Control::Stop);
-        if let Some(thread) = self.thread.take()
-            && thread.thread().id() != thread::current().id()
-        {
-            let _ = thread.join();
-        }
-    }
-}
-
-thread_local! {
-    /// Set on a pool's result thread (where callbacks run).
-    static ON_RESULT_THREAD: Cell<bool> = const { Cell::new(false) };
-}
-
-fn drive(events: Receiver<Routed>, control: Receiver<Control>) {
-    ON_RESULT_THREAD.with(|on| on.set(true));
-    let mut pending: HashMap<u64, Box<dyn Tracked>> = HashMap::new();
-    // Events can overtake the `Add` of their job: keep them until it comes.
-    // Jobs are added in id order, so events of a job at or below the last
-    // added id that is not pending belong to a finished call: dropped.
-    let mut early: HashMap<u64, Vec<Event>> = HashMap::new();
-    let mut last_added: Option<u64> = None;
-    let handle = |pending: &mut HashMap<u64, Box<dyn Tracked>>,
-                  early: &mut HashMap<u64, Vec<Event>>,
-                  job: u64,
-                  event: Event| {
-        match pending.get_mut(&job) {
-            Some(call) => {
-                if call.on_event(event) {
-                    pending.remove(&job);
-                }
-            }
-            None => early.entry(job).or_default().push(event),
-        }
-    };
-    let forget_finished = |early: &mut HashMap<u64, Vec<Event>>, last_added: Option<u64>| {
-        if let Some(last) = last_added {
-            early.retain(|&job, _| job > last);
-        }
-    };
-    loop {
-        select! {
-            recv(events) -> msg => match msg {
-                Ok((job, event)) => {
-                    handle(&mut pending, &mut early, job, event);
-                    forget_finished(&mut early, last_added);
-                }
-                Err(_) => break,
-            },
-            recv(control) -> msg => match msg {
-                Ok(Control::Add(job, mut call)) => {
-                    let mut done = false;
-                    for event in early.remove(&job).unwrap_or_default() {
-                        if !done {
-                            done = call.on_event(event);
-                        }
-                    }
-                    if !done {
-                        pending.insert(job, call);
-                    }
-                    last_added = Some(job);
-                    forget_finished(&mut early, last_added);
-                }
-                Ok(Control::Forget(job)) => {
-                    pending.remove(&job);
-                    early.remove(&job);
-                }
-                Ok(Control::Run(mut late)) => late.run(),
-                Ok(Control::Stop) | Err(_) => break,
-            },
-        }
-    }
-    // The scheduler has shut down: its last events are in the channel.
-    while let Ok((job, event)) = events.try_recv() {
-        handle(&mut pending, &mut early, job, event);
-    }
-    while let Ok(msg) = control.try_recv() {
-        match msg {
-            Control::Add(job, call) => {
-                pending.insert(job, call);
-            }
-            Control::Forget(job) => {
-                pending.remove(&job);
-            }
-            Control::Run(mut late) => late.run(),
-            Control::Stop => {}
-        }
-    }
-    for (_, mut call) in pending {
-        call.fail(Error::Terminated);
     }
 }

@@ -2,15 +2,14 @@
 
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use pool_core::{IntoArgs, Task, UnaryTask};
 
-use crate::async_result::{AsyncResult, Driver};
+use crate::async_result::AsyncResult;
 use crate::builder::PoolBuilder;
-use crate::call::Call;
 use crate::error::Error;
 use crate::imap::{Imap, ImapUnordered};
+use crate::result_thread::Driver;
 use crate::run::{CallOptions, Mode, Run};
 use crate::scheduler::Scheduler;
 use crate::shared::{Plain, Shared, SharedSlice};
@@ -47,7 +46,7 @@ use serde::de::DeserializeOwned;
 pub struct Pool {
     pub(crate) shared: Arc<Scheduler>,
     /// Options every call starts from.
-    defaults: CallOptions,
+    pub(crate) defaults: CallOptions,
     supervisor: Mutex<Option<JoinHandle<()>>>,
     /// The result thread of async calls, started by the first one.
     driver: Mutex<Option<Driver>>,
@@ -193,205 +192,8 @@ impl Pool {
         self.shared.pids()
     }
 
-    /// The same pool with options for the next call: see [`Call`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
-    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// let out = pool
-    ///     .call()
-    ///     .chunksize(10)
-    ///     .timeout(Duration::from_secs(10))
-    ///     .retries(1)
-    ///     .map(task!(square), 0..100)?;
-    /// assert_eq!(out[99], 99 * 99);
-    /// # Ok(()) }
-    /// ```
-    pub fn call(&self) -> Call<'_> {
-        Call::new(self, self.defaults)
-    }
-
-    /// Options for the next call, starting with its chunk size:
-    /// `pool.chunksize(2).starmap(task!(f), items)`. See [`Call::chunksize`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
-    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// let out = pool.chunksize(2).starmap(task!(power), [(2, 3), (3, 2), (4, 1)])?;
-    /// assert_eq!(out, [8, 9, 4]);
-    /// # Ok(()) }
-    /// ```
-    pub fn chunksize(&self, items: usize) -> Call<'_> {
-        self.call().chunksize(items)
-    }
-
-    /// Options for the next call, starting with its per-item timeout:
-    /// `pool.timeout(d).map(task!(f), items)`. See [`Call::timeout`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
-    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// // The second item sleeps for a minute: its worker is killed after 300 ms.
-    /// let out: Vec<_> = pool.timeout(Duration::from_millis(300)).imap(task!(nap), [1, 60_000, 2]).collect();
-    /// assert!(matches!(out[1], Err(Error::TaskTimeout { index: 1, .. })));
-    /// assert_eq!((out[0].as_ref().ok(), out[2].as_ref().ok()), (Some(&1), Some(&2)));
-    /// # Ok(()) }
-    /// ```
-    pub fn timeout(&self, limit: Duration) -> Call<'_> {
-        self.call().timeout(limit)
-    }
-
-    /// Options for the next call, starting with its retries:
-    /// `pool.retries(2).starmap(task!(f), items)`. See [`Call::retries`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[task] fn power(x: u64, n: u32) -> u64 { x.pow(n) }
-    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// # #[task]
-    /// # fn exit_once(x: u64, marker: String) -> u64 {
-    /// #     if x == 2 && std::fs::File::create_new(&marker).is_ok() { std::process::exit(3) }
-    /// #     x
-    /// # }
-    /// # let marker = std::env::temp_dir().join(format!("pool-doc-retries-{}", std::process::id()));
-    /// # let _ = std::fs::remove_file(&marker);
-    /// # let marker = marker.display().to_string();
-    /// // `exit_once` ends its worker the first time it sees 2: the item runs
-    /// // again on a fresh worker.
-    /// let items = (0..4).map(|x| (x, marker.clone()));
-    /// assert_eq!(pool.retries(1).starmap(task!(exit_once), items)?, [0, 1, 2, 3]);
-    /// # let _ = std::fs::remove_file(&marker);
-    /// # Ok(()) }
-    /// ```
-    pub fn retries(&self, n: u32) -> Call<'_> {
-        self.call().retries(n)
-    }
-
-    /// Options for the next call, starting with whether a panicking item
-    /// is retried: `pool.retries(1).retry_panics(true).map(..)`. See
-    /// [`Call::retry_panics`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// assert_eq!(pool.retry_panics(true).retries(1).map(task!(square), [2])?, [4]);
-    /// # Ok(()) }
-    /// ```
-    pub fn retry_panics(&self, yes: bool) -> Call<'_> {
-        self.call().retry_panics(yes)
-    }
-
-    /// Options for the next call, starting with a progress line on the
-    /// terminal: `pool.progress(true).map(..)`. See [`Call::progress`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// assert_eq!(pool.progress(true).map(task!(square), 0..100)?.len(), 100);
-    /// # Ok(()) }
-    /// ```
-    pub fn progress(&self, on: bool) -> Call<'_> {
-        self.call().progress(on)
-    }
-
-    /// Options for the next call, starting with whether dropping it
-    /// unfinished kills the workers running its items:
-    /// `pool.cancel_on_drop(true).imap(..)`. See [`Call::cancel_on_drop`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn nap(ms: u64) -> u64 { std::thread::sleep(Duration::from_millis(ms)); ms }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// let pending = pool.cancel_on_drop(true).map_async(task!(nap), [60_000, 60_000])?;
-    /// drop(pending); // unread and without a callback: cancelled, workers replaced
-    /// assert_eq!(pool.apply(task!(nap), 1)?, 1);
-    /// # Ok(()) }
-    /// ```
-    pub fn cancel_on_drop(&self, yes: bool) -> Call<'_> {
-        self.call().cancel_on_drop(yes)
-    }
-
-    /// Options for the next call, starting with a progress hook:
-    /// `pool.on_progress(|done, total| ..).map(..)`. See
-    /// [`Call::on_progress`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// # use std::sync::atomic::{AtomicUsize, Ordering};
-    /// # use pool_runtime::prelude::*;
-    /// # use pool_runtime::task;
-    /// # #[task] fn square(x: u64) -> u64 { x * x }
-    /// # #[pool_runtime::main]
-    /// # fn main() -> Result<(), Error> {
-    /// let pool = Pool::builder().processes(2).build()?;
-    /// static DONE: AtomicUsize = AtomicUsize::new(0);
-    /// pool.on_progress(|done, _total| DONE.store(done, Ordering::Relaxed)).map(task!(square), 0..10)?;
-    /// assert_eq!(DONE.load(Ordering::Relaxed), 10);
-    /// # Ok(()) }
-    /// ```
-    pub fn on_progress(
-        &self,
-        hook: impl Fn(usize, Option<usize>) + Send + Sync + 'static,
-    ) -> Call<'_> {
-        self.call().on_progress(hook)
-    }
-
     /// Calls a one-argument task on every item; results in input order.
-    /// See [`Call::map`].
+    /// See [`Call::map`](crate::Call::map).
     ///
     /// # Errors
     ///
@@ -423,7 +225,7 @@ impl Pool {
     }
 
     /// Calls a task on every tuple of arguments; results in input order.
-    /// See [`Call::starmap`].
+    /// See [`Call::starmap`](crate::Call::starmap).
     ///
     /// # Errors
     ///
@@ -453,7 +255,7 @@ impl Pool {
         self.call().starmap(task, items)
     }
 
-    /// Calls a task once and waits for its result. See [`Call::apply`].
+    /// Calls a task once and waits for its result. See [`Call::apply`](crate::Call::apply).
     ///
     /// # Errors
     ///
@@ -483,7 +285,7 @@ impl Pool {
         self.call().apply(task, args)
     }
 
-    /// Starts a `map` and returns at once. See [`Call::map_async`].
+    /// Starts a `map` and returns at once. See [`Call::map_async`](crate::Call::map_async).
     ///
     /// # Errors
     ///
@@ -516,7 +318,7 @@ impl Pool {
         self.call().map_async(task, items)
     }
 
-    /// Starts a `starmap` and returns at once. See [`Call::starmap_async`].
+    /// Starts a `starmap` and returns at once. See [`Call::starmap_async`](crate::Call::starmap_async).
     ///
     /// # Errors
     ///
@@ -551,7 +353,7 @@ impl Pool {
         self.call().starmap_async(task, items)
     }
 
-    /// Starts one call and returns at once. See [`Call::apply_async`].
+    /// Starts one call and returns at once. See [`Call::apply_async`](crate::Call::apply_async).
     ///
     /// # Errors
     ///
@@ -582,7 +384,7 @@ impl Pool {
     }
 
     /// Lazily maps a one-argument task; yields results in input order.
-    /// See [`Call::imap`].
+    /// See [`Call::imap`](crate::Call::imap).
     ///
     /// # Examples
     ///
@@ -613,7 +415,7 @@ impl Pool {
     }
 
     /// Lazily maps a one-argument task; yields results as they complete.
-    /// See [`Call::imap_unordered`].
+    /// See [`Call::imap_unordered`](crate::Call::imap_unordered).
     ///
     /// # Examples
     ///
