@@ -22,6 +22,7 @@ const UNITS: &[&str] = &[
     "backend::mpi",
     "backend::process",
     "backend::shm",
+    "backend::slab",
     "builder",
     "call",
     "completion",

@@ -68,6 +68,74 @@ pub fn encode_limited<T: Serialize + ?Sized>(
     value.serialize(&mut Encoder { out, end, limit })
 }
 
+/// [`encode_limited`] into any [`Output`] (a buffer in shared memory, say).
+pub fn encode_limited_to<O: Output, T: Serialize + ?Sized>(
+    out: &mut O,
+    value: &T,
+    limit: usize,
+) -> Result<(), EncodeError> {
+    let end = out.len().saturating_add(limit);
+    value.serialize(&mut Encoder { out, end, limit })
+}
+
+/// Where an encoding is written: a `Vec<u8>`, or a buffer of the
+/// caller's (which must take every byte, or remember that it could not).
+pub trait Output {
+    /// Bytes written so far.
+    fn len(&self) -> usize;
+    /// Whether nothing was written.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Appends one byte.
+    fn push(&mut self, byte: u8);
+    /// Appends bytes.
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+    /// Appends a LEB128 varint of at least two bytes.
+    #[inline]
+    fn varint_long(&mut self, mut value: u64) {
+        while value >= 0x80 {
+            self.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        self.push(value as u8);
+    }
+}
+
+impl Output for Vec<u8> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+
+    #[inline(always)]
+    fn push(&mut self, byte: u8) {
+        Vec::push(self, byte);
+    }
+
+    #[inline(always)]
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes);
+    }
+
+    #[inline]
+    fn varint_long(&mut self, mut value: u64) {
+        self.reserve(10);
+        let len = Vec::len(self);
+        let spare = self.spare_capacity_mut();
+        let mut n = 0;
+        while value >= 0x80 {
+            spare[n].write(value as u8 | 0x80);
+            value >>= 7;
+            n += 1;
+        }
+        spare[n].write(value as u8);
+        // SAFETY: bytes `len .. len + n + 1` were just written, within the
+        // 10 reserved (a u64 takes at most 10 varint bytes).
+        unsafe { self.set_len(len + n + 1) };
+    }
+}
+
 /// The postcard encoding of `value`.
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();
@@ -76,15 +144,15 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> 
 }
 
 /// The serde serializer behind [`encode_into`].
-pub struct Encoder<'a> {
-    out: &'a mut Vec<u8>,
+pub struct Encoder<'a, O: Output = Vec<u8>> {
+    out: &'a mut O,
     /// The length `out` must not exceed.
     end: usize,
     /// The limit that `end` stands for, for the error.
     limit: usize,
 }
 
-impl Encoder<'_> {
+impl<O: Output> Encoder<'_, O> {
     /// A LEB128 varint: seven bits per byte, low first.
     #[inline(always)]
     fn varint(&mut self, value: u64) {
@@ -96,20 +164,8 @@ impl Encoder<'_> {
     }
 
     #[inline]
-    fn varint_long(&mut self, mut value: u64) {
-        self.out.reserve(10);
-        let len = self.out.len();
-        let spare = self.out.spare_capacity_mut();
-        let mut n = 0;
-        while value >= 0x80 {
-            spare[n].write(value as u8 | 0x80);
-            value >>= 7;
-            n += 1;
-        }
-        spare[n].write(value as u8);
-        // SAFETY: bytes `len .. len + n + 1` were just written, within the
-        // 10 reserved (a u64 takes at most 10 varint bytes).
-        unsafe { self.out.set_len(len + n + 1) };
+    fn varint_long(&mut self, value: u64) {
+        self.out.varint_long(value);
     }
 
     fn varint_u128(&mut self, mut value: u128) {
@@ -139,7 +195,7 @@ fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
-impl<'a> ser::Serializer for &mut Encoder<'a> {
+impl<'a, O: Output> ser::Serializer for &mut Encoder<'a, O> {
     type Ok = ();
     type Error = EncodeError;
     type SerializeSeq = Self;
@@ -365,7 +421,7 @@ impl<'a> ser::Serializer for &mut Encoder<'a> {
 /// the other (any length or variant index was written when they began).
 macro_rules! elements {
     ($($trait:ident :: $method:ident $(($key:ty))?),* $(,)?) => {$(
-        impl ser::$trait for &mut Encoder<'_> {
+        impl<O: Output> ser::$trait for &mut Encoder<'_, O> {
             type Ok = ();
             type Error = EncodeError;
 
@@ -396,7 +452,7 @@ elements! {
     SerializeStructVariant::serialize_field(&'static str),
 }
 
-impl ser::SerializeMap for &mut Encoder<'_> {
+impl<O: Output> ser::SerializeMap for &mut Encoder<'_, O> {
     type Ok = ();
     type Error = EncodeError;
 

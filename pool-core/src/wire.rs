@@ -25,7 +25,7 @@ use crate::encode::{EncodeError, encode_into, encode_limited};
 use crate::error::{ProtocolError, TaskFailure};
 
 /// The version both sides must speak; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The default maximum frame size: 1 GiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
@@ -75,6 +75,20 @@ pub enum ToWorker {
         panic_retries: u32,
         /// A timeout watches these items: record each one's start time.
         timed: bool,
+    },
+    /// The body of the next frame, a [`ToWorker::Run`] with an empty
+    /// body, is not in it: it is `len` bytes from offset 4096 of the
+    /// memfd `fd` of process `pid` (`/proc/<pid>/fd/<fd>`), whose first
+    /// page names it `id`. Large chunks go so, through no socket.
+    Mapped {
+        /// The process holding the memfd (the pool's).
+        pid: u32,
+        /// Its descriptor number there.
+        fd: i32,
+        /// The id its first page must hold.
+        id: u64,
+        /// The body's length in bytes.
+        len: u64,
     },
     /// Run the initializer `task` once; the body holds one item.
     Init {

@@ -30,7 +30,14 @@
 //!   [`PoolBuilder::fork_server`]): ~0.2 ms instead of a new `exec`.
 //! - Arguments and results travel as postcard over private sockets; the
 //!   workers' stdout and stderr are the program's, so `println!` in a task
-//!   prints as in Python.
+//!   prints as in Python. Chunks whose arguments take 256 KiB or more do not
+//!   cross the socket: they are written once into shared memory of the
+//!   pool's process (a memfd; items of 1 MiB or more are encoded straight
+//!   into it), which the worker maps through `/proc/<pid>/fd` and decodes in
+//!   place, with no annotation. The pool owns that memory; a worker that
+//!   dies leaves nothing behind, and it is released when the pool shuts
+//!   down. (Linux only, as the whole crate; MPI ranks get the bytes as
+//!   messages.)
 //! - A panic in a task, or a worker that dies (abort, signal,
 //!   `process::exit`), is an [`Error`] naming the task and the item; the pool
 //!   replaces the worker and goes on.

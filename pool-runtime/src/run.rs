@@ -12,11 +12,18 @@ use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
 use crate::progress::{ProgressHook, Reporter};
-use crate::scheduler::{Chunk, Event, EventQueue, JobSpec, Routed, Scheduler, Sink};
+use crate::scheduler::{Body, Chunk, Event, EventQueue, JobSpec, Routed, Scheduler, Sink};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
 /// large payloads stream instead of piling up in one frame.
 const CHUNK_BYTES: usize = 4 << 20;
+/// Items whose arguments took at least this many bytes (in the previous
+/// chunk) are sent one per chunk, each encoded straight into shared memory
+/// for local workers (no copy through the heap).
+const LARGE_ITEM: usize = 1 << 20;
+/// Encoded arguments a call keeps ahead of its workers, at most (beyond
+/// one chunk per worker): large items are not all encoded at once.
+const WINDOW_BYTES: usize = 256 << 20;
 /// The adaptive chunk size aims at chunks of about this duration per worker.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
 /// Chunks per worker an `imap` keeps pulled ahead of its consumer, at least.
@@ -112,6 +119,8 @@ pub(crate) struct Run<T: Task, I> {
     /// Events received and not yet handled.
     pending: VecDeque<Event>,
     input: Option<I>,
+    /// The first item, pulled to measure it and not yet encoded.
+    first: Option<T::Args>,
     /// Items pulled from the input so far.
     pulled: usize,
     /// Items whose result came back (or failed).
@@ -209,6 +218,7 @@ where
             rx,
             pending: VecDeque::new(),
             input: Some(items),
+            first: None,
             pulled: 0,
             delivered: 0,
             released: 0,
@@ -316,7 +326,15 @@ where
             }
             None => 0,
         };
-        self.window.max(pipeline)
+        let chunks = self.window.max(pipeline);
+        if self.window == usize::MAX {
+            return chunks;
+        }
+        // Large items: at most about WINDOW_BYTES of encoded arguments
+        // waiting, but always one chunk queued behind each worker's.
+        let chunk_bytes = self.item_bytes.max(1).saturating_mul(size);
+        let by_bytes = (WINDOW_BYTES / chunk_bytes).max(self.shared.config.processes + 1);
+        chunks.min(by_bytes)
     }
 
     /// Pulls and submits chunks while the window has room.
@@ -343,6 +361,31 @@ where
             let Some(input) = self.input.as_mut() else {
                 return Ok(());
             };
+            if self.pulled == 0 && self.item_bytes == 0 && self.first.is_none() {
+                // The first item is measured (up to LARGE_ITEM bytes, without
+                // writing them), so that a large one too is encoded once.
+                let Some(item) = input.next() else {
+                    self.input = None;
+                    continue;
+                };
+                let args = item.into_args();
+                if is_large(&args) {
+                    self.fill_large(args, max_item);
+                    continue;
+                }
+                self.first = Some(args);
+            }
+            if self.item_bytes >= LARGE_ITEM {
+                let Some(item) = input.next() else {
+                    self.input = None;
+                    continue;
+                };
+                self.fill_large(item.into_args(), max_item);
+                if self.results_waiting() {
+                    return Ok(());
+                }
+                continue;
+            }
             // Sized from the previous chunk's bytes per item: no chain of
             // reallocations while encoding.
             let mut body = Vec::with_capacity(
@@ -355,30 +398,29 @@ where
             let mut count = 0u32;
             let mut exhausted = false;
             while (count as usize) < size && body.len() < CHUNK_BYTES {
-                let Some(item) = input.next() else {
-                    exhausted = true;
-                    break;
+                let args: T::Args = match self.first.take() {
+                    Some(args) => args,
+                    None => match input.next() {
+                        Some(item) => item.into_args(),
+                        None => {
+                            exhausted = true;
+                            break;
+                        }
+                    },
                 };
                 let index = self.pulled;
                 self.pulled += 1;
-                let args: T::Args = item.into_args();
                 let mark = body.len();
                 let pushed = crate::shared::pinning(&mut self.guard.pins, || {
                     wire::push_arg(&mut body, &args, max_item)
                 });
-                let failure = match pushed {
-                    Ok(()) => None,
-                    Err(EncodeError::TooLarge { limit }) => Some(format!(
-                        "they take more than {limit} bytes, the most one item may take under the frame limit of {} bytes (see PoolBuilder::max_frame_size)",
-                        self.shared.config.launch.max_frame
-                    )),
-                    Err(err) => Some(err.to_string()),
-                };
+                let failure = pushed.err();
                 if failure.is_none() && body.len() > max_item && count > 0 {
                     // The chunk would outgrow a frame: send the items before
                     // this one, and start the next chunk with it.
                     let tail = body.split_off(mark);
                     let head = std::mem::replace(&mut body, tail);
+                    let head = self.shared.body(head);
                     let sent = submit::<T>(&self.shared, self.guard.job, first, count, head);
                     if let Err(err) = sent {
                         // Pulled items are failed, in order, with the rest.
@@ -388,10 +430,8 @@ where
                     first = index;
                     count = 0;
                 }
-                if let Some(message) = failure {
+                if let Some(err) = failure {
                     body.truncate(mark);
-                    let ty = std::any::type_name::<T::Args>().to_owned();
-                    let failure = TaskFailure::Unencodable { ty, message };
                     // Items before it in this chunk go first; it stays in order.
                     if count > 0 {
                         self.submit(first, count, std::mem::take(&mut body));
@@ -400,13 +440,7 @@ where
                             return Ok(());
                         }
                     }
-                    let error = Error::Serialization {
-                        task: T::NAME,
-                        index,
-                        failure,
-                    };
-                    self.local.push_back((index, error));
-                    self.delivered += 1;
+                    self.unencodable(index, &err);
                     count = 0;
                     break;
                 }
@@ -428,6 +462,55 @@ where
         }
     }
 
+    /// Pulls no more: sends the large item `args` (the next index) as a
+    /// chunk of its own, encoded straight into shared memory when the
+    /// workers are local.
+    fn fill_large(&mut self, args: T::Args, max_item: usize) {
+        let index = self.pulled;
+        self.pulled += 1;
+        let shared = &self.shared;
+        let encoded = crate::shared::pinning(&mut self.guard.pins, || {
+            match shared.encode_large(&args, max_item) {
+                Ok(Some(body)) => Ok(body),
+                Ok(None) => {
+                    let mut body = Vec::new();
+                    wire::push_arg(&mut body, &args, max_item).map(|()| shared.body(body))
+                }
+                Err(err) => Err(err),
+            }
+        });
+        match encoded {
+            Ok(body) => {
+                self.item_bytes = body.len();
+                let sent = submit::<T>(&self.shared, self.guard.job, index, 1, body);
+                if let Err(err) = sent {
+                    self.stopped_by(index, 1, &err);
+                }
+            }
+            Err(err) => self.unencodable(index, &err),
+        }
+    }
+
+    /// Item `index` could not be encoded: it fails, in its place.
+    fn unencodable(&mut self, index: usize, err: &EncodeError) {
+        let message = match err {
+            EncodeError::TooLarge { limit } => format!(
+                "they take more than {limit} bytes, the most one item may take under the frame limit of {} bytes (see PoolBuilder::max_frame_size)",
+                self.shared.config.launch.max_frame
+            ),
+            err => err.to_string(),
+        };
+        let ty = std::any::type_name::<T::Args>().to_owned();
+        let failure = TaskFailure::Unencodable { ty, message };
+        let error = Error::Serialization {
+            task: T::NAME,
+            index,
+            failure,
+        };
+        self.local.push_back((index, error));
+        self.delivered += 1;
+    }
+
     /// Whether results wait to be handled by this call's own consumer.
     fn results_waiting(&self) -> bool {
         !self.pending.is_empty() || self.rx.as_ref().is_some_and(|rx| rx.has_events())
@@ -436,6 +519,7 @@ where
     /// Queues a chunk; if the pool stopped meanwhile, its items fail with
     /// the pool's error, and no more input is read.
     fn submit(&mut self, first: usize, count: u32, body: Vec<u8>) {
+        let body = self.shared.body(body);
         if let Err(err) = submit::<T>(&self.shared, self.guard.job, first, count, body) {
             self.stopped_by(first, count, &err);
         }
@@ -544,20 +628,40 @@ where
     }
 }
 
+/// Whether `args` take at least [`LARGE_ITEM`] bytes encoded (counted,
+/// not written; the count stops there).
+fn is_large<A: serde::Serialize>(args: &A) -> bool {
+    /// Counts the bytes of an encoding.
+    struct Counter(usize);
+    impl pool_core::encode::Output for Counter {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn push(&mut self, _: u8) {
+            self.0 += 1;
+        }
+        fn extend_from_slice(&mut self, bytes: &[u8]) {
+            self.0 += bytes.len();
+        }
+    }
+    let counted = pool_core::encode::encode_limited_to(&mut Counter(0), args, LARGE_ITEM - 1);
+    matches!(counted, Err(EncodeError::TooLarge { .. }))
+}
+
 /// Queues `count` encoded items of `job`, the first being item `first`.
 fn submit<T: Task>(
     shared: &Scheduler,
     job: u64,
     first: usize,
     count: u32,
-    body: Vec<u8>,
+    body: Arc<Body>,
 ) -> Result<(), Error> {
     shared.submit(Chunk {
         job,
         task: T::ID,
         first,
         count,
-        body: Arc::new(body),
+        body,
         attempt: 0,
     })
 }

@@ -12,6 +12,7 @@ use pool_core::wire::{self, FromWorker, Items, Retire, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
 use crate::backend::shm::{Progress, now_ns};
+use crate::backend::slab::{Mapped, SlabRef};
 use crate::memory::MemoryBound;
 use crate::sys;
 
@@ -322,6 +323,8 @@ fn serve_hooked<R: Read, W: Write>(
     };
 
     let mut out = Vec::with_capacity(64 * 1024);
+    // Where the next chunk's body is, when it is in shared memory.
+    let mut mapped_next: Option<(u32, SlabRef)> = None;
     loop {
         if !more_input(reader) {
             crate::logging::capture::send(writer)?;
@@ -329,7 +332,11 @@ fn serve_hooked<R: Read, W: Write>(
         }
         wire::read_frame(reader, max_frame, &mut frame)?;
         let (header, body) = wire::split_frame::<ToWorker>(&frame)?;
+        let mapped = mapped_next.take();
         match header {
+            ToWorker::Mapped { pid, fd, id, len } => {
+                mapped_next = Some((pid, SlabRef { fd, id, len }));
+            }
             ToWorker::Run {
                 chunk,
                 task,
@@ -342,6 +349,13 @@ fn serve_hooked<R: Read, W: Write>(
                     continue;
                 }
                 before_chunk(writer);
+                // Opened only once claimed: a chunk taken back may have
+                // had its slab reused by the pool already.
+                let slab = match mapped {
+                    Some((pid, slab)) => Some(Mapped::open(pid, &slab)?),
+                    None => None,
+                };
+                let body = slab.as_ref().map_or(body, Mapped::bytes);
                 let work = ChunkWork {
                     chunk,
                     task,

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use pool_core::ProtocolError;
-use pool_core::wire;
+use pool_core::wire::{self, ToWorker};
 
 use super::child::{ChildProc, Signaller};
 use super::forkserver::client as forkserver;
@@ -22,7 +22,7 @@ use super::handshake::Launch;
 use super::process;
 use super::process::Spawned;
 use super::shm::Progress;
-use super::{Backend, Events, Link, Outgoing};
+use super::{Backend, Body, Events, Link, Outgoing};
 use crate::error::{Error, ExitCause};
 
 /// Starts and reaps this machine's worker processes for one pool.
@@ -262,7 +262,21 @@ impl LocalLink {
     /// queued, written right here without blocking, which saves a thread
     /// hand-off on the round trip; otherwise, or for what did not fit,
     /// queued to the writer thread.
-    pub(crate) fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, idle: bool, max: usize) {
+    /// A body in shared memory is not written: a [`ToWorker::Mapped`]
+    /// frame naming it goes first, and the frame follows without it.
+    pub(crate) fn send(&self, header: Vec<u8>, body: Arc<Body>, idle: bool, max: usize) {
+        if let Some(slab) = body.slab() {
+            let mapped = wire::encode_header(&ToWorker::Mapped {
+                pid: std::process::id(),
+                fd: slab.fd,
+                id: slab.id,
+                len: slab.len,
+            });
+            // The chunk in flight keeps the body (and its slab) alive
+            // until the worker is done with it.
+            self.send(mapped, Arc::new(Body::empty()), idle, max);
+            return self.send(header, Arc::new(Body::empty()), idle, max);
+        }
         let mut skip = 0;
         let size = header.len() + body.len();
         // Only an idle worker is written to directly: a busy one reads

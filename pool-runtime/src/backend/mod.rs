@@ -19,6 +19,7 @@ pub(crate) mod local;
 pub(crate) mod mpi;
 pub(crate) mod process;
 pub(crate) mod shm;
+pub(crate) mod slab;
 
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use pool_core::wire::{self, ToWorker};
 
 use crate::error::{Error, ExitCause};
 pub(crate) use shm::Running;
+pub(crate) use slab::{Body, trim as trim_bodies};
 
 /// Attaches the workers of a backend whose workers already exist (MPI
 /// ranks) to a new pool, through its events.
@@ -36,7 +38,7 @@ pub(crate) type RemoteStart = fn(&Arc<dyn Events>) -> Result<(), Error>;
 /// A frame for one worker: an encoded header and a shared body.
 pub(crate) struct Outgoing {
     pub(crate) header: Vec<u8>,
-    pub(crate) body: Arc<Vec<u8>>,
+    pub(crate) body: Arc<Body>,
     /// Bytes of this frame already written by the dispatching thread.
     pub(crate) skip: usize,
 }
@@ -59,7 +61,7 @@ pub(crate) enum Link {
 
 impl Link {
     /// Sends a frame; `idle`: nothing is in flight to the worker.
-    pub(crate) fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, idle: bool, max: usize) {
+    pub(crate) fn send(&self, header: Vec<u8>, body: Arc<Body>, idle: bool, max: usize) {
         match self {
             Link::Local(link) => link.send(header, body, idle, max),
             Link::Remote { tx, .. } => {
@@ -79,7 +81,7 @@ impl Link {
             Link::Local(link) => link.kill(),
             Link::Remote { .. } => self.send(
                 wire::encode_header(&ToWorker::Exit),
-                Arc::new(Vec::new()),
+                Arc::new(Body::empty()),
                 false,
                 usize::MAX,
             ),

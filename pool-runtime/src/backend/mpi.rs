@@ -60,7 +60,7 @@ use pool_core::wire::{self, ToWorker};
 use super::Outgoing;
 use super::handshake::{self, Launch};
 use super::shm::{Progress, now_ns};
-use super::{Events, Link, RemoteStart};
+use super::{Body, Events, Link, RemoteStart};
 use crate::error::{Error, ExitCause};
 use crate::worker::{self, WORKER_ENV};
 

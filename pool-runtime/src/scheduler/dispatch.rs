@@ -8,7 +8,7 @@ use pool_core::wire::{self, Items, ToWorker};
 
 use super::pace::ahead;
 use super::{Chunk, Config, InFlight, State, Worker};
-use crate::backend::Running;
+use crate::backend::{Body, Running};
 use crate::sys::now_ns;
 
 /// How long an item must have run before nothing more is queued behind
@@ -98,7 +98,7 @@ impl Worker {
     }
 
     /// Sends a frame (written at once to an idle local worker).
-    pub(super) fn send(&self, header: Vec<u8>, body: Arc<Vec<u8>>, max: usize) {
+    pub(super) fn send(&self, header: Vec<u8>, body: Arc<Body>, max: usize) {
         self.link.send(header, body, self.in_flight.is_empty(), max);
     }
 }
@@ -314,7 +314,7 @@ pub(super) fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
         task: chunk.task,
         first: chunk.first + from as usize,
         count: to - from,
-        body: Arc::new(body),
+        body: Arc::new(Body::heap(body)),
         attempt: chunk.attempt,
     })
 }

@@ -11,6 +11,7 @@ use pool_core::wire::{self, FromWorker, ToWorker};
 
 use super::retire::Retirement;
 use super::{Event, InFlight, Outbox, Pace, Scheduler, State, Supervise, sub_chunk};
+use crate::backend::Body;
 use crate::error::{Error, ExitCause};
 use crate::logging::emit::Pending;
 
@@ -140,7 +141,11 @@ impl Scheduler {
                 // Spent or retiring: it exits, its reader sees the end, and
                 // the supervisor starts a replacement.
                 let header = wire::encode_header(&ToWorker::Exit);
-                worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
+                worker.send(
+                    header,
+                    Arc::new(Body::empty()),
+                    self.config.launch.max_frame,
+                );
             }
             finished = true;
         }

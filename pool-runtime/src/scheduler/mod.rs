@@ -25,6 +25,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pool_core::ProtocolError;
 use pool_core::wire::{self, ToWorker};
 
+pub(crate) use crate::backend::Body;
 use crate::backend::handshake::Launch;
 use crate::backend::{Backend, Events, Link, RemoteStart};
 use crate::error::{Error, ExitCause};
@@ -73,7 +74,7 @@ pub(crate) struct Chunk {
     /// Index within the job of the first item.
     pub(crate) first: usize,
     pub(crate) count: u32,
-    pub(crate) body: Arc<Vec<u8>>,
+    pub(crate) body: Arc<Body>,
     /// How many times these items' workers died under them already.
     pub(crate) attempt: u32,
 }
@@ -298,6 +299,30 @@ impl Scheduler {
     }
 
     /// Queues a chunk of a registered job.
+    /// A chunk's encoded arguments as the workers will be sent them: for
+    /// local workers, large ones in shared memory (see [`Body`]).
+    pub(crate) fn body(&self, bytes: Vec<u8>) -> Arc<Body> {
+        Arc::new(if self.config.remote.is_none() {
+            Body::for_local(bytes)
+        } else {
+            Body::heap(bytes)
+        })
+    }
+
+    /// The body of a chunk of the one large item `value`, encoded straight
+    /// into shared memory for local workers; `Ok(None)` when it cannot be
+    /// (other workers, or no shared memory): encode it on the heap.
+    pub(crate) fn encode_large<A: serde::Serialize>(
+        &self,
+        value: &A,
+        limit: usize,
+    ) -> Result<Option<Arc<Body>>, pool_core::encode::EncodeError> {
+        if self.config.remote.is_some() {
+            return Ok(None);
+        }
+        Ok(Body::write_one(value, limit)?.map(Arc::new))
+    }
+
     pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), Error> {
         let mut st = self.lock();
         if st.terminated {
@@ -414,7 +439,11 @@ impl Scheduler {
             for worker in st.workers.iter_mut().flatten() {
                 if graceful && worker.in_flight.is_empty() {
                     let header = wire::encode_header(&ToWorker::Exit);
-                    worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
+                    worker.send(
+                        header,
+                        Arc::new(Body::empty()),
+                        self.config.launch.max_frame,
+                    );
                 } else if !worker.dying {
                     kill(worker);
                 }
@@ -446,6 +475,8 @@ impl Scheduler {
         drop(st);
         let _ = self.supervisor.send(Supervise::Shutdown);
         let _ = supervisor.join();
+        // An idle program keeps no shared memory for large chunks.
+        crate::backend::trim_bodies();
     }
 
     /// A snapshot of the counters and queue.

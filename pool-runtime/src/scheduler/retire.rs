@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use pool_core::wire::{self, Retire, ToWorker};
 
 use super::{Scheduler, State, Supervise, Worker};
+use crate::backend::Body;
 use crate::error::ExitCause;
 use crate::stats::WorkerStats;
 
@@ -143,7 +144,11 @@ impl Scheduler {
             worker.retiring = Some(Retirement::Lifetime);
             if worker.exit_due() {
                 let header = wire::encode_header(&ToWorker::Exit);
-                worker.send(header, Arc::new(Vec::new()), self.config.launch.max_frame);
+                worker.send(
+                    header,
+                    Arc::new(Body::empty()),
+                    self.config.launch.max_frame,
+                );
             }
         }
         next

@@ -220,5 +220,5 @@ pub(super) struct PendingSend {
 #[allow(dead_code)]
 pub(super) enum Keep {
     Owned(Box<[u8]>),
-    Shared(Arc<Vec<u8>>),
+    Shared(Arc<Body>),
 }

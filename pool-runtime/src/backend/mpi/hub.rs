@@ -191,7 +191,7 @@ impl Hub {
             let id = self.next_batch;
             self.next_batch += 1;
             let hello = handshake::hello_header(request.shared.launch());
-            let settings = Arc::new(handshake::hello_body(request.shared.launch()));
+            let settings = Arc::new(Body::heap(handshake::hello_body(request.shared.launch())));
             for (slot, &e) in free.iter().enumerate() {
                 self.endpoints[e].phase = Phase::Hello { batch: id, slot };
                 self.endpoints[e].stream.clear();
@@ -261,7 +261,7 @@ impl Hub {
                 match (&init, init_phase) {
                     (Some(spec), false) => {
                         let header = wire::encode_header(&ToWorker::Init { task: spec.task });
-                        let body = Arc::new(spec.body.clone());
+                        let body = Arc::new(Body::heap(spec.body.clone()));
                         self.endpoints[e].phase = Phase::Init {
                             batch: batch_id,
                             slot,
@@ -379,7 +379,7 @@ impl Hub {
     /// (and detached from `pool`).
     pub(super) fn release(&mut self, e: usize, pool: Option<(Arc<dyn Events>, usize)>) {
         let header = wire::encode_header(&ToWorker::Exit);
-        self.send_frame(e, &header, &Arc::new(Vec::new()));
+        self.send_frame(e, &header, &Arc::new(Body::empty()));
         self.endpoints[e].phase = Phase::Releasing { pool };
     }
 
@@ -410,7 +410,7 @@ impl Hub {
                 if !shared.is_stopping() {
                     // The rank starts a new process on a new handshake.
                     let hello = handshake::hello_header(shared.launch());
-                    let settings = Arc::new(handshake::hello_body(shared.launch()));
+                    let settings = Arc::new(Body::heap(handshake::hello_body(shared.launch())));
                     self.endpoints[e].phase = Phase::Rejoin {
                         shared,
                         slot,
@@ -479,7 +479,7 @@ impl Hub {
                 self.endpoints[e].pid = pid;
                 if let Some(spec) = &launch.init {
                     let header = wire::encode_header(&ToWorker::Init { task: spec.task });
-                    let body = Arc::new(spec.body.clone());
+                    let body = Arc::new(Body::heap(spec.body.clone()));
                     self.endpoints[e].phase = Phase::Rejoin {
                         shared: Arc::clone(&shared),
                         slot,
@@ -554,7 +554,7 @@ impl Hub {
 
     /// Sends one frame to endpoint `e` without waiting: small frames as one
     /// message, large ones as a header message and body pieces.
-    pub(super) fn send_frame(&mut self, e: usize, header: &[u8], body: &Arc<Vec<u8>>) {
+    pub(super) fn send_frame(&mut self, e: usize, header: &[u8], body: &Arc<Body>) {
         let (rank, tag) = (self.endpoints[e].rank, data_tag(self.endpoints[e].local));
         let len = ((header.len() + body.len()) as u32).to_le_bytes();
         if body.len() <= INLINE_BODY {
@@ -570,9 +570,10 @@ impl Hub {
             self.isend_owned(rank, head.into_boxed_slice(), tag);
             for piece in pieces(body.len()) {
                 let slice = &body[piece];
-                // SAFETY: the slice points into `body`'s heap buffer, which the
+                // SAFETY: the slice points into `body`'s bytes (a heap buffer,
+                // or a mapping that lives as long as the body), which the
                 // pending send keeps alive (an `Arc` clone) until MPI reports
-                // the send complete; nothing writes to it meanwhile.
+                // the send complete; nothing writes to them meanwhile.
                 let data: &'static [u8] =
                     unsafe { std::slice::from_raw_parts(slice.as_ptr(), slice.len()) };
                 let request = self

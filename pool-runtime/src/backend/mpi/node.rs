@@ -295,6 +295,9 @@ impl Node<'_> {
                     let _ = proc.to.send(frame);
                 }
             }
+            ToWorker::Mapped { .. } => {
+                self.broken("rank 0 sent a chunk whose body is in its own shared memory, which other ranks cannot map")
+            }
             ToWorker::Init { .. } => {
                 if let Some(proc) = place.proc.as_mut().filter(|p| !p.exiting) {
                     let _ = proc.to.send(frame);

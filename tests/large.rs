@@ -1,0 +1,311 @@
+//! Large arguments through shared memory, through real workers: a chunk
+//! whose encoded arguments take 256 KiB or more is not written to the
+//! worker's socket but mapped by the worker from a memfd of the pool's
+//! process. Checked here: every shape round-trips exactly (and large
+//! results come back exactly through the socket), the worker really reads
+//! a mapping (its `/proc/self/maps` shows it while the task runs, and not
+//! for small chunks), kills, timeouts, cancelled `imap`s, replacement and
+//! forked workers, and no memfd left once the pool is gone. Every wait is
+//! bounded.
+//!
+//! The tests run one at a time (`serial()`), so that each can check that
+//! no body memfd outlives its pool.
+
+mod common;
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::within;
+use pool_runtime::prelude::*;
+use pool_runtime::task;
+use serde::{Deserialize, Serialize};
+
+pool_runtime::test_support!();
+
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The memfds of this process that hold chunk bodies.
+fn body_memfds() -> Vec<String> {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|link| link.to_string_lossy().into_owned())
+        .filter(|link| link.starts_with("/memfd:pool-runtime-body"))
+        .collect()
+}
+
+/// Whether this process maps a chunk body now (true in a worker while it
+/// runs an item of a chunk that came through shared memory).
+fn maps_a_body() -> bool {
+    std::fs::read_to_string("/proc/self/maps")
+        .map(|maps| maps.contains("/memfd:pool-runtime-body"))
+        .unwrap_or(false)
+}
+
+/// Every shape the issue names, in one argument list.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Nested {
+    id: u32,
+    label: String,
+    weights: Vec<f32>,
+}
+
+#[task]
+fn echo(
+    bytes: Vec<u8>,
+    text: String,
+    floats: Vec<f64>,
+    ints: Vec<u64>,
+    raw: serde_bytes::ByteBuf,
+    nested: Vec<Nested>,
+) -> (
+    Vec<u8>,
+    String,
+    Vec<f64>,
+    Vec<u64>,
+    serde_bytes::ByteBuf,
+    Vec<Nested>,
+) {
+    (bytes, text, floats, ints, raw, nested)
+}
+
+/// The length of `data`, whether it came through a mapped body, and a
+/// checksum of it.
+#[task]
+fn inspect(data: Vec<u8>) -> (u64, bool, u64) {
+    let sum = data.iter().map(|&b| b as u64).sum();
+    (data.len() as u64, maps_a_body(), sum)
+}
+
+/// Aborts (the worker dies) when `die`; else the length of `data`.
+#[task]
+fn die_on(data: Vec<u8>, die: bool) -> u64 {
+    if die {
+        std::process::abort();
+    }
+    data.len() as u64
+}
+
+/// Sleeps for ever when `stuck`; else the checksum of `data`.
+#[task]
+fn stuck_on(data: Vec<u8>, stuck: bool) -> u64 {
+    if stuck {
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    data.iter().map(|&b| b as u64).sum()
+}
+
+type Shapes = (
+    Vec<u8>,
+    String,
+    Vec<f64>,
+    Vec<u64>,
+    serde_bytes::ByteBuf,
+    Vec<Nested>,
+);
+
+/// Arguments of about `bytes` encoded bytes, all different for `seed`.
+fn shapes(seed: u64, bytes: usize) -> Shapes {
+    let n = bytes / 6;
+    let data: Vec<u8> = (0..n).map(|i| (i as u64 * 31 + seed) as u8).collect();
+    let text: String = (0..n)
+        .map(|i| char::from(b'a' + ((i as u64 + seed) % 26) as u8))
+        .collect();
+    let floats: Vec<f64> = (0..n / 8).map(|i| i as f64 * 0.5 + seed as f64).collect();
+    let ints: Vec<u64> = (0..n / 8).map(|i| (i as u64) << (i % 50) ^ seed).collect();
+    let raw = serde_bytes::ByteBuf::from(data.iter().rev().copied().collect::<Vec<u8>>());
+    let nested = (0..(n / 64).max(1) as u32)
+        .map(|id| Nested {
+            id,
+            label: format!("item {id} of {seed}"),
+            weights: vec![id as f32 / 3.0; 4],
+        })
+        .collect();
+    (data, text, floats, ints, raw, nested)
+}
+
+fn sum(data: &[u8]) -> u64 {
+    data.iter().map(|&b| b as u64).sum()
+}
+
+#[test]
+fn large_arguments_and_results_of_every_shape_round_trip_exactly() {
+    let _serial = serial();
+    within(120, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        // Small, just over the threshold, several MiB, and small again: the
+        // first item decides nothing, each chunk goes its own way.
+        let sizes = [
+            1 << 10,
+            300 << 10,
+            3 << 20,
+            2 << 10,
+            5 << 20,
+            600 << 10,
+            100,
+        ];
+        let inputs: Vec<Shapes> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| shapes(i as u64, size))
+            .collect();
+        let out = pool
+            .starmap(task!(echo), inputs.clone())
+            .expect("every item runs");
+        assert_eq!(out.len(), inputs.len());
+        for (i, (got, sent)) in out.iter().zip(&inputs).enumerate() {
+            assert!(
+                got == sent,
+                "item {i} ({} bytes) came back different",
+                sizes[i]
+            );
+        }
+        // A first item that is large: it too goes straight to shared memory.
+        let first_large: Vec<Shapes> = vec![shapes(9, 4 << 20), shapes(10, 10)];
+        let out = pool
+            .starmap(task!(echo), first_large.clone())
+            .expect("runs");
+        assert!(out == first_large, "a large first item came back different");
+        drop(pool);
+        assert_eq!(
+            body_memfds(),
+            Vec::<String>::new(),
+            "a body memfd outlived the pool"
+        );
+    });
+}
+
+#[test]
+fn large_chunks_are_read_from_a_mapping_and_small_ones_from_the_socket() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let sizes = [100usize, 4 << 20, 200, 1 << 20, 300 << 10, 64 << 10];
+        let inputs: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i % 253) as u8).collect())
+            .collect();
+        // One item per chunk, so each chunk's size is the item's.
+        let out = pool
+            .call()
+            .chunksize(1)
+            .map(task!(inspect), inputs.clone())
+            .expect("every item runs");
+        for ((len, mapped, checksum), data) in out.iter().zip(&inputs) {
+            assert_eq!(*len, data.len() as u64);
+            assert_eq!(*checksum, sum(data), "the bytes of a {len}-byte item");
+            assert_eq!(
+                *mapped,
+                data.len() >= 256 << 10,
+                "a {len}-byte item was (not) mapped"
+            );
+        }
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
+#[test]
+fn a_worker_that_dies_holding_a_large_argument_fails_only_its_item() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let big = vec![7u8; 2 << 20];
+        let args: Vec<(Vec<u8>, bool)> = (0..8).map(|i| (big.clone(), i == 3)).collect();
+        let outcomes: Vec<Result<u64, Error>> = pool.istarmap(task!(die_on), args).collect();
+        for (i, outcome) in outcomes.iter().enumerate() {
+            if i == 3 {
+                assert!(
+                    matches!(outcome, Err(Error::WorkerDied { .. })),
+                    "item 3 killed its worker: {outcome:?}"
+                );
+            } else {
+                assert_eq!(outcome.as_ref().ok(), Some(&(2 << 20)), "item {i}");
+            }
+        }
+        // The replacement reads large arguments too.
+        let again = pool
+            .starmap(task!(die_on), [(big.clone(), false), (big.clone(), false)])
+            .expect("the replacement runs it");
+        assert_eq!(again, [2 << 20, 2 << 20]);
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
+#[test]
+fn a_timed_out_item_does_not_hold_back_the_large_chunks_queued_behind_it() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let args: Vec<(Vec<u8>, bool)> = (0..10u8).map(|i| (vec![i; 1 << 20], i == 0)).collect();
+        let outcomes: Vec<Result<u64, Error>> = pool
+            .call()
+            .timeout(Duration::from_millis(300))
+            .istarmap(task!(stuck_on), args)
+            .collect();
+        assert!(
+            matches!(outcomes[0], Err(Error::TaskTimeout { .. })),
+            "item 0 never ends: {:?}",
+            outcomes[0]
+        );
+        for (i, outcome) in outcomes.iter().enumerate().skip(1) {
+            assert_eq!(outcome.as_ref().ok(), Some(&((i as u64) << 20)), "item {i}");
+        }
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
+#[test]
+fn an_imap_of_large_items_dropped_early_leaves_the_pool_working_and_nothing_behind() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let mut results = pool.imap(task!(inspect), (0..1000).map(|i| vec![i as u8; 1 << 20]));
+        let first = results.next().expect("a first result").expect("it runs");
+        assert_eq!((first.0, first.1), (1 << 20, true));
+        drop(results);
+        let out = pool
+            .map(task!(inspect), [vec![5u8; 2 << 20]])
+            .expect("runs");
+        assert_eq!(out, [(2 << 20, true, 5 * (2 << 20))]);
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
+#[test]
+fn replacement_and_forked_workers_map_large_arguments() {
+    let _serial = serial();
+    within(120, || {
+        for fork_server in [false, true] {
+            let pool = Pool::builder()
+                .processes(2)
+                .max_tasks_per_child(1)
+                .fork_server(fork_server)
+                .build()
+                .expect("a pool starts");
+            let inputs: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; (1 << 20) + i as usize]).collect();
+            let out = pool
+                .map(task!(inspect), inputs.clone())
+                .expect("every item runs");
+            for ((len, mapped, checksum), data) in out.iter().zip(&inputs) {
+                assert_eq!((*len, *checksum), (data.len() as u64, sum(data)));
+                assert!(
+                    mapped,
+                    "fork server {fork_server}: a {len}-byte item was not mapped"
+                );
+            }
+            drop(pool);
+            assert_eq!(body_memfds(), Vec::<String>::new());
+        }
+    });
+}
