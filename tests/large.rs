@@ -13,13 +13,14 @@
 
 mod common;
 
+use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use common::within;
 use pool_runtime::prelude::*;
 use pool_runtime::task;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pool_runtime::test_support!();
 
@@ -308,4 +309,166 @@ fn replacement_and_forked_workers_map_large_arguments() {
             assert_eq!(body_memfds(), Vec::<String>::new());
         }
     });
+}
+
+/// An argument that can be serialized only once (it gives its bytes away),
+/// as a value streamed from an iterator would be.
+struct OneShot(Mutex<Option<Vec<u8>>>);
+
+impl OneShot {
+    fn new(bytes: Vec<u8>) -> OneShot {
+        OneShot(Mutex::new(Some(bytes)))
+    }
+}
+
+impl Serialize for OneShot {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let taken = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A second run serializes nothing, as such a value would.
+        s.serialize_bytes(&taken.unwrap_or_default())
+    }
+}
+
+impl<'de> Deserialize<'de> for OneShot {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OneShot, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Ok(OneShot::new(bytes.into_vec()))
+    }
+}
+
+/// The length and checksum of a one-shot argument.
+#[task]
+fn one_shot(data: OneShot) -> (u64, u64) {
+    let bytes = data
+        .0
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .unwrap_or_default();
+    (bytes.len() as u64, sum(&bytes))
+}
+
+#[test]
+fn every_argument_is_serialized_once_whatever_its_size() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        for len in [100usize, 300 << 10, 3 << 20] {
+            let bytes = vec![9u8; len];
+            let expected = (len as u64, sum(&bytes));
+            let got = pool.apply(task!(one_shot), (OneShot::new(bytes.clone()),));
+            assert_eq!(got.ok(), Some(expected), "apply of {len} bytes");
+            let items = (0..4).map(|_| OneShot::new(bytes.clone()));
+            let got = pool.map(task!(one_shot), items).expect("every item runs");
+            assert_eq!(got, vec![expected; 4], "map of {len}-byte items");
+        }
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
+/// The probe program of the two tests below: `POOL_PROBE_LARGE` says which.
+#[test]
+#[ignore = "a probe program, run by the tests below"]
+fn probe_large() {
+    let Ok(mode) = std::env::var("POOL_PROBE_LARGE") else {
+        return;
+    };
+    let inputs: Vec<Vec<u8>> = (0..120u32)
+        .map(|i| vec![i as u8; (300 << 10) + i as usize])
+        .collect();
+    let expected: Vec<(u64, u64)> = inputs.iter().map(|d| (d.len() as u64, sum(d))).collect();
+    let pool = if mode == "nodump" {
+        // What setuid, file capabilities or a credential change also do:
+        // only root may open this process's /proc/<pid>/fd now.
+        // SAFETY: prctl with an integer argument.
+        assert_eq!(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }, 0);
+        Pool::builder().processes(2).build().expect("a pool starts")
+    } else {
+        let limit = libc::rlimit {
+            rlim_cur: 64,
+            rlim_max: 64,
+        };
+        // SAFETY: setrlimit with a valid struct.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        Pool::builder()
+            .processes(2)
+            .max_tasks_per_child(1)
+            .build()
+            .expect("a pool starts")
+    };
+    // Every chunk queued at once, each a new worker's.
+    let mut queued = pool
+        .call()
+        .chunksize(1)
+        .map_async(task!(check), inputs)
+        .expect("the call starts");
+    let got = queued
+        .get_timeout(Duration::from_secs(60))
+        .expect("every item runs");
+    let got: Vec<(u64, u64)> = got.into_iter().map(|(len, _, s)| (len, s)).collect();
+    assert!(got == expected, "results differ");
+    let big = pool
+        .apply(task!(check), (vec![1u8; 3 << 20],))
+        .expect("a 3 MiB item runs");
+    assert_eq!((big.0, big.2), (3 << 20, 3 << 20));
+    println!("probe {mode}: all correct");
+}
+
+/// `inspect`, under another name for the probe.
+#[task]
+fn check(data: Vec<u8>) -> (u64, bool, u64) {
+    inspect(data)
+}
+
+fn run_probe(mode: &str) -> String {
+    let mut cmd = common::probe_command("probe_large", "POOL_PROBE_LARGE");
+    cmd.env("POOL_PROBE_LARGE", mode);
+    let out = within(120, move || cmd.output().expect("the probe runs"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// A pool whose process is not dumpable (workers that are not root cannot
+/// open its `/proc/<pid>/fd`) sends large chunks through the socket. Run as
+/// an unprivileged user (through `setpriv` when the suite runs as root,
+/// since root opens every `/proc/<pid>/fd`).
+#[test]
+fn a_process_that_is_not_dumpable_sends_large_chunks_through_the_socket() {
+    let mut cmd = common::probe_command("probe_large", "POOL_PROBE_LARGE");
+    cmd.env("POOL_PROBE_LARGE", "nodump").current_dir("/");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let inner = std::mem::replace(&mut cmd, Command::new("setpriv"));
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .current_dir("/")
+            .stdout(std::process::Stdio::piped());
+    }
+    let out = within(120, move || {
+        cmd.output()
+            .expect("the probe runs (setpriv, from util-linux, when root)")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("probe nodump: all correct"), "{stdout}");
+}
+
+/// Under a limit of 64 descriptors, with every chunk of 120 large items
+/// queued at once and a new worker for each, slabs leave descriptors for
+/// the replacements: every item runs.
+#[test]
+fn large_chunks_queued_under_a_low_descriptor_limit_leave_room_for_workers() {
+    let out = run_probe("fds");
+    assert!(out.contains("probe fds: all correct"), "{out}");
 }

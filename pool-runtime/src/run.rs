@@ -12,7 +12,7 @@ use pool_core::{IntoArgs, Task, TaskFailure};
 
 use crate::error::Error;
 use crate::progress::{ProgressHook, Reporter};
-use crate::scheduler::{Body, Chunk, Event, EventQueue, JobSpec, Routed, Scheduler, Sink};
+use crate::scheduler::{Body, Chunk, Event, EventQueue, JobSpec, OneItem, Routed, Scheduler, Sink};
 
 /// A chunk is closed early once its encoded arguments reach this size, so
 /// large payloads stream instead of piling up in one frame.
@@ -119,8 +119,9 @@ pub(crate) struct Run<T: Task, I> {
     /// Events received and not yet handled.
     pending: VecDeque<Event>,
     input: Option<I>,
-    /// The first item, pulled to measure it and not yet encoded.
-    first: Option<T::Args>,
+    /// The first item, encoded (`u32 length ++ postcard`) and counted in
+    /// `pulled`, waiting to start the first chunk.
+    first: Option<Vec<u8>>,
     /// Items pulled from the input so far.
     pulled: usize,
     /// Items whose result came back (or failed).
@@ -361,31 +362,35 @@ where
             let Some(input) = self.input.as_mut() else {
                 return Ok(());
             };
-            if self.pulled == 0 && self.item_bytes == 0 && self.first.is_none() {
-                // The first item is measured (up to LARGE_ITEM bytes, without
-                // writing them), so that a large one too is encoded once.
+            if self.pulled == 0 && self.item_bytes == 0 {
+                // The first item is encoded on its own, into shared memory
+                // if it turns out large: then it is a chunk of its own;
+                // else it starts the first chunk.
                 let Some(item) = input.next() else {
                     self.input = None;
                     continue;
                 };
-                let args = item.into_args();
-                if is_large(&args) {
-                    self.fill_large(args, max_item);
+                self.fill_one(item.into_args(), max_item, LARGE_ITEM, true);
+                if self.first.is_none() {
+                    if self.results_waiting() {
+                        return Ok(());
+                    }
                     continue;
                 }
-                self.first = Some(args);
-            }
-            if self.item_bytes >= LARGE_ITEM {
+            } else if self.item_bytes >= LARGE_ITEM {
                 let Some(item) = input.next() else {
                     self.input = None;
                     continue;
                 };
-                self.fill_large(item.into_args(), max_item);
+                self.fill_one(item.into_args(), max_item, 0, false);
                 if self.results_waiting() {
                     return Ok(());
                 }
                 continue;
             }
+            let Some(input) = self.input.as_mut() else {
+                return Ok(());
+            };
             // Sized from the previous chunk's bytes per item: no chain of
             // reallocations while encoding.
             let mut body = Vec::with_capacity(
@@ -396,18 +401,18 @@ where
             );
             let mut first = self.pulled;
             let mut count = 0u32;
+            if let Some(encoded) = self.first.take() {
+                first -= 1;
+                count = 1;
+                body.extend_from_slice(&encoded);
+            }
             let mut exhausted = false;
             while (count as usize) < size && body.len() < CHUNK_BYTES {
-                let args: T::Args = match self.first.take() {
-                    Some(args) => args,
-                    None => match input.next() {
-                        Some(item) => item.into_args(),
-                        None => {
-                            exhausted = true;
-                            break;
-                        }
-                    },
+                let Some(item) = input.next() else {
+                    exhausted = true;
+                    break;
                 };
+                let args: T::Args = item.into_args();
                 let index = self.pulled;
                 self.pulled += 1;
                 let mark = body.len();
@@ -462,32 +467,29 @@ where
         }
     }
 
-    /// Pulls no more: sends the large item `args` (the next index) as a
-    /// chunk of its own, encoded straight into shared memory when the
-    /// workers are local.
-    fn fill_large(&mut self, args: T::Args, max_item: usize) {
+    /// Encodes `args` (the next index) on its own, into shared memory for
+    /// local workers once its encoding passes `spill_at` bytes, and sends
+    /// it as a chunk of its own; except, with `may_start`, one that stayed
+    /// on the heap, kept in `first` to start the next chunk.
+    fn fill_one(&mut self, args: T::Args, max_item: usize, spill_at: usize, may_start: bool) {
         let index = self.pulled;
         self.pulled += 1;
         let shared = &self.shared;
         let encoded = crate::shared::pinning(&mut self.guard.pins, || {
-            match shared.encode_large(&args, max_item) {
-                Ok(Some(body)) => Ok(body),
-                Ok(None) => {
-                    let mut body = Vec::new();
-                    wire::push_arg(&mut body, &args, max_item).map(|()| shared.body(body))
-                }
-                Err(err) => Err(err),
-            }
+            shared.encode_one(&args, max_item, spill_at)
         });
-        match encoded {
-            Ok(body) => {
-                self.item_bytes = body.len();
-                let sent = submit::<T>(&self.shared, self.guard.job, index, 1, body);
-                if let Err(err) = sent {
-                    self.stopped_by(index, 1, &err);
-                }
+        let body = match encoded {
+            Err(err) => return self.unencodable(index, &err),
+            Ok(OneItem::Heap(bytes)) if may_start => {
+                self.first = Some(bytes);
+                return;
             }
-            Err(err) => self.unencodable(index, &err),
+            Ok(OneItem::Heap(bytes)) => self.shared.body(bytes),
+            Ok(OneItem::Slab(body)) => Arc::new(body),
+        };
+        self.item_bytes = body.len();
+        if let Err(err) = submit::<T>(&self.shared, self.guard.job, index, 1, body) {
+            self.stopped_by(index, 1, &err);
         }
     }
 
@@ -626,26 +628,6 @@ where
             return Some(Ok(()));
         }
     }
-}
-
-/// Whether `args` take at least [`LARGE_ITEM`] bytes encoded (counted,
-/// not written; the count stops there).
-fn is_large<A: serde::Serialize>(args: &A) -> bool {
-    /// Counts the bytes of an encoding.
-    struct Counter(usize);
-    impl pool_core::encode::Output for Counter {
-        fn len(&self) -> usize {
-            self.0
-        }
-        fn push(&mut self, _: u8) {
-            self.0 += 1;
-        }
-        fn extend_from_slice(&mut self, bytes: &[u8]) {
-            self.0 += bytes.len();
-        }
-    }
-    let counted = pool_core::encode::encode_limited_to(&mut Counter(0), args, LARGE_ITEM - 1);
-    matches!(counted, Err(EncodeError::TooLarge { .. }))
 }
 
 /// Queues `count` encoded items of `job`, the first being item `first`.

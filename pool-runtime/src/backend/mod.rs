@@ -29,7 +29,7 @@ use pool_core::wire::{self, ToWorker};
 
 use crate::error::{Error, ExitCause};
 pub(crate) use shm::Running;
-pub(crate) use slab::{Body, trim as trim_bodies};
+pub(crate) use slab::{Body, OneItem, trim as trim_bodies};
 
 /// Attaches the workers of a backend whose workers already exist (MPI
 /// ranks) to a new pool, through its events.

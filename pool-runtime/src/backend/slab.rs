@@ -45,15 +45,35 @@ const LINK: &[u8] = b"/memfd:pool-runtime-body";
 /// the second (page-aligned, so `f64`s and the like decode aligned).
 const HEADER: usize = 4096;
 const MAGIC: u64 = u64::from_le_bytes(*b"poolslab");
-/// The address space a slab reserves (its memfd is that long, but holds
-/// pages only where it was written: shared memory is allocated on first
-/// touch), so that a body can be encoded straight into it, its size
-/// unknown until it is done; larger bodies get slabs of their size.
-const RESERVE: usize = 1 << 30;
+/// A new slab's capacity, at least; a body encoded straight into a slab
+/// grows it (the memfd is lengthened and remapped) as it needs.
+const INITIAL: usize = 4 << 20;
 /// The free list keeps at most this many slabs, holding at most this many
 /// bytes of written pages.
-const FREE_SLABS: usize = 32;
+const FREE_SLABS: usize = 8;
 const FREE_BYTES: usize = 512 << 20;
+/// Slabs alive at once in this process, at most (each holds a descriptor
+/// while its chunk waits): beyond, chunks go through the socket.
+const MAX_LIVE: usize = 64;
+
+/// Slabs alive now (in use or free).
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether workers can open this process's slabs: `/proc/<pid>/fd` of a
+/// process that is not dumpable (set by `prctl`, setuid or capabilities)
+/// is readable by root only.
+fn reachable() -> bool {
+    use rustix::process::{DumpableBehavior, dumpable_behavior, geteuid};
+    geteuid().is_root() || matches!(dumpable_behavior(), Ok(DumpableBehavior::Dumpable))
+}
+
+/// How many slabs may be alive: [`MAX_LIVE`], and at most an eighth of
+/// the descriptor limit, so that workers can still be started.
+fn live_limit() -> usize {
+    let nofile = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let by_fds = nofile.map_or(usize::MAX, |n| usize::try_from(n / 8).unwrap_or(usize::MAX));
+    MAX_LIVE.min(by_fds)
+}
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static FREE: Mutex<Vec<Slab>> = Mutex::new(Vec::new());
@@ -82,7 +102,12 @@ impl Slab {
 
     /// A new slab for at least `len` body bytes.
     fn create(len: usize) -> io::Result<Slab> {
-        let mapped = HEADER + len.max(RESERVE);
+        if LIVE.load(Ordering::Relaxed) >= live_limit() {
+            return Err(io::Error::other(
+                "as many slabs are alive as descriptors allow",
+            ));
+        }
+        let mapped = HEADER + len.max(INITIAL).next_multiple_of(HEADER);
         let fd = rustix::fs::memfd_create(NAME, MemfdFlags::CLOEXEC)?;
         rustix::fs::ftruncate(&fd, mapped as u64)?;
         // SAFETY: a fresh shared mapping at an address the kernel picks,
@@ -93,13 +118,14 @@ impl Slab {
                 std::ptr::null_mut(),
                 mapped,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED | MapFlags::NORESERVE,
+                MapFlags::SHARED,
                 &fd,
                 0,
             )
         }?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap: null"))?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        LIVE.fetch_add(1, Ordering::Relaxed);
         let slab = Slab {
             fd,
             id,
@@ -119,6 +145,11 @@ impl Slab {
     /// A slab from the free list that holds `len` bytes (the one with the
     /// most pages already written, to be written again), or a new one.
     fn take(len: usize) -> io::Result<Slab> {
+        if !reachable() {
+            return Err(io::Error::other(
+                "this process is not dumpable: workers cannot open its /proc/<pid>/fd",
+            ));
+        }
         let mut free = FREE.lock().unwrap_or_else(|p| p.into_inner());
         let best = free
             .iter()
@@ -150,6 +181,28 @@ impl Slab {
         drop(evicted);
     }
 
+    /// Grows it to at least `need` body bytes (doubling), keeping what it
+    /// holds; the mapping may move.
+    fn grow(&mut self, need: usize) -> io::Result<()> {
+        let cap = need.max(self.capacity() * 2).next_multiple_of(HEADER);
+        rustix::fs::ftruncate(&self.fd, (HEADER + cap) as u64)?;
+        // SAFETY: the old mapping is this slab's own, `mapped` bytes long;
+        // no reference into it is alive (`&mut self`); the file is now
+        // `HEADER + cap` bytes long, so every page of the new size is backed.
+        let ptr = unsafe {
+            rustix::mm::mremap(
+                self.ptr.as_ptr().cast(),
+                self.mapped,
+                HEADER + cap,
+                rustix::mm::MremapFlags::MAYMOVE,
+            )
+        }?;
+        self.ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mremap: null"))?;
+        self.mapped = HEADER + cap;
+        Ok(())
+    }
+
     fn body_mut(&mut self, len: usize) -> &mut [u8] {
         assert!(len <= self.capacity());
         self.used = self.used.max(len);
@@ -168,6 +221,7 @@ impl Slab {
 
 impl Drop for Slab {
     fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
         // SAFETY: ptr and mapped came from `mmap` in `create`; no
         // reference into the mapping outlives the slab.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.mapped) };
@@ -271,13 +325,93 @@ impl Drop for Body {
     }
 }
 
-/// A chunk body encoded straight into a slab (no copy through the heap):
-/// see [`Body::write_one`].
+/// One item encoded as a chunk body of its own (`u32 length ++
+/// postcard(value)`, as [`push_arg`](pool_core::wire::push_arg) writes it).
+pub(crate) enum OneItem {
+    /// On the heap: it stayed small, or no slab could be had.
+    Heap(Vec<u8>),
+    /// In a slab, written there once.
+    Slab(Body),
+}
+
+/// Encodes on the heap until the encoding passes `spill_at` bytes, then
+/// moves what it wrote into a slab and goes on there, growing the slab as
+/// it needs: a value is serialized once, whatever its size, and a large
+/// one is copied through the heap for its first `spill_at` bytes at most.
+/// If no slab can be had or grown, it goes on on the heap.
 struct Writer {
-    slab: Slab,
+    heap: Vec<u8>,
+    slab: Option<Slab>,
     len: usize,
-    /// Bytes past the slab's end were dropped.
-    overflowed: bool,
+    spill_at: usize,
+    /// No slab could be had (or grown): the heap it is.
+    heap_only: bool,
+}
+
+impl Writer {
+    /// Moves the bytes written so far into a slab of at least `need` bytes.
+    fn spill(&mut self, need: usize) {
+        match Slab::take(need) {
+            Ok(mut slab) => {
+                let ok = need <= slab.capacity() || slab.grow(need).is_ok();
+                if ok {
+                    slab.body_mut(self.len)
+                        .copy_from_slice(&self.heap[..self.len]);
+                    self.heap = Vec::new();
+                    self.slab = Some(slab);
+                    return;
+                }
+                slab.give_back();
+                self.heap_only = true;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "no shared memory for a large chunk: it goes through the socket");
+                self.heap_only = true;
+            }
+        }
+    }
+
+    /// Back from the slab to the heap (it could not grow).
+    fn unspill(&mut self) {
+        if let Some(mut slab) = self.slab.take() {
+            self.heap = slab.body_mut(self.len).to_vec();
+            slab.give_back();
+        }
+        self.heap_only = true;
+    }
+
+    /// The item, its length written in front.
+    fn finish(mut self) -> OneItem {
+        let head = ((self.len - 4) as u32).to_le_bytes();
+        match self.slab.take() {
+            Some(mut slab) => {
+                let len = self.len;
+                let body = slab.body_mut(len);
+                body[..4].copy_from_slice(&head);
+                if len < THRESHOLD {
+                    // Small after all: through the socket, as small chunks go.
+                    let bytes = body.to_vec();
+                    slab.give_back();
+                    return OneItem::Heap(bytes);
+                }
+                OneItem::Slab(Body::in_slab(slab, len))
+            }
+            None => {
+                self.heap[..4].copy_from_slice(&head);
+                OneItem::Heap(std::mem::take(&mut self.heap))
+            }
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // An encoding that failed: the pages it wrote are counted.
+        if let Some(mut slab) = self.slab.take() {
+            slab.used = slab.used.max(self.len.min(slab.capacity()));
+            slab.give_back();
+        }
+    }
 }
 
 impl Output for Writer {
@@ -294,73 +428,54 @@ impl Output for Writer {
     #[inline]
     fn extend_from_slice(&mut self, bytes: &[u8]) {
         let end = self.len + bytes.len();
-        if end <= self.slab.capacity() {
-            // SAFETY: `HEADER + end` bytes are mapped read-write, and the
-            // writer owns the slab: nothing else reads or writes them.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    bytes.as_ptr(),
-                    self.slab.ptr.as_ptr().add(HEADER + self.len),
-                    bytes.len(),
-                );
+        if self.slab.is_none() && end > self.spill_at && !self.heap_only {
+            self.spill(end.max(INITIAL));
+        }
+        if let Some(slab) = self.slab.as_mut()
+            && end > slab.capacity()
+            && slab.grow(end).is_err()
+        {
+            self.unspill();
+        }
+        match self.slab.as_mut() {
+            Some(slab) => {
+                // SAFETY: `HEADER + end` bytes are mapped read-write (the
+                // slab holds `end`, checked above), and the writer owns the
+                // slab: nothing else reads or writes them.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        bytes.as_ptr(),
+                        slab.ptr.as_ptr().add(HEADER + self.len),
+                        bytes.len(),
+                    );
+                }
             }
-        } else {
-            self.overflowed = true;
+            None => self.heap.extend_from_slice(bytes),
         }
         self.len = end;
     }
 }
 
 impl Body {
-    /// A body of the one item `value` (`u32 length ++ postcard(value)`, as
-    /// [`push_arg`](pool_core::wire::push_arg) writes it), encoded straight into a slab:
-    /// `Ok(None)` if no slab could be had (encode it on the heap instead).
-    /// An encoding of more than `limit` bytes is refused.
-    pub(crate) fn write_one<T: Serialize>(
+    /// Encodes `value` as a chunk body of its own, into a slab once its
+    /// encoding passes `spill_at` bytes (see [`Writer`]). An encoding of
+    /// more than `limit` bytes is refused.
+    pub(crate) fn encode_one<T: Serialize>(
         value: &T,
         limit: usize,
-    ) -> Result<Option<Body>, EncodeError> {
-        let slab = match Slab::take(0) {
-            Ok(slab) => slab,
-            Err(err) => {
-                tracing::debug!(error = %err, "no shared memory for a large chunk: it goes through the socket");
-                return Ok(None);
-            }
-        };
+        spill_at: usize,
+    ) -> Result<OneItem, EncodeError> {
         let mut out = Writer {
-            slab,
+            heap: Vec::new(),
+            slab: None,
             len: 0,
-            overflowed: false,
+            spill_at,
+            heap_only: false,
         };
         out.extend_from_slice(&[0; 4]);
         let limit = limit.min(u32::MAX as usize);
-        let room = limit.min(out.slab.capacity() - 4);
-        let encoded = match encode_limited_to(&mut out, value, room) {
-            Ok(()) if out.overflowed || out.len - 4 > room => {
-                Err(EncodeError::TooLarge { limit: room })
-            }
-            other => other,
-        };
-        if let Err(err) = encoded {
-            out.slab.give_back();
-            return match err {
-                // Larger than a slab, not than the limit: on the heap.
-                EncodeError::TooLarge { .. } if room < limit => Ok(None),
-                EncodeError::TooLarge { .. } => Err(EncodeError::TooLarge { limit }),
-                err => Err(err),
-            };
-        }
-        let len = out.len;
-        let head = ((len - 4) as u32).to_le_bytes();
-        let body = out.slab.body_mut(len);
-        body[..4].copy_from_slice(&head);
-        if len < THRESHOLD {
-            // Small after all: through the socket, like any small chunk.
-            let bytes = body.to_vec();
-            out.slab.give_back();
-            return Ok(Some(Body::heap(bytes)));
-        }
-        Ok(Some(Body::in_slab(out.slab, len)))
+        encode_limited_to(&mut out, value, limit)?;
+        Ok(out.finish())
     }
 }
 
@@ -440,6 +555,93 @@ impl Drop for Mapped {
 mod tests {
     use super::*;
 
+    /// The tests that look at the free list run one at a time.
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serializes as bytes the first time, as nothing (an error) after.
+    struct Once(Mutex<Option<Vec<u8>>>);
+
+    impl Serialize for Once {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                Some(bytes) => s.serialize_bytes(&bytes),
+                None => Err(serde::ser::Error::custom("serialized twice")),
+            }
+        }
+    }
+
+    /// Writes `len` bytes, then fails.
+    struct FailsAfter(usize);
+
+    impl Serialize for FailsAfter {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeTuple;
+            let mut t = s.serialize_tuple(2)?;
+            let bytes = vec![3u8; self.0];
+            t.serialize_element(&AsBytes(&bytes))?;
+            t.serialize_element(&FailNow)?;
+            t.end()
+        }
+    }
+
+    struct FailNow;
+
+    impl Serialize for FailNow {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+
+    /// Bytes serialized with `serialize_bytes`.
+    struct AsBytes<'a>(&'a [u8]);
+
+    impl Serialize for AsBytes<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    #[test]
+    fn a_value_is_serialized_once_whatever_its_size_and_spills_into_a_growing_slab() {
+        let _serial = serial();
+        for len in [10usize, THRESHOLD + 1, INITIAL + 12_345, 3 * INITIAL] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 249) as u8).collect();
+            let once = Once(Mutex::new(Some(bytes.clone())));
+            let item = Body::encode_one(&once, usize::MAX, 1 << 20).expect("encodes once");
+            let mut expected = Vec::new();
+            pool_core::wire::push_arg(&mut expected, &AsBytes(&bytes), usize::MAX)
+                .expect("encodes");
+            match item {
+                OneItem::Heap(got) => {
+                    assert!(len < 1 << 20, "{len} bytes stayed on the heap");
+                    assert_eq!(got, expected);
+                }
+                OneItem::Slab(body) => {
+                    assert!(len >= 1 << 20, "{len} bytes went to a slab");
+                    assert!(body.slab().is_some());
+                    assert!(body[..] == expected[..], "{len} bytes came back different");
+                }
+            }
+        }
+        trim();
+    }
+
+    #[test]
+    fn a_failed_encoding_counts_the_pages_it_wrote_in_the_free_list() {
+        let _serial = serial();
+        trim();
+        let failed = Body::encode_one(&FailsAfter(8 << 20), usize::MAX, 0);
+        assert!(matches!(failed, Err(EncodeError::Custom(m)) if m == "no"));
+        let free = FREE.lock().unwrap_or_else(|p| p.into_inner());
+        let used: usize = free.iter().map(|s| s.used).sum();
+        assert!(used >= 8 << 20, "the free list counts {used} bytes");
+        drop(free);
+        trim();
+    }
+
     #[test]
     fn small_bodies_stay_on_the_heap() {
         let body = Body::for_local(vec![7; 100]);
@@ -449,6 +651,7 @@ mod tests {
 
     #[test]
     fn a_large_body_is_read_back_through_its_slab_and_the_slab_is_reused() {
+        let _serial = serial();
         let bytes: Vec<u8> = (0..THRESHOLD + 12_345).map(|i| (i % 251) as u8).collect();
         let body = Body::for_local(bytes.clone());
         let slab = body.slab().expect("a large body goes to a slab");

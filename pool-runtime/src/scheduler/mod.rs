@@ -25,9 +25,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use pool_core::ProtocolError;
 use pool_core::wire::{self, ToWorker};
 
-pub(crate) use crate::backend::Body;
 use crate::backend::handshake::Launch;
 use crate::backend::{Backend, Events, Link, RemoteStart};
+pub(crate) use crate::backend::{Body, OneItem};
 use crate::error::{Error, ExitCause};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::sys::now_ns;
@@ -309,18 +309,20 @@ impl Scheduler {
         })
     }
 
-    /// The body of a chunk of the one large item `value`, encoded straight
-    /// into shared memory for local workers; `Ok(None)` when it cannot be
-    /// (other workers, or no shared memory): encode it on the heap.
-    pub(crate) fn encode_large<A: serde::Serialize>(
+    /// `value` encoded as a chunk body of its own: for local workers, into
+    /// shared memory once its encoding passes `spill_at` bytes (and is
+    /// large enough to be worth it); else on the heap.
+    pub(crate) fn encode_one<A: serde::Serialize>(
         &self,
         value: &A,
         limit: usize,
-    ) -> Result<Option<Arc<Body>>, pool_core::encode::EncodeError> {
+        spill_at: usize,
+    ) -> Result<OneItem, pool_core::encode::EncodeError> {
         if self.config.remote.is_some() {
-            return Ok(None);
+            let mut body = Vec::new();
+            return wire::push_arg(&mut body, value, limit).map(|()| OneItem::Heap(body));
         }
-        Ok(Body::write_one(value, limit)?.map(Arc::new))
+        Body::encode_one(value, limit, spill_at)
     }
 
     pub(crate) fn submit(&self, chunk: Chunk) -> Result<(), Error> {
