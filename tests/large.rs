@@ -373,6 +373,9 @@ fn probe_large() {
     let Ok(mode) = std::env::var("POOL_PROBE_LARGE") else {
         return;
     };
+    if mode == "late" {
+        return probe_not_dumpable_late();
+    }
     let inputs: Vec<Vec<u8>> = (0..120u32)
         .map(|i| vec![i as u8; (300 << 10) + i as usize])
         .collect();
@@ -439,8 +442,15 @@ fn run_probe(mode: &str) -> String {
 /// since root opens every `/proc/<pid>/fd`).
 #[test]
 fn a_process_that_is_not_dumpable_sends_large_chunks_through_the_socket() {
+    let out = run_unprivileged_probe("nodump");
+    assert!(out.contains("probe nodump: all correct"), "{out}");
+}
+
+/// Runs the probe in `mode` as a user other than root (through `setpriv`
+/// when the suite runs as root: root opens every `/proc/<pid>/fd`).
+fn run_unprivileged_probe(mode: &str) -> String {
     let mut cmd = common::probe_command("probe_large", "POOL_PROBE_LARGE");
-    cmd.env("POOL_PROBE_LARGE", "nodump").current_dir("/");
+    cmd.env("POOL_PROBE_LARGE", mode).current_dir("/");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let inner = std::mem::replace(&mut cmd, Command::new("setpriv"));
@@ -461,7 +471,7 @@ fn a_process_that_is_not_dumpable_sends_large_chunks_through_the_socket() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("probe nodump: all correct"), "{stdout}");
+    stdout
 }
 
 /// Under a limit of 64 descriptors, with every chunk of 120 large items
@@ -471,4 +481,66 @@ fn a_process_that_is_not_dumpable_sends_large_chunks_through_the_socket() {
 fn large_chunks_queued_under_a_low_descriptor_limit_leave_room_for_workers() {
     let out = run_probe("fds");
     assert!(out.contains("probe fds: all correct"), "{out}");
+}
+
+/// Waits (at most 30 s) for `gate` to exist; then the length of `data`.
+#[task]
+fn after_gate(gate: String, data: Vec<u8>) -> u64 {
+    for _ in 0..3000 {
+        if std::path::Path::new(&gate).exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    data.len() as u64
+}
+
+/// A large chunk is queued in shared memory, then the process becomes not
+/// dumpable before the worker opens it: that item fails with a message
+/// saying why, and the worker goes on with the next.
+fn probe_not_dumpable_late() {
+    let gate = std::env::temp_dir().join(format!("pool-large-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let gate_arg = gate.to_string_lossy().into_owned();
+    let pool = Pool::builder().processes(1).build().expect("a pool starts");
+    let items = [
+        (gate_arg.clone(), vec![1u8; 10]),
+        (gate_arg.clone(), vec![2u8; 2 << 20]),
+    ];
+    // Both chunks are encoded (the second into shared memory) and sent
+    // before `starmap_async` returns; the worker waits at the gate in the
+    // first.
+    let mut pending = pool
+        .call()
+        .chunksize(1)
+        .starmap_async(task!(after_gate), items)
+        .expect("the call starts");
+    // SAFETY: prctl with an integer argument.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }, 0);
+    std::fs::write(&gate, b"").expect("the gate opens");
+    let outcome = pending.get_timeout(Duration::from_secs(60));
+    match outcome {
+        Err(Error::Serialization {
+            index: 1, failure, ..
+        }) => {
+            let message = failure.to_string();
+            assert!(message.contains("shared memory"), "{message}");
+            assert!(message.contains("Permission denied"), "{message}");
+        }
+        other => panic!("item 1 should fail for its shared memory: {other:?}"),
+    }
+    // The same worker goes on, large items now through the socket.
+    let again = pool.apply(task!(after_gate), (gate_arg, vec![3u8; 2 << 20]));
+    let _ = std::fs::remove_file(&gate);
+    assert_eq!(again.ok(), Some(2 << 20));
+    println!("probe late: all correct");
+}
+
+/// A large chunk already in shared memory when the process becomes not
+/// dumpable fails its items with a message saying why (its worker cannot
+/// open it), instead of killing workers in a loop; the pool goes on.
+#[test]
+fn a_chunk_the_worker_cannot_map_fails_its_items_and_the_pool_goes_on() {
+    let out = run_unprivileged_probe("late");
+    assert!(out.contains("probe late: all correct"), "{out}");
 }

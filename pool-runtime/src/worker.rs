@@ -351,8 +351,18 @@ fn serve_hooked<R: Read, W: Write>(
                 before_chunk(writer);
                 // Opened only once claimed: a chunk taken back may have
                 // had its slab reused by the pool already.
-                let slab = match mapped {
-                    Some((pid, slab)) => Some(Mapped::open(pid, &slab)?),
+                let slab = match mapped.map(|(pid, slab)| Mapped::open(pid, &slab)) {
+                    Some(Ok(slab)) => Some(slab),
+                    Some(Err(message)) => {
+                        // Each item fails with why; the worker goes on.
+                        let name = registry.get(task).map_or("?", |e| e.name);
+                        let failure = TaskFailure::BadArguments {
+                            ty: format!("{name}'s arguments"),
+                            message,
+                        };
+                        fail_chunk(writer, chunk, items, &failure, max_frame)?;
+                        continue;
+                    }
                     None => None,
                 };
                 let body = slab.as_ref().map_or(body, Mapped::bytes);
@@ -396,6 +406,26 @@ fn serve_hooked<R: Read, W: Write>(
             ToWorker::Hello { .. } => return Err(ProtocolError::Unexpected("a second handshake")),
         }
     }
+}
+
+/// Sends every item of `chunk` (of `count`) as failed with `failure`.
+fn fail_chunk(
+    writer: &mut impl Write,
+    chunk: u64,
+    count: u32,
+    failure: &TaskFailure,
+    max_frame: usize,
+) -> Result<(), ProtocolError> {
+    let mut body = Vec::new();
+    for _ in 0..count {
+        wire::push_failure(&mut body, failure);
+    }
+    let header = FromWorker::Results {
+        chunk,
+        first: 0,
+        count,
+    };
+    wire::write_frame(writer, &wire::encode_header(&header), &body, max_frame)
 }
 
 /// Tells the pool this worker runs nothing more, and why; it then exits.

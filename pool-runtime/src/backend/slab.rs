@@ -29,7 +29,6 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pool_core::ProtocolError;
 use pool_core::encode::{EncodeError, Output, encode_limited_to};
 use rustix::fs::{MemfdFlags, Mode, OFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -489,12 +488,13 @@ pub(crate) struct Mapped {
 impl Mapped {
     /// Opens and maps the slab `slab` of process `pid`, checking that it is
     /// the one named (a slab, with that id, long enough).
-    pub(crate) fn open(pid: u32, slab: &SlabRef) -> Result<Mapped, ProtocolError> {
+    /// Why it cannot be read, as a message, if so.
+    pub(crate) fn open(pid: u32, slab: &SlabRef) -> Result<Mapped, String> {
         let path = format!("/proc/{pid}/fd/{}", slab.fd);
         let fail = |what: &str, err: &dyn std::fmt::Display| {
-            ProtocolError::Malformed(format!(
-                "the chunk's arguments are in shared memory the worker cannot read ({what} {path}: {err})"
-            ))
+            format!(
+                "they are in shared memory of the pool's process that the worker cannot read ({what} {path}: {err})"
+            )
         };
         // The link first: only one of our memfds is ever opened.
         let link = rustix::fs::readlink(&path, Vec::new()).map_err(|e| fail("reading", &e))?;
@@ -675,7 +675,7 @@ mod tests {
             },
         );
         assert!(
-            matches!(&stale, Err(ProtocolError::Malformed(m)) if m.contains("another slab")),
+            matches!(&stale, Err(m) if m.contains("another slab")),
             "a wrong id is refused"
         );
         drop(again);
