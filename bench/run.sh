@@ -48,6 +48,7 @@ PLAN = [
     ("imap1", "chunksize1", "tiny, imap, chunksize 1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", "payload", "payload 64 x 16 MiB", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("payload256", "payload", "payload 1 x 256 MiB", ["payload", "--procs", "2", "--count", "1", "--mib", "256", "--reps", "4"]),
+    ("share", "share", "share_slice 1 GiB, 2 workers", ["share", "--procs", "2", "--mib", "1024", "--reps", "3", "--warmup", "0"]),
     ("cpu", "cpu", "cpu 40 x 50 ms", ["cpu", "--procs", "2", "--tasks", "40", "--ms", "50"]),
 ]
 
@@ -66,6 +67,7 @@ PROCSPAWN_ARGS = {
 PROCSPAWN_NONE = {
     "raw": "not a pool: the floor between two processes",
     "sweep": "compares pool-runtime with itself",
+    "share": "its Shmem is per call, not shared once (the payload rows have it)",
     "imap1": "no lazy iterator (imap); its one-call-per-item rate is the chunksize 1 row",
 }
 PROCSPAWN_NOTES = {
@@ -98,7 +100,7 @@ def cpu_busy(seconds=0.3):
     return 1 - (i1 - i0) / max(t1 - t0, 1)
 
 
-RUST_ONLY = {"sweep"}  # rows that compare Rust with itself
+RUST_ONLY = {"sweep", "share"}  # rows with no Python side
 BUDGET = 285.0  # seconds: the whole benchmark stays under five minutes
 NOISY = 0.10  # a run during which other processes used over 10% of the CPUs
 QUIET_BUDGET = [30.0]  # seconds the whole run may spend waiting for quiet
@@ -406,6 +408,35 @@ def main():
     r = get("payload", "rust", "mb_per_s")
     if r:
         target("payload", r >= 2000, f"{r / 1000:.2f} GB/s (≥ 2 GB/s)")
+        target("payload, half of memcpy", r >= 7000, f"{r / 1000:.2f} GB/s (≥ 7 GB/s)")
+    s = get("payload", "procspawn", "mb_per_s_shmem")
+    if r and s:
+        target("payload vs procspawn Shmem", r >= 3 * s, f"{r / s:.2f}× procspawn's Shmem {s / 1000:.2f} GB/s (≥ 3×)")
+    r = get("payload256", "rust", "mb_per_s")
+    s = get("payload256", "procspawn", "mb_per_s_shmem")
+    if r and s:
+        target("1 × 256 MiB vs procspawn Shmem (no target)", None, f"{r:.0f} MB/s, {r / s:.2f}× procspawn's Shmem {s:.0f} MB/s")
+    sp = get("raw", "rust", "raw_socketpair_cross_cpu_rtt_us")
+    rt = get("rt2", "rust", "roundtrip_us")
+    if rt and sp:
+        target("round trip vs raw socket pair", rt <= 2 * sp,
+               f"{rt:.1f} µs vs socket pair pinned one CPU each {sp:.1f} µs (≤ 2× = {2 * sp:.1f} µs)")
+    r, p = both("imap1", "items_per_s")
+    if r and p:
+        target("imap, chunksize 1", r / p >= 15, f"{r / p:.1f}× Python's imap items/s (≥ 15×)")
+    one, two = get("auto1", "rust", "items_per_s"), get("auto2", "rust", "items_per_s")
+    if one and two:
+        target("tiny, 2 workers vs 1", two >= one, f"{two / one:.2f}× (≥ 1.0×)")
+    sh = get("share", "rust", "share_ms")
+    fresh, touched = get("share", "rust", "memcpy_fresh_ms"), get("share", "rust", "memcpy_touched_ms")
+    if sh and fresh and touched:
+        target("share 1 GiB vs one memcpy", sh < 2 * touched,
+               f"{sh:.0f} ms; memcpy into touched memory {touched:.0f} ms (< 2× = {2 * touched:.0f} ms), "
+               f"into fresh memory {fresh:.0f} ms")
+    one_page, whole = get("share", "rust", "worker_pss_one_page_kb"), get("share", "rust", "worker_pss_whole_kb")
+    if one_page is not None and whole:
+        target("share: worker Pss grows by what it touches", one_page < 4096,
+               f"+{one_page:.0f} kB after one page, +{whole / 1024:.0f} MiB after the whole 1 GiB (Pss splits shared pages)")
     r = get("cpu", "rust", "cpu_speedup")
     if r:
         target("cpu", r >= 1.95, f"speedup {r:.2f}× (≥ 1.95×)")

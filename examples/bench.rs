@@ -15,6 +15,7 @@
 //! target/release/examples/bench tiny --procs 2 [--items 1000000] [--chunksize N]
 //! target/release/examples/bench lazy --procs 2 [--items 100000] [--chunksize 1]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
+//! target/release/examples/bench share [--mib 1024]
 //! target/release/examples/bench cpu [--tasks 40] [--ms 50]
 //! ```
 //!
@@ -47,6 +48,12 @@ fn power(x: u64, n: u32) -> u64 {
 #[task]
 fn length(data: Vec<u8>) -> u64 {
     data.len() as u64
+}
+
+/// The sum of `data[start..end]` (the share workload).
+#[task]
+fn sum_range(data: SharedSlice<f64>, start: usize, end: usize) -> f64 {
+    data[start..end].iter().sum()
 }
 
 /// `iters` rounds of an LCG with an xor-shift: pure computation.
@@ -90,7 +97,7 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let workload = args
         .next()
-        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|payload|cpu> [options]")?;
+        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|payload|share|cpu> [options]")?;
     let mut opts = Opts {
         workload,
         reps: 5,
@@ -606,6 +613,62 @@ fn payload(opts: &Opts) -> Result<(), Error> {
 }
 
 /// `tasks` calls of ~`ms` ms of computation, on 1 then on 2 workers.
+/// `share_slice` of `--mib` MiB of `f64` to `--procs` workers: its time
+/// beside two plain copies of the same bytes (into fresh memory, as
+/// `to_vec` does, and into memory already touched), and each worker's Pss
+/// growth after reading one page and after reading the whole array.
+fn share(opts: &Opts) -> Result<(), Error> {
+    let len = (opts.mib << 20) / std::mem::size_of::<f64>();
+    let data: Vec<f64> = (0..len).map(|i| (i % 1024) as f64).collect();
+    let expected: f64 = data.iter().sum();
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let mut warm = vec![1.0f64; len];
+    let (mut share_ms, mut fresh_ms, mut touched_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut one_page_kb, mut whole_kb) = (Vec::new(), Vec::new());
+    for rep in 0..opts.warmup + opts.reps {
+        let timed = rep >= opts.warmup;
+        let t0 = Instant::now();
+        let copy = black_box(data.to_vec());
+        let fresh = t0.elapsed();
+        drop(copy);
+        let t0 = Instant::now();
+        warm.copy_from_slice(black_box(&data));
+        let touched = t0.elapsed();
+        let t0 = Instant::now();
+        let shared = pool.share_slice(&data)?;
+        let took = t0.elapsed();
+        let pss = |pid: u32| proc_kb(pid, "smaps_rollup", "Pss").unwrap_or(0.0);
+        let base: Vec<(u32, f64)> = pool.worker_pids().into_iter().map(|p| (p, pss(p))).collect();
+        let growth = |base: &[(u32, f64)]| -> f64 {
+            let all: Vec<f64> = base.iter().map(|&(p, b)| pss(p) - b).collect();
+            mean(&all)
+        };
+        let firsts = vec![(shared.clone(), 0, 1); 2 * opts.procs];
+        pool.chunksize(1).starmap(task!(sum_range), firsts)?;
+        let one = growth(&base);
+        let whole = vec![(shared.clone(), 0, len); opts.procs];
+        let sums = pool.chunksize(1).starmap(task!(sum_range), whole)?;
+        check(sums.iter().all(|&s| s == expected), "whole-array sums")?;
+        let all = growth(&base);
+        if timed {
+            share_ms.push(took.as_secs_f64() * 1e3);
+            fresh_ms.push(fresh.as_secs_f64() * 1e3);
+            touched_ms.push(touched.as_secs_f64() * 1e3);
+            one_page_kb.push(one);
+            whole_kb.push(all);
+        }
+        // The workers drop their mappings once the handle is freed.
+        drop(shared);
+    }
+    let bytes = [("bytes", format!("{}", len * 8))];
+    emit("share_ms", "ms", false, &share_ms, &bytes);
+    emit("memcpy_fresh_ms", "ms", false, &fresh_ms, &bytes);
+    emit("memcpy_touched_ms", "ms", false, &touched_ms, &bytes);
+    emit("worker_pss_one_page_kb", "kB", false, &one_page_kb, &bytes);
+    emit("worker_pss_whole_kb", "kB", false, &whole_kb, &bytes);
+    Ok(())
+}
+
 fn cpu(opts: &Opts) -> Result<(), Error> {
     // Calibrate here: iterations for `ms` milliseconds.
     let probe = 1u64 << 22;
@@ -673,6 +736,7 @@ fn main() -> Result<(), Error> {
         "lazy" => tiny(&opts, true),
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
+        "share" => share(&opts),
         "cpu" => cpu(&opts),
         other => {
             eprintln!("unknown workload {other}");
