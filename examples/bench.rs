@@ -638,7 +638,11 @@ fn share(opts: &Opts) -> Result<(), Error> {
         let shared = pool.share_slice(&data)?;
         let took = t0.elapsed();
         let pss = |pid: u32| proc_kb(pid, "smaps_rollup", "Pss").unwrap_or(0.0);
-        let base: Vec<(u32, f64)> = pool.worker_pids().into_iter().map(|p| (p, pss(p))).collect();
+        let base: Vec<(u32, f64)> = pool
+            .worker_pids()
+            .into_iter()
+            .map(|p| (p, pss(p)))
+            .collect();
         let growth = |base: &[(u32, f64)]| -> f64 {
             let all: Vec<f64> = base.iter().map(|&(p, b)| pss(p) - b).collect();
             mean(&all)

@@ -240,6 +240,7 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
         Some(progress),
         more_input,
         SharedOut::arm,
+        input_spin(),
     );
     let code = match served {
         Ok(()) => 0,
@@ -252,6 +253,20 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
     let _ = std::io::stdout().flush();
     std::process::exit(code)
 }
+
+/// How long a local worker out of input watches for the next frame
+/// before it sleeps: [`INPUT_SPIN`] with a CPU to spare for it, else none
+/// (on one CPU, watching takes the time from the pool's process, which
+/// would send that frame).
+fn input_spin() -> Duration {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus > 1 { INPUT_SPIN } else { Duration::ZERO }
+}
+
+/// See [`input_spin`]. Measured on 2 CPUs (`bench roundtrip`): an `apply`
+/// round trip from 23 µs to 7.5 µs, chunk size 1 from ~600 k to ~720 k
+/// items/s; longer watches bought nothing more.
+const INPUT_SPIN: Duration = Duration::from_micros(50);
 
 /// Serves tasks over a channel until the parent says exit or goes away.
 ///
@@ -274,7 +289,7 @@ pub(crate) fn serve_with<R: Read, W: Write>(
     progress: Option<&Progress>,
     more_input: impl Fn(&R) -> bool,
 ) -> Result<(), ProtocolError> {
-    serve_hooked(reader, writer, progress, more_input, |_| {})
+    serve_hooked(reader, writer, progress, more_input, |_| {}, Duration::ZERO)
 }
 
 /// [`serve_with`], calling `before_chunk(writer)` before each chunk runs.
@@ -284,6 +299,7 @@ fn serve_hooked<R: Read, W: Write>(
     progress: Option<&Progress>,
     more_input: impl Fn(&R) -> bool,
     before_chunk: impl Fn(&W),
+    spin: Duration,
 ) -> Result<(), ProtocolError> {
     IN_WORKER.store(true, Ordering::Relaxed);
     let registry = Registry::collect().map_err(|err| ProtocolError::Malformed(err.to_string()))?;
@@ -329,6 +345,17 @@ fn serve_hooked<R: Read, W: Write>(
         if !more_input(reader) {
             crate::logging::capture::send(writer)?;
             writer.flush()?;
+            // The next frame often follows at once (a caller's next
+            // call, the next chunk): watching for it a moment saves the
+            // wake-up of a sleeping process, the longest part of a round
+            // trip. `more_input` polls; another runnable thread of this CPU
+            // gets it meanwhile.
+            if !spin.is_zero() {
+                let since = std::time::Instant::now();
+                while !more_input(reader) && since.elapsed() < spin {
+                    std::thread::yield_now();
+                }
+            }
         }
         wire::read_frame(reader, max_frame, &mut frame)?;
         let (header, body) = wire::split_frame::<ToWorker>(&frame)?;

@@ -234,8 +234,15 @@ impl State {
                         .clamp(1, config.depth.max(1));
                     w.in_flight.len() < depth && !w.stalled(now)
                 })
-                // Ties go round the workers, not always to the first.
-                .min_by_key(|&(i, w)| (w.in_flight.len(), (i + slots - self.turn) % slots))
+                // Ties go to the worker that finished last (still awake,
+                // its caches warm), then round the workers.
+                .min_by_key(|&(i, w)| {
+                    (
+                        w.in_flight.len(),
+                        std::cmp::Reverse(w.last_done),
+                        (i + slots - self.turn) % slots,
+                    )
+                })
                 .map(|(i, _)| i);
             let Some(slot) = best else { break };
             self.turn = (slot + 1) % slots;
