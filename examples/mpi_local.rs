@@ -332,12 +332,12 @@ fn idle() -> Result<(), Error> {
     let after = pool.chunksize(1).map(task!(cpu_report), 0..n)?;
     println!("CPU used while idle for 2 s: main {main_used} ms");
     let mut parents = Vec::new();
-    for (start, end) in before.iter().zip(&after) {
-        // One item per worker, in the same order both times (least-loaded
-        // dispatch); the pair is compared only if it is the same worker.
-        if start.0 != end.0 {
+    for start in &before {
+        // One item per worker both times (least-loaded dispatch), not
+        // necessarily in the same order: pair them by worker.
+        let Some(end) = after.iter().find(|end| end.0 == start.0) else {
             continue;
-        }
+        };
         println!(
             "CPU used while idle for 2 s: worker {} {} ms",
             start.0,

@@ -190,8 +190,12 @@ fn idle() -> Result<(), Error> {
     let main_used = cpu_ms() - main_before;
     let after = pool.map(task!(cpu_report), 0..n)?;
     println!("CPU used while idle for 2 s: main {main_used} ms");
-    for ((place, start), (_, end)) in before.iter().zip(&after) {
-        // The pool's least-loaded dispatch sends one item to each worker.
+    for (place, start) in &before {
+        // The pool's least-loaded dispatch sends one item to each worker,
+        // not necessarily in the same order both times: pair them by place.
+        let Some((_, end)) = after.iter().find(|(other, _)| other == place) else {
+            continue;
+        };
         println!(
             "CPU used while idle for 2 s: {place} {} ms",
             end.saturating_sub(*start)
