@@ -109,3 +109,37 @@ fn a_task_named_args_runs() {
     assert_eq!(pool.map(task!(args), [1, 2, 3]).expect("map"), [3, 6, 9]);
     assert_eq!(pool.apply(task!(args), 5).expect("apply"), 15);
 }
+
+/// CPU time (user + system, in clock ticks) a process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("worker's stat");
+    // Fields after the command name, which may hold spaces: state is field
+    // 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat's command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn idle_workers_sleep_after_a_burst_of_calls() {
+    // A worker out of input watches for the next frame a moment before it
+    // blocks; after that moment it must use no CPU at all.
+    let pool = Pool::builder().processes(2).build().expect("pool");
+    for i in 0..2_000u64 {
+        assert_eq!(pool.apply(task!(square), i).expect("apply"), i * i);
+    }
+    let pids = pool.worker_pids();
+    assert_eq!(pids.len(), 2);
+    let before: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let after: Vec<u64> = pids.iter().map(|&p| cpu_ticks(p)).collect();
+    for ((pid, b), a) in pids.iter().zip(&before).zip(&after) {
+        // A spinning worker would use about 2 s (200 ticks at 100 Hz).
+        assert!(
+            a - b < 50,
+            "worker {pid} used {} ticks while idle for 2 s",
+            a - b
+        );
+    }
+    assert_eq!(pool.apply(task!(square), 9).expect("apply"), 81);
+}
