@@ -9,6 +9,7 @@ one JSON line per metric on stdout, a human summary on stderr.
     python3 bench/python_pool.py tiny --procs 2 [--items 1000000] [--chunksize N]
     python3 bench/python_pool.py lazy --procs 2 [--items 100000] [--chunksize 1]
     python3 bench/python_pool.py payload [--count 64] [--mib 16]
+    python3 bench/python_pool.py results [--count 64] [--mib 16]
     python3 bench/python_pool.py cpu [--tasks 40] [--ms 50]
 
 Common options: --reps N (default 5) timed repetitions after --warmup N
@@ -45,6 +46,10 @@ def power_pair(pair):
 
 def length(data):
     return len(data)
+
+
+def make_bytes(mib, seed):
+    return bytes([seed]) * (mib << 20)
 
 
 def spin(iters):
@@ -274,6 +279,27 @@ def payload(opts):
     emit("mb_per_s", "MB/s", True, [total / t / 1e6 for t in times], bytes_per_call=total)
 
 
+def results(opts):
+    size = opts.mib << 20
+    with multiprocessing.Pool(opts.procs) as pool:
+
+        def once(count):
+            inputs = [(opts.mib, i % 256) for i in range(count)]
+            t0 = time.perf_counter()
+            out = pool.starmap(make_bytes, inputs)
+            elapsed = time.perf_counter() - t0
+            ok = len(out) == count and all(
+                len(b) == size and b[0] == i % 256 and b[-1] == i % 256 for i, b in enumerate(out)
+            )
+            check(ok, "results")
+            return elapsed
+
+        times = repeat(opts, opts.count, once)
+        close(pool)
+    total = opts.count * size
+    emit("mb_per_s", "MB/s", True, [total / t / 1e6 for t in times], bytes_per_call=total)
+
+
 def cpu(opts):
     probe = 1 << 14
     best = min(_timed(spin, probe) for _ in range(5))
@@ -324,6 +350,7 @@ WORKLOADS = {
     "tiny": tiny,
     "lazy": lazy,
     "payload": payload,
+    "results": results,
     "cpu": cpu,
 }
 

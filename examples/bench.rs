@@ -15,6 +15,7 @@
 //! target/release/examples/bench tiny --procs 2 [--items 1000000] [--chunksize N]
 //! target/release/examples/bench lazy --procs 2 [--items 100000] [--chunksize 1]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
+//! target/release/examples/bench results [--count 64] [--mib 16]
 //! target/release/examples/bench share [--mib 1024]
 //! target/release/examples/bench cpu [--tasks 40] [--ms 50]
 //! ```
@@ -48,6 +49,12 @@ fn power(x: u64, n: u32) -> u64 {
 #[task]
 fn length(data: Vec<u8>) -> u64 {
     data.len() as u64
+}
+
+/// `mib` MiB of bytes, each `seed` (the results workload).
+#[task]
+fn bytes(mib: usize, seed: u8) -> Vec<u8> {
+    vec![seed; mib << 20]
 }
 
 /// The sum of `data[start..end]` (the share workload).
@@ -612,6 +619,40 @@ fn payload(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// `count` results of `mib` MiB each back from the workers: the reverse
+/// direction of `payload` (the workers fill each result, a memset).
+fn results(opts: &Opts) -> Result<(), Error> {
+    let size = opts.mib << 20;
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, opts.count, |count| {
+        let inputs: Vec<(usize, u8)> = (0..count).map(|i| (opts.mib, i as u8)).collect();
+        let t0 = Instant::now();
+        let out = pool.starmap(task!(bytes), inputs)?;
+        let elapsed = t0.elapsed();
+        let all_there = out.len() == count
+            && out
+                .iter()
+                .enumerate()
+                .all(|(i, v)| v.len() == size && v[0] == i as u8 && v[size - 1] == i as u8);
+        check(all_there, "results")?;
+        drop(black_box(out));
+        Ok(elapsed)
+    })?;
+    let total = (opts.count * size) as f64;
+    let rate: Vec<f64> = times
+        .iter()
+        .map(|t| total / t.as_secs_f64() / 1e6)
+        .collect();
+    emit(
+        "mb_per_s",
+        "MB/s",
+        true,
+        &rate,
+        &[("bytes_per_call", format!("{total}"))],
+    );
+    Ok(())
+}
+
 /// `tasks` calls of ~`ms` ms of computation, on 1 then on 2 workers.
 /// `share_slice` of `--mib` MiB of `f64` to `--procs` workers: its time
 /// beside two plain copies of the same bytes (into fresh memory, as
@@ -740,6 +781,7 @@ fn main() -> Result<(), Error> {
         "lazy" => tiny(&opts, true),
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
+        "results" => results(&opts),
         "share" => share(&opts),
         "cpu" => cpu(&opts),
         other => {

@@ -183,6 +183,97 @@ fn large_arguments_and_results_of_every_shape_round_trip_exactly() {
     });
 }
 
+/// `len` bytes, all different for `seed`.
+fn some_bytes(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+/// `len` doubles, the awkward ones among them (NaNs with payloads, signed
+/// zeros, infinities, subnormals).
+fn some_doubles(seed: u64, len: usize) -> Vec<f64> {
+    let awkward = [
+        f64::NAN,
+        f64::from_bits(0xfff8_0000_dead_beef),
+        -0.0,
+        0.0,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MIN_POSITIVE / 4.0,
+        f64::MAX,
+    ];
+    (0..len)
+        .map(|i| match i % 16 {
+            k @ 0..8 => awkward[k],
+            _ => i as f64 * 0.25 + seed as f64,
+        })
+        .collect()
+}
+
+#[task]
+fn bytes_back(seed: u8, len: usize) -> Vec<u8> {
+    some_bytes(seed, len)
+}
+
+#[task]
+fn doubles_back(seed: u64, len: usize) -> Vec<f64> {
+    some_doubles(seed, len)
+}
+
+#[task]
+fn singles_back(seed: u64, len: usize) -> Vec<f32> {
+    some_doubles(seed, len).iter().map(|&x| x as f32).collect()
+}
+
+fn bits64(v: &[f64]) -> Vec<u64> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn bits32(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// Results that are exactly `Vec<u8>`, `Vec<f64>` or `Vec<f32>` are
+/// written and read in one copy, not element by element: every length,
+/// byte and bit (NaN payloads included) comes back, small or large, in
+/// any call.
+#[test]
+fn byte_and_number_vector_results_come_back_bit_for_bit() {
+    let _serial = serial();
+    within(120, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let lens = [0usize, 1, 7, 513, 4097, 300 << 10, 3 << 20];
+        let args: Vec<(u8, usize)> = lens.iter().map(|&n| (n as u8, n)).collect();
+        let bytes = pool.starmap(task!(bytes_back), args.clone()).expect("runs");
+        for (got, &(seed, len)) in bytes.iter().zip(&args) {
+            assert!(*got == some_bytes(seed, len), "a {len}-byte result");
+        }
+        let args: Vec<(u64, usize)> = lens.iter().map(|&n| (n as u64, n / 8)).collect();
+        let doubles = pool
+            .call()
+            .chunksize(3)
+            .starmap(task!(doubles_back), args.clone())
+            .expect("runs");
+        for (got, &(seed, len)) in doubles.iter().zip(&args) {
+            assert!(
+                bits64(got) == bits64(&some_doubles(seed, len)),
+                "a result of {len} doubles"
+            );
+        }
+        for &(seed, len) in &args {
+            let got = pool.apply(task!(singles_back), (seed, len)).expect("runs");
+            let want: Vec<f32> = some_doubles(seed, len).iter().map(|&x| x as f32).collect();
+            assert!(bits32(&got) == bits32(&want), "a result of {len} singles");
+        }
+        let lazily: Vec<Vec<u8>> = pool
+            .istarmap(task!(bytes_back), [(1, 5 << 20), (2, 0), (3, 100)])
+            .collect::<Result<_, _>>()
+            .expect("runs");
+        assert!(lazily == [some_bytes(1, 5 << 20), some_bytes(2, 0), some_bytes(3, 100)]);
+    });
+}
+
 #[test]
 fn large_chunks_are_read_from_a_mapping_and_small_ones_from_the_socket() {
     let _serial = serial();

@@ -14,6 +14,8 @@
 //! BENCHMARKS.md measured that gain as noise next to postcard's own
 //! decoder, so speed is not a reason to keep it.
 
+use std::any::{Any, TypeId};
+
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
@@ -61,6 +63,36 @@ impl de::Error for DecodeError {
 #[inline]
 pub fn from_bytes<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, DecodeError> {
     T::deserialize(&mut Decoder { input: bytes })
+}
+
+/// [`from_bytes`] for a task's result: the same value, but a `Vec<u8>`,
+/// `Vec<f32>` or `Vec<f64>` is read in one pass over its bytes instead of
+/// element by element (see [`crate::encode::encode_value_limited`]).
+pub fn value_from_bytes<T: de::DeserializeOwned + 'static>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let mut decoder = Decoder { input: bytes };
+    let id = TypeId::of::<T>();
+    let fast = if id == TypeId::of::<Vec<u8>>() {
+        let len = decoder.length()?;
+        cast(decoder.take(len)?.to_vec())
+    } else if id == TypeId::of::<Vec<f64>>() {
+        cast(decoder.plain(f64::from_le_bytes)?)
+    } else if id == TypeId::of::<Vec<f32>>() {
+        cast(decoder.plain(f32::from_le_bytes)?)
+    } else {
+        None
+    };
+    match fast {
+        Some(value) => Ok(value),
+        None => from_bytes(bytes),
+    }
+}
+
+/// `value` as a `T`, if it is one.
+fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<T>>()
+        .and_then(Option::take)
 }
 
 /// The serde deserializer behind [`from_bytes`].
@@ -132,6 +164,14 @@ impl<'de> Decoder<'de> {
             }
         }
         Err(DecodeError::BadVarint)
+    }
+
+    /// A sequence of fixed-size little-endian numbers, as postcard
+    /// writes it (its length, then each element's bytes).
+    fn plain<E, const N: usize>(&mut self, from: fn([u8; N]) -> E) -> Result<Vec<E>, DecodeError> {
+        let len = self.length()?;
+        let bytes = self.take(len.checked_mul(N).ok_or(DecodeError::End)?)?;
+        Ok(bytes.as_chunks::<N>().0.iter().map(|&b| from(b)).collect())
     }
 
     /// A length: a varint of `usize`'s width, as postcard reads it.
@@ -572,6 +612,79 @@ mod tests {
         assert!(err.to_string().contains("nonzero"), "{err}");
     }
 
+    /// [`value_from_bytes`] and [`from_bytes`] agree on `bytes`: the same
+    /// value bit for bit (NaNs included), or the same error.
+    fn same_value<T, B>(bytes: &[u8], bits: impl Fn(&T) -> B)
+    where
+        T: DeserializeOwned + 'static,
+        B: PartialEq + std::fmt::Debug,
+    {
+        let fast = value_from_bytes::<T>(bytes);
+        let slow = from_bytes::<T>(bytes);
+        match (&fast, &slow) {
+            (Ok(a), Ok(b)) => assert_eq!(bits(a), bits(b), "{bytes:?}"),
+            (Err(a), Err(b)) => assert_eq!(a, b, "{bytes:?}"),
+            _ => panic!(
+                "{bytes:?} as {}: one decoder failed, the other did not",
+                std::any::type_name::<T>()
+            ),
+        }
+    }
+
+    /// All three fast shapes agree with serde's path on `bytes`.
+    fn same_vectors(bytes: &[u8]) {
+        same_value::<Vec<u8>, _>(bytes, Clone::clone);
+        same_value::<Vec<f64>, _>(bytes, |v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        same_value::<Vec<f32>, _>(bytes, |v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn byte_and_number_vectors_decode_in_one_pass_like_serde() {
+        let doubles = [
+            0.0,
+            -0.0,
+            f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_0001),
+            f64::INFINITY,
+            2.5,
+        ];
+        for len in [0usize, 1, 2, 127, 128, 1000] {
+            let d: Vec<f64> = (0..len)
+                .map(|i| doubles[i % doubles.len()] + i as f64)
+                .collect();
+            let s: Vec<f32> = d.iter().map(|&x| x as f32).collect();
+            let b: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            for bytes in [
+                postcard::to_stdvec(&d).expect("encodes"),
+                postcard::to_stdvec(&s).expect("encodes"),
+                postcard::to_stdvec(&b).expect("encodes"),
+            ] {
+                same_vectors(&bytes);
+                // Every truncation fails (or decodes) alike.
+                for end in 0..bytes.len().min(40) {
+                    same_vectors(&bytes[..end]);
+                }
+                same_vectors(&bytes[..bytes.len() - 1]);
+            }
+            let back: Vec<f64> =
+                value_from_bytes(&postcard::to_stdvec(&d).expect("encodes")).expect("decodes");
+            assert_eq!(
+                back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                d.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        // A length that overflows when multiplied by the element size.
+        let mut huge = Vec::new();
+        crate::encode::encode_into(&mut huge, &(usize::MAX / 4 + 1)).expect("encodes");
+        same_vectors(&huge);
+        // Other types take serde's path.
+        let pair = postcard::to_stdvec(&(vec![1u8], 2.0f64)).expect("encodes");
+        assert_eq!(
+            value_from_bytes::<(Vec<u8>, f64)>(&pair),
+            Ok((vec![1u8], 2.0))
+        );
+    }
+
     proptest! {
         #[test]
         fn random_bytes_decode_like_postcard(bytes: Vec<u8>) {
@@ -582,6 +695,7 @@ mod tests {
             same::<(String, Vec<u32>)>(&bytes);
             same::<Vec<Shape>>(&bytes);
             same::<BTreeMap<String, Option<i8>>>(&bytes);
+            same_vectors(&bytes);
         }
 
         #[test]

@@ -10,6 +10,8 @@
 //! Its error also keeps the message of a failing `Serialize` impl, which
 //! postcard replaces by "Serde Serialization Error".
 
+use std::any::Any;
+
 use serde::Serialize;
 use serde::ser;
 
@@ -66,6 +68,31 @@ pub fn encode_limited<T: Serialize + ?Sized>(
 ) -> Result<(), EncodeError> {
     let end = out.len().saturating_add(limit);
     value.serialize(&mut Encoder { out, end, limit })
+}
+
+/// [`encode_limited`] for a task's result or a shared value: the same
+/// bytes, but a `Vec<u8>`, `Vec<f32>` or `Vec<f64>` is written in one copy
+/// instead of element by element (postcard writes its length, then each
+/// element's bytes: one byte, or four or eight little-endian ones). A
+/// 16 MiB `Vec<u8>` result otherwise takes 16 Mi calls of `serialize_u8`.
+pub fn encode_value_limited<T: Serialize + 'static>(
+    out: &mut Vec<u8>,
+    value: &T,
+    limit: usize,
+) -> Result<(), EncodeError> {
+    let end = out.len().saturating_add(limit);
+    let mut encoder = Encoder { out, end, limit };
+    let any: &dyn Any = value;
+    if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
+        return ser::Serializer::serialize_bytes(&mut encoder, bytes);
+    }
+    if let Some(numbers) = any.downcast_ref::<Vec<f64>>() {
+        return encoder.plain(numbers, |x: &f64| x.to_le_bytes());
+    }
+    if let Some(numbers) = any.downcast_ref::<Vec<f32>>() {
+        return encoder.plain(numbers, |x: &f32| x.to_le_bytes());
+    }
+    value.serialize(&mut encoder)
 }
 
 /// [`encode_limited`] into any [`Output`] (a buffer in shared memory, say).
@@ -179,6 +206,27 @@ impl<O: Output> Encoder<'_, O> {
     #[inline]
     fn length(&mut self, len: usize) {
         self.varint(len as u64);
+    }
+
+    /// A sequence of fixed-size numbers, as postcard writes it (its
+    /// length, then each element's little-endian bytes), converted through
+    /// a small stack buffer: one `extend_from_slice` per 4 KiB.
+    fn plain<E, const N: usize>(
+        &mut self,
+        items: &[E],
+        bytes: impl Fn(&E) -> [u8; N],
+    ) -> Result<(), EncodeError> {
+        self.room(items.len().saturating_mul(N))?;
+        self.length(items.len());
+        let mut buffer = [0u8; 4096];
+        for block in items.chunks(4096 / N) {
+            let used = &mut buffer[..block.len() * N];
+            for (slot, item) in used.as_chunks_mut::<N>().0.iter_mut().zip(block) {
+                *slot = bytes(item);
+            }
+            self.out.extend_from_slice(used);
+        }
+        Ok(())
     }
 
     /// Whether `more` bytes still fit under the limit.
@@ -575,6 +623,84 @@ mod tests {
         assert_eq!(err.to_string(), "the file handle cannot be sent");
     }
 
+    /// `value` through [`encode_value_limited`]: postcard's bytes exactly.
+    fn same_value<T: Serialize + std::fmt::Debug + 'static>(value: &T) {
+        let mut ours = vec![9];
+        encode_value_limited(&mut ours, value, usize::MAX).expect("encodes");
+        let theirs = postcard::to_stdvec(value).expect("postcard");
+        assert_eq!(ours[1..], theirs[..], "{}", std::any::type_name::<T>());
+    }
+
+    #[test]
+    fn byte_and_number_vectors_take_one_copy_and_encode_like_postcard() {
+        let specials = [
+            0.0,
+            -0.0,
+            f64::NAN,
+            -f64::NAN,
+            f64::from_bits(0x7ff0_0000_0000_0001),
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE / 2.0,
+            f64::MAX,
+            1.5,
+        ];
+        // Lengths around the 4 KiB conversion block of each element size.
+        for len in [
+            0, 1, 2, 511, 512, 513, 1023, 1024, 1025, 4095, 4096, 4097, 20_000,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            let doubles: Vec<f64> = (0..len)
+                .map(|i| specials[i % specials.len()] * (i as f64))
+                .collect();
+            let singles: Vec<f32> = doubles.iter().map(|&x| x as f32).collect();
+            same_value(&bytes);
+            same_value(&doubles);
+            same_value(&singles);
+        }
+        // Other types take serde's path, unchanged.
+        same_value(&(vec![1u8, 2], vec![0.5f64]));
+        same_value(&vec![300u32, 1]);
+        same_value(&everything(3));
+    }
+
+    #[test]
+    fn byte_and_number_vectors_over_the_limit_fail_like_any_value() {
+        for limit in [0, 1, 99, 100, 101, 799, 800, 801] {
+            let bytes = vec![1u8; 100];
+            let doubles = vec![1.0f64; 100];
+            let singles = vec![1.0f32; 200];
+            // Failing means the encoding is over the limit (the length
+            // prefix is not counted, as for any byte string: the caller
+            // measures the size afterwards); else postcard's bytes.
+            fn both<T: Serialize + 'static>(value: &T, limit: usize) {
+                let theirs = postcard::to_stdvec(value).expect("postcard");
+                let mut ours = Vec::new();
+                match encode_value_limited(&mut ours, value, limit) {
+                    Err(err) => {
+                        assert!(
+                            theirs.len() > limit,
+                            "{} bytes failed under limit {limit}",
+                            theirs.len()
+                        );
+                        assert_eq!(err, EncodeError::TooLarge { limit });
+                    }
+                    Ok(()) => {
+                        assert!(
+                            theirs.len() <= limit + 2,
+                            "{} bytes passed limit {limit}",
+                            theirs.len()
+                        );
+                        assert_eq!(ours, theirs, "limit {limit}");
+                    }
+                }
+            }
+            both(&bytes, limit);
+            both(&doubles, limit);
+            both(&singles, limit);
+        }
+    }
+
     proptest! {
         #[test]
         fn random_values_encode_like_postcard(
@@ -582,6 +708,7 @@ mod tests {
             v: Vec<(u16, i32)>, o: Option<char>, bytes: Vec<u8>,
         ) {
             same(&(a, b, c, d, e, f, g, &s, &v, o));
+            same_value(&bytes);
             same(&Bytes(bytes));
         }
     }

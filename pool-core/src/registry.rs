@@ -6,7 +6,7 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::encode::{EncodeError, encode_into, encode_limited};
+use crate::encode::{EncodeError, encode_value_limited};
 use crate::error::{ProtocolError, TaskFailure};
 use crate::task::Task;
 use crate::wire::{self, Items};
@@ -59,7 +59,7 @@ pub fn run_erased<T: Task>(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFa
         })?;
     let output = T::call(args);
     let mark = out.len();
-    encode_into(out, &output).map_err(|err| {
+    encode_value_limited(out, &output, usize::MAX).map_err(|err| {
         out.truncate(mark);
         TaskFailure::BadOutput {
             ty: std::any::type_name::<T::Output>().to_owned(),
@@ -153,7 +153,7 @@ pub fn run_batch<'a, T: Task>(batch: &mut Batch<'_, 'a>) -> Option<Halt<'a>> {
             wire::begin_result(batch.out);
             // Encoding stops as soon as the result is known not to fit.
             let payload_limit = batch.max_result.saturating_sub(batch.out.len() - mark);
-            if let Err(err) = encode_limited(batch.out, &output, payload_limit) {
+            if let Err(err) = encode_value_limited(batch.out, &output, payload_limit) {
                 batch.out.truncate(mark);
                 if let EncodeError::TooLarge { .. } = err {
                     return Some(Halt::TooLarge {

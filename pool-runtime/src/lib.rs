@@ -513,7 +513,11 @@ pub use stats::{PoolStats, WorkerStats};
 /// A one-argument task also accepts its bare argument (`map`), and
 /// implements [`UnaryTask`]. A borrowed parameter (`&str`, `&[T]`, `&T`) is
 /// stored owned (`String`, `Vec<T>`, `T`) and lent to the function; callers
-/// pass the borrowed form. A `Vec<u8>` parameter travels as raw bytes.
+/// pass the borrowed form. A `Vec<u8>` parameter travels as raw bytes, and
+/// a result that is exactly a `Vec<u8>`, `Vec<f32>` or `Vec<f64>` is
+/// written and read in one copy. A byte buffer nested in another type
+/// (a tuple, a struct) goes element by element, as serde has it, unless
+/// it is a `serde_bytes::ByteBuf` or marked `#[serde(with = "serde_bytes")]`.
 ///
 /// Rejected with an error on the offending token: generic, `async` and
 /// `unsafe` functions, methods (`self`), pattern and `impl Trait`

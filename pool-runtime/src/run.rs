@@ -686,16 +686,18 @@ fn decode_into<T: Task>(
         let result = match items.next_result() {
             Err(source) => Err(Error::Protocol { pid, source }),
             Ok(Err(failure)) => Err(Error::from_failure(T::NAME, index, failure)),
-            Ok(Ok(bytes)) => pool_core::decode::from_bytes::<T::Output>(bytes).map_err(|err| {
-                Error::Serialization {
-                    task: T::NAME,
-                    index,
-                    failure: TaskFailure::BadOutput {
-                        ty: std::any::type_name::<T::Output>().to_owned(),
-                        message: format!("the parent could not decode it: {err}"),
-                    },
-                }
-            }),
+            Ok(Ok(bytes)) => {
+                pool_core::decode::value_from_bytes::<T::Output>(bytes).map_err(|err| {
+                    Error::Serialization {
+                        task: T::NAME,
+                        index,
+                        failure: TaskFailure::BadOutput {
+                            ty: std::any::type_name::<T::Output>().to_owned(),
+                            message: format!("the parent could not decode it: {err}"),
+                        },
+                    }
+                })
+            }
         };
         sink(index, result);
     }

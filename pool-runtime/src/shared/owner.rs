@@ -183,7 +183,8 @@ where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     // Handles inside `value` need no pinning: the value kept here holds them.
-    let bytes = pool_core::encode::to_vec(&value)
+    let mut bytes = Vec::new();
+    pool_core::encode::encode_value_limited(&mut bytes, &value, usize::MAX)
         .map_err(|err| share_error::<T>(format!("it could not be encoded: {err}"), None))?;
     let object = create(Kind::Value, type_hash::<T>(), &bytes)
         .map_err(|(what, err)| share_error::<T>(what, Some(err)))?;

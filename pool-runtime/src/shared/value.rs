@@ -170,12 +170,13 @@ impl<T: DeserializeOwned + Send + Sync + 'static> Shared<T> {
             ValueSource::Owner(owner)
         } else {
             let load = |map: Mapping| -> Result<Keep, ShareError> {
-                let value: T = pool_core::decode::from_bytes(map.payload()).map_err(|err| {
-                    ShareError::Decode {
-                        ty: std::any::type_name::<T>(),
-                        reason: err.to_string(),
-                    }
-                })?;
+                let value: T =
+                    pool_core::decode::value_from_bytes(map.payload()).map_err(|err| {
+                        ShareError::Decode {
+                            ty: std::any::type_name::<T>(),
+                            reason: err.to_string(),
+                        }
+                    })?;
                 Ok(Arc::new(value))
             };
             let keep = resolve_remote(&handle, Kind::Value, ty, &describe, &load)?;
