@@ -10,6 +10,7 @@ one JSON line per metric on stdout, a human summary on stderr.
     python3 bench/python_pool.py lazy --procs 2 [--items 100000] [--chunksize 1]
     python3 bench/python_pool.py payload [--count 64] [--mib 16]
     python3 bench/python_pool.py results [--count 64] [--mib 16]
+    python3 bench/python_pool.py floats [--count 64] [--mib 16]
     python3 bench/python_pool.py cpu [--tasks 40] [--ms 50]
 
 Common options: --reps N (default 5) timed repetitions after --warmup N
@@ -18,6 +19,7 @@ default start method (fork on Linux with Python 3.11). Run both sides with
 `bash bench/run.sh`.
 """
 
+import array
 import argparse
 import json
 import multiprocessing
@@ -45,6 +47,10 @@ def power_pair(pair):
 
 
 def length(data):
+    return len(data)
+
+
+def count_floats(data):
     return len(data)
 
 
@@ -279,6 +285,31 @@ def payload(opts):
     emit("mb_per_s", "MB/s", True, [total / t / 1e6 for t in times], bytes_per_call=total)
 
 
+def floats(opts):
+    # array('d'): the standard library's packed doubles, pickled as one
+    # block (a list of floats would be far slower).
+    n = (opts.mib << 20) // 8
+    source = array.array("d", (i * 0.5 for i in range(n)))
+    inputs = []
+    for i in range(opts.count):
+        a = array.array("d", source)
+        a[0] = float(i)
+        inputs.append(a)
+    with multiprocessing.Pool(opts.procs) as pool:
+
+        def once(count):
+            t0 = time.perf_counter()
+            out = pool.map(count_floats, inputs[:count])
+            elapsed = time.perf_counter() - t0
+            check(len(out) == count and all(k == n for k in out), "lengths")
+            return elapsed
+
+        times = repeat(opts, opts.count, once)
+        close(pool)
+    total = opts.count * n * 8
+    emit("mb_per_s", "MB/s", True, [total / t / 1e6 for t in times], bytes_per_call=total)
+
+
 def results(opts):
     size = opts.mib << 20
     with multiprocessing.Pool(opts.procs) as pool:
@@ -351,6 +382,7 @@ WORKLOADS = {
     "lazy": lazy,
     "payload": payload,
     "results": results,
+    "floats": floats,
     "cpu": cpu,
 }
 

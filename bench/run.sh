@@ -48,6 +48,7 @@ PLAN = [
     ("imap1", "chunksize1", "tiny, imap, chunksize 1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", "payload", "payload 64 x 16 MiB", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("payload256", "payload", "payload 1 x 256 MiB", ["payload", "--procs", "2", "--count", "1", "--mib", "256", "--reps", "4"]),
+    ("floats", "payload", "payload 64 x 16 MiB of f64", ["floats", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("results", "payload", "results 64 x 16 MiB back", ["results", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("share", "share", "share_slice 1 GiB, 2 workers", ["share", "--procs", "2", "--mib", "1024", "--reps", "3", "--warmup", "0"]),
     ("cpu", "cpu", "cpu 40 x 50 ms", ["cpu", "--procs", "2", "--tasks", "40", "--ms", "50"]),
@@ -71,6 +72,7 @@ PROCSPAWN_NONE = {
     "share": "its Shmem is per call, not shared once (the payload rows have it)",
     "imap1": "no lazy iterator (imap); its one-call-per-item rate is the chunksize 1 row",
     "results": "not ported: its payload rows measure the same serde and socket path",
+    "floats": "not ported: its payload rows measure the same serde and shared-memory paths",
 }
 PROCSPAWN_NOTES = {
     "auto2": "no chunking: chunks of 125 000 items (Python's default size) cut by the caller",

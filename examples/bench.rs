@@ -16,6 +16,7 @@
 //! target/release/examples/bench lazy --procs 2 [--items 100000] [--chunksize 1]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
 //! target/release/examples/bench results [--count 64] [--mib 16]
+//! target/release/examples/bench floats [--count 64] [--mib 16]
 //! target/release/examples/bench share [--mib 1024]
 //! target/release/examples/bench cpu [--tasks 40] [--ms 50]
 //! ```
@@ -48,6 +49,12 @@ fn power(x: u64, n: u32) -> u64 {
 /// The length of a payload (the payload task).
 #[task]
 fn length(data: Vec<u8>) -> u64 {
+    data.len() as u64
+}
+
+/// The length of a payload of floats (the floats workload).
+#[task]
+fn count_floats(data: Vec<f64>) -> u64 {
     data.len() as u64
 }
 
@@ -619,6 +626,43 @@ fn payload(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// `payload` with `Vec<f64>` arguments of `mib` MiB each.
+fn floats(opts: &Opts) -> Result<(), Error> {
+    let len = (opts.mib << 20) / 8;
+    let source: Vec<f64> = (0..len).map(|i| i as f64 * 0.5).collect();
+    let pool = Pool::builder().processes(opts.procs).build()?;
+    let times = repeat(opts, opts.count, |count| {
+        let inputs: Vec<Vec<f64>> = (0..count)
+            .map(|i| {
+                let mut v = source.clone();
+                v[0] = i as f64;
+                v
+            })
+            .collect();
+        let t0 = Instant::now();
+        let out = pool.map(task!(count_floats), inputs)?;
+        let elapsed = t0.elapsed();
+        check(
+            out.len() == count && out.iter().all(|&n| n == len as u64),
+            "lengths",
+        )?;
+        Ok(elapsed)
+    })?;
+    let total = (opts.count * len * 8) as f64;
+    let rate: Vec<f64> = times
+        .iter()
+        .map(|t| total / t.as_secs_f64() / 1e6)
+        .collect();
+    emit(
+        "mb_per_s",
+        "MB/s",
+        true,
+        &rate,
+        &[("bytes_per_call", format!("{total}"))],
+    );
+    Ok(())
+}
+
 /// `count` results of `mib` MiB each back from the workers: the reverse
 /// direction of `payload` (the workers fill each result, a memset).
 fn results(opts: &Opts) -> Result<(), Error> {
@@ -782,6 +826,7 @@ fn main() -> Result<(), Error> {
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
         "results" => results(&opts),
+        "floats" => floats(&opts),
         "share" => share(&opts),
         "cpu" => cpu(&opts),
         other => {

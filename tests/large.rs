@@ -234,6 +234,46 @@ fn bits32(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// The bits of each float, as received.
+#[task]
+fn float_bits(doubles: Vec<f64>, singles: &[f32]) -> (Vec<u64>, Vec<u32>) {
+    (bits64(&doubles), bits32(singles))
+}
+
+/// `Vec<f64>` and `&[f32]` parameters travel as one block of bytes: every
+/// bit arrives (NaN payloads, signed zeros, subnormals), at every length,
+/// through the socket and through a mapped chunk alike.
+#[test]
+fn float_vector_arguments_arrive_bit_for_bit() {
+    let _serial = serial();
+    within(120, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let lens = [0usize, 1, 3, 1025, 40_000, 400_000];
+        let inputs: Vec<(Vec<f64>, Vec<f32>)> = lens
+            .iter()
+            .map(|&n| {
+                let d = some_doubles(n as u64, n);
+                let s = d.iter().rev().map(|&x| x as f32).collect();
+                (d, s)
+            })
+            .collect();
+        let out = pool
+            .call()
+            .chunksize(2)
+            .starmap(
+                task!(float_bits),
+                inputs.iter().map(|(d, s)| (d.clone(), s.as_slice())),
+            )
+            .expect("every item runs");
+        for ((d, s), (got_d, got_s)) in inputs.iter().zip(&out) {
+            assert!(*got_d == bits64(d), "{} doubles", d.len());
+            assert!(*got_s == bits32(s), "{} singles", s.len());
+        }
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
 /// Results that are exactly `Vec<u8>`, `Vec<f64>` or `Vec<f32>` are
 /// written and read in one copy, not element by element: every length,
 /// byte and bit (NaN payloads included) comes back, small or large, in

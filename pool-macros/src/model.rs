@@ -92,34 +92,44 @@ impl Param {
         }
     }
 
-    /// Whether the owned type is `Vec<u8>`, encoded as bytes in one copy.
-    fn is_bytes(&self) -> bool {
+    /// `X` when the owned type is `Vec<X>` (passed as `Vec<X>` or `&[X]`).
+    fn vec_element(&self) -> Option<&syn::Type> {
         match &self.borrowed {
-            Some(syn::Type::Slice(s)) => is_u8(&s.elem),
-            Some(_) => false,
+            Some(syn::Type::Slice(s)) => Some(&s.elem),
+            Some(_) => None,
             None => match &self.ty {
                 syn::Type::Path(p) if p.qself.is_none() => {
-                    let Some(last) = p.path.segments.last() else {
-                        return false;
-                    };
+                    let last = p.path.segments.last()?;
                     if last.ident != "Vec" {
-                        return false;
+                        return None;
                     }
                     match &last.arguments {
                         syn::PathArguments::AngleBracketed(a) if a.args.len() == 1 => {
-                            matches!(&a.args[0], syn::GenericArgument::Type(t) if is_u8(t))
+                            match &a.args[0] {
+                                syn::GenericArgument::Type(t) => Some(t),
+                                _ => None,
+                            }
                         }
-                        _ => false,
+                        _ => None,
                     }
                 }
-                _ => false,
+                _ => None,
             },
         }
     }
-}
 
-fn is_u8(ty: &syn::Type) -> bool {
-    matches!(ty, syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("u8"))
+    /// The `#[serde(with)]` helper of `pool_runtime::__private` that
+    /// encodes this parameter in one copy, if any: `bytes` for `Vec<u8>`,
+    /// `f64s` / `f32s` for `Vec<f64>` / `Vec<f32>` (their little-endian
+    /// bytes as one byte string).
+    fn one_copy_helper(&self) -> Option<&'static str> {
+        let elem = self.vec_element()?;
+        ["u8", "f64", "f32"]
+            .into_iter()
+            .zip(["bytes", "f64s", "f32s"])
+            .find(|(name, _)| matches!(elem, syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident(name)))
+            .map(|(_, helper)| helper)
+    }
 }
 
 /// Finds what a type must not contain.
@@ -230,19 +240,19 @@ impl<'a> TaskFn<'a> {
 
         let names: Vec<&syn::Ident> = self.params.iter().map(|p| &p.name).collect();
         let owned: Vec<TokenStream> = self.params.iter().map(Param::owned).collect();
-        let bytes_with = format!(
-            "{}::__private::bytes",
+        let private_path = format!(
+            "{}::__private",
             krate.to_token_stream().to_string().replace(' ', "")
         );
         let field_attrs: Vec<TokenStream> = self
             .params
             .iter()
-            .map(|p| {
-                if p.is_bytes() {
-                    quote!(#[serde(with = #bytes_with)])
-                } else {
-                    quote!()
+            .map(|p| match p.one_copy_helper() {
+                Some(helper) => {
+                    let with = format!("{private_path}::{helper}");
+                    quote!(#[serde(with = #with)])
                 }
+                None => quote!(),
             })
             .collect();
         let serde_crate = format!(
