@@ -311,6 +311,68 @@ fn byte_and_number_vector_results_come_back_bit_for_bit() {
             .collect::<Result<_, _>>()
             .expect("runs");
         assert!(lazily == [some_bytes(1, 5 << 20), some_bytes(2, 0), some_bytes(3, 100)]);
+        // Large bodies are decoded by the pool's reader threads: through
+        // an async call's result thread as well.
+        let args = vec![(4, 2 << 20), (5, 10), (6, 1 << 20)];
+        let later = pool
+            .starmap_async(task!(bytes_back), args.clone())
+            .expect("submits")
+            .get()
+            .expect("runs");
+        for (got, &(seed, len)) in later.iter().zip(&args) {
+            assert!(*got == some_bytes(seed, len), "an async {len}-byte result");
+        }
+    });
+}
+
+/// A result whose `Deserialize` panics in the parent.
+#[derive(Debug, Serialize)]
+struct Grenade(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl<'de> Deserialize<'de> for Grenade {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Grenade, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?.into_vec();
+        if bytes.first() == Some(&0xFF) {
+            panic!("the grenade went off in the parent");
+        }
+        Ok(Grenade(bytes))
+    }
+}
+
+#[task]
+fn grenade(armed: bool, len: usize) -> Grenade {
+    let mut bytes = vec![1u8; len];
+    if armed {
+        bytes[0] = 0xFF;
+    }
+    Grenade(bytes)
+}
+
+/// A large result whose `Deserialize` panics: the panic reaches the
+/// caller, as it does for a small one (large bodies are decoded by the
+/// pool's reader thread, which must neither die nor swallow it), and the
+/// pool goes on with the same workers.
+#[test]
+fn a_large_result_whose_decoding_panics_panics_in_the_caller_and_the_pool_goes_on() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(1).build().expect("a pool starts");
+        let before = pool.worker_pids();
+        for len in [100, 4 << 20] {
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.apply(task!(grenade), (true, len))
+            }));
+            let payload = caught.expect_err("the decoding panic reached the caller");
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            assert!(message.contains("grenade went off"), "{message}");
+            let fine = pool.apply(task!(grenade), (false, len)).expect("runs");
+            assert_eq!(fine.0.len(), len);
+        }
+        assert_eq!(pool.worker_pids(), before, "a worker was replaced");
     });
 }
 
