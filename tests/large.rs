@@ -311,8 +311,7 @@ fn byte_and_number_vector_results_come_back_bit_for_bit() {
             .collect::<Result<_, _>>()
             .expect("runs");
         assert!(lazily == [some_bytes(1, 5 << 20), some_bytes(2, 0), some_bytes(3, 100)]);
-        // Large bodies are decoded by the pool's reader threads: through
-        // an async call's result thread as well.
+        // Through an async call's result thread as well.
         let args = vec![(4, 2 << 20), (5, 10), (6, 1 << 20)];
         let later = pool
             .starmap_async(task!(bytes_back), args.clone())
@@ -349,9 +348,9 @@ fn grenade(armed: bool, len: usize) -> Grenade {
 }
 
 /// A large result whose `Deserialize` panics: the panic reaches the
-/// caller, as it does for a small one (large bodies are decoded by the
-/// pool's reader thread, which must neither die nor swallow it), and the
-/// pool goes on with the same workers.
+/// caller, as it does for a small one (results are decoded on the
+/// caller's thread, never on a thread of the pool, which must not die of
+/// it), and the pool goes on with the same workers.
 #[test]
 fn a_large_result_whose_decoding_panics_panics_in_the_caller_and_the_pool_goes_on() {
     let _serial = serial();

@@ -1,7 +1,6 @@
 //! One call's engine: pulls input lazily into chunks within a bounded
 //! window, submits them, and decodes results as they come back.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -195,7 +194,6 @@ where
             } else {
                 0
             },
-            decode: decode_boxed::<T>,
         })?;
         let guard = JobGuard {
             shared: Arc::clone(shared),
@@ -617,28 +615,6 @@ where
                         self.pace.add(took, items);
                     }
                 }
-                Event::Decoded {
-                    count,
-                    values,
-                    chunk_time,
-                } => {
-                    match decoded::<T>(values) {
-                        Ok(values) => {
-                            for (index, result) in values {
-                                sink(index, result);
-                            }
-                        }
-                        Err(err) => {
-                            self.fatal = Some(err);
-                            continue;
-                        }
-                    }
-                    self.delivered += count as usize;
-                    if let Some((took, items)) = chunk_time {
-                        self.item_time = Some(took / items.max(1));
-                        self.pace.add(took, items);
-                    }
-                }
                 Event::Failed { index, error } => {
                     sink(index, Err(error));
                     self.delivered += 1;
@@ -683,29 +659,9 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
             pid,
             ..
         } => Ok(decode::<T>(first, count, &frame[body_at..], pid)),
-        Event::Decoded { values, .. } => decoded::<T>(values),
         Event::Failed { index, error } => Ok(vec![(index, Err(error))]),
         Event::Fatal(err) => Err(err),
     }
-}
-
-/// [`decode`], boxed: the job's [`crate::scheduler::DecodeFn`].
-fn decode_boxed<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Box<dyn Any + Send> {
-    Box::new(decode::<T>(first, count, body, pid))
-}
-
-/// What [`decode_boxed`] made, unboxed.
-fn decoded<T: Task>(values: Box<dyn Any + Send>) -> Result<Vec<Indexed<T::Output>>, Error> {
-    values
-        .downcast::<Vec<Indexed<T::Output>>>()
-        .map(|values| *values)
-        .map_err(|_| Error::Broken {
-            reason: format!(
-                "results decoded for another task reached a call of `{}` (a bug in pool-runtime)",
-                T::NAME
-            ),
-            source: None,
-        })
 }
 
 fn decode<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Vec<Indexed<T::Output>> {

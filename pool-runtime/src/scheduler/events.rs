@@ -1,9 +1,7 @@
 //! What a call's consumer receives from the scheduler, and how: events
 //! routed by job to a channel (async calls) or to one call's own queue.
 
-use std::any::Any;
 use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,30 +27,11 @@ pub(crate) enum Event {
         /// and how many items it had (for automatic chunk sizes).
         chunk_time: Option<(Duration, u32)>,
     },
-    /// [`Event::Results`] already decoded, by the reader thread that
-    /// received a large body (of [`DECODE_AWAY`] bytes or more): the
-    /// caller's thread, which takes every call's results in turn, does
-    /// not allocate and fill large results itself, and two readers
-    /// decode at once. `values` holds what the job's [`DecodeFn`] made.
-    Decoded {
-        count: u32,
-        values: Box<dyn Any + Send>,
-        chunk_time: Option<(Duration, u32)>,
-    },
     /// Item `index` failed outside the task (its worker died or timed out).
     Failed { index: usize, error: Error },
     /// The whole job ended (pool terminated, broken).
     Fatal(Error),
 }
-
-/// Results bodies of at least this many bytes are decoded by the reader
-/// thread that received them.
-pub(crate) const DECODE_AWAY: usize = 256 << 10;
-
-/// Decodes the results body of items `first .. first + count`, sent by
-/// worker `pid`, into a boxed `Vec<(index, Result<Output, Error>)>` of the
-/// job's task.
-pub(crate) type DecodeFn = fn(usize, u32, &[u8], u32) -> Box<dyn Any + Send>;
 
 /// Where a job's events go.
 #[derive(Clone)]
@@ -77,36 +56,6 @@ impl Sink {
             Sink::Queue(tx) => tx.push(events),
         }
     }
-}
-
-/// Turns a large [`Event::Results`] into [`Event::Decoded`]. A decoder that
-/// panics (a user's `Deserialize` impl) leaves the event as it was: the
-/// caller decodes it and the panic reaches the caller, as for small
-/// bodies, not this reader thread.
-fn decode_large(event: &mut Event, decode: DecodeFn) {
-    let Event::Results {
-        first,
-        count,
-        frame,
-        body_at,
-        pid,
-        chunk_time,
-    } = event
-    else {
-        return;
-    };
-    if frame.len() - *body_at < DECODE_AWAY {
-        return;
-    }
-    let body = &frame[*body_at..];
-    let Ok(values) = catch_unwind(AssertUnwindSafe(|| decode(*first, *count, body, *pid))) else {
-        return;
-    };
-    *event = Event::Decoded {
-        count: *count,
-        values,
-        chunk_time: *chunk_time,
-    };
 }
 
 /// The events of one call, waited for by its consumer.
@@ -218,7 +167,7 @@ impl Drop for QueueTx {
 /// Deliveries made after the state lock is released: consecutive events
 /// of one job travel together.
 #[derive(Default)]
-pub(super) struct Outbox(Vec<(Sink, u64, Option<DecodeFn>, Vec<Event>)>);
+pub(super) struct Outbox(Vec<(Sink, u64, Vec<Event>)>);
 
 impl Outbox {
     /// Counts this outbox as [`Scheduler::delivering`] (call under the lock);
@@ -239,33 +188,14 @@ impl Outbox {
     }
 
     pub(super) fn push(&mut self, sink: &Sink, job: u64, event: Event) {
-        self.push_with(sink, job, None, event);
-    }
-
-    /// [`Outbox::push`] of results, which `decode` may decode on the way.
-    pub(super) fn push_results(&mut self, sink: &Sink, job: u64, decode: DecodeFn, event: Event) {
-        self.push_with(sink, job, Some(decode), event);
-    }
-
-    fn push_with(&mut self, sink: &Sink, job: u64, decode: Option<DecodeFn>, event: Event) {
         match self.0.last_mut() {
-            Some((_, last, held, events)) if *last == job => {
-                *held = held.or(decode);
-                events.push(event);
-            }
-            _ => self.0.push((sink.clone(), job, decode, vec![event])),
+            Some((_, last, events)) if *last == job => events.push(event),
+            _ => self.0.push((sink.clone(), job, vec![event])),
         }
     }
 
-    /// Sends every event, out of the state lock; large results bodies are
-    /// decoded here first.
     pub(super) fn send(self) {
-        for (sink, job, decode, mut events) in self.0 {
-            if let Some(decode) = decode {
-                for event in &mut events {
-                    decode_large(event, decode);
-                }
-            }
+        for (sink, job, events) in self.0 {
             sink.send(job, events);
         }
     }

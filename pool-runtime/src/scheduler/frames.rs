@@ -158,7 +158,7 @@ impl Scheduler {
                 pid,
                 chunk_time,
             };
-            outbox.push_results(&spec.events, job, spec.decode, event);
+            outbox.push(&spec.events, job, event);
         }
         Ok(finished)
     }

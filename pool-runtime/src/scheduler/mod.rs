@@ -41,7 +41,7 @@ mod retire;
 
 use dispatch::{kill, stall_limit, sub_chunk};
 use events::Outbox;
-pub(crate) use events::{DecodeFn, Event, EventQueue, Routed, Sink};
+pub(crate) use events::{Event, EventQueue, Routed, Sink};
 pub(crate) use pace::{Pace, ahead};
 
 /// Fixed settings of a pool.
@@ -94,9 +94,6 @@ pub(crate) struct JobSpec {
     pub(crate) retries: u32,
     /// Extra runs, in place, for an item that panics.
     pub(crate) panic_retries: u32,
-    /// Decodes a results body of the job's task: large bodies are decoded
-    /// by the reader thread that received them (see [`Event::Decoded`]).
-    pub(crate) decode: DecodeFn,
 }
 
 struct InFlight {
