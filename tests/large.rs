@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::within;
 use pool_runtime::prelude::*;
-use pool_runtime::task;
+use pool_runtime::{TaskFailure, task};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pool_runtime::test_support!();
@@ -372,6 +372,40 @@ fn a_large_result_whose_decoding_panics_panics_in_the_caller_and_the_pool_goes_o
             assert_eq!(fine.0.len(), len);
         }
         assert_eq!(pool.worker_pids(), before, "a worker was replaced");
+    });
+}
+
+/// The same panic in an async call fails that call with an error naming
+/// the panic: the thread that serves every async call survives it, and
+/// later async calls complete.
+#[test]
+fn an_async_result_whose_decoding_panics_fails_its_call_and_later_async_calls_complete() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(1).build().expect("a pool starts");
+        for len in [100, 4 << 20] {
+            let err = pool
+                .apply_async(task!(grenade), (true, len))
+                .expect("submits")
+                .get()
+                .expect_err("its decoding panicked");
+            match &err {
+                Error::Serialization {
+                    failure: TaskFailure::BadOutput { message, .. },
+                    ..
+                } => assert!(
+                    message.contains("Deserialize panicked: the grenade went off"),
+                    "{message}"
+                ),
+                other => panic!("{other:?}"),
+            }
+            let fine = pool
+                .starmap_async(task!(bytes_back), [(7, len), (8, 3)])
+                .expect("submits")
+                .get()
+                .expect("later async calls complete");
+            assert!(fine == [some_bytes(7, len), some_bytes(8, 3)]);
+        }
     });
 }
 

@@ -658,7 +658,30 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
             body_at,
             pid,
             ..
-        } => Ok(decode::<T>(first, count, &frame[body_at..], pid)),
+        } => {
+            // On the result thread, which serves every async call: a
+            // `Deserialize` that panics fails this call, not the thread.
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                decode::<T>(first, count, &frame[body_at..], pid)
+            }));
+            decoded.map_err(|payload| {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+                Error::Serialization {
+                    task: T::NAME,
+                    index: first,
+                    failure: TaskFailure::BadOutput {
+                        ty: std::any::type_name::<T::Output>().to_owned(),
+                        message: format!(
+                            "the parent could not decode it: its Deserialize panicked: {message}"
+                        ),
+                    },
+                }
+            })
+        }
         Event::Failed { index, error } => Ok(vec![(index, Err(error))]),
         Event::Fatal(err) => Err(err),
     }
