@@ -10,6 +10,7 @@ import json, statistics, subprocess, sys
 old, new, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 ROWS_ALL = [
     ("rt2", ["roundtrip", "--procs", "2", "--calls", "10000"]),
+    ("auto1", ["tiny", "--procs", "1", "--items", "1000000"]),
     ("auto2", ["tiny", "--procs", "2", "--items", "1000000"]),
     ("cs1", ["tiny", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("imap1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),

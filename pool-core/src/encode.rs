@@ -10,7 +10,7 @@
 //! Its error also keeps the message of a failing `Serialize` impl, which
 //! postcard replaces by "Serde Serialization Error".
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 
 use serde::Serialize;
 use serde::ser;
@@ -82,17 +82,28 @@ pub fn encode_value_limited<T: Serialize + 'static>(
 ) -> Result<(), EncodeError> {
     let end = out.len().saturating_add(limit);
     let mut encoder = Encoder { out, end, limit };
-    let any: &dyn Any = value;
-    if let Some(bytes) = any.downcast_ref::<Vec<u8>>() {
+    if let Some(bytes) = as_type::<T, Vec<u8>>(value) {
         return ser::Serializer::serialize_bytes(&mut encoder, bytes);
     }
-    if let Some(numbers) = any.downcast_ref::<Vec<f64>>() {
+    if let Some(numbers) = as_type::<T, Vec<f64>>(value) {
         return encoder.plain(numbers, |x: &f64| x.to_le_bytes());
     }
-    if let Some(numbers) = any.downcast_ref::<Vec<f32>>() {
+    if let Some(numbers) = as_type::<T, Vec<f32>>(value) {
         return encoder.plain(numbers, |x: &f32| x.to_le_bytes());
     }
     value.serialize(&mut encoder)
+}
+
+/// `value` as a `U`, if `T` is `U`. `TypeId::of` of two known types
+/// compares to a constant, so for every other type this folds to `None`
+/// (a `downcast_ref` alone would ask the value's vtable on every call).
+#[inline(always)]
+fn as_type<T: 'static, U: 'static>(value: &T) -> Option<&U> {
+    if TypeId::of::<T>() == TypeId::of::<U>() {
+        (value as &dyn Any).downcast_ref::<U>()
+    } else {
+        None
+    }
 }
 
 /// [`encode_limited`] into any [`Output`] (a buffer in shared memory, say).

@@ -213,6 +213,10 @@ pub fn write_frame(
     Ok(())
 }
 
+/// Frames up to this size are read into a zero-filled buffer (cheap at
+/// this size); larger ones straight into spare capacity.
+const SMALL_FRAME: usize = 64 * 1024;
+
 /// Reads one frame into `buf` (replacing its contents).
 ///
 /// The announced length is checked against `max` before `buf` grows.
@@ -236,9 +240,21 @@ pub fn read_frame(
     if size > max {
         return Err(ProtocolError::TooLarge { size, limit: max });
     }
+    buf.clear();
+    if size <= SMALL_FRAME {
+        // Small frames (tiny items, one chunk of them): one plain read.
+        buf.resize(size, 0);
+        let got = read_full(input, buf)?;
+        if got < size {
+            return Err(ProtocolError::Truncated {
+                expected: size,
+                got,
+            });
+        }
+        return Ok(());
+    }
     // Read into the buffer's spare capacity: nothing is zero-filled first
     // (a 16 MiB frame would be written twice).
-    buf.clear();
     buf.reserve_exact(size);
     let got = input
         .take(size as u64)
