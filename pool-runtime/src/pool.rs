@@ -26,6 +26,8 @@ use serde::de::DeserializeOwned;
 ///
 /// Dropping the pool ends every worker: idle ones exit, busy ones are killed,
 /// and every process is reaped before `drop` returns (within about 2 s).
+/// Like [`terminate`](Pool::terminate), `drop` also waits for the callback
+/// or async result decoding the pool's result thread is running.
 ///
 /// ```
 /// use pool_runtime::prelude::*;
@@ -565,6 +567,14 @@ impl Pool {
 
     /// Stops at once: every worker is killed and reaped; unfinished calls
     /// get [`Error::Terminated`].
+    ///
+    /// Once it returns, no callback of this pool runs any more: it waits
+    /// for the one the result thread may be running, and for the decoding
+    /// of an async call's result there (its type's `Deserialize`). So a
+    /// callback or a `Deserialize` must not wait for a lock the thread
+    /// calling `terminate` (or dropping the pool) holds: that deadlocks,
+    /// as joining any thread would. Called from a callback, it does not
+    /// wait for that callback.
     ///
     /// # Examples
     ///
