@@ -509,6 +509,125 @@ fn an_imap_of_large_items_dropped_early_leaves_the_pool_working_and_nothing_behi
     });
 }
 
+/// Whether `ptr` lies in a mapping of a chunk body of this process.
+fn in_a_body_mapping(ptr: *const u8) -> bool {
+    let at = ptr as usize;
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap_or("");
+        let (start, end) = range.split_once('-').unwrap_or(("0", "0"));
+        let start = usize::from_str_radix(start, 16).unwrap_or(0);
+        let end = usize::from_str_radix(end, 16).unwrap_or(0);
+        (start..end).contains(&at) && line.contains("/memfd:pool-runtime-body")
+    })
+}
+
+/// What the borrowed arguments hold, and whether each points into a
+/// mapped chunk body (read in place) rather than into a copy.
+#[task]
+fn views(data: &[u8], text: &str, tag: u32) -> (u64, u64, String, u32, bool, bool) {
+    (
+        data.len() as u64,
+        sum(data),
+        text.to_owned(),
+        tag,
+        in_a_body_mapping(data.as_ptr()),
+        in_a_body_mapping(text.as_ptr()),
+    )
+}
+
+/// The length of `data` and whether it is read in place from a mapping.
+#[task]
+fn view_len(data: &[u8]) -> (u64, bool) {
+    (data.len() as u64, in_a_body_mapping(data.as_ptr()))
+}
+
+/// `&[u8]` and `&str` parameters are views of the encoded arguments in
+/// the worker: for a chunk that came through shared memory they point
+/// into its mapping (no copy), for a small one into the frame read from
+/// the socket. Their contents arrive exactly either way, passed borrowed
+/// or owned (`Vec<u8>`, `String`: moved, not copied), in every kind of
+/// call.
+#[test]
+fn byte_and_text_views_are_read_in_place_from_mapped_chunks() {
+    let _serial = serial();
+    within(120, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let sizes = [0usize, 100, 1 << 20, 3000, 600 << 10];
+        let inputs: Vec<(Vec<u8>, String)> = sizes
+            .iter()
+            .map(|&n| {
+                let data: Vec<u8> = (0..n).map(|i| (i % 241) as u8).collect();
+                let text: String = (0..n / 2 + 1).map(|i| ['a', 'é', '字'][i % 3]).collect();
+                (data, text)
+            })
+            .collect();
+        let check = |out: &[(u64, u64, String, u32, bool, bool)], how: &str| {
+            assert_eq!(out.len(), inputs.len(), "{how}");
+            for (i, ((len, checksum, text, tag, data_in_place, text_in_place), (d, t))) in
+                out.iter().zip(&inputs).enumerate()
+            {
+                assert_eq!(
+                    (*len, *checksum, *tag),
+                    (d.len() as u64, sum(d), i as u32),
+                    "{how}"
+                );
+                assert!(text == t, "{how}: the text of item {i}");
+                // One item per chunk: a chunk of 256 KiB or more is mapped.
+                let mapped = d.len() + t.len() >= 256 << 10;
+                assert_eq!(*data_in_place, mapped, "{how}: the bytes of item {i}");
+                assert_eq!(*text_in_place, mapped, "{how}: the text of item {i}");
+            }
+        };
+        let borrowed = pool
+            .call()
+            .chunksize(1)
+            .starmap(
+                task!(views),
+                inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (d, t))| (d.as_slice(), t.as_str(), i as u32)),
+            )
+            .expect("every item runs");
+        check(&borrowed, "starmap, borrowed");
+        let owned: Vec<_> = pool
+            .call()
+            .chunksize(1)
+            .istarmap(
+                task!(views),
+                inputs
+                    .iter()
+                    .cloned()
+                    .enumerate()
+                    .map(|(i, (d, t))| (d, t, i as u32)),
+            )
+            .collect::<Result<_, _>>()
+            .expect("every item runs");
+        check(&owned, "istarmap, owned");
+        let applied: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (d, t))| {
+                pool.apply(task!(views), (d.clone(), t.clone(), i as u32))
+                    .expect("the item runs")
+            })
+            .collect();
+        check(&applied, "apply");
+        let lens = pool
+            .call()
+            .chunksize(1)
+            .map(task!(view_len), inputs.iter().map(|(d, _)| d.clone()))
+            .expect("every item runs");
+        for ((len, in_place), (d, _)) in lens.iter().zip(&inputs) {
+            assert_eq!((*len, *in_place), (d.len() as u64, d.len() >= 256 << 10));
+        }
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
 #[test]
 fn replacement_and_forked_workers_map_large_arguments() {
     let _serial = serial();

@@ -52,12 +52,10 @@ impl TaskEntry {
 
 /// Runs task `T` on encoded arguments; see [`RunFn`].
 pub fn run_erased<T: Task>(input: &[u8], out: &mut Vec<u8>) -> Result<(), TaskFailure> {
-    let args: T::Args =
-        crate::decode::from_bytes(input).map_err(|err| TaskFailure::BadArguments {
-            ty: std::any::type_name::<T::Args>().to_owned(),
-            message: err.to_string(),
-        })?;
-    let output = T::call(args);
+    let output = T::call_encoded(input).map_err(|err| TaskFailure::BadArguments {
+        ty: std::any::type_name::<T::Args>().to_owned(),
+        message: err.to_string(),
+    })?;
     let mark = out.len();
     encode_value_limited(out, &output, usize::MAX).map_err(|err| {
         out.truncate(mark);
@@ -140,8 +138,8 @@ pub fn run_batch<'a, T: Task>(batch: &mut Batch<'_, 'a>) -> Option<Halt<'a>> {
                 Err(err) => return Some(Halt::Protocol(err)),
             };
             mark = batch.out.len();
-            let args: T::Args = match crate::decode::from_bytes(arg) {
-                Ok(args) => args,
+            let output = match T::call_encoded(arg) {
+                Ok(output) => output,
                 Err(err) => {
                     return Some(Halt::Failed(TaskFailure::BadArguments {
                         ty: std::any::type_name::<T::Args>().to_owned(),
@@ -149,7 +147,6 @@ pub fn run_batch<'a, T: Task>(batch: &mut Batch<'_, 'a>) -> Option<Halt<'a>> {
                     }));
                 }
             };
-            let output = T::call(args);
             wire::begin_result(batch.out);
             // Encoding stops as soon as the result is known not to fit.
             let payload_limit = batch.max_result.saturating_sub(batch.out.len() - mark);

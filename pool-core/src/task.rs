@@ -24,6 +24,15 @@ pub trait Task: sealed::Sealed + Copy + Send + Sync + 'static {
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// Runs the function on already-decoded arguments.
     fn call(args: Self::Args) -> Self::Output;
+    /// Decodes the arguments from `input` and runs the function: what a
+    /// worker does. `#[task]` overrides it when a parameter is `&[u8]` or
+    /// `&str`, which then borrow from `input` (for a large chunk, the
+    /// shared mapping it arrived in) instead of being copied out of it.
+    #[doc(hidden)]
+    #[inline]
+    fn call_encoded(input: &[u8]) -> Result<Self::Output, crate::decode::DecodeError> {
+        crate::decode::from_bytes(input).map(Self::call)
+    }
 }
 
 /// Sealing [`Task`]: only `#[task]` implements it, through this hidden
@@ -56,8 +65,9 @@ pub trait UnaryTask: Task {}
 ///
 /// `#[task] fn power(x: u64, n: u32)` implements it for `(u64, u32)` and for
 /// `PowerArgs`; a one-argument task also accepts its bare argument. Borrowed
-/// parameters (`&str`, `&[T]`, `&T`) accept the borrowed form and are copied
-/// into the owned argument struct.
+/// parameters (`&str`, `&[T]`, `&T`) accept the borrowed form, copied into
+/// the owned argument struct; `&str` and `&[T]` also accept the owned form
+/// (`String`, `Vec<T>`, alone or in the tuple), moved into it.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a valid argument list for the task `{T}`",
     label = "wrong argument types or number of arguments for this task",

@@ -92,6 +92,29 @@ impl Param {
         }
     }
 
+    /// Whether the worker can pass this parameter straight out of the
+    /// encoded arguments: `&[u8]` and `&str`, whose encoding is their bytes.
+    fn borrows_input(&self) -> bool {
+        match &self.borrowed {
+            Some(syn::Type::Slice(s)) => {
+                matches!(&*s.elem, syn::Type::Path(p) if p.qself.is_none() && p.path.is_ident("u8"))
+            }
+            Some(syn::Type::Path(p)) => p.qself.is_none() && p.path.is_ident("str"),
+            _ => false,
+        }
+    }
+
+    /// Whether the owned type is named without `ToOwned` (`Vec<X>` for
+    /// `&[X]`, `String` for `&str`, or the parameter's own type), so that
+    /// callers may pass it too.
+    fn owned_is_plain(&self) -> bool {
+        match &self.borrowed {
+            None | Some(syn::Type::Slice(_)) => true,
+            Some(syn::Type::Path(p)) => p.qself.is_none() && p.path.is_ident("str"),
+            Some(_) => false,
+        }
+    }
+
     /// `X` when the owned type is `Vec<X>` (passed as `Vec<X>` or `&[X]`).
     fn vec_element(&self) -> Option<&syn::Type> {
         match &self.borrowed {
@@ -303,12 +326,30 @@ impl<'a> TaskFn<'a> {
             })
             .collect();
 
+        // Callers may also pass owned values for `&[X]` and `&str`
+        // parameters (`Vec<X>`, `String`), which move into the argument
+        // struct without a copy.
+        let owned_too = any_borrowed && self.params.iter().all(Param::owned_is_plain);
         let unary = if arity == 1 {
             let p = &self.params[0];
             let ty = &passed[0];
             let name = &p.name;
             let value = convert(quote!(self), p);
+            let owned_ty = &owned[0];
+            let owned_unary = if owned_too {
+                quote_spanned! {sig_span=>
+                    impl #private::IntoArgs<#handle_path> for #owned_ty {
+                        #[inline]
+                        fn into_args(self) -> #args_ident {
+                            #args_ident { #name: self }
+                        }
+                    }
+                }
+            } else {
+                quote!()
+            };
             quote_spanned! {sig_span=>
+                #owned_unary
                 impl #private::UnaryTask for #handle_path {}
                 impl #impl_generics #private::IntoArgs<#handle_path> for #ty {
                     #[inline]
@@ -321,6 +362,59 @@ impl<'a> TaskFn<'a> {
                     fn from(value: #ty) -> Self {
                         #private::IntoArgs::<#handle_path>::into_args(value)
                     }
+                }
+            }
+        } else {
+            quote!()
+        };
+
+        // A worker decodes `&[u8]` and `&str` parameters as views of the
+        // encoded arguments (for a large chunk, its shared mapping): no
+        // copy. Other parameters decode as in the argument struct.
+        let call_encoded = if self.params.iter().any(Param::borrows_input) {
+            let input_var = syn::Ident::new("input", Span::mixed_site());
+            let view = syn::Lifetime::new("'input", Span::mixed_site());
+            let view_fields: Vec<TokenStream> = self
+                .params
+                .iter()
+                .zip(&field_attrs)
+                .zip(&owned)
+                .map(|((p, attrs), owned)| {
+                    let name = &p.name;
+                    match &p.borrowed {
+                        Some(inner) if p.borrows_input() => {
+                            quote!(#[serde(borrow)] #name: &#view #inner)
+                        }
+                        _ => quote!(#attrs #name: #owned),
+                    }
+                })
+                .collect();
+            let view_args: Vec<TokenStream> = self
+                .params
+                .iter()
+                .zip(&call_args)
+                .map(|(p, arg)| {
+                    if p.borrows_input() {
+                        let name = &p.name;
+                        quote!(#args_var.#name)
+                    } else {
+                        arg.clone()
+                    }
+                })
+                .collect();
+            let output = &self.output;
+            quote! {
+                #[inline]
+                fn call_encoded(
+                    #input_var: &[u8],
+                ) -> ::core::result::Result<#output, #private::DecodeError> {
+                    #[derive(#private::serde::Deserialize)]
+                    #[serde(crate = #serde_crate)]
+                    struct PoolRuntimeArgsView<#view> {
+                        #(#view_fields,)*
+                    }
+                    let #args_var: PoolRuntimeArgsView<'_> = #private::from_bytes(#input_var)?;
+                    ::core::result::Result::Ok(#fn_ident(#(#view_args),*))
                 }
             }
         } else {
@@ -358,6 +452,19 @@ impl<'a> TaskFn<'a> {
                     self
                 }
             }
+        };
+        let owned_indices = (0..arity).map(syn::Index::from);
+        let owned_tuple = if owned_too {
+            quote_spanned! {sig_span=>
+                impl #private::IntoArgs<#handle_path> for (#(#owned,)*) {
+                    #[inline]
+                    fn into_args(self) -> #args_ident {
+                        #args_ident { #(#names: self.#owned_indices),* }
+                    }
+                }
+            }
+        } else {
+            quote!()
         };
         let wire_checks: Vec<TokenStream> = self
             .params
@@ -405,11 +512,14 @@ impl<'a> TaskFn<'a> {
                 fn call(#args_var: #args_ident) -> #output {
                     #fn_ident(#(#call_args),*)
                 }
+                #call_encoded
             }
 
             #unary
 
             #conversions
+
+            #owned_tuple
 
             const _: () = {
                 #private::inventory::submit! {

@@ -384,8 +384,10 @@
 //!   Workaround: give the task plain structs and tagged enums (the serde
 //!   default), converting at the edges.
 //! - **Tasks are plain, non-generic functions.** Borrowed parameters (`&str`,
-//!   `&[T]`, `&T`) are copied into owned values; `&mut` parameters are
-//!   rejected, since changes could not reach the caller.
+//!   `&[T]`, `&T`) are owned values on the way (a worker lends `&[u8]` and
+//!   `&str` straight out of the received bytes, the others from a decoded
+//!   copy); `&mut` parameters are rejected, since changes could not reach
+//!   the caller.
 //! - **One frame is at most 1 GiB by default** ([`PoolBuilder::max_frame_size`]);
 //!   a bigger argument or result fails that item with a clear error.
 //! - **No pools inside tasks** ([`Error::NestedPool`]): a worker never
@@ -514,7 +516,12 @@ pub use stats::{PoolStats, WorkerStats};
 /// A one-argument task also accepts its bare argument (`map`), and
 /// implements [`UnaryTask`]. A borrowed parameter (`&str`, `&[T]`, `&T`) is
 /// stored owned (`String`, `Vec<T>`, `T`) and lent to the function; callers
-/// pass the borrowed form. A parameter of type `Vec<u8>`, `Vec<f32>` or
+/// pass the borrowed form (copied) or, for `&str` and `&[T]`, the owned one
+/// (`String`, `Vec<T>`: moved, no copy). In the worker, `&[u8]` and `&str`
+/// are views of the received bytes: a large argument, which arrives in
+/// shared memory, is read in place, not copied out (the fastest way to hand
+/// a task a big buffer; `tests/large.rs` checks where it points).
+/// A parameter of type `Vec<u8>`, `Vec<f32>` or
 /// `Vec<f64>` (or `&[u8]`, `&[f32]`, `&[f64]`) travels as one block of
 /// bytes, and a result that is exactly one of those vectors is written and
 /// read in one copy. A byte buffer nested in another type
@@ -737,6 +744,7 @@ pub mod __private {
     }
 
     pub use crate::serde_with::{bytes, f32s, f64s};
+    pub use pool_core::decode::{DecodeError, from_bytes};
 }
 
 #[cfg(test)]
