@@ -48,6 +48,7 @@ PLAN = [
     ("imap1", "chunksize1", "tiny, imap, chunksize 1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", "payload", "payload 64 x 16 MiB", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("payload256", "payload", "payload 1 x 256 MiB", ["payload", "--procs", "2", "--count", "1", "--mib", "256", "--reps", "4"]),
+    ("view", "payload", "payload 64 x 16 MiB, task takes &[u8]", ["view", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("floats", "payload", "payload 64 x 16 MiB of f64", ["floats", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("results", "payload", "results 64 x 16 MiB back", ["results", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("share", "share", "share_slice 1 GiB, 2 workers", ["share", "--procs", "2", "--mib", "1024", "--reps", "3", "--warmup", "0"]),
@@ -73,6 +74,7 @@ PROCSPAWN_NONE = {
     "imap1": "no lazy iterator (imap); its one-call-per-item rate is the chunksize 1 row",
     "results": "not ported: its payload rows measure the same serde and socket path",
     "floats": "not ported: its payload rows measure the same serde and shared-memory paths",
+    "view": "not ported: its Shmem row (payload) is its view of shared memory",
 }
 PROCSPAWN_NOTES = {
     "auto2": "no chunking: chunks of 125 000 items (Python's default size) cut by the caller",
@@ -409,10 +411,22 @@ def main():
     r, p = both("cs1", "items_per_s")
     if r and p:
         target("tiny, chunksize 1", r / p >= 15, f"{r / p:.1f}× Python's items/s (≥ 15×)")
+    # Half of memcpy: 7 GB/s when the issue was filed (memcpy at 14 GB/s
+    # then), and half of this run's memcpy of 1 GiB into touched memory
+    # (the share row measures it) when that row ran.
+    touched = get("share", "rust", "memcpy_touched_ms")
+    half = 1024 * 1.048576 / touched / 2 * 1000 if touched else None
+    for row, name in (("payload", "payload"), ("view", "payload as &[u8]")):
+        r = get(row, "rust", "mb_per_s")
+        if not r:
+            continue
+        if row == "payload":
+            target("payload", r >= 2000, f"{r / 1000:.2f} GB/s (≥ 2 GB/s)")
+        target(f"{name}, ≥ 7 GB/s", r >= 7000, f"{r / 1000:.2f} GB/s (≥ 7 GB/s)")
+        if half:
+            target(f"{name}, half of this run's memcpy", r >= half,
+                   f"{r / 1000:.2f} GB/s (≥ {half / 1000:.2f} GB/s: 1 GiB in {touched:.0f} ms, halved)")
     r = get("payload", "rust", "mb_per_s")
-    if r:
-        target("payload", r >= 2000, f"{r / 1000:.2f} GB/s (≥ 2 GB/s)")
-        target("payload, half of memcpy", r >= 7000, f"{r / 1000:.2f} GB/s (≥ 7 GB/s)")
     s = get("payload", "procspawn", "mb_per_s_shmem")
     if r and s:
         target("payload vs procspawn Shmem", r >= 3 * s, f"{r / s:.2f}× procspawn's Shmem {s / 1000:.2f} GB/s (≥ 3×)")

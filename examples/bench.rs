@@ -16,6 +16,7 @@
 //! target/release/examples/bench lazy --procs 2 [--items 100000] [--chunksize 1]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
 //! target/release/examples/bench results [--count 64] [--mib 16]
+//! target/release/examples/bench view [--count 64] [--mib 16]
 //! target/release/examples/bench floats [--count 64] [--mib 16]
 //! target/release/examples/bench share [--mib 1024]
 //! target/release/examples/bench cpu [--tasks 40] [--ms 50]
@@ -49,6 +50,12 @@ fn power(x: u64, n: u32) -> u64 {
 /// The length of a payload (the payload task).
 #[task]
 fn length(data: Vec<u8>) -> u64 {
+    data.len() as u64
+}
+
+/// The length of a payload read in place (the view workload).
+#[task]
+fn view_length(data: &[u8]) -> u64 {
     data.len() as u64
 }
 
@@ -111,7 +118,7 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let workload = args
         .next()
-        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|payload|share|cpu> [options]")?;
+        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|payload|view|floats|results|share|cpu> [options]")?;
     let mut opts = Opts {
         workload,
         reps: 5,
@@ -592,6 +599,20 @@ fn sweep(opts: &Opts) -> Result<(), Error> {
 
 /// `map(length)` over `count` distinct `Vec<u8>` of `mib` MiB each.
 fn payload(opts: &Opts) -> Result<(), Error> {
+    payload_through(opts, |pool, inputs| pool.map(task!(length), inputs))
+}
+
+/// `payload` to a task taking `&[u8]`, which a worker reads in place.
+fn view(opts: &Opts) -> Result<(), Error> {
+    payload_through(opts, |pool, inputs| pool.map(task!(view_length), inputs))
+}
+
+/// Times `call` on `count` distinct `Vec<u8>` of `mib` MiB each, which
+/// must return their lengths.
+fn payload_through(
+    opts: &Opts,
+    call: impl Fn(&Pool, Vec<Vec<u8>>) -> Result<Vec<u64>, Error>,
+) -> Result<(), Error> {
     let size = opts.mib << 20;
     let source: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     let pool = Pool::builder().processes(opts.procs).build()?;
@@ -605,7 +626,7 @@ fn payload(opts: &Opts) -> Result<(), Error> {
             })
             .collect();
         let t0 = Instant::now();
-        let out = pool.map(task!(length), inputs)?;
+        let out = call(&pool, inputs)?;
         let elapsed = t0.elapsed();
         let all_there = out.len() == count && out.iter().all(|&n| n == size as u64);
         check(all_there, "lengths")?;
@@ -825,6 +846,7 @@ fn main() -> Result<(), Error> {
         "lazy" => tiny(&opts, true),
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
+        "view" => view(&opts),
         "results" => results(&opts),
         "floats" => floats(&opts),
         "share" => share(&opts),
