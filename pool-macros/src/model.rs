@@ -403,6 +403,10 @@ impl<'a> TaskFn<'a> {
                 })
                 .collect();
             let output = &self.output;
+            // Named after the argument struct (whose name the user's types
+            // already must not take), with a `__` prefix: the user's types
+            // written in its fields resolve to theirs, not to it.
+            let view_ident = format_ident!("__{}View", args_ident);
             quote! {
                 #[inline]
                 fn call_encoded(
@@ -410,10 +414,10 @@ impl<'a> TaskFn<'a> {
                 ) -> ::core::result::Result<#output, #private::DecodeError> {
                     #[derive(#private::serde::Deserialize)]
                     #[serde(crate = #serde_crate)]
-                    struct PoolRuntimeArgsView<#view> {
+                    struct #view_ident<#view> {
                         #(#view_fields,)*
                     }
-                    let #args_var: PoolRuntimeArgsView<'_> = #private::from_bytes(#input_var)?;
+                    let #args_var: #view_ident<'_> = #private::from_bytes(#input_var)?;
                     ::core::result::Result::Ok(#fn_ident(#(#view_args),*))
                 }
             }
