@@ -71,7 +71,8 @@ pub trait UnaryTask: Task {}
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a valid argument list for the task `{T}`",
     label = "wrong argument types or number of arguments for this task",
-    note = "pass one tuple per call with the task's parameter types, in order, e.g. `(2u64, 3u32)` for `fn power(x: u64, n: u32)`"
+    note = "pass one tuple per call with the task's parameter types, in order, e.g. `(2u64, 3u32)` for `fn power(x: u64, n: u32)`",
+    note = "a `&str` or `&[T]` parameter takes `&str` / `&[T]`, or `String` / `Vec<T>` when every such parameter of the tuple is passed owned"
 )]
 pub trait IntoArgs<T: Task> {
     /// Converts into the task's argument struct.
