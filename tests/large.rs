@@ -509,6 +509,89 @@ fn an_imap_of_large_items_dropped_early_leaves_the_pool_working_and_nothing_behi
     });
 }
 
+/// A large `Vec<u8>` result alone in its results frame comes back as the
+/// buffer the frame was read into, its bytes moved to the front (no second
+/// allocation: its capacity is the frame's, a few bytes above its length);
+/// smaller ones, and results sharing a frame, are copied out as before
+/// (capacity = length). Every byte arrives either way, in every kind of
+/// call, sync or async.
+#[test]
+fn a_large_byte_result_alone_in_its_frame_is_the_received_buffer() {
+    let _serial = serial();
+    within(120, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let lens = [
+            0usize,
+            1000,
+            (64 << 10) - 16,
+            64 << 10,
+            (64 << 10) + 1,
+            300 << 10,
+            3 << 20,
+        ];
+        let args: Vec<(u8, usize)> = lens.iter().map(|&n| (n as u8 ^ 0x5A, n)).collect();
+        let check = |got: &[Vec<u8>], how: &str, alone: bool| {
+            assert_eq!(got.len(), args.len(), "{how}");
+            for (v, &(seed, len)) in got.iter().zip(&args) {
+                assert!(
+                    *v == some_bytes(seed, len),
+                    "{how}: the bytes of a {len}-byte result"
+                );
+                if alone {
+                    assert_eq!(
+                        v.capacity() > v.len(),
+                        len >= 64 << 10,
+                        "{how}: a {len}-byte result (capacity {}) taken in place or not",
+                        v.capacity()
+                    );
+                }
+            }
+        };
+        let one = || pool.call().chunksize(1);
+        check(
+            &one()
+                .starmap(task!(bytes_back), args.clone())
+                .expect("runs"),
+            "starmap",
+            true,
+        );
+        let streamed: Vec<Vec<u8>> = one()
+            .istarmap(task!(bytes_back), args.clone())
+            .collect::<Result<_, _>>()
+            .expect("runs");
+        check(&streamed, "istarmap", true);
+        let applied: Vec<Vec<u8>> = args
+            .iter()
+            .map(|&a| pool.apply(task!(bytes_back), a).expect("runs"))
+            .collect();
+        check(&applied, "apply", true);
+        let pending: Vec<_> = args
+            .iter()
+            .map(|&a| pool.apply_async(task!(bytes_back), a).expect("submitted"))
+            .collect();
+        let awaited: Vec<Vec<u8>> = pending
+            .into_iter()
+            .map(|p| p.get().expect("runs"))
+            .collect();
+        check(&awaited, "apply_async", true);
+        let mapped = one()
+            .starmap_async(task!(bytes_back), args.clone())
+            .expect("submitted")
+            .get()
+            .expect("runs");
+        check(&mapped, "starmap_async", true);
+        // Several results to a chunk: some share a frame.
+        let shared = pool
+            .call()
+            .chunksize(3)
+            .starmap(task!(bytes_back), args.clone())
+            .expect("runs");
+        check(&shared, "starmap, chunks of 3", false);
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
 /// Whether `ptr` lies in a mapping of a chunk body of this process.
 fn in_a_body_mapping(ptr: *const u8) -> bool {
     let at = ptr as usize;

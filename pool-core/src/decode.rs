@@ -87,6 +87,37 @@ pub fn value_from_bytes<T: de::DeserializeOwned + 'static>(bytes: &[u8]) -> Resu
     }
 }
 
+/// A result of type `T` encoded in `buf[at..at + len]`, taken out of `buf`
+/// itself when `T` is `Vec<u8>`: its bytes are moved to the front of `buf`,
+/// which is cut to them and becomes the value. No new allocation, no fresh
+/// pages written (for a large result, the costly part of a copy). `Err`
+/// gives `buf` back, unchanged, for any other `T` or when the bytes are not
+/// exactly one byte string (decode them as usual then).
+pub fn bytes_value_in_place<T: 'static>(
+    mut buf: Vec<u8>,
+    at: usize,
+    len: usize,
+) -> Result<T, Vec<u8>> {
+    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+        return Err(buf);
+    }
+    let Some(value) = at.checked_add(len).and_then(|end| buf.get(at..end)) else {
+        return Err(buf);
+    };
+    let mut decoder = Decoder { input: value };
+    let Ok(n) = decoder.length() else {
+        return Err(buf);
+    };
+    if decoder.input.len() != n {
+        return Err(buf);
+    }
+    let start = at + (len - n);
+    buf.copy_within(start..start + n, 0);
+    buf.truncate(n);
+    // `T` is `Vec<u8>` (checked above): the cast cannot fail.
+    cast(buf).ok_or_else(Vec::new)
+}
+
 /// `value` as a `T`, if it is one.
 fn cast<T: 'static, U: 'static>(value: U) -> Option<T> {
     let mut slot = Some(value);
@@ -544,6 +575,61 @@ mod tests {
         // that needs fewer bytes).
         for end in 0..bytes.len() {
             same::<T>(&bytes[..end]);
+        }
+    }
+
+    /// A `Vec<u8>` value inside a larger buffer comes back as that buffer,
+    /// cut to the value's bytes; anything else gives the buffer back
+    /// unchanged.
+    #[test]
+    fn a_byte_string_is_taken_in_place_and_anything_else_is_given_back() {
+        for n in [0usize, 1, 127, 128, 300, 70_000] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let value = postcard::to_stdvec(&data).expect("encodes");
+            let mut buf = vec![0xEE; 9];
+            buf.extend_from_slice(&value);
+            let sent = buf.clone();
+            let (at, capacity) = (sent.as_ptr(), sent.capacity());
+            let got = bytes_value_in_place::<Vec<u8>>(sent, 9, value.len())
+                .unwrap_or_else(|_| panic!("{n} bytes taken in place"));
+            assert!(got == data, "{n} bytes");
+            assert_eq!(
+                (got.as_ptr(), got.capacity()),
+                (at, capacity),
+                "the same allocation"
+            );
+            // Another type, a value with a byte after it, a cut value, a
+            // range out of the buffer: `buf` comes back as it was.
+            let back = |r: Result<Vec<u32>, Vec<u8>>| r.err().expect("given back");
+            assert!(
+                back(bytes_value_in_place::<Vec<u32>>(
+                    buf.clone(),
+                    9,
+                    value.len()
+                )) == buf
+            );
+            let mut longer = buf.clone();
+            longer.push(0);
+            let back = |r: Result<Vec<u8>, Vec<u8>>| r.err().expect("given back");
+            assert!(
+                back(bytes_value_in_place::<Vec<u8>>(
+                    longer.clone(),
+                    9,
+                    value.len() + 1
+                )) == longer
+            );
+            if !value.is_empty() {
+                let cut = value.len() - 1;
+                assert!(back(bytes_value_in_place::<Vec<u8>>(buf.clone(), 9, cut)) == buf);
+            }
+            assert!(
+                back(bytes_value_in_place::<Vec<u8>>(
+                    buf.clone(),
+                    10,
+                    value.len()
+                )) == buf
+            );
+            assert!(back(bytes_value_in_place::<Vec<u8>>(buf.clone(), usize::MAX, 2)) == buf);
         }
     }
 

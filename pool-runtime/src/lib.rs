@@ -524,7 +524,8 @@ pub use stats::{PoolStats, WorkerStats};
 /// A parameter of type `Vec<u8>`, `Vec<f32>` or
 /// `Vec<f64>` (or `&[u8]`, `&[f32]`, `&[f64]`) travels as one block of
 /// bytes, and a result that is exactly one of those vectors is written and
-/// read in one copy. A byte buffer nested in another type
+/// read in one copy (a large `Vec<u8>` result becomes the very buffer its
+/// bytes were received in). A byte buffer nested in another type
 /// (a tuple, a struct) goes element by element, as serde has it, unless
 /// it is a `serde_bytes::ByteBuf` or marked `#[serde(with = "serde_bytes")]`.
 ///

@@ -1,6 +1,7 @@
 //! One call's engine: pulls input lazily into chunks within a bounded
 //! window, submits them, and decodes results as they come back.
 
+use std::any::TypeId;
 use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -608,7 +609,7 @@ where
                     pid,
                     chunk_time,
                 } => {
-                    decode_into::<T>(first, count, &frame[body_at..], pid, sink);
+                    decode_frame::<T>(first, count, frame, body_at, pid, sink);
                     self.delivered += count as usize;
                     if let Some((took, items)) = chunk_time {
                         self.item_time = Some(took / items.max(1));
@@ -662,7 +663,11 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
             // On the result thread, which serves every async call: a
             // `Deserialize` that panics fails this call, not the thread.
             let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decode::<T>(first, count, &frame[body_at..], pid)
+                let mut out = Vec::with_capacity(count as usize);
+                decode_frame::<T>(first, count, frame, body_at, pid, &mut |index, result| {
+                    out.push((index, result))
+                });
+                out
             }));
             decoded.map_err(|payload| {
                 let message = payload
@@ -687,12 +692,41 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
     }
 }
 
-fn decode<T: Task>(first: usize, count: u32, body: &[u8], pid: u32) -> Vec<Indexed<T::Output>> {
-    let mut out = Vec::with_capacity(count as usize);
-    decode_into::<T>(first, count, body, pid, &mut |index, result| {
-        out.push((index, result))
-    });
-    out
+/// Results bodies of at least this size that hold one `Vec<u8>` result
+/// become that result (see [`decode_frame`]).
+const IN_PLACE_MIN: usize = 64 << 10;
+
+/// Decodes the results body of `frame` (from `body_at`), handing each
+/// `(index, result)` to `sink`. A large `Vec<u8>` result alone in its
+/// frame is the frame's own buffer, its bytes moved to the front, rather
+/// than a copy into a new allocation: the caller writes no fresh pages.
+fn decode_frame<T: Task>(
+    first: usize,
+    count: u32,
+    frame: Vec<u8>,
+    body_at: usize,
+    pid: u32,
+    sink: &mut impl FnMut(usize, Result<T::Output, Error>),
+) {
+    let bytes_out = TypeId::of::<T::Output>() == TypeId::of::<Vec<u8>>();
+    let frame = match frame.get(body_at..) {
+        Some(body) if bytes_out && count == 1 && body.len() >= IN_PLACE_MIN => {
+            let mut items = Items::new(body);
+            match items.next_result() {
+                Ok(Ok(value)) if items.is_empty() => {
+                    let at = body_at + (value.as_ptr() as usize - body.as_ptr() as usize);
+                    let len = value.len();
+                    match pool_core::decode::bytes_value_in_place::<T::Output>(frame, at, len) {
+                        Ok(value) => return sink(first, Ok(value)),
+                        Err(frame) => frame,
+                    }
+                }
+                _ => frame,
+            }
+        }
+        _ => frame,
+    };
+    decode_into::<T>(first, count, frame.get(body_at..).unwrap_or(&[]), pid, sink);
 }
 
 /// Decodes a results body, handing each `(index, result)` to `sink`.
