@@ -12,7 +12,8 @@
 //! initializer, two pools one after the other), `panic` (a task panics),
 //! `abort` (a task aborts its process: under MPI that ends the job), `exit`
 //! (a task calls `std::process::exit`: the same), `big`
-//! (an argument above MPI's 2 GiB message limit) and `idle` (the CPU time
+//! (an argument above MPI's 2 GiB message limit), `bytes` (large byte
+//! results, which arrive several to a message) and `idle` (the CPU time
 //! an idle pool costs).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -229,6 +230,36 @@ fn big() -> Result<(), Error> {
     Ok(())
 }
 
+/// `len` bytes that depend on `seed` (the bytes program).
+#[task]
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u64 ^ seed) as u8).collect()
+}
+
+fn bytes() -> Result<(), Error> {
+    // Each worker rank gets small and large results in turn (two ranks,
+    // one item at a time): it sends a small one and the large one after it
+    // in one message, which rank 0 splits into frames.
+    let items: Vec<(u64, usize)> = (0..40u64)
+        .map(|i| (i, if i % 4 < 2 { 70 << 10 } else { 6 << 20 }))
+        .collect();
+    let out = pool_runtime::Pool::new()?
+        .call()
+        .chunksize(1)
+        .starmap(task!(pattern), items.clone())?;
+    let exact = out.len() == items.len()
+        && out.iter().zip(&items).all(|(v, &(seed, len))| {
+            v.len() == len
+                && v.iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (i as u64 ^ seed) as u8)
+        });
+    // A result keeps no more memory than its own bytes and a page.
+    let snug = out.iter().all(|v| v.capacity() <= v.len() + 4096);
+    println!("Byte results: {}, exact: {exact}, snug: {snug}", out.len());
+    Ok(())
+}
+
 #[pool_runtime::main]
 fn main() -> Result<(), Error> {
     match std::env::args().nth(1).as_deref() {
@@ -239,8 +270,11 @@ fn main() -> Result<(), Error> {
         Some("exit") => exit(),
         Some("big") => big(),
         Some("idle") => idle(),
+        Some("bytes") => bytes(),
         Some(other) => {
-            eprintln!("unknown program {other:?}: expected tour, panic, abort, exit, big or idle");
+            eprintln!(
+                "unknown program {other:?}: expected tour, panic, abort, exit, big, bytes or idle"
+            );
             std::process::exit(2);
         }
     }

@@ -186,6 +186,25 @@ fn a_frame_above_mpis_2_gib_message_limit_is_split() {
     not(feature = "mpi"),
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
 )]
+fn large_byte_results_split_from_one_message_keep_only_their_own_memory() {
+    let output = mpirun(Some("bytes"), Duration::from_secs(300));
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "{:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert_eq!(
+        stdout, "Byte results: 40, exact: true, snug: true\n",
+        "{stderr}"
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "mpi"),
+    ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
+)]
 fn idle_ranks_do_not_spin() {
     let output = mpirun(Some("idle"), Duration::from_secs(120));
     let (stdout, stderr) = text(&output);

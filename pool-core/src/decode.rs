@@ -87,18 +87,26 @@ pub fn value_from_bytes<T: de::DeserializeOwned + 'static>(bytes: &[u8]) -> Resu
     }
 }
 
+/// How many bytes beyond its value a buffer taken by
+/// [`bytes_value_in_place`] may hold (a frame's headers take a few dozen).
+pub const IN_PLACE_SLACK: usize = 4096;
+
 /// A result of type `T` encoded in `buf[at..at + len]`, taken out of `buf`
 /// itself when `T` is `Vec<u8>`: its bytes are moved to the front of `buf`,
 /// which is cut to them and becomes the value. No new allocation, no fresh
 /// pages written (for a large result, the costly part of a copy). `Err`
-/// gives `buf` back, unchanged, for any other `T` or when the bytes are not
-/// exactly one byte string (decode them as usual then).
+/// gives `buf` back, unchanged, for any other `T`, when the bytes are not
+/// exactly one byte string (decode them as usual then), or when `buf`
+/// holds more than [`IN_PLACE_SLACK`] bytes beyond the value (a buffer
+/// shared by several frames, say): the value would keep them all alive.
 pub fn bytes_value_in_place<T: 'static>(
     mut buf: Vec<u8>,
     at: usize,
     len: usize,
 ) -> Result<T, Vec<u8>> {
-    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>() {
+    if TypeId::of::<T>() != TypeId::of::<Vec<u8>>()
+        || buf.capacity() > len.saturating_add(IN_PLACE_SLACK)
+    {
         return Err(buf);
     }
     let Some(value) = at.checked_add(len).and_then(|end| buf.get(at..end)) else {
@@ -600,7 +608,7 @@ mod tests {
             );
             // Another type, a value with a byte after it, a cut value, a
             // range out of the buffer: `buf` comes back as it was.
-            let back = |r: Result<Vec<u32>, Vec<u8>>| r.err().expect("given back");
+            let back = |r: Result<Vec<u32>, Vec<u8>>| r.expect_err("given back");
             assert!(
                 back(bytes_value_in_place::<Vec<u32>>(
                     buf.clone(),
@@ -610,7 +618,7 @@ mod tests {
             );
             let mut longer = buf.clone();
             longer.push(0);
-            let back = |r: Result<Vec<u8>, Vec<u8>>| r.err().expect("given back");
+            let back = |r: Result<Vec<u8>, Vec<u8>>| r.expect_err("given back");
             assert!(
                 back(bytes_value_in_place::<Vec<u8>>(
                     longer.clone(),
@@ -630,6 +638,15 @@ mod tests {
                 )) == buf
             );
             assert!(back(bytes_value_in_place::<Vec<u8>>(buf.clone(), usize::MAX, 2)) == buf);
+            // A buffer holding much more than the value (several frames
+            // read at once) is not kept alive by it.
+            let mut roomy = Vec::with_capacity(value.len() + 9 + IN_PLACE_SLACK + 1);
+            roomy.extend_from_slice(&buf);
+            let given = back(bytes_value_in_place::<Vec<u8>>(roomy, 9, value.len()));
+            assert!(given == buf);
+            let mut snug = Vec::with_capacity(value.len() + IN_PLACE_SLACK);
+            snug.extend_from_slice(&buf);
+            assert!(bytes_value_in_place::<Vec<u8>>(snug, 9, value.len()).is_ok_and(|v| v == data));
         }
     }
 
