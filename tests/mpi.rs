@@ -18,6 +18,19 @@ fn mpirun(program: Option<&str>, limit: Duration) -> Output {
     common::mpi::mpirun("mpi_starmap", program, &[], limit)
 }
 
+/// Runs `program` of the example under `mpirun -n 3` within `limit`: it
+/// must succeed and print exactly `expected`.
+fn prints(program: &str, limit: Duration, expected: &str) {
+    let output = mpirun(Some(program), limit);
+    let (stdout, stderr) = text(&output);
+    assert!(
+        output.status.success(),
+        "{:?}\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert_eq!(stdout, expected, "{stderr}");
+}
+
 /// `(identifier, value, rank)` of `Task {i} executing with {v} on rank {r}`.
 fn executing(stdout: &str) -> Vec<(u32, f64, u32)> {
     stdout
@@ -82,15 +95,9 @@ fn the_seed_program_runs_its_tasks_on_ranks_1_and_2() {
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
 )]
 fn every_kind_of_call_works_across_ranks() {
-    let output = mpirun(Some("tour"), Duration::from_secs(120));
-    let (stdout, stderr) = text(&output);
-    assert!(
-        output.status.success(),
-        "{:?}\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert_eq!(
-        stdout,
+    prints(
+        "tour",
+        Duration::from_secs(120),
         "Workers: 2\n\
          Map: [1, 4, 9, 16, 25]\n\
          Starmap: [3, 7]\n\
@@ -100,7 +107,6 @@ fn every_kind_of_call_works_across_ranks() {
          Imap sum: 328350\n\
          Imap unordered: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]\n\
          Second pool with an initializer: [101, 102, 103]\n",
-        "{stderr}"
     );
 }
 
@@ -168,16 +174,10 @@ fn a_task_calling_process_exit_aborts_the_job_with_a_message() {
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
 )]
 fn a_frame_above_mpis_2_gib_message_limit_is_split() {
-    let output = mpirun(Some("big"), Duration::from_secs(600));
-    let (stdout, stderr) = text(&output);
-    assert!(
-        output.status.success(),
-        "{:?}\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert_eq!(
-        stdout, "Big argument: 2148532224 bytes, sum 2148532224, intact: true\n",
-        "{stderr}"
+    prints(
+        "big",
+        Duration::from_secs(600),
+        "Big argument: 2148532224 bytes, sum 2148532224, intact: true\n",
     );
 }
 
@@ -187,16 +187,10 @@ fn a_frame_above_mpis_2_gib_message_limit_is_split() {
     ignore = "needs the mpi feature: cargo test --features mpi --test mpi"
 )]
 fn large_byte_results_split_from_one_message_keep_only_their_own_memory() {
-    let output = mpirun(Some("bytes"), Duration::from_secs(300));
-    let (stdout, stderr) = text(&output);
-    assert!(
-        output.status.success(),
-        "{:?}\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert_eq!(
-        stdout, "Byte results: 40, exact: true, snug: true\n",
-        "{stderr}"
+    prints(
+        "bytes",
+        Duration::from_secs(300),
+        "Byte results: 40, exact: true, snug: true\n",
     );
 }
 
