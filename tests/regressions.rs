@@ -86,6 +86,30 @@ fn results_larger_than_a_frame_are_split_or_refused() {
     assert!(err.contains("above the frame limit of 8192"), "{err}");
 }
 
+/// The largest result a frame limit allows is the one its refusal names:
+/// a result one byte larger is refused with both sizes as the user counts
+/// them (the encoded result, without the pool's 5-byte item header).
+#[test]
+fn the_refusal_of_a_large_result_names_the_size_a_result_may_take() {
+    let out = within(20, || {
+        let pool = Pool::builder()
+            .processes(1)
+            .max_frame_size(8192)
+            .build()
+            .expect("pool");
+        // "y" × n encodes as n bytes after a 2-byte length: 8123 and 8124.
+        pool.chunksize(1)
+            .imap(task!(blob_of), [8121, 8122])
+            .map(|r| r.map(|s| s.len()).map_err(|e| e.to_string()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(out[0], Ok(8121), "the largest result that fits");
+    let err = out[1].as_ref().expect_err("one byte too many");
+    assert!(err.contains("takes more than 8123 bytes"), "{err}");
+    assert!(err.contains("a result may take 8123 bytes"), "{err}");
+    assert!(err.contains("above the frame limit of 8192"), "{err}");
+}
+
 /// Writes the start of a frame on the pool channel and dies, as a worker
 /// SIGKILLed (or OOM-killed) in the middle of writing a large results frame.
 #[task]

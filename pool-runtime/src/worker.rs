@@ -500,18 +500,21 @@ fn retry(entry: &TaskEntry, arg: &[u8], out: &mut Vec<u8>, mut failure: TaskFail
     wire::push_failure(out, &failure);
 }
 
-/// The failure of an item whose result does not fit in a frame.
+/// The failure of an item whose result does not fit in a frame. `size`
+/// counts the result's 5-byte item header, which the message leaves out:
+/// it speaks of the encoded result alone, as the user knows it.
 fn too_large(entry: &TaskEntry, size: usize, max_frame: usize) -> TaskFailure {
+    const HEAD: usize = 5;
+    let most = max_frame.saturating_sub(64).saturating_sub(HEAD);
+    let size = size.saturating_sub(HEAD);
     TaskFailure::BadOutput {
         ty: (entry.output_type)().to_owned(),
         message: format!(
-            "the encoded result takes {}{size} bytes, above the frame limit of {max_frame}",
-            if size > max_frame.saturating_sub(64) {
-                "more than "
-            } else {
-                ""
-            },
-            size = size.min(max_frame.saturating_sub(64))
+            "the encoded result takes {}{} bytes, above the frame limit of {max_frame} \
+             (a result may take {most} bytes under it; raise it with \
+             PoolBuilder::max_frame_size)",
+            if size > most { "more than " } else { "" },
+            size.min(most)
         ),
     }
 }
