@@ -14,6 +14,7 @@
 //! target/release/examples/bench roundtrip --procs 2 [--calls 10000]
 //! target/release/examples/bench tiny --procs 2 [--items 1000000] [--chunksize N]
 //! target/release/examples/bench lazy --procs 2 [--items 100000] [--chunksize 1]
+//! target/release/examples/bench scale --procs 2 [--items 1000000]
 //! target/release/examples/bench payload [--count 64] [--mib 16]
 //! target/release/examples/bench results [--count 64] [--mib 16]
 //! target/release/examples/bench view [--count 64] [--mib 16]
@@ -118,7 +119,7 @@ fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let workload = args
         .next()
-        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|payload|view|floats|results|share|cpu> [options]")?;
+        .ok_or("usage: bench <raw|start|roundtrip|tiny|lazy|sweep|scale|payload|view|floats|results|share|cpu> [options]")?;
     let mut opts = Opts {
         workload,
         reps: 5,
@@ -597,6 +598,46 @@ fn sweep(opts: &Opts) -> Result<(), Error> {
     Ok(())
 }
 
+/// The tiny workload, automatic chunks, on a pool of one worker and on one
+/// of `procs` workers, interleaved: each repetition runs both (in turns
+/// first), so a drift of the machine affects them alike; the speedup is
+/// taken per repetition.
+fn scale(opts: &Opts) -> Result<(), Error> {
+    let input = TinyInput::new(opts.items);
+    let pools = [
+        Pool::builder().processes(1).build()?,
+        Pool::builder().processes(opts.procs).build()?,
+    ];
+    for _ in 0..opts.warmup {
+        for pool in &pools {
+            input.run(pool, None, (opts.items / 10).max(1))?;
+        }
+    }
+    let mut rates = [Vec::new(), Vec::new()];
+    for rep in 0..opts.reps {
+        for k in 0..2 {
+            let i = (k + rep) % 2;
+            let took = input.run(&pools[i], None, opts.items)?;
+            rates[i].push(opts.items as f64 / took.as_secs_f64());
+        }
+    }
+    let speedup: Vec<f64> = rates[1]
+        .iter()
+        .zip(&rates[0])
+        .map(|(n, one)| n / one)
+        .collect();
+    emit("items_per_s_1w", "items/s", true, &rates[0], &[]);
+    emit(
+        &format!("items_per_s_{}w", opts.procs),
+        "items/s",
+        true,
+        &rates[1],
+        &[],
+    );
+    emit("speedup_over_1w", "x", true, &speedup, &[]);
+    Ok(())
+}
+
 /// `map(length)` over `count` distinct `Vec<u8>` of `mib` MiB each.
 fn payload(opts: &Opts) -> Result<(), Error> {
     payload_through(opts, |pool, inputs| pool.map(task!(length), inputs))
@@ -847,6 +888,7 @@ fn main() -> Result<(), Error> {
         "sweep" => sweep(&opts),
         "payload" => payload(&opts),
         "view" => view(&opts),
+        "scale" => scale(&opts),
         "results" => results(&opts),
         "floats" => floats(&opts),
         "share" => share(&opts),
