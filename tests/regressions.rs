@@ -27,6 +27,15 @@ fn fresh_marker(tag: &str) -> (std::path::PathBuf, String) {
     (path, text)
 }
 
+/// One worker and frames of at most 8 KiB: the limits are easy to reach.
+fn small_frames() -> Pool {
+    Pool::builder()
+        .processes(1)
+        .max_frame_size(8192)
+        .build()
+        .expect("a pool with 8 KiB frames starts")
+}
+
 #[task]
 fn blob_len(blob: String) -> usize {
     blob.len()
@@ -36,11 +45,7 @@ fn blob_len(blob: String) -> usize {
 #[test]
 fn a_chunk_larger_than_a_frame_is_split() {
     let out = within(20, || {
-        let pool = Pool::builder()
-            .processes(1)
-            .max_frame_size(8192)
-            .build()
-            .expect("pool");
+        let pool = small_frames();
         let items: Vec<String> = (0..4).map(|_| "x".repeat(3000)).collect();
         let r = pool.chunksize(4).map(task!(blob_len), items);
         let stats = pool.stats();
@@ -60,11 +65,7 @@ fn blob_of(len: usize) -> String {
 #[test]
 fn results_larger_than_a_frame_are_split_or_refused() {
     let out = within(20, || {
-        let pool = Pool::builder()
-            .processes(1)
-            .max_frame_size(8192)
-            .build()
-            .expect("pool");
+        let pool = small_frames();
         let lens = vec![3000, 3000, 9000, 3000, 3000, 10, 3000];
         pool.chunksize(lens.len())
             .imap(task!(blob_of), lens)
@@ -92,11 +93,7 @@ fn results_larger_than_a_frame_are_split_or_refused() {
 #[test]
 fn the_refusal_of_a_large_result_names_the_size_a_result_may_take() {
     let out = within(20, || {
-        let pool = Pool::builder()
-            .processes(1)
-            .max_frame_size(8192)
-            .build()
-            .expect("pool");
+        let pool = small_frames();
         // "y" × n encodes as n bytes after a 2-byte length: 8123 and 8124.
         pool.chunksize(1)
             .imap(task!(blob_of), [8121, 8122])
@@ -229,11 +226,7 @@ fn spin_or_len(s: String) -> usize {
 #[test]
 fn drop_returns_while_a_worker_spins_behind_a_large_chunk() {
     let out = within(30, || {
-        let pool = Pool::builder()
-            .processes(1)
-            .max_frame_size(8192)
-            .build()
-            .expect("pool");
+        let pool = small_frames();
         // Fast chunks, so the worker gets a second chunk queued behind its running one.
         for _ in 0..20 {
             pool.chunksize(1)
@@ -482,13 +475,7 @@ fn wait_for_file(path: &std::path::Path) {
 
 #[test]
 fn terminate_returns_while_a_worker_spins_behind_a_large_chunk() {
-    let pool = std::sync::Arc::new(
-        Pool::builder()
-            .processes(1)
-            .max_frame_size(8192)
-            .build()
-            .expect("pool"),
-    );
+    let pool = std::sync::Arc::new(small_frames());
     for _ in 0..20 {
         pool.chunksize(1)
             .map(task!(blob_len), vec![String::new(); 4])

@@ -331,3 +331,13 @@ impl Error {
         }
     }
 }
+
+/// The message of a panic's payload, as the default panic hook shows it
+/// (`&str` or `String`; anything else is `Box<dyn Any>`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "Box<dyn Any>".to_owned())
+}

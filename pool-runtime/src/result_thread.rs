@@ -20,11 +20,7 @@ use crate::scheduler::{Event, Routed};
 
 pub(crate) fn guarded(f: impl FnOnce()) {
     if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+        let message = crate::error::panic_message(&*payload);
         eprintln!("pool-runtime: a result callback panicked: {message}");
     }
 }

@@ -670,11 +670,7 @@ pub(crate) fn event_batch<T: Task>(event: Event) -> Result<Vec<Indexed<T::Output
                 out
             }));
             decoded.map_err(|payload| {
-                let message = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "Box<dyn Any>".to_owned());
+                let message = crate::error::panic_message(&*payload);
                 Error::Serialization {
                     task: T::NAME,
                     index: first,

@@ -106,13 +106,7 @@ pub(crate) fn install_panic_hook() {
 }
 
 fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> TaskFailure {
-    let message = if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_owned()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    };
+    let message = crate::error::panic_message(&*payload);
     UNWINDING.with(|u| u.borrow_mut().take());
     let (location, backtrace) = PANIC
         .with(|p| p.borrow_mut().take())
