@@ -763,7 +763,11 @@ fn indexed_after_plain_next_answers_each_input_once() {
         answers.extend(indexed.by_ref().map(|(at, _)| at));
         answers
     });
+    // Every input read is answered once: the inputs read are a prefix
+    // (at least the six that started; the rest only if the call had read
+    // them ahead before the cancel).
     let mut sorted = answers.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, (0..10).collect::<Vec<_>>(), "{answers:?}");
+    assert!(sorted.len() >= 6, "{answers:?}");
+    assert_eq!(sorted, (0..sorted.len()).collect::<Vec<_>>(), "{answers:?}");
 }

@@ -19,7 +19,7 @@ use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 mod common;
-use common::within;
+use common::{process_exists, within};
 
 pool_runtime::test_support!();
 
@@ -77,6 +77,11 @@ static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
 /// until this file exists (see [`flood_holds_back_nothing`]).
 static FLOOD_GATE: OnceLock<PathBuf> = OnceLock::new();
 static FLOOD_HELD: AtomicBool = AtomicBool::new(false);
+/// Records of the task `held` wait for this lock (see
+/// [`a_blocked_subscriber_holds_back_neither_terminate_nor_drop`]), and say
+/// so in `HELD_WAITING` first.
+static HOLD: Mutex<()> = Mutex::new(());
+static HELD_WAITING: AtomicBool = AtomicBool::new(false);
 
 struct Capture;
 
@@ -99,6 +104,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
+        }
+        if seen.task_is("held") {
+            HELD_WAITING.store(true, Ordering::SeqCst);
+            drop(HOLD.lock().unwrap_or_else(|p| p.into_inner()));
         }
         lock().push(seen);
     }
@@ -404,5 +413,66 @@ fn a_killed_worker_is_a_warning_naming_task_item_and_slot() {
             .expect("a slot");
         assert!(slot < 2, "{event:?}");
         assert_eq!(event.field("signal"), Some("SIGKILL"), "{event:?}");
+    });
+}
+
+/// Emits one record (which this process's subscriber holds); returns `x`.
+#[task]
+fn held(x: u64) -> u64 {
+    tracing::info!("held {x}");
+    x
+}
+
+/// Starts `held` on a new pool; returns the pool, its workers and the
+/// call once the call's result has come back from its worker.
+fn held_call() -> (Pool, Vec<u32>, pool_runtime::AsyncResult<u64>) {
+    let pool = pool();
+    let pids = pool.worker_pids();
+    let call = pool.apply_async(task!(held), (7,)).expect("submitted");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.stats().workers.iter().map(|w| w.items).sum::<u64>() == 0 {
+        assert!(Instant::now() < deadline, "the item never came back");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    (pool, pids, call)
+}
+
+#[test]
+fn a_blocked_subscriber_holds_back_neither_terminate_nor_drop() {
+    within(60, || {
+        // The subscriber waits for a lock this thread holds: terminate and
+        // drop return, with every worker reaped, while it still waits.
+        let hold = HOLD.lock().unwrap_or_else(|p| p.into_inner());
+        HELD_WAITING.store(false, Ordering::SeqCst);
+        let (pool, pids, call) = held_call();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !HELD_WAITING.load(Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "the record never reached the subscriber"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        pool.terminate();
+        for pid in &pids {
+            assert!(!process_exists(*pid), "worker {pid} left after terminate");
+        }
+        // Its result waits behind the record: the call ends with the pool.
+        assert!(matches!(call.get(), Err(Error::Terminated)));
+        // The subscriber still waits in the first record: this call's
+        // record and result queue behind it.
+        let (pool, pids, call) = held_call();
+        drop(pool);
+        for pid in &pids {
+            assert!(!process_exists(*pid), "worker {pid} left after drop");
+        }
+        assert!(matches!(call.get(), Err(Error::Terminated)));
+        drop(hold);
+        // Released, the subscriber sees both records.
+        let records = wait_for(2, |s| s.task_is("held"));
+        assert!(
+            records.iter().all(|s| s.message() == "held 7"),
+            "{records:?}"
+        );
     });
 }

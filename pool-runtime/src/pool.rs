@@ -533,6 +533,8 @@ impl Pool {
     /// [`Error::Terminated`] once (the rest of its input is not read). From
     /// a result callback, `join` waits for the work of every call, and the
     /// results of async calls are delivered once the callback returns.
+    /// Results follow the log records of their tasks: `join` also waits
+    /// until this process's subscriber has taken those.
     ///
     /// # Examples
     ///
@@ -574,7 +576,10 @@ impl Pool {
     /// callback or a `Deserialize` must not wait for a lock the thread
     /// calling `terminate` (or dropping the pool) holds: that deadlocks,
     /// as joining any thread would. Called from a callback, it does not
-    /// wait for that callback.
+    /// wait for that callback. A subscriber emitting records from tasks
+    /// may block, though: it runs on a thread `terminate` does not wait
+    /// for, and results still waiting behind its records are dropped with
+    /// the calls.
     ///
     /// # Examples
     ///

@@ -222,18 +222,18 @@ fn emit_log(record: &LogRecord, pid: u32, task: Option<&str>, item: Option<usize
     );
 }
 
-/// Reports records a worker dropped, its buffer being full.
-fn dropped(pid: u32, count: u64) {
-    if tracing_core::dispatcher::has_been_set() || log::max_level() < log::Level::Warn {
-        tracing::warn!(
-            pid,
-            dropped = count,
-            "{count} log records dropped: the pool worker emitted them faster than they could be sent"
-        );
+/// Reports records dropped: by a worker, its buffer being full, or
+/// `here`, too many waiting for this process's subscriber or logger.
+fn dropped(pid: u32, count: u64, here: bool) {
+    let why = if here {
+        "this process emitted them slower than the pool worker sent them"
     } else {
-        log::warn!(
-            "{count} log records dropped: the pool worker emitted them faster than they could be sent pid={pid}"
-        );
+        "the pool worker emitted them faster than they could be sent"
+    };
+    if tracing_core::dispatcher::has_been_set() || log::max_level() < log::Level::Warn {
+        tracing::warn!(pid, dropped = count, "{count} log records dropped: {why}");
+    } else {
+        log::warn!("{count} log records dropped: {why} pid={pid}");
     }
 }
 
@@ -269,6 +269,9 @@ enum Entry {
     Dropped {
         pid: u32,
         count: u64,
+        /// Dropped in this process (its subscriber was behind), not in
+        /// the worker.
+        here: bool,
     },
     Failed {
         pid: u32,
@@ -302,6 +305,7 @@ impl Pending {
             self.entries.push(Entry::Dropped {
                 pid,
                 count: dropped,
+                here: false,
             });
         }
         for record in decoded {
@@ -346,6 +350,58 @@ impl Pending {
         }
     }
 
+    /// Whether nothing was kept.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many records were kept, and about how many bytes they hold.
+    pub(crate) fn size(&self) -> (usize, usize) {
+        self.entries
+            .iter()
+            .fold((0, 0), |(records, bytes), entry| match entry {
+                Entry::Record { record, .. } => (
+                    records + 1,
+                    bytes
+                        + record.message.len()
+                        + record.target.len()
+                        + record.module_path.as_ref().map_or(0, String::len)
+                        + record.file.as_ref().map_or(0, String::len),
+                ),
+                _ => (records, bytes),
+            })
+    }
+
+    /// Replaces the records kept by their count (one per worker), in
+    /// place of the first; reports of failed items stay.
+    pub(crate) fn drop_records(&mut self) {
+        let mut kept = Vec::with_capacity(self.entries.len());
+        for entry in self.entries.drain(..) {
+            match entry {
+                Entry::Record { pid, .. } => {
+                    let counted = kept.iter_mut().find_map(|e| match e {
+                        Entry::Dropped {
+                            pid: p,
+                            count,
+                            here: true,
+                        } if *p == pid => Some(count),
+                        _ => None,
+                    });
+                    match counted {
+                        Some(count) => *count += 1,
+                        None => kept.push(Entry::Dropped {
+                            pid,
+                            count: 1,
+                            here: true,
+                        }),
+                    }
+                }
+                other => kept.push(other),
+            }
+        }
+        self.entries = kept;
+    }
+
     /// Emits what was kept, in order.
     pub(crate) fn emit(self) {
         for entry in self.entries {
@@ -356,7 +412,7 @@ impl Pending {
                     task,
                     item,
                 } => emit(&record, pid, task, item),
-                Entry::Dropped { pid, count } => dropped(pid, count),
+                Entry::Dropped { pid, count, here } => dropped(pid, count, here),
                 Entry::Failed {
                     pid,
                     task,
@@ -384,6 +440,62 @@ pub(crate) fn emit_start_frame(frame: &[u8], pid: u32, task: Option<&'static str
             *t = task;
         }
     }
-    pending.emit();
+    super::emitter::hand_off(pending, None);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(message: &str) -> LogRecord {
+        LogRecord {
+            level: wire::LOG_INFO,
+            target: "app".to_owned(),
+            module_path: Some("app::m".to_owned()),
+            file: None,
+            line: None,
+            message: message.to_owned(),
+            chunk: 0,
+            item: 0,
+        }
+    }
+
+    #[test]
+    fn dropped_records_become_one_count_per_worker_and_failures_stay() {
+        let mut pending = Pending::default();
+        for (pid, message) in [(1, "a"), (2, "bb"), (1, "ccc")] {
+            pending.entries.push(Entry::Record {
+                record: record(message),
+                pid,
+                task: None,
+                item: None,
+            });
+        }
+        pending.entries.push(Entry::Failed {
+            pid: 2,
+            task: None,
+            item: 4,
+            failure: TaskFailure::BadOutput {
+                ty: "T".to_owned(),
+                message: "bad".to_owned(),
+            },
+        });
+        // Three records: their messages, targets and module paths.
+        assert_eq!(pending.size(), (3, 6 + 3 * 3 + 3 * 6));
+        pending.drop_records();
+        assert_eq!(pending.size(), (0, 0));
+        let kept: Vec<_> = pending
+            .entries
+            .iter()
+            .map(|entry| match entry {
+                Entry::Dropped { pid, count, here } => format!("dropped {pid} {count} {here}"),
+                Entry::Failed { pid, item, .. } => format!("failed {pid} {item}"),
+                Entry::Record { .. } => "record".to_owned(),
+            })
+            .collect();
+        assert_eq!(kept, ["dropped 1 2 true", "dropped 2 1 true", "failed 2 4"]);
+        assert!(!pending.is_empty());
+        assert!(Pending::default().is_empty());
+    }
 }

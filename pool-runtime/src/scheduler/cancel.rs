@@ -47,7 +47,7 @@ impl Scheduler {
         st.dispatch(&self.config);
         let counted = outbox.count(self);
         drop(st);
-        outbox.send_counted(self, counted);
+        outbox.deliver(self, counted);
         let ended = jobs.len();
         drop(jobs);
         self.changed.notify_all();

@@ -10,6 +10,8 @@ use crossbeam_channel::Sender;
 
 use super::Scheduler;
 use crate::error::Error;
+use crate::logging::emit::Pending;
+use crate::logging::emitter;
 
 /// An event with the id of the job it belongs to.
 pub(crate) type Routed = (u64, Event);
@@ -171,7 +173,7 @@ pub(super) struct Outbox(Vec<(Sink, u64, Vec<Event>)>);
 
 impl Outbox {
     /// Counts this outbox as [`Scheduler::delivering`] (call under the lock);
-    /// [`Outbox::send_counted`] sends it and ends the count.
+    /// [`Outbox::deliver`] sends it and ends the count.
     pub(super) fn count(&self, shared: &Scheduler) -> bool {
         let counted = !self.0.is_empty();
         if counted {
@@ -180,8 +182,25 @@ impl Outbox {
         counted
     }
 
-    pub(super) fn send_counted(self, shared: &Scheduler, counted: bool) {
-        self.send();
+    /// Sends the events (see [`Outbox::deliver_after`]) and ends the count
+    /// taken by [`Outbox::count`].
+    pub(super) fn deliver(self, shared: &Scheduler, counted: bool) {
+        self.deliver_after(shared, Pending::default(), counted);
+    }
+
+    /// Sends the events after `logs` (records of the frames that made
+    /// them) are emitted, and ends the count taken by [`Outbox::count`].
+    /// Sent at once when there are no records and nothing waits on the
+    /// [emitting thread](emitter); otherwise handed to it, behind what
+    /// waits there, so that a subscriber never holds the calling thread.
+    pub(super) fn deliver_after(self, shared: &Scheduler, logs: Pending, counted: bool) {
+        if logs.is_empty() && (self.0.is_empty() || !emitter::busy()) {
+            self.send();
+        } else if self.0.is_empty() {
+            emitter::hand_off(logs, None);
+        } else {
+            emitter::hand_off(logs, Some(Box::new(move || self.send())));
+        }
         if counted {
             shared.delivering.fetch_sub(1, Ordering::AcqRel);
         }
@@ -194,7 +213,7 @@ impl Outbox {
         }
     }
 
-    pub(super) fn send(self) {
+    fn send(self) {
         for (sink, job, events) in self.0 {
             sink.send(job, events);
         }

@@ -49,8 +49,7 @@ impl Scheduler {
         }
         frames.clear();
         // Log records before the results of their items reach the calls.
-        logs.emit();
-        outbox.send_counted(self, counted);
+        outbox.deliver_after(self, logs, counted);
         if wake {
             self.changed.notify_all();
         }
@@ -325,7 +324,7 @@ impl Scheduler {
         st.dispatch(&self.config);
         let counted = outbox.count(self);
         drop(st);
-        outbox.send_counted(self, counted);
+        outbox.deliver(self, counted);
         self.changed.notify_all();
     }
 }

@@ -199,7 +199,8 @@ pub(crate) struct Scheduler {
     joining: AtomicBool,
     /// Threads that made events under the lock and send them after it:
     /// shutdown waits for them before it ends the jobs, so that a job's
-    /// end never overtakes its last results.
+    /// end never overtakes its last results (sent, or handed to the
+    /// emitting thread, where the end queues behind them).
     delivering: AtomicUsize,
 }
 
@@ -411,7 +412,9 @@ impl Scheduler {
     /// Waits until no chunk is queued or running and every call but the
     /// lazy iterators has finished; with `from_results_thread` (a callback
     /// joining the pool), async calls count as finished once their work is
-    /// done, since that thread would deliver them.
+    /// done, since that thread would deliver them. Then waits until the
+    /// events made so far have reached their calls (some may wait behind
+    /// log records on the [emitting thread](crate::logging::emitter)).
     pub(crate) fn wait_idle(&self, from_results_thread: bool) {
         let mut st = self.lock();
         while !st.terminated
@@ -423,6 +426,8 @@ impl Scheduler {
         {
             st = self.wait_changed(st, None);
         }
+        drop(st);
+        crate::logging::emitter::flush();
     }
 
     /// Ends every worker and thread. `graceful`: idle workers get an exit
@@ -458,7 +463,7 @@ impl Scheduler {
         while self.delivering.load(Ordering::Acquire) > 0 {
             thread::yield_now();
         }
-        outbox.send();
+        outbox.deliver(self, false);
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.lock();
         while st.live_readers > 0 || st.launching > 0 {
@@ -642,7 +647,7 @@ impl Scheduler {
         }
         let counted = outbox.count(self);
         drop(st);
-        outbox.send_counted(self, counted);
+        outbox.deliver(self, counted);
         self.changed.notify_all();
     }
 

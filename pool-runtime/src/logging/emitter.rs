@@ -1,0 +1,159 @@
+//! The thread that emits what workers' frames had to say, so that a slow
+//! or blocked subscriber or logger never holds a thread of the pool.
+//!
+//! A reader thread keeps the records of a worker's frames ([`Pending`])
+//! under the scheduler's lock and says them after it. Said there, a
+//! subscriber that blocks (a lock the thread calling `terminate` holds, a
+//! full pipe) would hold that reader, and with it the end of the pool: the
+//! reader reaps its worker, and shutdown waits for every reader. So the
+//! records go to this thread, with the deliveries that must follow them
+//! (the results of the same frames: a task's records are seen before its
+//! result). While anything waits here, every delivery goes through here
+//! too, in turn; when nothing does, deliveries are made at once by the
+//! thread that made them, as before.
+//!
+//! Records waiting here are bounded ([`MAX_QUEUED_RECORDS`],
+//! [`MAX_QUEUED_BYTES`]): past that, the records of further frames are
+//! dropped and counted, as a worker does when its own buffer is full. The
+//! thread ends after [`IDLE`] with nothing to do and starts again on the
+//! next hand-off.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::emit::Pending;
+
+/// The most records waiting to be emitted, from every worker.
+pub(crate) const MAX_QUEUED_RECORDS: usize = 16 * 1024;
+/// The most bytes of records waiting to be emitted (messages and names).
+pub(crate) const MAX_QUEUED_BYTES: usize = 16 << 20;
+/// How long the thread waits for work before it ends.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// What a delivery that follows records does.
+pub(crate) type Then = Box<dyn FnOnce() + Send>;
+
+/// Records to emit, then what follows them.
+type Job = (Pending, Option<Then>);
+
+struct Emitter {
+    /// Hand-offs queued and not yet done (read without the lock).
+    queued: AtomicUsize,
+    /// Records queued, and their bytes.
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+    /// The running thread's queue; `None` while no thread runs.
+    tx: Mutex<Option<Sender<Job>>>,
+}
+
+static EMITTER: Emitter = Emitter {
+    queued: AtomicUsize::new(0),
+    records: AtomicUsize::new(0),
+    bytes: AtomicUsize::new(0),
+    tx: Mutex::new(None),
+};
+
+fn lock() -> MutexGuard<'static, Option<Sender<Job>>> {
+    EMITTER.tx.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether deliveries wait here: one made now must come after them.
+pub(crate) fn busy() -> bool {
+    EMITTER.queued.load(Ordering::Acquire) > 0
+}
+
+/// Emits `pending`, then runs `then`, on the emitting thread, after
+/// everything handed off before. Never waits for a subscriber. Records
+/// past the bounds are dropped and counted instead.
+pub(crate) fn hand_off(mut pending: Pending, then: Option<Then>) {
+    let (records, bytes) = pending.size();
+    let (records, bytes) = if records > 0
+        && (EMITTER.records.load(Ordering::Relaxed) + records > MAX_QUEUED_RECORDS
+            || EMITTER.bytes.load(Ordering::Relaxed) + bytes > MAX_QUEUED_BYTES)
+    {
+        pending.drop_records();
+        (0, 0)
+    } else {
+        (records, bytes)
+    };
+    let mut tx = lock();
+    EMITTER.queued.fetch_add(1, Ordering::AcqRel);
+    EMITTER.records.fetch_add(records, Ordering::Relaxed);
+    EMITTER.bytes.fetch_add(bytes, Ordering::Relaxed);
+    let mut job = (pending, then);
+    if let Some(sender) = tx.as_ref() {
+        match sender.send(job) {
+            Ok(()) => return,
+            // The thread ended without clearing its queue (it panicked).
+            Err(err) => job = err.into_inner(),
+        }
+    }
+    let (sender, receiver) = crossbeam_channel::unbounded();
+    let started = thread::Builder::new()
+        .name("pool-log-emitter".to_owned())
+        .spawn(move || run(receiver));
+    match started {
+        Ok(_) => {
+            // A new channel: nothing can fail to be received.
+            let _ = sender.send(job);
+            *tx = Some(sender);
+        }
+        Err(_) => {
+            // No thread: emit here, as without one.
+            *tx = None;
+            drop(tx);
+            finish(job);
+        }
+    }
+}
+
+/// Returns once everything handed off so far is emitted and delivered.
+pub(crate) fn flush() {
+    if !busy() {
+        return;
+    }
+    let (done, wait) = crossbeam_channel::bounded(1);
+    hand_off(
+        Pending::default(),
+        Some(Box::new(move || {
+            let _ = done.send(());
+        })),
+    );
+    let _ = wait.recv();
+}
+
+fn run(receiver: Receiver<Job>) {
+    loop {
+        match receiver.recv_timeout(IDLE) {
+            Ok(job) => finish(job),
+            Err(RecvTimeoutError::Timeout) => {
+                // Under the lock no hand-off is being queued: with none
+                // queued, the next one starts a new thread.
+                let mut tx = lock();
+                if EMITTER.queued.load(Ordering::Acquire) == 0 {
+                    *tx = None;
+                    return;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+    }
+}
+
+fn finish((pending, then): Job) {
+    let (records, bytes) = pending.size();
+    // A subscriber that panics loses its records, not the deliveries
+    // behind them (its panic message is printed by the panic hook).
+    let _ = panic::catch_unwind(AssertUnwindSafe(|| pending.emit()));
+    EMITTER.records.fetch_sub(records, Ordering::Relaxed);
+    EMITTER.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    if let Some(then) = then {
+        then();
+    }
+    EMITTER.queued.fetch_sub(1, Ordering::AcqRel);
+}
