@@ -77,7 +77,7 @@ static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
 /// until this file exists (see [`flood_holds_back_nothing`]).
 static FLOOD_GATE: OnceLock<PathBuf> = OnceLock::new();
 static FLOOD_HELD: AtomicBool = AtomicBool::new(false);
-/// Records of the task `held` wait for this lock (see
+/// Records of the task `held` and the initializer `held_init` wait for this lock (see
 /// [`a_blocked_subscriber_holds_back_neither_terminate_nor_drop`]), and say
 /// so in `HELD_WAITING` first.
 static HOLD: Mutex<()> = Mutex::new(());
@@ -105,7 +105,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
                 }
             }
         }
-        if seen.task_is("held") {
+        if seen.task_is("held") || seen.task_is("held_init") {
             HELD_WAITING.store(true, Ordering::SeqCst);
             drop(HOLD.lock().unwrap_or_else(|p| p.into_inner()));
         }
@@ -416,6 +416,12 @@ fn a_killed_worker_is_a_warning_naming_task_item_and_slot() {
     });
 }
 
+/// An initializer emitting one record (which the subscriber holds).
+#[task]
+fn held_init() {
+    tracing::info!("starting");
+}
+
 /// Emits one record (which this process's subscriber holds); returns `x`.
 #[task]
 fn held(x: u64) -> u64 {
@@ -467,11 +473,29 @@ fn a_blocked_subscriber_holds_back_neither_terminate_nor_drop() {
             assert!(!process_exists(*pid), "worker {pid} left after drop");
         }
         assert!(matches!(call.get(), Err(Error::Terminated)));
+        // Workers start, and the pool ends, while records of their
+        // initializer wait too.
+        let pool = Pool::builder()
+            .processes(2)
+            .initializer(task!(held_init), ())
+            .build()
+            .expect("a pool whose initializer logs starts");
+        let pids = pool.worker_pids();
+        assert_eq!(pids.len(), 2);
+        drop(pool);
+        for pid in &pids {
+            assert!(!process_exists(*pid), "worker {pid} left after drop");
+        }
         drop(hold);
-        // Released, the subscriber sees both records.
+        // Released, the subscriber sees every record.
         let records = wait_for(2, |s| s.task_is("held"));
         assert!(
             records.iter().all(|s| s.message() == "held 7"),
+            "{records:?}"
+        );
+        let records = wait_for(2, |s| s.task_is("held_init"));
+        assert!(
+            records.iter().all(|s| s.message() == "starting"),
             "{records:?}"
         );
     });
