@@ -105,6 +105,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
                 }
             }
         }
+        if seen.task_is("slow_logger") {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if seen.task_is("held") || seen.task_is("held_init") {
             HELD_WAITING.store(true, Ordering::SeqCst);
             drop(HOLD.lock().unwrap_or_else(|p| p.into_inner()));
@@ -429,66 +432,72 @@ fn held(x: u64) -> u64 {
     x
 }
 
-/// Starts `held` on a new pool; returns the pool, its workers and the
-/// call once the call's result has come back from its worker.
-fn held_call() -> (Pool, Vec<u32>, pool_runtime::AsyncResult<u64>) {
-    let pool = pool();
-    let pids = pool.worker_pids();
-    let call = pool.apply_async(task!(held), (7,)).expect("submitted");
+/// Waits (bounded) until `pool` has had `n` results back from workers.
+fn wait_results(pool: &Pool, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while pool.stats().workers.iter().map(|w| w.items).sum::<u64>() == 0 {
-        assert!(Instant::now() < deadline, "the item never came back");
+    while pool.stats().workers.iter().map(|w| w.items).sum::<u64>() < n {
+        assert!(Instant::now() < deadline, "the items never came back");
         std::thread::sleep(Duration::from_millis(2));
     }
-    (pool, pids, call)
 }
 
 #[test]
-fn a_blocked_subscriber_holds_back_neither_terminate_nor_drop() {
+fn a_blocked_subscriber_holds_back_only_the_results_behind_its_records() {
     within(60, || {
-        // The subscriber waits for a lock this thread holds: terminate and
-        // drop return, with every worker reaped, while it still waits.
+        // The subscriber waits for a lock this thread holds, in the record
+        // of a blocking call running in another thread.
         let hold = HOLD.lock().unwrap_or_else(|p| p.into_inner());
         HELD_WAITING.store(false, Ordering::SeqCst);
-        let (pool, pids, call) = held_call();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !HELD_WAITING.load(Ordering::SeqCst) {
-            assert!(
-                Instant::now() < deadline,
-                "the record never reached the subscriber"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let pool = pool();
+        let pids = pool.worker_pids();
+        let blocked = std::thread::scope(|scope| {
+            let call = scope.spawn(|| pool.map(task!(held), [7]));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !HELD_WAITING.load(Ordering::SeqCst) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the record never reached the subscriber"
+                );
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            wait_results(&pool, 1);
+            // Results of another pool, which logs nothing, are not held.
+            let other = self::pool();
+            let pid = other.apply(task!(worker_pid), ()).expect("apply");
+            assert!(other.worker_pids().contains(&pid));
+            other.join();
+            // The blocked call is cancelled at once.
+            assert_eq!(pool.cancel_all(), 1);
+            call.join().expect("the call's thread")
+        });
+        assert!(matches!(blocked, Err(Error::Cancelled)), "{blocked:?}");
+        // terminate returns, every worker reaped, while the subscriber
+        // still waits; a call whose result waits behind a record ends.
+        let call = pool.apply_async(task!(held), (7,)).expect("submitted");
+        wait_results(&pool, 2);
         pool.terminate();
         for pid in &pids {
             assert!(!process_exists(*pid), "worker {pid} left after terminate");
         }
-        // Its result waits behind the record: the call ends with the pool.
         assert!(matches!(call.get(), Err(Error::Terminated)));
-        // The subscriber still waits in the first record: this call's
-        // record and result queue behind it.
-        let (pool, pids, call) = held_call();
-        drop(pool);
-        for pid in &pids {
-            assert!(!process_exists(*pid), "worker {pid} left after drop");
-        }
-        assert!(matches!(call.get(), Err(Error::Terminated)));
-        // Workers start, and the pool ends, while records of their
-        // initializer wait too.
+        // Drop too (it waits a moment for records, not for a stuck
+        // subscriber), and with an initializer's records waiting.
         let pool = Pool::builder()
             .processes(2)
             .initializer(task!(held_init), ())
             .build()
             .expect("a pool whose initializer logs starts");
         let pids = pool.worker_pids();
-        assert_eq!(pids.len(), 2);
+        let call = pool.apply_async(task!(held), (7,)).expect("submitted");
+        wait_results(&pool, 1);
         drop(pool);
         for pid in &pids {
             assert!(!process_exists(*pid), "worker {pid} left after drop");
         }
+        assert!(matches!(call.get(), Err(Error::Terminated)));
         drop(hold);
         // Released, the subscriber sees every record.
-        let records = wait_for(2, |s| s.task_is("held"));
+        let records = wait_for(3, |s| s.task_is("held"));
         assert!(
             records.iter().all(|s| s.message() == "held 7"),
             "{records:?}"
@@ -498,5 +507,30 @@ fn a_blocked_subscriber_holds_back_neither_terminate_nor_drop() {
             records.iter().all(|s| s.message() == "starting"),
             "{records:?}"
         );
+    });
+}
+
+/// Emits `count` records, which this process's subscriber takes slowly.
+#[task]
+fn slow_logger(count: u64) -> u64 {
+    for i in 0..count {
+        tracing::info!("slow {i}");
+    }
+    count
+}
+
+#[test]
+fn dropping_the_pool_waits_for_records_a_slow_subscriber_still_takes() {
+    within(60, || {
+        let pool = pool();
+        let call = pool
+            .apply_async(task!(slow_logger), (300,))
+            .expect("submitted");
+        wait_results(&pool, 1);
+        // The subscriber takes 1 ms per record: most still wait.
+        drop(pool);
+        let records = seen(|s| s.task_is("slow_logger"));
+        assert_eq!(records.len(), 300);
+        assert!(matches!(call.get(), Ok(300)));
     });
 }

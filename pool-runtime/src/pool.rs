@@ -27,7 +27,9 @@ use serde::de::DeserializeOwned;
 /// Dropping the pool ends every worker: idle ones exit, busy ones are killed,
 /// and every process is reaped before `drop` returns (within about 2 s).
 /// Like [`terminate`](Pool::terminate), `drop` also waits for the callback
-/// or async result decoding the pool's result thread is running.
+/// or async result decoding the pool's result thread is running. Log
+/// records from tasks still waiting for this process's subscriber are
+/// waited for while it takes them (not for one stuck for 1 s).
 ///
 /// ```
 /// use pool_runtime::prelude::*;
@@ -576,10 +578,12 @@ impl Pool {
     /// callback or a `Deserialize` must not wait for a lock the thread
     /// calling `terminate` (or dropping the pool) holds: that deadlocks,
     /// as joining any thread would. Called from a callback, it does not
-    /// wait for that callback. A subscriber emitting records from tasks
-    /// may block, though: it runs on a thread `terminate` does not wait
-    /// for, and results still waiting behind its records are dropped with
-    /// the calls.
+    /// wait for that callback. The subscriber that shows log records from
+    /// tasks may block, though: it runs on a thread `terminate` does not
+    /// wait for; calls whose results wait behind its records end with
+    /// `Terminated`, and records still waiting are shown later (or lost if
+    /// the program ends first; dropping the pool instead waits for them
+    /// while the subscriber takes them).
     ///
     /// # Examples
     ///

@@ -8,9 +8,13 @@
 //! reader reaps its worker, and shutdown waits for every reader. So the
 //! records go to this thread, with the deliveries that must follow them
 //! (the results of the same frames: a task's records are seen before its
-//! result). While anything waits here, every delivery goes through here
-//! too, in turn; when nothing does, deliveries are made at once by the
-//! thread that made them, as before.
+//! result). While a worker's hand-offs wait here, its later results
+//! follow them here too (they may follow records of earlier frames);
+//! other results, and whatever ends a call (a failure outside the task,
+//! a cancel, terminate), are sent at once by the thread that made them.
+//! One thread for the process: records reach the one subscriber in the
+//! order they came, so a slow subscriber delays the results behind them,
+//! whichever pool they come from, and only those.
 //!
 //! Records waiting here are bounded ([`MAX_QUEUED_RECORDS`],
 //! [`MAX_QUEUED_BYTES`]): past that, the records of further frames are
@@ -22,7 +26,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
@@ -44,6 +48,8 @@ type Job = (Pending, Option<Then>);
 struct Emitter {
     /// Hand-offs queued and not yet done (read without the lock).
     queued: AtomicUsize,
+    /// Hand-offs done so far (the thread's progress).
+    done: AtomicUsize,
     /// Records queued, and their bytes.
     records: AtomicUsize,
     bytes: AtomicUsize,
@@ -53,6 +59,7 @@ struct Emitter {
 
 static EMITTER: Emitter = Emitter {
     queued: AtomicUsize::new(0),
+    done: AtomicUsize::new(0),
     records: AtomicUsize::new(0),
     bytes: AtomicUsize::new(0),
     tx: Mutex::new(None),
@@ -60,11 +67,6 @@ static EMITTER: Emitter = Emitter {
 
 fn lock() -> MutexGuard<'static, Option<Sender<Job>>> {
     EMITTER.tx.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Whether deliveries wait here: one made now must come after them.
-pub(crate) fn busy() -> bool {
-    EMITTER.queued.load(Ordering::Acquire) > 0
 }
 
 /// Emits `pending`, then runs `then`, on the emitting thread, after
@@ -112,19 +114,36 @@ pub(crate) fn hand_off(mut pending: Pending, then: Option<Then>) {
     }
 }
 
-/// Returns once everything handed off so far is emitted and delivered.
-pub(crate) fn flush() {
-    if !busy() {
-        return;
+/// Waits until `count` (the hand-offs of one pool not yet done) is 0;
+/// with `stall`, gives up (`false`) once the emitting thread has finished
+/// nothing for that long: a subscriber that blocks, not one that is slow.
+pub(crate) fn wait_for(count: &AtomicUsize, stall: Option<Duration>) -> bool {
+    let mut seen = EMITTER.done.load(Ordering::Acquire);
+    let mut since = Instant::now();
+    while count.load(Ordering::Acquire) > 0 {
+        // A marker behind them: once it runs, so did they.
+        let (done, wait) = crossbeam_channel::bounded(1);
+        hand_off(
+            Pending::default(),
+            Some(Box::new(move || {
+                let _ = done.send(());
+            })),
+        );
+        loop {
+            match wait.recv_timeout(Duration::from_millis(20)) {
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = EMITTER.done.load(Ordering::Acquire);
+            if now != seen {
+                seen = now;
+                since = Instant::now();
+            } else if stall.is_some_and(|stall| since.elapsed() >= stall) {
+                return false;
+            }
+        }
     }
-    let (done, wait) = crossbeam_channel::bounded(1);
-    hand_off(
-        Pending::default(),
-        Some(Box::new(move || {
-            let _ = done.send(());
-        })),
-    );
-    let _ = wait.recv();
+    true
 }
 
 fn run(receiver: Receiver<Job>) {
@@ -156,4 +175,5 @@ fn finish((pending, then): Job) {
         then();
     }
     EMITTER.queued.fetch_sub(1, Ordering::AcqRel);
+    EMITTER.done.fetch_add(1, Ordering::Release);
 }

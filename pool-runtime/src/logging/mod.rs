@@ -16,10 +16,10 @@
 //!   serving thread before the results of the items that emitted them, and
 //!   while a long item runs by a thread of their own.
 //! - The pool's process emits them on a thread of its own ([`emitter`]),
-//!   results following the records of their frames: a subscriber that is
-//!   slow or blocked holds back results, never a reader thread, terminate
-//!   or drop. Records waiting there are bounded too; past that they are
-//!   dropped and counted the same way.
+//!   a worker's results following the records of its frames: a subscriber
+//!   that is slow or blocked holds back those results, never a reader
+//!   thread, a cancel, terminate or drop. Records waiting there are bounded
+//!   too; past that they are dropped and counted the same way.
 //! - The pool's process emits each record again ([`emit`]) at its level,
 //!   with its target, module, file and line, and the fields `pid` (the
 //!   worker's), `task` and `item` (the index in the call's input of the

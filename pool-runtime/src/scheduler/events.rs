@@ -2,7 +2,7 @@
 //! routed by job to a channel (async calls) or to one call's own queue.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -182,25 +182,42 @@ impl Outbox {
         counted
     }
 
-    /// Sends the events (see [`Outbox::deliver_after`]) and ends the count
-    /// taken by [`Outbox::count`].
+    /// Sends the events at once, and ends the count taken by
+    /// [`Outbox::count`].
     pub(super) fn deliver(self, shared: &Scheduler, counted: bool) {
-        self.deliver_after(shared, Pending::default(), counted);
+        self.send();
+        if counted {
+            shared.delivering.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
-    /// Sends the events after `logs` (records of the frames that made
-    /// them) are emitted, and ends the count taken by [`Outbox::count`].
-    /// Sent at once when there are no records and nothing waits on the
-    /// [emitting thread](emitter); otherwise handed to it, behind what
-    /// waits there, so that a subscriber never holds the calling thread.
-    pub(super) fn deliver_after(self, shared: &Scheduler, logs: Pending, counted: bool) {
-        if logs.is_empty() && (self.0.is_empty() || !emitter::busy()) {
-            self.send();
-        } else if self.0.is_empty() {
-            emitter::hand_off(logs, None);
-        } else {
-            emitter::hand_off(logs, Some(Box::new(move || self.send())));
+    /// Hands the events to the [emitting thread](emitter), to be sent
+    /// after `logs` (records of the frames that made them) and after what
+    /// waits there already; ends the count taken by [`Outbox::count`].
+    /// `worker` counts the hand-offs of the worker whose frames these
+    /// are, and [`Scheduler::emitting`] those of the pool, until done.
+    pub(super) fn deliver_after(
+        self,
+        shared: &Scheduler,
+        logs: Pending,
+        worker: Option<Arc<AtomicUsize>>,
+        counted: bool,
+    ) {
+        let pool = Arc::clone(&shared.emitting);
+        pool.fetch_add(1, Ordering::AcqRel);
+        if let Some(worker) = &worker {
+            worker.fetch_add(1, Ordering::AcqRel);
         }
+        emitter::hand_off(
+            logs,
+            Some(Box::new(move || {
+                self.send();
+                if let Some(worker) = worker {
+                    worker.fetch_sub(1, Ordering::AcqRel);
+                }
+                pool.fetch_sub(1, Ordering::AcqRel);
+            })),
+        );
         if counted {
             shared.delivering.fetch_sub(1, Ordering::AcqRel);
         }

@@ -4,6 +4,7 @@
 //! the running item blamed (or retried) and the others requeued.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use pool_core::ProtocolError;
@@ -29,6 +30,7 @@ impl Scheduler {
         let mut finished = false;
         let mut wake = false;
         let counted;
+        let mut queue = None;
         let mut outcome = Ok(());
         {
             let mut st = self.lock();
@@ -46,10 +48,21 @@ impl Scheduler {
                 wake = st.waiters > 0;
             }
             counted = outbox.count(self);
+            // Results follow records: those of these frames, and those of
+            // this worker's frames still waiting to be emitted.
+            let behind = st.workers[slot]
+                .as_ref()
+                .filter(|w| w.pid == pid)
+                .map(|w| &w.emitting);
+            if !logs.is_empty() || behind.is_some_and(|n| n.load(Ordering::Acquire) > 0) {
+                queue = Some(behind.cloned());
+            }
         }
         frames.clear();
-        // Log records before the results of their items reach the calls.
-        outbox.deliver_after(self, logs, counted);
+        match queue {
+            None => outbox.deliver(self, counted),
+            Some(worker) => outbox.deliver_after(self, logs, worker, counted),
+        }
         if wake {
             self.changed.notify_all();
         }

@@ -109,6 +109,10 @@ struct InFlight {
     timeout: Option<Duration>,
 }
 
+/// How long a graceful shutdown waits for a subscriber that takes no
+/// record from tasks at all (it waits as long as records are taken).
+const EMIT_STALL: Duration = Duration::from_secs(1);
+
 struct Worker {
     pid: u32,
     /// How it is reached, stopped, and watched (its kind).
@@ -137,6 +141,9 @@ struct Worker {
     budget: Option<usize>,
     /// When it is to retire (`max_lifetime`).
     retire_at: Option<Instant>,
+    /// Deliveries of its frames waiting behind log records on the
+    /// emitting thread: its later results follow them.
+    emitting: Arc<AtomicUsize>,
     /// It is being replaced, and why: it gets no more work.
     retiring: Option<retire::Retirement>,
 }
@@ -200,8 +207,11 @@ pub(crate) struct Scheduler {
     /// Threads that made events under the lock and send them after it:
     /// shutdown waits for them before it ends the jobs, so that a job's
     /// end never overtakes its last results (sent, or handed to the
-    /// emitting thread, where the end queues behind them).
+    /// emitting thread, where they may come after it: the call has ended).
     delivering: AtomicUsize,
+    /// Deliveries of this pool waiting behind log records on the
+    /// [emitting thread](crate::logging::emitter).
+    emitting: Arc<AtomicUsize>,
 }
 
 impl Scheduler {
@@ -234,6 +244,7 @@ impl Scheduler {
             stopping: AtomicBool::new(false),
             joining: AtomicBool::new(false),
             delivering: AtomicUsize::new(0),
+            emitting: Arc::new(AtomicUsize::new(0)),
         });
         let sup = Arc::clone(&shared);
         let handle = thread::Builder::new()
@@ -414,7 +425,8 @@ impl Scheduler {
     /// joining the pool), async calls count as finished once their work is
     /// done, since that thread would deliver them. Then waits until the
     /// events made so far have reached their calls (some may wait behind
-    /// log records on the [emitting thread](crate::logging::emitter)).
+    /// log records on the [emitting thread](crate::logging::emitter), for
+    /// as long as the subscriber takes).
     pub(crate) fn wait_idle(&self, from_results_thread: bool) {
         let mut st = self.lock();
         while !st.terminated
@@ -427,11 +439,13 @@ impl Scheduler {
             st = self.wait_changed(st, None);
         }
         drop(st);
-        crate::logging::emitter::flush();
+        crate::logging::emitter::wait_for(&self.emitting, None);
     }
 
     /// Ends every worker and thread. `graceful`: idle workers get an exit
-    /// frame, busy ones are killed; otherwise all are killed. Returns when
+    /// frame, busy ones are killed, and records from tasks still waiting
+    /// to be emitted are waited for while the subscriber takes them
+    /// (see [`EMIT_STALL`]); otherwise all are killed. Returns when
     /// every worker process has been reaped.
     pub(crate) fn shutdown(&self, graceful: bool, supervisor: thread::JoinHandle<()>) {
         let mut outbox = Outbox::default();
@@ -462,6 +476,11 @@ impl Scheduler {
         self.changed.notify_all();
         while self.delivering.load(Ordering::Acquire) > 0 {
             thread::yield_now();
+        }
+        if graceful {
+            // The program may end next: the records of work done, and the
+            // results behind them, go first, unless the subscriber is stuck.
+            crate::logging::emitter::wait_for(&self.emitting, Some(EMIT_STALL));
         }
         outbox.deliver(self, false);
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -685,6 +704,7 @@ impl Scheduler {
             budget: self.config.max_tasks,
             retire_at: self.retire_at(),
             retiring: None,
+            emitting: Arc::new(AtomicUsize::new(0)),
         });
         st.dispatch(&self.config);
         true
