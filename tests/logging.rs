@@ -448,7 +448,8 @@ fn a_blocked_subscriber_holds_back_only_the_results_behind_its_records() {
         // of a blocking call running in another thread.
         let hold = HOLD.lock().unwrap_or_else(|p| p.into_inner());
         HELD_WAITING.store(false, Ordering::SeqCst);
-        let pool = pool();
+        // One worker: the calls below run where the record came from.
+        let pool = Pool::builder().processes(1).build().expect("a pool");
         let pids = pool.worker_pids();
         let blocked = std::thread::scope(|scope| {
             let call = scope.spawn(|| pool.map(task!(held), [7]));
@@ -461,7 +462,12 @@ fn a_blocked_subscriber_holds_back_only_the_results_behind_its_records() {
                 std::thread::sleep(Duration::from_millis(2));
             }
             wait_results(&pool, 1);
-            // Results of another pool, which logs nothing, are not held.
+            // Results without records are not held, on the worker whose
+            // record waits nor in another pool.
+            for _ in 0..4 {
+                let pid = pool.apply(task!(worker_pid), ()).expect("apply");
+                assert!(pids.contains(&pid));
+            }
             let other = self::pool();
             let pid = other.apply(task!(worker_pid), ()).expect("apply");
             assert!(other.worker_pids().contains(&pid));
@@ -474,7 +480,7 @@ fn a_blocked_subscriber_holds_back_only_the_results_behind_its_records() {
         // terminate returns, every worker reaped, while the subscriber
         // still waits; a call whose result waits behind a record ends.
         let call = pool.apply_async(task!(held), (7,)).expect("submitted");
-        wait_results(&pool, 2);
+        wait_results(&pool, 6);
         pool.terminate();
         for pid in &pids {
             assert!(!process_exists(*pid), "worker {pid} left after terminate");

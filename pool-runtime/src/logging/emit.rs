@@ -372,6 +372,18 @@ impl Pending {
             })
     }
 
+    /// The last chunk (by id) whose items' records were kept; 0 if none.
+    pub(crate) fn last_chunk(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|entry| match entry {
+                Entry::Record { record, .. } => record.chunk,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Replaces the records kept by their count (one per worker), in
     /// place of the first; reports of failed items stay.
     pub(crate) fn drop_records(&mut self) {

@@ -31,11 +31,14 @@ impl Scheduler {
         let mut wake = false;
         let counted;
         let mut queue = None;
+        // The first chunk whose results these frames hold.
+        let mut lowest_chunk = u64::MAX;
         let mut outcome = Ok(());
         {
             let mut st = self.lock();
             for frame in frames.drain(..) {
-                match self.on_frame(&mut st, slot, pid, frame, &mut outbox, &mut logs) {
+                let outputs = (&mut outbox, &mut logs, &mut lowest_chunk);
+                match self.on_frame(&mut st, slot, pid, frame, outputs) {
                     Ok(done) => finished |= done,
                     Err(err) => {
                         outcome = Err(err);
@@ -48,14 +51,22 @@ impl Scheduler {
                 wake = st.waiters > 0;
             }
             counted = outbox.count(self);
-            // Results follow records: those of these frames, and those of
-            // this worker's frames still waiting to be emitted.
-            let behind = st.workers[slot]
-                .as_ref()
-                .filter(|w| w.pid == pid)
-                .map(|w| &w.emitting);
-            if !logs.is_empty() || behind.is_some_and(|n| n.load(Ordering::Acquire) > 0) {
-                queue = Some(behind.cloned());
+            // Results follow the records of their items: those of these
+            // frames, and those of this worker's earlier frames still
+            // waiting to be emitted (records of the same chunk or a later
+            // one; a worker runs its chunks in order).
+            let worker = st.workers[slot].as_mut().filter(|w| w.pid == pid);
+            match worker {
+                Some(w) => {
+                    let behind =
+                        w.emitting.load(Ordering::Acquire) > 0 && lowest_chunk <= w.records_upto;
+                    if !logs.is_empty() || behind {
+                        queue = Some(Some(Arc::clone(&w.emitting)));
+                    }
+                    w.records_upto = w.records_upto.max(logs.last_chunk());
+                }
+                None if !logs.is_empty() => queue = Some(None),
+                None => {}
             }
         }
         frames.clear();
@@ -76,8 +87,7 @@ impl Scheduler {
         slot: usize,
         pid: u32,
         frame: Vec<u8>,
-        outbox: &mut Outbox,
-        logs: &mut Pending,
+        (outbox, logs, lowest_chunk): (&mut Outbox, &mut Pending, &mut u64),
     ) -> Result<bool, ProtocolError> {
         let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
             Ok((header, body)) => (header, body.len()),
@@ -101,6 +111,7 @@ impl Scheduler {
         else {
             return Err(ProtocolError::Unexpected("a frame other than results"));
         };
+        *lowest_chunk = (*lowest_chunk).min(chunk);
         let body_at = frame.len() - body_len;
         let worker = st.workers[slot]
             .as_mut()

@@ -142,8 +142,10 @@ struct Worker {
     /// When it is to retire (`max_lifetime`).
     retire_at: Option<Instant>,
     /// Deliveries of its frames waiting behind log records on the
-    /// emitting thread: its later results follow them.
+    /// emitting thread: its later results of chunks up to `records_upto`
+    /// (the last chunk whose records it handed there) follow them.
     emitting: Arc<AtomicUsize>,
+    records_upto: u64,
     /// It is being replaced, and why: it gets no more work.
     retiring: Option<retire::Retirement>,
 }
@@ -705,6 +707,7 @@ impl Scheduler {
             retire_at: self.retire_at(),
             retiring: None,
             emitting: Arc::new(AtomicUsize::new(0)),
+            records_upto: 0,
         });
         st.dispatch(&self.config);
         true
