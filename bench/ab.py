@@ -15,6 +15,7 @@ ROWS_ALL = [
     ("cs1", ["tiny", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("imap1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
+    ("view", ["view", "--procs", "2", "--count", "64", "--mib", "16"]),
 ]
 import os
 only=os.environ.get("ONLY")
