@@ -78,10 +78,18 @@ static SEEN: Mutex<Vec<Seen>> = Mutex::new(Vec::new());
 static FLOOD_GATE: OnceLock<PathBuf> = OnceLock::new();
 static FLOOD_HELD: AtomicBool = AtomicBool::new(false);
 /// Records of the task `held` and the initializer `held_init` wait for this lock (see
-/// [`a_blocked_subscriber_holds_back_neither_terminate_nor_drop`]), and say
+/// [`a_blocked_subscriber_holds_back_only_the_results_behind_its_records`]), and say
 /// so in `HELD_WAITING` first.
 static HOLD: Mutex<()> = Mutex::new(());
 static HELD_WAITING: AtomicBool = AtomicBool::new(false);
+/// Records with the message `hanging` or `dying` wait for this lock (see
+/// [`a_timeout_error_follows_the_records_of_its_item`]), and say so in
+/// `GATE_WAITING` first.
+static GATE: Mutex<()> = Mutex::new(());
+static GATE_WAITING: AtomicBool = AtomicBool::new(false);
+/// Held by each test using `GATE` until its records are out of the
+/// subscriber, so that one test's record never waits for another's gate.
+static GATED_TEST: Mutex<()> = Mutex::new(());
 
 struct Capture;
 
@@ -107,6 +115,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         }
         if seen.task_is("slow_logger") {
             std::thread::sleep(Duration::from_millis(1));
+        }
+        if matches!(seen.message(), "hanging" | "dying") {
+            GATE_WAITING.store(true, Ordering::SeqCst);
+            drop(GATE.lock().unwrap_or_else(|p| p.into_inner()));
         }
         if seen.task_is("held") || seen.task_is("held_init") {
             HELD_WAITING.store(true, Ordering::SeqCst);
@@ -538,5 +550,123 @@ fn dropping_the_pool_waits_for_records_a_slow_subscriber_still_takes() {
         let records = seen(|s| s.task_is("slow_logger"));
         assert_eq!(records.len(), 300);
         assert!(matches!(call.get(), Ok(300)));
+    });
+}
+
+/// Emits one record, then runs until its timeout ends it.
+#[task]
+fn hang_after_record() -> u64 {
+    tracing::info!("hanging");
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Waits (bounded) until `flag` is set.
+fn wait_flag(flag: &AtomicBool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !flag.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits (bounded) until `pool`'s workers have had `n` items fail.
+fn wait_failures(pool: &Pool, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pool.stats().workers.iter().map(|w| w.failures).sum::<u64>() < n {
+        assert!(Instant::now() < deadline, "no item failed");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn a_timeout_error_follows_the_records_of_its_item() {
+    within(60, || {
+        capture();
+        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
+        // The subscriber holds the item's record while its worker is
+        // killed for the timeout; the error waits for the record.
+        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+        GATE_WAITING.store(false, Ordering::SeqCst);
+        let pool = Pool::builder().processes(1).build().expect("a pool");
+        let pid = pool.worker_pids()[0];
+        let (result, records) = std::thread::scope(|scope| {
+            let call = scope.spawn(|| {
+                let result = pool
+                    .timeout(Duration::from_secs(3))
+                    .apply(task!(hang_after_record), ());
+                (result, seen(|s| s.message() == "hanging").len())
+            });
+            wait_flag(&GATE_WAITING, "the record never reached the subscriber");
+            // The pool has blamed the item on its timeout.
+            wait_failures(&pool, 1);
+            drop(gate);
+            call.join().expect("the call's thread")
+        });
+        assert!(
+            matches!(result, Err(Error::TaskTimeout { index: 0, pid: p, .. }) if p == pid),
+            "{result:?}"
+        );
+        assert_eq!(records, 1, "the error came before the item's record");
+        assert!(!process_exists(pid), "the timed-out worker {pid} is left");
+        assert_eq!(wait_for(1, |s| s.message() == "hanging").len(), 1);
+    });
+}
+
+/// On its first run (the marker file is new) emits a record, waits for
+/// the file `die` (bounded), then kills its worker; returns its pid.
+#[task]
+fn die_after_record(marker: String, die: String) -> u32 {
+    if std::fs::File::create_new(&marker).is_ok() {
+        tracing::info!("dying");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::path::Path::new(&die).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SAFETY: signalling our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    std::process::id()
+}
+
+#[test]
+fn a_retried_result_follows_the_records_of_the_run_that_died() {
+    within(60, || {
+        capture();
+        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = std::env::temp_dir();
+        let me = std::process::id();
+        let marker = dir.join(format!("pool-runtime-log-retry-{me}"));
+        let die = dir.join(format!("pool-runtime-log-die-{me}"));
+        let _ = std::fs::remove_file(&marker);
+        let _ = std::fs::remove_file(&die);
+        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+        GATE_WAITING.store(false, Ordering::SeqCst);
+        let pool = Pool::builder().processes(1).build().expect("a pool");
+        let first = pool.worker_pids()[0];
+        let args = (
+            marker.to_string_lossy().into_owned(),
+            die.to_string_lossy().into_owned(),
+        );
+        let (result, records) = std::thread::scope(|scope| {
+            let call = scope.spawn(|| {
+                let result = pool.retries(1).apply(task!(die_after_record), args);
+                (result, seen(|s| s.message() == "dying").len())
+            });
+            // The first run's record waits in the subscriber when its
+            // worker dies; the second run's result is back in the pool.
+            wait_flag(&GATE_WAITING, "the record never reached the subscriber");
+            std::fs::write(&die, b"").expect("the file that ends the first run");
+            wait_results(&pool, 1);
+            drop(gate);
+            call.join().expect("the call's thread")
+        });
+        let _ = std::fs::remove_file(&marker);
+        let _ = std::fs::remove_file(&die);
+        let second = result.expect("the item ran again");
+        assert_ne!(second, first, "the item ran again on a fresh worker");
+        assert_eq!(records, 1, "the result came before the first run's record");
+        assert_eq!(wait_for(1, |s| s.message() == "dying").len(), 1);
     });
 }

@@ -239,8 +239,9 @@
 //!   cut). When the pool's process reads too slowly, the records that do not
 //!   fit are dropped and counted, and the count is one `warn` event:
 //!   "N log records dropped". Records reach the pool before the result of
-//!   the item that emitted them, and within a few milliseconds while a long
-//!   item runs.
+//!   the item that emitted them (or its error, when its worker was killed
+//!   for a timeout or died, and before the result of a retry), and within a
+//!   few milliseconds while a long item runs.
 //! - Without a global `tracing` subscriber, records go to the `log` logger,
 //!   with `pid`, `task` and `item` at the end of the message.
 //! - The pool adds its own `warn` events: a failed item (`task panicked:

@@ -646,6 +646,7 @@ fn submit<T: Task>(
         count,
         body,
         attempt: 0,
+        after: None,
     })
 }
 

@@ -16,7 +16,9 @@
 //!   serving thread before the results of the items that emitted them, and
 //!   while a long item runs by a thread of their own.
 //! - The pool's process emits them on a thread of its own ([`emitter`]),
-//!   a worker's results following the records of its frames: a subscriber
+//!   a worker's results following the records of its frames (and the
+//!   failures its death makes, and the results of its items run again
+//!   elsewhere, following the records it sent before): a subscriber
 //!   that is slow or blocked holds back those results, never a reader
 //!   thread, a cancel, terminate or drop. Records waiting there are bounded
 //!   too; past that they are dropped and counted the same way.

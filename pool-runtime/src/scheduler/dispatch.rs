@@ -303,6 +303,7 @@ pub(super) fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
             count: chunk.count,
             body: Arc::clone(&chunk.body),
             attempt: chunk.attempt,
+            after: chunk.after.clone(),
         });
     }
     let mut items = Items::new(&chunk.body);
@@ -323,6 +324,7 @@ pub(super) fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
         count: to - from,
         body: Arc::new(Body::heap(body)),
         attempt: chunk.attempt,
+        after: chunk.after.clone(),
     })
 }
 

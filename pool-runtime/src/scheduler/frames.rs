@@ -31,13 +31,19 @@ impl Scheduler {
         let mut wake = false;
         let counted;
         let mut queue = None;
-        // The first chunk whose results these frames hold.
+        // The first chunk whose results these frames hold, and whether
+        // records of an earlier run of their items wait still.
         let mut lowest_chunk = u64::MAX;
+        let mut earlier_run = false;
         let mut outcome = Ok(());
         {
             let mut st = self.lock();
             for frame in frames.drain(..) {
-                let outputs = (&mut outbox, &mut logs, &mut lowest_chunk);
+                let outputs = (
+                    &mut outbox,
+                    &mut logs,
+                    (&mut lowest_chunk, &mut earlier_run),
+                );
                 match self.on_frame(&mut st, slot, pid, frame, outputs) {
                     Ok(done) => finished |= done,
                     Err(err) => {
@@ -52,14 +58,16 @@ impl Scheduler {
             }
             counted = outbox.count(self);
             // Results follow the records of their items: those of these
-            // frames, and those of this worker's earlier frames still
-            // waiting to be emitted (records of the same chunk or a later
-            // one; a worker runs its chunks in order).
+            // frames, those of this worker's earlier frames still waiting
+            // to be emitted (records of the same chunk or a later one; a
+            // worker runs its chunks in order), and those of an earlier run
+            // by a worker that died.
             let worker = st.workers[slot].as_mut().filter(|w| w.pid == pid);
             match worker {
                 Some(w) => {
-                    let behind =
-                        w.emitting.load(Ordering::Acquire) > 0 && lowest_chunk <= w.records_upto;
+                    let behind = earlier_run
+                        || (w.emitting.load(Ordering::Acquire) > 0
+                            && lowest_chunk <= w.records_upto);
                     if !logs.is_empty() || behind {
                         queue = Some(Some(Arc::clone(&w.emitting)));
                     }
@@ -87,7 +95,11 @@ impl Scheduler {
         slot: usize,
         pid: u32,
         frame: Vec<u8>,
-        (outbox, logs, lowest_chunk): (&mut Outbox, &mut Pending, &mut u64),
+        (outbox, logs, (lowest_chunk, earlier_run)): (
+            &mut Outbox,
+            &mut Pending,
+            (&mut u64, &mut bool),
+        ),
     ) -> Result<bool, ProtocolError> {
         let (header, body_len) = match wire::split_frame::<FromWorker>(&frame) {
             Ok((header, body)) => (header, body.len()),
@@ -128,6 +140,7 @@ impl Scheduler {
                 "results for another chunk or range",
             ));
         }
+        *earlier_run |= records_wait(&front.chunk);
         let failed = wire::count_failed(&frame[body_at..]).ok_or_else(|| {
             ProtocolError::Malformed("a results body overruns its frame".to_owned())
         })?;
@@ -282,6 +295,12 @@ impl Scheduler {
             Some(Retirement::Memory) => (0, 0),
             _ => (running_chunk, running_item),
         };
+        // Its failures follow its records still waiting to be emitted,
+        // and those of an earlier run of its items; so do the results of
+        // its items run again elsewhere (terminate waits for nothing).
+        let records = worker.emitting.load(Ordering::Acquire) > 0;
+        let behind =
+            !st.terminated && (records || worker.in_flight.iter().any(|f| records_wait(&f.chunk)));
         let mut requeue = Vec::new();
         let mut blamed = 0;
         let mut protocol = protocol;
@@ -339,7 +358,12 @@ impl Scheduler {
             }
         }
         st.stats[slot].failures += blamed;
-        for chunk in requeue.into_iter().rev() {
+        for mut chunk in requeue.into_iter().rev() {
+            if records {
+                // Its records were handed off after those of any earlier
+                // run: once they are emitted, so are those.
+                chunk.after = Some(Arc::clone(&worker.emitting));
+            }
             st.queue.push_front(chunk);
         }
         if !st.terminated && st.broken.is_none() {
@@ -348,9 +372,22 @@ impl Scheduler {
         st.dispatch(&self.config);
         let counted = outbox.count(self);
         drop(st);
-        outbox.deliver(self, counted);
+        if behind {
+            outbox.deliver_after(self, Pending::default(), None, counted);
+        } else {
+            outbox.deliver(self, counted);
+        }
         self.changed.notify_all();
     }
+}
+
+/// Whether log records of an earlier run of `chunk`'s items still wait
+/// to be emitted.
+fn records_wait(chunk: &super::Chunk) -> bool {
+    chunk
+        .after
+        .as_ref()
+        .is_some_and(|n| n.load(Ordering::Acquire) > 0)
 }
 
 /// The task and input index of item `item` of chunk `chunk` in flight to

@@ -77,6 +77,11 @@ pub(crate) struct Chunk {
     pub(crate) body: Arc<Body>,
     /// How many times these items' workers died under them already.
     pub(crate) attempt: u32,
+    /// Log records of an earlier run of these items, by a worker that
+    /// died, still waiting on the [emitting thread](crate::logging::emitter)
+    /// (that worker's count of hand-offs): their results and failures
+    /// follow them.
+    pub(crate) after: Option<Arc<AtomicUsize>>,
 }
 
 /// A registered call, as the scheduler sees it.
