@@ -373,10 +373,14 @@ impl Pending {
     }
 
     /// The last chunk (by id) whose items' records were kept; 0 if none.
-    pub(crate) fn last_chunk(&self) -> u64 {
+    /// A record that names no chunk counts as from `unplaced`: a worker
+    /// without a progress page (an MPI rank serving alone) cannot say
+    /// which item emitted it, so it may be any chunk the worker was sent.
+    pub(crate) fn last_chunk(&self, unplaced: u64) -> u64 {
         self.entries
             .iter()
             .map(|entry| match entry {
+                Entry::Record { record, .. } if record.chunk == 0 => unplaced,
                 Entry::Record { record, .. } => record.chunk,
                 _ => 0,
             })
@@ -507,7 +511,30 @@ mod tests {
             })
             .collect();
         assert_eq!(kept, ["dropped 1 2 true", "dropped 2 1 true", "failed 2 4"]);
+        assert_eq!(pending.last_chunk(9), 0, "no record left");
         assert!(!pending.is_empty());
         assert!(Pending::default().is_empty());
+    }
+
+    #[test]
+    fn a_record_naming_no_chunk_counts_as_the_last_chunk_sent() {
+        let mut pending = Pending::default();
+        let mut placed = record("placed");
+        placed.chunk = 5;
+        pending.entries.push(Entry::Record {
+            record: placed,
+            pid: 1,
+            task: None,
+            item: Some(0),
+        });
+        assert_eq!(pending.last_chunk(7), 5);
+        pending.entries.push(Entry::Record {
+            record: record("unplaced"),
+            pid: 1,
+            task: None,
+            item: None,
+        });
+        assert_eq!(pending.last_chunk(7), 7);
+        assert_eq!(pending.last_chunk(3), 5);
     }
 }

@@ -71,7 +71,9 @@ impl Scheduler {
                     if !logs.is_empty() || behind {
                         queue = Some(Some(Arc::clone(&w.emitting)));
                     }
-                    w.records_upto = w.records_upto.max(logs.last_chunk());
+                    // Records naming no chunk may be from any chunk it was sent.
+                    let sent = w.in_flight.back().map_or(0, |f| f.id);
+                    w.records_upto = w.records_upto.max(logs.last_chunk(sent));
                 }
                 None if !logs.is_empty() => queue = Some(None),
                 None => {}
