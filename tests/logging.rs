@@ -82,7 +82,8 @@ static FLOOD_HELD: AtomicBool = AtomicBool::new(false);
 /// so in `HELD_WAITING` first.
 static HOLD: Mutex<()> = Mutex::new(());
 static HELD_WAITING: AtomicBool = AtomicBool::new(false);
-/// Records with the message `hanging` or `dying` wait for this lock (see
+/// Records with the message `hanging`, `dying` or `zero hangs`, and the pool's warning
+/// that a worker died running `die_unlogged`, wait for this lock (see
 /// [`a_timeout_error_follows_the_records_of_its_item`]), and say so in
 /// `GATE_WAITING` first.
 static GATE: Mutex<()> = Mutex::new(());
@@ -116,7 +117,9 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
         if seen.task_is("slow_logger") {
             std::thread::sleep(Duration::from_millis(1));
         }
-        if matches!(seen.message(), "hanging" | "dying") {
+        let gated = matches!(seen.message(), "hanging" | "dying" | "zero hangs")
+            || (seen.message() == "pool worker died" && seen.task_is("die_unlogged"));
+        if gated {
             GATE_WAITING.store(true, Ordering::SeqCst);
             drop(GATE.lock().unwrap_or_else(|p| p.into_inner()));
         }
@@ -668,5 +671,108 @@ fn a_retried_result_follows_the_records_of_the_run_that_died() {
         assert_ne!(second, first, "the item ran again on a fresh worker");
         assert_eq!(records, 1, "the result came before the first run's record");
         assert_eq!(wait_for(1, |s| s.message() == "dying").len(), 1);
+    });
+}
+
+/// Emits a record (`zero hangs`) and runs until its timeout ends it on `x ==
+/// 0`; returns other inputs at once.
+#[task]
+fn hang_on_zero(x: u64) -> u64 {
+    if x == 0 {
+        tracing::info!("zero hangs");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+    x
+}
+
+#[test]
+fn items_sent_behind_a_timed_out_item_are_not_held_by_its_records() {
+    within(60, || {
+        capture();
+        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
+        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+        GATE_WAITING.store(false, Ordering::SeqCst);
+        // One worker that knows the task's pace: the items after item 0
+        // are sent to it while item 0 runs, and come back from the
+        // replacement after the timeout, without records.
+        let pool = Pool::builder().processes(1).build().expect("a pool");
+        pool.map(task!(hang_on_zero), 1..200u64).expect("warm-up");
+        let results = pool
+            .timeout(Duration::from_secs(2))
+            .chunksize(1)
+            .imap_unordered(task!(hang_on_zero), 0..6u64);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for result in results {
+                    let records = seen(|s| s.message() == "zero hangs").len();
+                    let _ = tx.send((result, records));
+                }
+            });
+            wait_flag(&GATE_WAITING, "the record never reached the subscriber");
+            // Items 1 to 5 end while item 0's record is still held.
+            let mut done: Vec<u64> = (0..5)
+                .map(|_| {
+                    let (result, _) = rx
+                        .recv_timeout(Duration::from_secs(20))
+                        .expect("items without records wait behind another item's records");
+                    result.expect("items 1 to 5 succeed")
+                })
+                .collect();
+            done.sort_unstable();
+            assert_eq!(done, [1, 2, 3, 4, 5]);
+            drop(gate);
+            // Item 0's timeout comes after its record.
+            let (result, records) = rx.recv().expect("item 0's outcome");
+            assert!(
+                matches!(result, Err(Error::TaskTimeout { index: 0, .. })),
+                "{result:?}"
+            );
+            assert_eq!(records, 1, "the error came before the item's record");
+        });
+    });
+}
+
+/// Kills its worker with SIGKILL on `x == bad`, without a record.
+#[task]
+fn die_unlogged(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        // SAFETY: signalling our own process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    x
+}
+
+#[test]
+fn a_subscriber_blocked_on_the_pools_own_warning_stops_nothing() {
+    within(60, || {
+        capture();
+        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
+        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+        GATE_WAITING.store(false, Ordering::SeqCst);
+        let pool = Pool::builder().processes(2).build().expect("a pool");
+        let err = pool
+            .apply(task!(die_unlogged), (3, 3))
+            .expect_err("the item kills its worker");
+        assert!(matches!(err, Error::WorkerDied { index: 0, .. }), "{err:?}");
+        // The subscriber now waits in the pool's "pool worker died"
+        // warning; the pool goes on around it.
+        wait_flag(&GATE_WAITING, "the warning never reached the subscriber");
+        assert_eq!(pool.apply(task!(die_unlogged), (1, 3)).expect("apply"), 1);
+        assert_eq!(pool.cancel_all(), 0);
+        let pids = pool.worker_pids();
+        pool.terminate();
+        for pid in &pids {
+            assert!(!process_exists(*pid), "worker {pid} left after terminate");
+        }
+        drop(gate);
+        let warnings = wait_for(1, |s| {
+            s.message() == "pool worker died" && s.task_is("die_unlogged")
+        });
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert_eq!(warnings[0].item(), Some(0));
     });
 }

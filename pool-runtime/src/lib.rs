@@ -247,7 +247,8 @@
 //! - The pool adds its own `warn` events: a failed item (`task panicked:
 //!   <message>`, with `task`, `item`, `location` and `pid`) and a worker
 //!   that died (`pool worker died`, with `task` and `item` of the item it
-//!   ran, its `slot`, `pid`, `cause` and `signal`).
+//!   ran, its `slot`, `pid`, `cause` and `signal`). They are emitted on the
+//!   pool's emitting thread, after the records handed off before them.
 //!
 //! ```
 //! use pool_runtime::prelude::*;

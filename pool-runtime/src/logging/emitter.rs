@@ -16,6 +16,11 @@
 //! order they came, so a slow subscriber delays the results behind them,
 //! whichever pool they come from, and only those.
 //!
+//! The pool's own events (a worker died, was killed for a timeout,
+//! retired...) are emitted here too ([`later`]): the threads that notice
+//! them hold the scheduler's lock, which a blocked subscriber must not
+//! hold with them. They follow the records handed off before them.
+//!
 //! Records waiting here are bounded ([`MAX_QUEUED_RECORDS`],
 //! [`MAX_QUEUED_BYTES`]): past that, the records of further frames are
 //! dropped and counted, as a worker does when its own buffer is full. The
@@ -48,7 +53,9 @@ type Job = (Pending, Option<Then>);
 struct Emitter {
     /// Hand-offs queued and not yet done (read without the lock).
     queued: AtomicUsize,
-    /// Hand-offs done so far (the thread's progress).
+    /// Hand-offs queued so far: the last one's ticket (see [`handed`]).
+    handed: AtomicUsize,
+    /// Hand-offs done so far (the thread's progress), in the order queued.
     done: AtomicUsize,
     /// Records queued, and their bytes.
     records: AtomicUsize,
@@ -59,6 +66,7 @@ struct Emitter {
 
 static EMITTER: Emitter = Emitter {
     queued: AtomicUsize::new(0),
+    handed: AtomicUsize::new(0),
     done: AtomicUsize::new(0),
     records: AtomicUsize::new(0),
     bytes: AtomicUsize::new(0),
@@ -84,6 +92,7 @@ pub(crate) fn hand_off(mut pending: Pending, then: Option<Then>) {
         (records, bytes)
     };
     let mut tx = lock();
+    EMITTER.handed.fetch_add(1, Ordering::AcqRel);
     EMITTER.queued.fetch_add(1, Ordering::AcqRel);
     EMITTER.records.fetch_add(records, Ordering::Relaxed);
     EMITTER.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -114,13 +123,46 @@ pub(crate) fn hand_off(mut pending: Pending, then: Option<Then>) {
     }
 }
 
+/// A ticket for everything handed off so far: once [`emitted`] says so,
+/// all of it is done (the thread does its hand-offs in the order queued).
+pub(crate) fn handed() -> usize {
+    EMITTER.handed.load(Ordering::Acquire)
+}
+
+/// Whether everything handed off up to `ticket` (see [`handed`]) is done.
+pub(crate) fn emitted(ticket: usize) -> bool {
+    EMITTER.done.load(Ordering::Acquire) >= ticket
+}
+
+/// Runs `event` (one of the pool's own `tracing` events) on the emitting
+/// thread, after what waits there: see [`pool_event!`](crate::logging::pool_event).
+/// A subscriber that panics on it is caught.
+pub(crate) fn later(event: impl FnOnce() + Send + 'static) {
+    hand_off(
+        Pending::default(),
+        Some(Box::new(move || {
+            let _ = panic::catch_unwind(AssertUnwindSafe(event));
+        })),
+    );
+}
+
 /// Waits until `count` (the hand-offs of one pool not yet done) is 0;
 /// with `stall`, gives up (`false`) once the emitting thread has finished
 /// nothing for that long: a subscriber that blocks, not one that is slow.
 pub(crate) fn wait_for(count: &AtomicUsize, stall: Option<Duration>) -> bool {
+    wait_until(|| count.load(Ordering::Acquire) == 0, stall)
+}
+
+/// Waits until everything handed off up to `ticket` is done; `stall` as
+/// for [`wait_for`].
+pub(crate) fn wait_through(ticket: usize, stall: Option<Duration>) -> bool {
+    wait_until(|| emitted(ticket), stall)
+}
+
+fn wait_until(done: impl Fn() -> bool, stall: Option<Duration>) -> bool {
     let mut seen = EMITTER.done.load(Ordering::Acquire);
     let mut since = Instant::now();
-    while count.load(Ordering::Acquire) > 0 {
+    while !done() {
         // A marker behind them: once it runs, so did they.
         let (done, wait) = crossbeam_channel::bounded(1);
         hand_off(

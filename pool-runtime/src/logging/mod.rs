@@ -28,6 +28,28 @@
 //!   item that was running, absent in the initializer and between items).
 //!   Its filter decides what is shown, as for its own events.
 
+/// One of the pool's own `tracing` events (a worker died, retired, was
+/// killed for a timeout...), emitted on the [emitting thread](emitter)
+/// instead of here: the threads that notice them often hold the
+/// scheduler's lock, and a subscriber that blocks must not hold it (nor a
+/// reader thread) with them. They follow the records of tasks handed off
+/// before. Nothing is handed off for a level the subscriber does not show
+/// (without a subscriber, for a program whose `log` logger shows nothing:
+/// `tracing`'s `log` feature sends events there). The fields' values are
+/// moved into the event: pass owned ones.
+macro_rules! pool_event {
+    ($level:ident, $($field:tt)+) => {
+        if tracing::enabled!(tracing::Level::$level)
+            || $crate::logging::log_shows(tracing::Level::$level)
+        {
+            $crate::logging::emitter::later(move || {
+                tracing::event!(tracing::Level::$level, $($field)+)
+            });
+        }
+    };
+}
+pub(crate) use pool_event;
+
 pub(crate) mod capture;
 pub(crate) mod emit;
 pub(crate) mod emitter;
@@ -82,6 +104,12 @@ pub(crate) fn to_log_filter(level: u8) -> log::LevelFilter {
         LOG_DEBUG => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     }
+}
+
+/// Whether, with no `tracing` subscriber set, the `log` logger shows
+/// `level` (where `tracing`'s `log` feature sends events).
+pub(crate) fn log_shows(level: Level) -> bool {
+    !tracing::dispatcher::has_been_set() && to_log_filter(from_level(level)) <= log::max_level()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 use super::dispatch::kill;
 use super::{Event, Outbox, Scheduler, State, Worker};
 use crate::error::Error;
+use crate::logging::pool_event;
 
 impl Scheduler {
     /// Ends job `job`: its consumer receives nothing more (its sink is
@@ -136,7 +137,8 @@ impl Worker {
                 self.cancel_at = None;
                 let running = self.link.running();
                 if running.is_some_and(|p| p.busy() && p.chunk == at) && !self.dying {
-                    tracing::debug!(pid = self.pid, "pool worker killed: its call was cancelled");
+                    let pid = self.pid;
+                    pool_event!(DEBUG, pid, "pool worker killed: its call was cancelled");
                     self.cancelled = true;
                     kill(self);
                 }

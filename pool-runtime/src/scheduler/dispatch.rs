@@ -1,6 +1,7 @@
 //! Dispatch policy: which worker gets which chunk, how many ahead, and
 //! when chunks waiting behind a long item move to an idle worker.
 
+use crate::logging::pool_event;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -186,9 +187,11 @@ impl State {
                 }
             }
             taken[first..].reverse();
-            tracing::debug!(
-                pid = w.pid,
-                chunks = taken.len() - first,
+            let (pid, chunks) = (w.pid, taken.len() - first);
+            pool_event!(
+                DEBUG,
+                pid,
+                chunks,
                 "chunks waiting behind a long item move to an idle worker"
             );
         }
@@ -303,7 +306,7 @@ pub(super) fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
             count: chunk.count,
             body: Arc::clone(&chunk.body),
             attempt: chunk.attempt,
-            after: chunk.after.clone(),
+            after: chunk.after,
         });
     }
     let mut items = Items::new(&chunk.body);
@@ -324,7 +327,7 @@ pub(super) fn sub_chunk(chunk: &Chunk, from: u32, to: u32) -> Option<Chunk> {
         count: to - from,
         body: Arc::new(Body::heap(body)),
         attempt: chunk.attempt,
-        after: chunk.after.clone(),
+        after: chunk.after,
     })
 }
 

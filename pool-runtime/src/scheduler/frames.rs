@@ -3,6 +3,7 @@
 //! pace), log records and failed items emitted as events, and at a death,
 //! the running item blamed (or retried) and the others requeued.
 
+use crate::logging::pool_event;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use super::{Event, InFlight, Outbox, Pace, Scheduler, State, Supervise, sub_chun
 use crate::backend::Body;
 use crate::error::{Error, ExitCause};
 use crate::logging::emit::Pending;
+use crate::logging::emitter;
 
 impl Scheduler {
     /// Handles frames from the worker in `slot`, in order, under one lock,
@@ -151,7 +153,7 @@ impl Scheduler {
         stats.items += u64::from(count);
         stats.failures += failed as u64;
         if failed > 0 {
-            tracing::debug!(pid, failed, "items failed in a pool worker");
+            pool_event!(DEBUG, pid, failed, "items failed in a pool worker");
             let task = st.jobs.get(&front.chunk.job).map(|job| job.task);
             let first_index = front.chunk.first + first as usize;
             logs.add_failures(pid, task, first_index, &frame[body_at..]);
@@ -265,21 +267,27 @@ impl Scheduler {
                 .map_or((0, 0), |f| (f.id, u64::from(f.received))),
         };
         if st.terminated {
-            tracing::debug!(pid, %cause, "pool worker exited");
+            pool_event!(DEBUG, pid, %cause, "pool worker exited");
         } else if worker.cancelled {
-            tracing::debug!(pid, "pool worker stopped for a cancelled call");
+            pool_event!(DEBUG, pid, "pool worker stopped for a cancelled call");
         } else if let Some(timeout) = worker.timed_out {
-            tracing::warn!(
+            pool_event!(
+                WARN,
                 pid,
                 ?timeout,
                 "pool worker killed: a task exceeded its timeout"
             );
         } else if let Some(err) = &protocol {
-            tracing::warn!(pid, error = %err, "pool worker killed: it broke the protocol");
+            let err = err.to_string();
+            pool_event!(WARN, pid, error = %err, "pool worker killed: it broke the protocol");
         } else if let Some(why) = retired {
-            tracing::debug!(pid, ?why, "pool worker retired");
+            pool_event!(DEBUG, pid, ?why, "pool worker retired");
         } else if worker.budget == Some(0) {
-            tracing::debug!(pid, "pool worker retired after max_tasks_per_child items");
+            pool_event!(
+                DEBUG,
+                pid,
+                "pool worker retired after max_tasks_per_child items"
+            );
         } else {
             let signal = cause.signal_name();
             // The item it was running, if one was.
@@ -290,19 +298,21 @@ impl Scheduler {
             });
             let task = running.and_then(|f| st.jobs.get(&f.chunk.job).map(|job| job.task));
             let item = running.map(|f| f.chunk.first + running_item as usize);
-            tracing::warn!(pid, slot, task, item, %cause, signal, "pool worker died");
+            pool_event!(WARN, pid, slot, task, item, %cause, signal, "pool worker died");
         }
         // One that retired for its memory stopped between items.
         let (running_chunk, running_item) = match retired {
             Some(Retirement::Memory) => (0, 0),
             _ => (running_chunk, running_item),
         };
-        // Its failures follow its records still waiting to be emitted,
-        // and those of an earlier run of its items; so do the results of
-        // its items run again elsewhere (terminate waits for nothing).
-        let records = worker.emitting.load(Ordering::Acquire) > 0;
-        let behind =
-            !st.terminated && (records || worker.in_flight.iter().any(|f| records_wait(&f.chunk)));
+        // Items of its chunks up to `records_upto` may have sent records
+        // that still wait to be emitted: their failures follow them, and
+        // so do their results when they run again elsewhere (they wait for
+        // a ticket for everything handed off so far: the emitting thread
+        // keeps order). Later chunks never logged here. Terminate waits
+        // for nothing.
+        let ticket = (worker.emitting.load(Ordering::Acquire) > 0).then(emitter::handed);
+        let mut behind = false;
         let mut requeue = Vec::new();
         let mut blamed = 0;
         let mut protocol = protocol;
@@ -319,6 +329,11 @@ impl Scheduler {
             } = flight;
             let job = st.jobs.get(&chunk.job);
             let Some(job) = job else { continue };
+            let mut chunk = chunk;
+            if let Some(ticket) = ticket.filter(|_| id <= worker.records_upto) {
+                // Its sub-chunks carry it (the later ticket covers both).
+                chunk.after = Some(chunk.after.map_or(ticket, |t| t.max(ticket)));
+            }
             if id == running_chunk
                 && (running_item as u32) >= received
                 && (running_item as u32) < chunk.count
@@ -351,8 +366,10 @@ impl Scheduler {
                         cause,
                     },
                 };
-                tracing::debug!(pid, task = job.task, index, error = %error, "item failed with its worker");
+                let (task, message) = (job.task, error.to_string());
+                pool_event!(DEBUG, pid, task, index, error = %message, "item failed with its worker");
                 blamed += 1;
+                behind |= !st.terminated && records_wait(&chunk);
                 outbox.push(&job.events, chunk.job, Event::Failed { index, error });
                 requeue.extend(sub_chunk(&chunk, k + 1, chunk.count));
             } else {
@@ -360,12 +377,7 @@ impl Scheduler {
             }
         }
         st.stats[slot].failures += blamed;
-        for mut chunk in requeue.into_iter().rev() {
-            if records {
-                // Its records were handed off after those of any earlier
-                // run: once they are emitted, so are those.
-                chunk.after = Some(Arc::clone(&worker.emitting));
-            }
+        for chunk in requeue.into_iter().rev() {
             st.queue.push_front(chunk);
         }
         if !st.terminated && st.broken.is_none() {
@@ -383,13 +395,10 @@ impl Scheduler {
     }
 }
 
-/// Whether log records of an earlier run of `chunk`'s items still wait
-/// to be emitted.
+/// Whether log records of an earlier run of `chunk`'s items may still
+/// wait to be emitted.
 fn records_wait(chunk: &super::Chunk) -> bool {
-    chunk
-        .after
-        .as_ref()
-        .is_some_and(|n| n.load(Ordering::Acquire) > 0)
+    chunk.after.is_some_and(|ticket| !emitter::emitted(ticket))
 }
 
 /// The task and input index of item `item` of chunk `chunk` in flight to

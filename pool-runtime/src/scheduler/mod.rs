@@ -15,6 +15,7 @@
 //! replacements (with backoff after a failed start), enforces timeouts,
 //! takes chunks back from behind long items, and notices exits.
 
+use crate::logging::{emitter, pool_event};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -78,10 +79,9 @@ pub(crate) struct Chunk {
     /// How many times these items' workers died under them already.
     pub(crate) attempt: u32,
     /// Log records of an earlier run of these items, by a worker that
-    /// died, still waiting on the [emitting thread](crate::logging::emitter)
-    /// (that worker's count of hand-offs): their results and failures
-    /// follow them.
-    pub(crate) after: Option<Arc<AtomicUsize>>,
+    /// died, may wait on the [emitting thread](crate::logging::emitter)
+    /// until this ticket is done: their results and failures follow it.
+    pub(crate) after: Option<usize>,
 }
 
 /// A registered call, as the scheduler sees it.
@@ -446,7 +446,7 @@ impl Scheduler {
             st = self.wait_changed(st, None);
         }
         drop(st);
-        crate::logging::emitter::wait_for(&self.emitting, None);
+        emitter::wait_for(&self.emitting, None);
     }
 
     /// Ends every worker and thread. `graceful`: idle workers get an exit
@@ -484,11 +484,9 @@ impl Scheduler {
         while self.delivering.load(Ordering::Acquire) > 0 {
             thread::yield_now();
         }
-        if graceful {
-            // The program may end next: the records of work done, and the
-            // results behind them, go first, unless the subscriber is stuck.
-            crate::logging::emitter::wait_for(&self.emitting, Some(EMIT_STALL));
-        }
+        // The program may end next: the records of work done, and the
+        // results behind them, go first, unless the subscriber is stuck.
+        let emitting = graceful && emitter::wait_for(&self.emitting, Some(EMIT_STALL));
         outbox.deliver(self, false);
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.lock();
@@ -508,6 +506,10 @@ impl Scheduler {
         drop(st);
         let _ = self.supervisor.send(Supervise::Shutdown);
         let _ = supervisor.join();
+        if emitting {
+            // And the pool's own events, of the workers' ends among them.
+            emitter::wait_through(emitter::handed(), Some(EMIT_STALL));
+        }
         // An idle program keeps no shared memory for large chunks.
         crate::backend::trim_bodies();
     }
@@ -646,7 +648,8 @@ impl Scheduler {
         st.stats[slot].start_failures += 1;
         st.start_failures[slot] += 1;
         let failures = st.start_failures[slot];
-        tracing::warn!(slot, failures, error = %err, "a replacement pool worker failed to start");
+        let message = err.to_string();
+        pool_event!(WARN, slot, failures, error = %message, "a replacement pool worker failed to start");
         let running = st.workers.iter().flatten().any(|w| !w.dying) || st.launching > 0;
         let mut outbox = Outbox::default();
         if !running && failures >= BREAK_AFTER {
@@ -696,7 +699,7 @@ impl Scheduler {
         st.live_readers += 1;
         st.start_failures[slot] = 0;
         st.stats[slot].pid = Some(pid);
-        tracing::debug!(pid, slot, "pool worker started");
+        pool_event!(DEBUG, pid, slot, "pool worker started");
         st.workers[slot] = Some(Worker {
             pid,
             link,

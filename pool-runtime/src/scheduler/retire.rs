@@ -19,6 +19,7 @@
 //! [`FromWorker::Retiring`]: pool_core::wire::FromWorker::Retiring
 //! [`WorkerStats`]: crate::WorkerStats
 
+use crate::logging::pool_event;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,7 +99,8 @@ impl State {
         };
         match *reason {
             Retire::Memory { resident, limit } => {
-                tracing::debug!(
+                pool_event!(
+                    DEBUG,
                     pid,
                     resident,
                     limit,
@@ -137,8 +139,10 @@ impl Scheduler {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
-            tracing::debug!(
-                pid = worker.pid,
+            let pid = worker.pid;
+            pool_event!(
+                DEBUG,
+                pid,
                 "pool worker retiring: it reached its max_lifetime"
             );
             worker.retiring = Some(Retirement::Lifetime);
