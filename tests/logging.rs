@@ -556,13 +556,27 @@ fn dropping_the_pool_waits_for_records_a_slow_subscriber_still_takes() {
     });
 }
 
-/// Emits one record, then runs until its timeout ends it.
+/// On `x == 0`, emits a record saying `message`, then runs until its
+/// timeout ends it; returns other inputs at once.
 #[task]
-fn hang_after_record() -> u64 {
-    tracing::info!("hanging");
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
+fn hang_on_zero(x: u64, message: String) -> u64 {
+    if x == 0 {
+        tracing::info!("{message}");
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
+    x
+}
+
+/// For a test whose subscriber waits on [`GATE`]: the tests of the kind
+/// one at a time, the gate closed. Drop the second guard to open it.
+fn close_gate() -> (MutexGuard<'static, ()>, MutexGuard<'static, ()>) {
+    capture();
+    let one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
+    let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+    GATE_WAITING.store(false, Ordering::SeqCst);
+    (one_at_a_time, gate)
 }
 
 /// Waits (bounded) until `flag` is set.
@@ -586,19 +600,16 @@ fn wait_failures(pool: &Pool, n: u64) {
 #[test]
 fn a_timeout_error_follows_the_records_of_its_item() {
     within(60, || {
-        capture();
-        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
         // The subscriber holds the item's record while its worker is
         // killed for the timeout; the error waits for the record.
-        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
-        GATE_WAITING.store(false, Ordering::SeqCst);
+        let (_one_at_a_time, gate) = close_gate();
         let pool = Pool::builder().processes(1).build().expect("a pool");
         let pid = pool.worker_pids()[0];
         let (result, records) = std::thread::scope(|scope| {
             let call = scope.spawn(|| {
                 let result = pool
                     .timeout(Duration::from_secs(3))
-                    .apply(task!(hang_after_record), ());
+                    .apply(task!(hang_on_zero), (0, "hanging".to_owned()));
                 (result, seen(|s| s.message() == "hanging").len())
             });
             wait_flag(&GATE_WAITING, "the record never reached the subscriber");
@@ -636,16 +647,13 @@ fn die_after_record(marker: String, die: String) -> u32 {
 #[test]
 fn a_retried_result_follows_the_records_of_the_run_that_died() {
     within(60, || {
-        capture();
-        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
+        let (_one_at_a_time, gate) = close_gate();
         let dir = std::env::temp_dir();
         let me = std::process::id();
         let marker = dir.join(format!("pool-runtime-log-retry-{me}"));
         let die = dir.join(format!("pool-runtime-log-die-{me}"));
         let _ = std::fs::remove_file(&marker);
         let _ = std::fs::remove_file(&die);
-        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
-        GATE_WAITING.store(false, Ordering::SeqCst);
         let pool = Pool::builder().processes(1).build().expect("a pool");
         let first = pool.worker_pids()[0];
         let args = (
@@ -674,35 +682,21 @@ fn a_retried_result_follows_the_records_of_the_run_that_died() {
     });
 }
 
-/// Emits a record (`zero hangs`) and runs until its timeout ends it on `x ==
-/// 0`; returns other inputs at once.
-#[task]
-fn hang_on_zero(x: u64) -> u64 {
-    if x == 0 {
-        tracing::info!("zero hangs");
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    }
-    x
-}
-
 #[test]
 fn items_sent_behind_a_timed_out_item_are_not_held_by_its_records() {
     within(60, || {
-        capture();
-        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
-        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
-        GATE_WAITING.store(false, Ordering::SeqCst);
+        let (_one_at_a_time, gate) = close_gate();
         // One worker that knows the task's pace: the items after item 0
         // are sent to it while item 0 runs, and come back from the
         // replacement after the timeout, without records.
         let pool = Pool::builder().processes(1).build().expect("a pool");
-        pool.map(task!(hang_on_zero), 1..200u64).expect("warm-up");
+        let message = || "zero hangs".to_owned();
+        pool.starmap(task!(hang_on_zero), (1..200u64).map(|x| (x, message())))
+            .expect("warm-up");
         let results = pool
             .timeout(Duration::from_secs(2))
             .chunksize(1)
-            .imap_unordered(task!(hang_on_zero), 0..6u64);
+            .istarmap_unordered(task!(hang_on_zero), (0..6u64).map(move |x| (x, message())));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
             scope.spawn(move || {
@@ -749,10 +743,7 @@ fn die_unlogged(x: u64, bad: u64) -> u64 {
 #[test]
 fn a_subscriber_blocked_on_the_pools_own_warning_stops_nothing() {
     within(60, || {
-        capture();
-        let _one_at_a_time = GATED_TEST.lock().unwrap_or_else(|p| p.into_inner());
-        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
-        GATE_WAITING.store(false, Ordering::SeqCst);
+        let (_one_at_a_time, gate) = close_gate();
         let pool = Pool::builder().processes(2).build().expect("a pool");
         let err = pool
             .apply(task!(die_unlogged), (3, 3))
