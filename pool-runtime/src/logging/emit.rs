@@ -373,9 +373,10 @@ impl Pending {
     }
 
     /// The last chunk (by id) whose items' records were kept; 0 if none.
-    /// A record that names no chunk counts as from `unplaced`: a worker
-    /// without a progress page (an MPI rank serving alone) cannot say
-    /// which item emitted it, so it may be any chunk the worker was sent.
+    /// A record that names no chunk counts as from `unplaced`: emitted
+    /// between items (by another thread of the task's), or by a worker
+    /// whose progress page could not be made, it may come from any chunk
+    /// the worker was sent.
     pub(crate) fn last_chunk(&self, unplaced: u64) -> u64 {
         self.entries
             .iter()
