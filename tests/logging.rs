@@ -114,7 +114,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
                 }
             }
         }
-        if seen.task_is("slow_logger") {
+        if seen.task_is("slow_logger") || seen.task_is("slow_flood") {
             std::thread::sleep(Duration::from_millis(1));
         }
         let gated = matches!(seen.message(), "hanging" | "dying" | "zero hangs")
@@ -743,27 +743,81 @@ fn die_unlogged(x: u64, bad: u64) -> u64 {
 #[test]
 fn a_subscriber_blocked_on_the_pools_own_warning_stops_nothing() {
     within(60, || {
-        let (_one_at_a_time, gate) = close_gate();
+        let (one_at_a_time, gate) = close_gate();
         let pool = Pool::builder().processes(2).build().expect("a pool");
-        let err = pool
-            .apply(task!(die_unlogged), (3, 3))
-            .expect_err("the item kills its worker");
-        assert!(matches!(err, Error::WorkerDied { index: 0, .. }), "{err:?}");
-        // The subscriber now waits in the pool's "pool worker died"
-        // warning; the pool goes on around it.
+        let dying = pool
+            .apply_async(task!(die_unlogged), (3, 3))
+            .expect("submitted");
+        // The subscriber waits in the pool's "pool worker died" warning:
+        // the error follows it, the pool goes on around it.
         wait_flag(&GATE_WAITING, "the warning never reached the subscriber");
+        assert!(!dying.ready(), "the error came before its warning");
         assert_eq!(pool.apply(task!(die_unlogged), (1, 3)).expect("apply"), 1);
-        assert_eq!(pool.cancel_all(), 0);
+        drop(gate);
+        let err = dying.get().expect_err("the item killed its worker");
+        assert!(matches!(err, Error::WorkerDied { index: 0, .. }), "{err:?}");
+        let warnings = seen(|s| s.message() == "pool worker died" && s.task_is("die_unlogged"));
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert_eq!(warnings[0].item(), Some(0));
+        // cancel_all and terminate return while it waits there again.
+        let gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
+        GATE_WAITING.store(false, Ordering::SeqCst);
+        let dying = pool
+            .apply_async(task!(die_unlogged), (3, 3))
+            .expect("submitted");
+        wait_flag(&GATE_WAITING, "the warning never reached the subscriber");
+        assert!(pool.cancel_all() <= 1);
         let pids = pool.worker_pids();
         pool.terminate();
         for pid in &pids {
             assert!(!process_exists(*pid), "worker {pid} left after terminate");
         }
+        let ended = dying.get();
+        assert!(
+            matches!(ended, Err(Error::Cancelled | Error::Terminated)),
+            "{ended:?}"
+        );
         drop(gate);
-        let warnings = wait_for(1, |s| {
+        let warnings = wait_for(2, |s| {
             s.message() == "pool worker died" && s.task_is("die_unlogged")
         });
-        assert_eq!(warnings.len(), 1, "{warnings:#?}");
-        assert_eq!(warnings[0].item(), Some(0));
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        drop(one_at_a_time);
+    });
+}
+
+/// Emits `count` records, which this process's subscriber takes slowly,
+/// a little apart: they reach the pool in many frames.
+#[task]
+fn slow_flood(count: u64) -> u64 {
+    for i in 0..count {
+        tracing::info!("flood {i}");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    count
+}
+
+#[test]
+fn dropping_a_quiet_pool_does_not_wait_for_another_pools_records() {
+    within(60, || {
+        let noisy = pool();
+        let flood = noisy
+            .apply_async(task!(slow_flood), (2000,))
+            .expect("submitted");
+        // Its records, in many hand-offs, are with the subscriber, which
+        // takes 1 ms each.
+        wait_results(&noisy, 1);
+        let quiet = pool();
+        let pid = quiet.apply(task!(worker_pid), ()).expect("apply");
+        assert!(quiet.worker_pids().contains(&pid));
+        quiet.join();
+        drop(quiet);
+        let shown = seen(|s| s.task_is("slow_flood")).len();
+        assert!(
+            shown < 2000,
+            "the quiet pool waited for all {shown} records"
+        );
+        assert!(matches!(flood.get(), Ok(2000)));
+        assert_eq!(seen(|s| s.task_is("slow_flood")).len(), 2000);
     });
 }

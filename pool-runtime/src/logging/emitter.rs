@@ -29,7 +29,7 @@
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -136,12 +136,19 @@ pub(crate) fn emitted(ticket: usize) -> bool {
 
 /// Runs `event` (one of the pool's own `tracing` events) on the emitting
 /// thread, after what waits there: see [`pool_event!`](crate::logging::pool_event).
-/// A subscriber that panics on it is caught.
-pub(crate) fn later(event: impl FnOnce() + Send + 'static) {
+/// `count` (a pool's hand-offs not yet done, if given) counts it until it
+/// ran. A subscriber that panics on it is caught.
+pub(crate) fn later(count: Option<Arc<AtomicUsize>>, event: impl FnOnce() + Send + 'static) {
+    if let Some(count) = &count {
+        count.fetch_add(1, Ordering::AcqRel);
+    }
     hand_off(
         Pending::default(),
         Some(Box::new(move || {
             let _ = panic::catch_unwind(AssertUnwindSafe(event));
+            if let Some(count) = count {
+                count.fetch_sub(1, Ordering::AcqRel);
+            }
         })),
     );
 }
@@ -150,19 +157,9 @@ pub(crate) fn later(event: impl FnOnce() + Send + 'static) {
 /// with `stall`, gives up (`false`) once the emitting thread has finished
 /// nothing for that long: a subscriber that blocks, not one that is slow.
 pub(crate) fn wait_for(count: &AtomicUsize, stall: Option<Duration>) -> bool {
-    wait_until(|| count.load(Ordering::Acquire) == 0, stall)
-}
-
-/// Waits until everything handed off up to `ticket` is done; `stall` as
-/// for [`wait_for`].
-pub(crate) fn wait_through(ticket: usize, stall: Option<Duration>) -> bool {
-    wait_until(|| emitted(ticket), stall)
-}
-
-fn wait_until(done: impl Fn() -> bool, stall: Option<Duration>) -> bool {
     let mut seen = EMITTER.done.load(Ordering::Acquire);
     let mut since = Instant::now();
-    while !done() {
+    while count.load(Ordering::Acquire) > 0 {
         // A marker behind them: once it runs, so did they.
         let (done, wait) = crossbeam_channel::bounded(1);
         hand_off(

@@ -33,19 +33,31 @@
 /// instead of here: the threads that notice them often hold the
 /// scheduler's lock, and a subscriber that blocks must not hold it (nor a
 /// reader thread) with them. They follow the records of tasks handed off
-/// before. Nothing is handed off for a level the subscriber does not show
-/// (without a subscriber, for a program whose `log` logger shows nothing:
-/// `tracing`'s `log` feature sends events there). The fields' values are
-/// moved into the event: pass owned ones.
+/// before. `counted by` a pool's count of hand-offs (`State::emitting`),
+/// its `join` and drop wait for the event as for records. Nothing is
+/// handed off for a level the subscriber does not show (without a
+/// subscriber, for a program whose `log` logger shows nothing: with
+/// `tracing`'s `log` feature on, events go there). `true` if it was
+/// handed off. The fields' values are moved into the event: pass owned
+/// ones.
 macro_rules! pool_event {
-    ($level:ident, $($field:tt)+) => {
+    (counted by $count:expr, $level:ident, $($field:tt)+) => {
+        $crate::logging::pool_event!(@ Some(::std::sync::Arc::clone($count)), $level, $($field)+)
+    };
+    (@ $count:expr, $level:ident, $($field:tt)+) => {
         if tracing::enabled!(tracing::Level::$level)
             || $crate::logging::log_shows(tracing::Level::$level)
         {
-            $crate::logging::emitter::later(move || {
+            $crate::logging::emitter::later($count, move || {
                 tracing::event!(tracing::Level::$level, $($field)+)
             });
+            true
+        } else {
+            false
         }
+    };
+    ($level:ident, $($field:tt)+) => {
+        $crate::logging::pool_event!(@ None, $level, $($field)+)
     };
 }
 pub(crate) use pool_event;

@@ -137,6 +137,8 @@ impl Worker {
                 self.cancel_at = None;
                 let running = self.link.running();
                 if running.is_some_and(|p| p.busy() && p.chunk == at) && !self.dying {
+                    // Uncounted: the event of its end, which its pool
+                    // waits for, follows.
                     let pid = self.pid;
                     pool_event!(DEBUG, pid, "pool worker killed: its call was cancelled");
                     self.cancelled = true;

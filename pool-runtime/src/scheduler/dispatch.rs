@@ -189,6 +189,7 @@ impl State {
             taken[first..].reverse();
             let (pid, chunks) = (w.pid, taken.len() - first);
             pool_event!(
+                counted by &self.emitting,
                 DEBUG,
                 pid,
                 chunks,

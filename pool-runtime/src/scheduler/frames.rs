@@ -153,7 +153,7 @@ impl Scheduler {
         stats.items += u64::from(count);
         stats.failures += failed as u64;
         if failed > 0 {
-            pool_event!(DEBUG, pid, failed, "items failed in a pool worker");
+            pool_event!(counted by &st.emitting, DEBUG, pid, failed, "items failed in a pool worker");
             let task = st.jobs.get(&front.chunk.job).map(|job| job.task);
             let first_index = front.chunk.first + first as usize;
             logs.add_failures(pid, task, first_index, &frame[body_at..]);
@@ -266,28 +266,31 @@ impl Scheduler {
                 .front()
                 .map_or((0, 0), |f| (f.id, u64::from(f.received))),
         };
-        if st.terminated {
-            pool_event!(DEBUG, pid, %cause, "pool worker exited");
+        // Its failures follow the event that tells of its end.
+        let told = if st.terminated {
+            pool_event!(counted by &st.emitting, DEBUG, pid, %cause, "pool worker exited")
         } else if worker.cancelled {
-            pool_event!(DEBUG, pid, "pool worker stopped for a cancelled call");
+            pool_event!(counted by &st.emitting, DEBUG, pid, "pool worker stopped for a cancelled call")
         } else if let Some(timeout) = worker.timed_out {
             pool_event!(
+                counted by &st.emitting,
                 WARN,
                 pid,
                 ?timeout,
                 "pool worker killed: a task exceeded its timeout"
-            );
+            )
         } else if let Some(err) = &protocol {
             let err = err.to_string();
-            pool_event!(WARN, pid, error = %err, "pool worker killed: it broke the protocol");
+            pool_event!(counted by &st.emitting, WARN, pid, error = %err, "pool worker killed: it broke the protocol")
         } else if let Some(why) = retired {
-            pool_event!(DEBUG, pid, ?why, "pool worker retired");
+            pool_event!(counted by &st.emitting, DEBUG, pid, ?why, "pool worker retired")
         } else if worker.budget == Some(0) {
             pool_event!(
+                counted by &st.emitting,
                 DEBUG,
                 pid,
                 "pool worker retired after max_tasks_per_child items"
-            );
+            )
         } else {
             let signal = cause.signal_name();
             // The item it was running, if one was.
@@ -298,8 +301,8 @@ impl Scheduler {
             });
             let task = running.and_then(|f| st.jobs.get(&f.chunk.job).map(|job| job.task));
             let item = running.map(|f| f.chunk.first + running_item as usize);
-            pool_event!(WARN, pid, slot, task, item, %cause, signal, "pool worker died");
-        }
+            pool_event!(counted by &st.emitting, WARN, pid, slot, task, item, %cause, signal, "pool worker died")
+        };
         // One that retired for its memory stopped between items.
         let (running_chunk, running_item) = match retired {
             Some(Retirement::Memory) => (0, 0),
@@ -312,7 +315,7 @@ impl Scheduler {
         // keeps order). Later chunks never logged here. Terminate waits
         // for nothing.
         let ticket = (worker.emitting.load(Ordering::Acquire) > 0).then(emitter::handed);
-        let mut behind = false;
+        let mut behind = told && !st.terminated;
         let mut requeue = Vec::new();
         let mut blamed = 0;
         let mut protocol = protocol;
@@ -367,7 +370,7 @@ impl Scheduler {
                     },
                 };
                 let (task, message) = (job.task, error.to_string());
-                pool_event!(DEBUG, pid, task, index, error = %message, "item failed with its worker");
+                pool_event!(counted by &st.emitting, DEBUG, pid, task, index, error = %message, "item failed with its worker");
                 blamed += 1;
                 behind |= !st.terminated && records_wait(&chunk);
                 outbox.push(&job.events, chunk.job, Event::Failed { index, error });

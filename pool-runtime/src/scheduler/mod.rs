@@ -177,6 +177,8 @@ pub(crate) struct State {
     broken: Option<(String, Arc<Error>)>,
     /// The slot that wins the next tie in [`State::dispatch`].
     turn: usize,
+    /// [`Scheduler::emitting`], for the pool's own events.
+    emitting: Arc<AtomicUsize>,
     /// Worker threads still starting their worker: shutdown waits for them.
     launching: usize,
     /// Threads waiting on [`Scheduler::changed`]: the hot paths signal it only
@@ -225,6 +227,7 @@ impl Scheduler {
     /// Starts the supervisor and the workers; returns once all are ready.
     pub(crate) fn start(config: Config) -> Result<(Arc<Scheduler>, thread::JoinHandle<()>), Error> {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let emitting = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Scheduler {
             state: Mutex::new(State {
                 wake: tx.clone(),
@@ -241,6 +244,7 @@ impl Scheduler {
                 stats: vec![WorkerStats::default(); config.processes],
                 broken: None,
                 turn: 0,
+                emitting: Arc::clone(&emitting),
                 launching: 0,
                 waiters: 0,
             }),
@@ -251,7 +255,7 @@ impl Scheduler {
             stopping: AtomicBool::new(false),
             joining: AtomicBool::new(false),
             delivering: AtomicUsize::new(0),
-            emitting: Arc::new(AtomicUsize::new(0)),
+            emitting,
         });
         let sup = Arc::clone(&shared);
         let handle = thread::Builder::new()
@@ -508,7 +512,7 @@ impl Scheduler {
         let _ = supervisor.join();
         if emitting {
             // And the pool's own events, of the workers' ends among them.
-            emitter::wait_through(emitter::handed(), Some(EMIT_STALL));
+            emitter::wait_for(&self.emitting, Some(EMIT_STALL));
         }
         // An idle program keeps no shared memory for large chunks.
         crate::backend::trim_bodies();
@@ -649,7 +653,7 @@ impl Scheduler {
         st.start_failures[slot] += 1;
         let failures = st.start_failures[slot];
         let message = err.to_string();
-        pool_event!(WARN, slot, failures, error = %message, "a replacement pool worker failed to start");
+        pool_event!(counted by &st.emitting, WARN, slot, failures, error = %message, "a replacement pool worker failed to start");
         let running = st.workers.iter().flatten().any(|w| !w.dying) || st.launching > 0;
         let mut outbox = Outbox::default();
         if !running && failures >= BREAK_AFTER {
@@ -699,7 +703,7 @@ impl Scheduler {
         st.live_readers += 1;
         st.start_failures[slot] = 0;
         st.stats[slot].pid = Some(pid);
-        pool_event!(DEBUG, pid, slot, "pool worker started");
+        pool_event!(counted by &st.emitting, DEBUG, pid, slot, "pool worker started");
         st.workers[slot] = Some(Worker {
             pid,
             link,

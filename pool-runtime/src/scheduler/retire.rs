@@ -100,6 +100,7 @@ impl State {
         match *reason {
             Retire::Memory { resident, limit } => {
                 pool_event!(
+                    counted by &self.emitting,
                     DEBUG,
                     pid,
                     resident,
@@ -128,6 +129,7 @@ impl Scheduler {
         let now = Instant::now();
         let mut next: Option<Instant> = None;
         let mut st = self.lock();
+        let emitting = Arc::clone(&st.emitting);
         for worker in st.workers.iter_mut().flatten() {
             let Some(due) = worker.retire_at else {
                 continue;
@@ -141,6 +143,7 @@ impl Scheduler {
             }
             let pid = worker.pid;
             pool_event!(
+                counted by &emitting,
                 DEBUG,
                 pid,
                 "pool worker retiring: it reached its max_lifetime"
