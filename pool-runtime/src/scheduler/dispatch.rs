@@ -1,7 +1,6 @@
 //! Dispatch policy: which worker gets which chunk, how many ahead, and
 //! when chunks waiting behind a long item move to an idle worker.
 
-use crate::logging::pool_event;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use pool_core::wire::{self, Items, ToWorker};
 use super::pace::ahead;
 use super::{Chunk, Config, InFlight, State, Worker};
 use crate::backend::{Body, Running};
+use crate::logging::pool_event;
 use crate::sys::now_ns;
 
 /// How long an item must have run before nothing more is queued behind

@@ -3,7 +3,6 @@
 //! pace), log records and failed items emitted as events, and at a death,
 //! the running item blamed (or retried) and the others requeued.
 
-use crate::logging::pool_event;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -17,6 +16,7 @@ use crate::backend::Body;
 use crate::error::{Error, ExitCause};
 use crate::logging::emit::Pending;
 use crate::logging::emitter;
+use crate::logging::pool_event;
 
 impl Scheduler {
     /// Handles frames from the worker in `slot`, in order, under one lock,
@@ -153,7 +153,13 @@ impl Scheduler {
         stats.items += u64::from(count);
         stats.failures += failed as u64;
         if failed > 0 {
-            pool_event!(counted by &st.emitting, DEBUG, pid, failed, "items failed in a pool worker");
+            pool_event!(
+                counted by &st.emitting,
+                DEBUG,
+                pid,
+                failed,
+                "items failed in a pool worker"
+            );
             let task = st.jobs.get(&front.chunk.job).map(|job| job.task);
             let first_index = front.chunk.first + first as usize;
             logs.add_failures(pid, task, first_index, &frame[body_at..]);
@@ -270,7 +276,12 @@ impl Scheduler {
         let told = if st.terminated {
             pool_event!(counted by &st.emitting, DEBUG, pid, %cause, "pool worker exited")
         } else if worker.cancelled {
-            pool_event!(counted by &st.emitting, DEBUG, pid, "pool worker stopped for a cancelled call")
+            pool_event!(
+                counted by &st.emitting,
+                DEBUG,
+                pid,
+                "pool worker stopped for a cancelled call"
+            )
         } else if let Some(timeout) = worker.timed_out {
             pool_event!(
                 counted by &st.emitting,
@@ -281,7 +292,13 @@ impl Scheduler {
             )
         } else if let Some(err) = &protocol {
             let err = err.to_string();
-            pool_event!(counted by &st.emitting, WARN, pid, error = %err, "pool worker killed: it broke the protocol")
+            pool_event!(
+                counted by &st.emitting,
+                WARN,
+                pid,
+                error = %err,
+                "pool worker killed: it broke the protocol"
+            )
         } else if let Some(why) = retired {
             pool_event!(counted by &st.emitting, DEBUG, pid, ?why, "pool worker retired")
         } else if worker.budget == Some(0) {
@@ -301,7 +318,17 @@ impl Scheduler {
             });
             let task = running.and_then(|f| st.jobs.get(&f.chunk.job).map(|job| job.task));
             let item = running.map(|f| f.chunk.first + running_item as usize);
-            pool_event!(counted by &st.emitting, WARN, pid, slot, task, item, %cause, signal, "pool worker died")
+            pool_event!(
+                counted by &st.emitting,
+                WARN,
+                pid,
+                slot,
+                task,
+                item,
+                %cause,
+                signal,
+                "pool worker died"
+            )
         };
         // One that retired for its memory stopped between items.
         let (running_chunk, running_item) = match retired {
@@ -370,7 +397,15 @@ impl Scheduler {
                     },
                 };
                 let (task, message) = (job.task, error.to_string());
-                pool_event!(counted by &st.emitting, DEBUG, pid, task, index, error = %message, "item failed with its worker");
+                pool_event!(
+                    counted by &st.emitting,
+                    DEBUG,
+                    pid,
+                    task,
+                    index,
+                    error = %message,
+                    "item failed with its worker"
+                );
                 blamed += 1;
                 behind |= !st.terminated && records_wait(&chunk);
                 outbox.push(&job.events, chunk.job, Event::Failed { index, error });

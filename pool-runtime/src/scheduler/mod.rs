@@ -15,7 +15,6 @@
 //! replacements (with backoff after a failed start), enforces timeouts,
 //! takes chunks back from behind long items, and notices exits.
 
-use crate::logging::{emitter, pool_event};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -30,6 +29,7 @@ use crate::backend::handshake::Launch;
 use crate::backend::{Backend, Events, Link, RemoteStart};
 pub(crate) use crate::backend::{Body, OneItem};
 use crate::error::{Error, ExitCause};
+use crate::logging::{emitter, pool_event};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::sys::now_ns;
 
@@ -653,7 +653,14 @@ impl Scheduler {
         st.start_failures[slot] += 1;
         let failures = st.start_failures[slot];
         let message = err.to_string();
-        pool_event!(counted by &st.emitting, WARN, slot, failures, error = %message, "a replacement pool worker failed to start");
+        pool_event!(
+            counted by &st.emitting,
+            WARN,
+            slot,
+            failures,
+            error = %message,
+            "a replacement pool worker failed to start"
+        );
         let running = st.workers.iter().flatten().any(|w| !w.dying) || st.launching > 0;
         let mut outbox = Outbox::default();
         if !running && failures >= BREAK_AFTER {

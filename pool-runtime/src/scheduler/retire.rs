@@ -19,7 +19,6 @@
 //! [`FromWorker::Retiring`]: pool_core::wire::FromWorker::Retiring
 //! [`WorkerStats`]: crate::WorkerStats
 
-use crate::logging::pool_event;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +28,7 @@ use pool_core::wire::{self, Retire, ToWorker};
 use super::{Scheduler, State, Supervise, Worker};
 use crate::backend::Body;
 use crate::error::ExitCause;
+use crate::logging::pool_event;
 use crate::stats::WorkerStats;
 
 /// Why a worker is being replaced though nothing went wrong.
