@@ -424,7 +424,8 @@ impl Scheduler {
         st.dispatch(&self.config);
         let counted = outbox.count(self);
         drop(st);
-        if behind {
+        // (`counted`: there are failures to deliver.)
+        if behind && counted {
             outbox.deliver_after(self, Pending::default(), None, counted);
         } else {
             outbox.deliver(self, counted);
