@@ -16,6 +16,7 @@ ROWS_ALL = [
     ("imap1", ["lazy", "--procs", "2", "--items", "100000", "--chunksize", "1"]),
     ("payload", ["payload", "--procs", "2", "--count", "64", "--mib", "16"]),
     ("view", ["view", "--procs", "2", "--count", "64", "--mib", "16"]),
+    ("results", ["results", "--procs", "2", "--count", "64", "--mib", "16"]),
 ]
 import os
 only=os.environ.get("ONLY")

@@ -216,6 +216,31 @@ fn bytes_back(seed: u8, len: usize) -> Vec<u8> {
     some_bytes(seed, len)
 }
 
+/// Bytes of results `pool` has read from its workers' memory.
+fn pulled(pool: &Pool) -> u64 {
+    pool.stats().workers.iter().map(|w| w.pulled_bytes).sum()
+}
+
+/// How many bytes `pool` reads from its worker's memory while its call of
+/// `bytes_back(seed, len)` returns, which must arrive exactly.
+fn pulled_for(pool: &Pool, seed: u8, len: usize) -> u64 {
+    let before = pulled(pool);
+    let got = pool.apply(task!(bytes_back), (seed, len)).expect("runs");
+    assert!(
+        got == some_bytes(seed, len),
+        "the bytes of a {len}-byte result"
+    );
+    pulled(pool) - before
+}
+
+/// Makes this worker's memory unreadable by an unprivileged pool, as
+/// setuid, file capabilities or a credential change would.
+#[task]
+fn undumpable() {
+    // SAFETY: prctl with integer arguments.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }, 0);
+}
+
 #[task]
 fn doubles_back(seed: u64, len: usize) -> Vec<f64> {
     some_doubles(seed, len)
@@ -437,6 +462,106 @@ fn large_chunks_are_read_from_a_mapping_and_small_ones_from_the_socket() {
         drop(pool);
         assert_eq!(body_memfds(), Vec::<String>::new());
     });
+}
+
+/// A results frame of 256 KiB or more is read by the pool from the
+/// worker's memory (the worker writes only a small frame naming it); a
+/// smaller one comes through the socket. For a spawned worker, its
+/// replacements (`max_tasks_per_child`), and a worker forked by the fork
+/// server.
+#[test]
+fn large_results_are_read_from_the_workers_memory_and_small_ones_from_the_socket() {
+    let _serial = serial();
+    within(120, || {
+        let pools = [
+            ("spawned", Pool::builder().processes(1).build()),
+            // Each call below on a new worker.
+            (
+                "replaced",
+                Pool::builder().processes(1).max_tasks_per_child(1).build(),
+            ),
+            (
+                "forked",
+                Pool::builder().processes(1).fork_server(true).build(),
+            ),
+        ];
+        for (kind, pool) in pools {
+            let pool = pool.expect("a pool starts");
+            for (seed, len) in [
+                (1u8, 100usize),
+                (2, 4 << 20),
+                (3, 200 << 10),
+                (4, 300 << 10),
+            ] {
+                let read = pulled_for(&pool, seed, len);
+                if len >= 256 << 10 {
+                    // The frame: the result, its length and the headers.
+                    assert!(
+                        (len as u64..len as u64 + 64).contains(&read),
+                        "{kind}: a {len}-byte result, {read} bytes read in place"
+                    );
+                } else {
+                    assert_eq!(read, 0, "{kind}: a {len}-byte result read in place");
+                }
+            }
+        }
+    });
+}
+
+/// A pool that may not read a worker's memory (the worker made itself
+/// non-dumpable, and the pool is not root) gets the large result through
+/// the socket, exactly, and asks no later worker to leave results to be
+/// read. Run as an unprivileged user (root reads any process's memory).
+#[test]
+fn a_result_the_pool_may_not_read_in_place_comes_through_the_socket() {
+    let out = run_unprivileged_probe("nopull");
+    assert!(out.contains("probe nopull: all correct"), "{out}");
+}
+
+/// A worker killed while its large result is written or read: the call
+/// gets the exact result or `WorkerDied` for that item, the pool goes on
+/// with a replacement, and no worker is left behind.
+#[test]
+fn a_worker_killed_around_its_large_result_fails_only_that_item() {
+    let _serial = serial();
+    within(120, || {
+        let pool = Pool::builder().processes(1).build().expect("a pool starts");
+        let (mut delivered, mut died) = (0, 0);
+        let delays = [0u64, 100, 300, 1000, 2000, 5000, 20_000, 100_000];
+        for delay_us in delays {
+            match pool.apply(task!(bytes_then_killed), (32 << 20, delay_us)) {
+                Ok(got) => {
+                    assert!(
+                        got == some_bytes(9, 32 << 20),
+                        "the bytes of a 32 MiB result"
+                    );
+                    delivered += 1;
+                }
+                Err(Error::WorkerDied { .. }) => died += 1,
+                Err(other) => panic!("a killed worker's item failed with {other:?}"),
+            }
+            let small = pool
+                .apply(task!(bytes_back), (5, 10))
+                .expect("the pool goes on");
+            assert!(small == some_bytes(5, 10));
+        }
+        assert_eq!(delivered + died, delays.len());
+        drop(pool);
+    });
+}
+
+/// Returns `len` bytes while a thread of its own SIGKILLs the worker
+/// `delay_us` µs after they are ready: while they are encoded, sent or
+/// read, or after.
+#[task]
+fn bytes_then_killed(len: usize, delay_us: u64) -> Vec<u8> {
+    let bytes = some_bytes(9, len);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_micros(delay_us));
+        // SAFETY: kill of this very process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    });
+    bytes
 }
 
 #[test]
@@ -804,6 +929,9 @@ fn probe_large() {
     if mode == "late" {
         return probe_not_dumpable_late();
     }
+    if mode == "nopull" {
+        return probe_no_pull();
+    }
     let inputs: Vec<Vec<u8>> = (0..120u32)
         .map(|i| vec![i as u8; (300 << 10) + i as usize])
         .collect();
@@ -843,6 +971,25 @@ fn probe_large() {
         .expect("a 3 MiB item runs");
     assert_eq!((big.0, big.2), (3 << 20, 3 << 20));
     println!("probe {mode}: all correct");
+}
+
+/// The pool reads a 1 MiB result from its worker's memory until the worker
+/// makes itself non-dumpable; then that result and later ones, also of new
+/// pools' workers, come through the socket, exactly.
+fn probe_no_pull() {
+    let pool = Pool::builder().processes(1).build().expect("a pool starts");
+    let read = pulled_for(&pool, 1, 1 << 20);
+    assert!(read >= 1 << 20, "read in place: {read} bytes");
+    pool.apply(task!(undumpable), ()).expect("runs");
+    for seed in 2..5 {
+        let read = pulled_for(&pool, seed, 1 << 20);
+        assert_eq!(read, 0, "refused, then through the socket");
+    }
+    drop(pool);
+    let pool = Pool::builder().processes(1).build().expect("a pool starts");
+    let read = pulled_for(&pool, 5, 1 << 20);
+    assert_eq!(read, 0, "a new worker is not asked");
+    println!("probe nopull: all correct");
 }
 
 /// `inspect`, under another name for the probe.

@@ -15,7 +15,8 @@
 //!   `u32 length ++ postcard(LogRecord)`, as an arguments body is;
 //! - the body of [`ToWorker::Hello`] is one byte, the most verbose level of
 //!   log records the pool wants from the worker ([`LOG_OFF`] ..
-//!   [`LOG_TRACE`]); an empty body means [`LOG_OFF`].
+//!   [`LOG_TRACE`]; an empty body means [`LOG_OFF`]), then optionally a
+//!   byte of flags ([`HELLO_PULL_RESULTS`]).
 
 use std::io::{self, IoSlice, Read, Write};
 
@@ -25,7 +26,7 @@ use crate::encode::{EncodeError, encode_into, encode_limited};
 use crate::error::{ProtocolError, TaskFailure};
 
 /// The version both sides must speak; checked in the handshake.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The default maximum frame size: 1 GiB.
 pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
@@ -34,6 +35,14 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 30;
 pub const ITEM_OK: u8 = 0;
 /// Tag of an item that failed.
 pub const ITEM_FAILED: u8 = 1;
+
+/// A flag of a [`ToWorker::Hello`] body's second byte: the pool reads
+/// large results straight from the worker's memory ([`FromWorker::Pull`]).
+pub const HELLO_PULL_RESULTS: u8 = 1;
+
+/// The first byte of every encoded [`FromWorker::Pull`] header: a reader
+/// can tell such a frame without decoding it.
+pub const PULL_TAG: u8 = 5;
 
 /// No log records: the level of a [`ToWorker::Hello`] body that wants none.
 pub const LOG_OFF: u8 = 0;
@@ -141,6 +150,26 @@ pub enum FromWorker {
         /// Records the worker dropped since its previous `Log` frame, its
         /// buffer being full.
         dropped: u64,
+    },
+    /// A large [`FromWorker::Results`] frame is not in the channel: it is
+    /// `header_len` bytes at `header_at` then `body_len` bytes at `body_at`
+    /// in the worker's memory, for the pool to read there
+    /// (`process_vm_readv`). Sent only to a pool whose handshake set
+    /// [`HELLO_PULL_RESULTS`]. The worker then waits, touching neither, for
+    /// the pool to answer through the progress page they share: `seq` once
+    /// it has the frame, or `seq` with the high bit set if it could not
+    /// read it (the worker then sends the frame through the channel).
+    Pull {
+        /// Address of the frame's header in the worker.
+        header_at: u64,
+        /// Its length.
+        header_len: u32,
+        /// Address of the frame's body in the worker.
+        body_at: u64,
+        /// Its length.
+        body_len: u64,
+        /// This pull's number (below 2^31, never 0).
+        seq: u32,
     },
 }
 
@@ -462,6 +491,28 @@ mod tests {
         write_frame(&mut out, &encode_header(header), body, DEFAULT_MAX_FRAME)
             .expect("write to a Vec");
         out
+    }
+
+    #[test]
+    fn a_pull_header_starts_with_its_tag() {
+        let header = encode_header(&FromWorker::Pull {
+            header_at: 0x7f00_0000_0000,
+            header_len: 9,
+            body_at: 0x7f00_0001_0000,
+            body_len: 1 << 20,
+            seq: 3,
+        });
+        assert_eq!(header.first(), Some(&PULL_TAG));
+        for other in [
+            FromWorker::Results {
+                chunk: 1,
+                first: 0,
+                count: 1,
+            },
+            FromWorker::InitDone { failure: None },
+        ] {
+            assert_ne!(encode_header(&other).first(), Some(&PULL_TAG));
+        }
     }
 
     #[test]

@@ -625,6 +625,8 @@ impl PoolBuilder {
             // An MPI rank cannot be replaced by a fresh process.
             max_memory: self.max_memory.filter(|_| mpi.is_none()),
             log_level: None,
+            // Local workers' channels are read here, large results pulled.
+            pull_results: mpi.is_none(),
         };
         let config = Config {
             processes,

@@ -59,6 +59,25 @@ pub struct WorkerStats {
     /// Times a worker for this slot failed to start (each is retried with
     /// backoff; see [`Error::Broken`](crate::Error::Broken)).
     pub start_failures: u64,
+    /// Bytes of results this pool read straight from the memory of this
+    /// slot's workers, instead of through their sockets: results frames
+    /// of 256 KiB or more, each copied once. 0 if the pool's process may
+    /// not read its workers' memory (`process_vm_readv` refused, as under
+    /// some seccomp filters or a Yama policy): such results come through
+    /// the socket.
+    ///
+    /// ```
+    /// # use pool_runtime::prelude::*;
+    /// # use pool_runtime::task;
+    /// # #[task] fn zeros(n: usize) -> Vec<u8> { vec![0; n] }
+    /// # #[pool_runtime::main]
+    /// # fn main() -> Result<(), Error> {
+    /// let pool = Pool::builder().processes(1).build()?;
+    /// assert_eq!(pool.apply(task!(zeros), (1 << 20,))?.len(), 1 << 20);
+    /// println!("read in place: {} bytes", pool.stats().workers[0].pulled_bytes);
+    /// # Ok(()) }
+    /// ```
+    pub pulled_bytes: u64,
     /// Time spent running chunks.
     pub busy: Duration,
 }

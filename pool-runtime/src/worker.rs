@@ -11,6 +11,7 @@ use pool_core::registry::{Batch, Halt, Registry, TaskEntry};
 use pool_core::wire::{self, FromWorker, Items, Retire, ToWorker};
 use pool_core::{ProtocolError, TaskFailure};
 
+use crate::backend::pull;
 use crate::backend::shm::{Progress, now_ns};
 use crate::backend::slab::{Mapped, SlabRef};
 use crate::memory::MemoryBound;
@@ -301,7 +302,7 @@ fn serve_hooked<R: Read, W: Write>(
 
     // Handshake: read the parent's limits first.
     wire::read_frame(reader, 4096, &mut frame)?;
-    let (max_frame, mut memory) = match wire::split_frame::<ToWorker>(&frame)? {
+    let (mut results, mut memory) = match wire::split_frame::<ToWorker>(&frame)? {
         (
             ToWorker::Hello {
                 protocol,
@@ -327,11 +328,18 @@ fn serve_hooked<R: Read, W: Write>(
             let max_frame = usize::try_from(max_frame).unwrap_or(usize::MAX);
             let log_level = settings.first().copied().unwrap_or(wire::LOG_OFF);
             crate::logging::capture::install(log_level, max_frame);
-            (max_frame, max_memory.map(MemoryBound::new))
+            let flags = settings.get(1).copied().unwrap_or(0);
+            let results = ResultsOut {
+                max_frame,
+                pull: flags & wire::HELLO_PULL_RESULTS != 0 && progress.is_some(),
+                seq: 0,
+            };
+            (results, max_memory.map(MemoryBound::new))
         }
         _ => return Err(ProtocolError::Unexpected("expected the handshake")),
     };
 
+    let max_frame = results.max_frame;
     let mut out = Vec::with_capacity(64 * 1024);
     // Where the next chunk's body is, when it is in shared memory.
     let mut mapped_next: Option<(u32, SlabRef)> = None;
@@ -397,7 +405,13 @@ fn serve_hooked<R: Read, W: Write>(
                 };
                 let memory = memory.as_mut();
                 if let Some(reason) = run_chunk(
-                    &registry, writer, progress, &mut out, &work, max_frame, memory,
+                    &registry,
+                    writer,
+                    &mut results,
+                    progress,
+                    &mut out,
+                    &work,
+                    memory,
                 )? {
                     return retire(writer, reason, max_frame);
                 }
@@ -426,6 +440,54 @@ fn serve_hooked<R: Read, W: Write>(
             }
             ToWorker::Hello { .. } => return Err(ProtocolError::Unexpected("a second handshake")),
         }
+    }
+}
+
+/// How a worker sends its results frames: a large one is left in its
+/// memory for the pool to read ([`pull`](crate::backend::pull)) when the
+/// pool asked for that, else, and if that fails, through the channel.
+struct ResultsOut {
+    max_frame: usize,
+    /// Large results are pulled (until a pull fails).
+    pull: bool,
+    /// The last pull's number.
+    seq: u32,
+}
+
+impl ResultsOut {
+    fn send(
+        &mut self,
+        writer: &mut impl Write,
+        progress: Option<&Progress>,
+        header: &FromWorker,
+        body: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let header = wire::encode_header(header);
+        let size = header.len() + body.len();
+        if self.pull
+            && size >= pull::THRESHOLD
+            && size <= self.max_frame
+            && let Some(progress) = progress
+        {
+            // Below 2^31 (the page's failure bit), never 0.
+            self.seq = self.seq % (1 << 30) + 1;
+            let pull = FromWorker::Pull {
+                header_at: header.as_ptr() as u64,
+                header_len: header.len() as u32,
+                body_at: body.as_ptr() as u64,
+                body_len: body.len() as u64,
+                seq: self.seq,
+            };
+            wire::write_frame(writer, &wire::encode_header(&pull), &[], self.max_frame)?;
+            writer.flush()?;
+            // Neither `header` nor `body` may change until the pool is done.
+            if progress.wait_pulled(self.seq) {
+                return Ok(());
+            }
+            // The pool could not read this process's memory: never again.
+            self.pull = false;
+        }
+        wire::write_frame(writer, &header, body, self.max_frame)
     }
 }
 
@@ -529,12 +591,13 @@ struct ChunkWork<'a> {
 fn run_chunk(
     registry: &Registry,
     writer: &mut impl Write,
+    results: &mut ResultsOut,
     progress: Option<&Progress>,
     out: &mut Vec<u8>,
     work: &ChunkWork<'_>,
-    max_frame: usize,
     mut memory: Option<&mut MemoryBound>,
 ) -> Result<Option<Retire>, ProtocolError> {
+    let max_frame = results.max_frame;
     let ChunkWork {
         chunk,
         task,
@@ -637,12 +700,7 @@ fn run_chunk(
                 first,
                 count: i - 1 - first,
             };
-            wire::write_frame(
-                writer,
-                &wire::encode_header(&header),
-                &out[..mark],
-                max_frame,
-            )?;
+            results.send(writer, progress, &header, &out[..mark])?;
             out.drain(..mark);
             first = i - 1;
             last_flush = now;
@@ -656,7 +714,7 @@ fn run_chunk(
                 first,
                 count: i - first,
             };
-            wire::write_frame(writer, &wire::encode_header(&header), out, max_frame)?;
+            results.send(writer, progress, &header, out)?;
             if i < count {
                 // Mid-chunk: send now, so a long chunk reports as it goes.
                 writer.flush()?;

@@ -40,6 +40,10 @@ pub(crate) struct Launch {
     /// [`wire::LOG_TRACE`]); `None`: what this process shows when the
     /// worker starts ([`forward_level`](crate::logging::forward_level)).
     pub(crate) log_level: Option<u8>,
+    /// Workers may leave large results for the pool to read from their
+    /// memory ([`pull`](super::pull)): the pool reads their channels
+    /// itself.
+    pub(crate) pull_results: bool,
 }
 
 /// Checks a worker's answer to [`ToWorker::Init`] (a frame without its
@@ -67,13 +71,18 @@ pub(crate) fn hello_header(launch: &Launch) -> Vec<u8> {
     })
 }
 
-/// The body of the handshake: the level of log records to forward.
+/// The body of the handshake: the level of log records to forward, then
+/// the flags ([`wire::HELLO_PULL_RESULTS`]).
 pub(crate) fn hello_body(launch: &Launch) -> Vec<u8> {
-    vec![
-        launch
-            .log_level
-            .unwrap_or_else(crate::logging::forward_level),
-    ]
+    let level = launch
+        .log_level
+        .unwrap_or_else(crate::logging::forward_level);
+    let flags = if launch.pull_results && super::pull::available() {
+        wire::HELLO_PULL_RESULTS
+    } else {
+        0
+    };
+    vec![level, flags]
 }
 
 /// Checks a worker's answer to the handshake (a frame without its length

@@ -21,6 +21,7 @@ use super::forkserver::client as forkserver;
 use super::handshake::Launch;
 use super::process;
 use super::process::Spawned;
+use super::pull;
 use super::shm::Progress;
 use super::{Backend, Body, Events, Link, Outgoing};
 use crate::error::{Error, ExitCause};
@@ -156,12 +157,18 @@ impl Starter {
             (None, Err(err)) => self.events.start_failed(slot, err),
         };
         match started {
-            Ok(Some((pid, stream, child))) => {
+            Ok(Some((pid, stream, child, page))) => {
                 report(Ok(()));
                 drop(done);
                 let signal = child.signaller();
                 let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    read_loop(&*self.events, &self.launch, slot, pid, &stream, child);
+                    let worker = Reading {
+                        slot,
+                        pid,
+                        stream: &stream,
+                        page: &page,
+                    };
+                    read_loop(&*self.events, &self.launch, &worker, child);
                 }));
                 if read.is_err() {
                     after_reader_panic(&*self.events, slot, pid, &signal);
@@ -174,7 +181,11 @@ impl Starter {
 
     /// Starts and attaches the worker for `slot`; what its reader needs, or
     /// `None` if the pool was terminated meanwhile.
-    fn start(&self, slot: usize) -> Result<Option<(u32, Arc<UnixStream>, ChildProc)>, Error> {
+    #[allow(clippy::type_complexity)] // one use, named by the doc above
+    fn start(
+        &self,
+        slot: usize,
+    ) -> Result<Option<(u32, Arc<UnixStream>, ChildProc, Arc<Progress>)>, Error> {
         let events = &*self.events;
         if events.is_stopping() {
             return Err(Error::Terminated);
@@ -200,6 +211,7 @@ impl Starter {
             progress,
         } = spawned;
         drop(to);
+        let page = Arc::new(progress);
         let (tx, ends, backlog) = match writer {
             Ok(writer) => writer,
             Err(err) => {
@@ -213,14 +225,14 @@ impl Starter {
             tx,
             ends,
             backlog,
-            page: progress,
+            page: Arc::clone(&page),
         };
         if !events.attach(slot, pid, Link::Local(link)) {
             child.kill();
             child.wait();
             return Ok(None);
         }
-        Ok(Some((pid, from, child)))
+        Ok(Some((pid, from, child, page)))
     }
 }
 
@@ -254,7 +266,8 @@ pub(crate) struct LocalLink {
     ends: Ends,
     /// Frames handed to the writer thread and not yet written.
     backlog: Arc<AtomicUsize>,
-    page: Progress,
+    /// Shared with its reader thread, which answers its pulls there.
+    page: Arc<Progress>,
 }
 
 impl LocalLink {
@@ -350,19 +363,27 @@ fn exits_within(child: &mut ChildProc, limit: Duration) -> bool {
     }
 }
 
-/// Reads the frames of the worker in `slot` until its channel ends; then
-/// reaps it and reports its end.
-fn read_loop(
-    events: &dyn Events,
-    launch: &Launch,
+/// The worker a reader thread reads.
+struct Reading<'a> {
     slot: usize,
     pid: u32,
-    stream: &UnixStream,
-    mut child: ChildProc,
-) {
+    stream: &'a UnixStream,
+    page: &'a Progress,
+}
+
+/// Reads the frames of the worker in `slot` until its channel ends; then
+/// reaps it and reports its end.
+fn read_loop(events: &dyn Events, launch: &Launch, worker: &Reading<'_>, mut child: ChildProc) {
+    let &Reading {
+        slot,
+        pid,
+        stream,
+        page,
+    } = worker;
     let max = launch.max_frame;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     let mut frames = Vec::new();
+    let mut pulled = 0;
     let failure = loop {
         // One frame, waiting for it; then every frame already complete
         // in the buffer, all handled under one lock.
@@ -371,11 +392,25 @@ fn read_loop(
             if let Err(err) = wire::read_frame(&mut reader, max, &mut frame) {
                 break Err(err);
             }
-            frames.push(frame);
+            // A large results frame left in the worker's memory is read there.
+            let was_pull = frame.first() == Some(&wire::PULL_TAG);
+            match pull::resolve(frame, pid, page, max) {
+                Ok(Some(frame)) => {
+                    if was_pull {
+                        pulled += frame.len() as u64;
+                    }
+                    frames.push(frame);
+                }
+                Ok(None) => {}
+                Err(err) => break Err(err),
+            }
             if frames.len() >= 256 || !wire::holds_frame(reader.buffer()) {
                 break Ok(());
             }
         };
+        if pulled > 0 {
+            events.pulled(slot, pid, std::mem::take(&mut pulled));
+        }
         if let Err(err) = events.deliver_all(slot, pid, &mut frames) {
             break err;
         }

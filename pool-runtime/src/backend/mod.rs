@@ -18,6 +18,7 @@ pub(crate) mod local;
 #[cfg(feature = "mpi")]
 pub(crate) mod mpi;
 pub(crate) mod process;
+pub(crate) mod pull;
 pub(crate) mod shm;
 pub(crate) mod slab;
 
@@ -161,6 +162,9 @@ pub(crate) trait Events: Send + Sync {
     fn deliver(&self, slot: usize, pid: u32, frame: Vec<u8>) -> Result<(), ProtocolError> {
         self.deliver_all(slot, pid, &mut vec![frame])
     }
+    /// `bytes` of results frames were read from the memory of the worker
+    /// `pid` in `slot` ([`pull`]); told before those frames are delivered.
+    fn pulled(&self, slot: usize, pid: u32, bytes: u64);
     /// The worker in `slot` is ending: nothing more is sent to it, and it
     /// is no longer signalled.
     fn mark_dying(&self, slot: usize);

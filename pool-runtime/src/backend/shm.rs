@@ -10,7 +10,8 @@ use std::ptr::NonNull;
 
 use rustix::fs::MemfdFlags;
 use rustix::mm::{MapFlags, ProtFlags};
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use rustix::thread::futex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// The clock the page's times are read with.
 pub(crate) use crate::sys::now_ns;
@@ -36,6 +37,14 @@ struct Layout {
     /// The last chunk the worker claimed, or, with [`STOLEN`], the last
     /// chunk id it must skip.
     gate: AtomicU64,
+    /// Keeps `pulled` off the lines above.
+    _pad2: [u64; 7],
+    /// The pool's answer to the worker's last [`FromWorker::Pull`]: its
+    /// `seq` once read, with [`PULL_FAILED`] if it could not be (a futex:
+    /// the worker sleeps on it).
+    ///
+    /// [`FromWorker::Pull`]: pool_core::wire::FromWorker::Pull
+    pulled: AtomicU32,
 }
 
 const SIZE: usize = 4096;
@@ -44,6 +53,8 @@ const SIZE: usize = 4096;
 pub(crate) const IDLE: u64 = u64::MAX;
 /// Marks [`Layout::gate`] as a range of chunks taken back by the pool.
 const STOLEN: u64 = 1 << 63;
+/// Marks [`Layout::pulled`]: the pool could not read the frame.
+const PULL_FAILED: u32 = 1 << 31;
 
 /// What a worker's page says it runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,6 +210,41 @@ impl Progress {
         gate.compare_exchange(seen, last | STOLEN, Ordering::AcqRel, Ordering::Acquire)
             .ok()
             .map(|_| floor)
+    }
+}
+
+impl Progress {
+    /// Parent: answers the worker's pull `seq`: read (`true`) or not.
+    pub(crate) fn answer_pull(&self, seq: u32, read: bool) {
+        let pulled = &self.slot().pulled;
+        pulled.store(
+            if read { seq } else { seq | PULL_FAILED },
+            Ordering::Release,
+        );
+        // Not private: the worker waits on the same page in its process.
+        let _ = futex::wake(pulled, futex::Flags::empty(), 1);
+    }
+
+    /// Worker: waits for the pool's answer to pull `seq` ([`Progress::answer_pull`]):
+    /// `true` once the pool has the frame, `false` if it could not read it.
+    pub(crate) fn wait_pulled(&self, seq: u32) -> bool {
+        let pulled = &self.slot().pulled;
+        // Rechecked now and then: the pool's process is this worker's
+        // parent, and the worker dies with it.
+        let recheck = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
+        loop {
+            let now = pulled.load(Ordering::Acquire);
+            if now == seq {
+                return true;
+            }
+            if now == seq | PULL_FAILED {
+                return false;
+            }
+            let _ = futex::wait(pulled, futex::Flags::empty(), now, Some(&recheck));
+        }
     }
 }
 

@@ -796,6 +796,13 @@ impl Events for Scheduler {
         Scheduler::deliver_all(self, slot, pid, frames)
     }
 
+    fn pulled(&self, slot: usize, pid: u32, bytes: u64) {
+        let mut st = self.lock();
+        if st.workers[slot].as_ref().is_some_and(|w| w.pid == pid) {
+            st.stats[slot].pulled_bytes += bytes;
+        }
+    }
+
     fn mark_dying(&self, slot: usize) {
         Scheduler::mark_dying(self, slot);
     }

@@ -334,6 +334,8 @@ impl Node<'_> {
                 // Not offered under MPI (see `PoolBuilder::max_memory_per_child`).
                 max_memory: None,
                 log_level: Some(start.log_level),
+                // Their frames are forwarded to rank 0 as they come.
+                pull_results: false,
             };
             match process::start(&launch, &|| false) {
                 Ok(started) => pending.push((start.local, launch, started)),
