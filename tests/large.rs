@@ -41,7 +41,9 @@ fn body_memfds() -> Vec<String> {
 }
 
 /// Whether this process maps a chunk body now (true in a worker while it
-/// runs an item of a chunk that came through shared memory).
+/// runs an item of a chunk that came through shared memory, and after, as
+/// long as the worker keeps that mapping for a later chunk).
+#[task]
 fn maps_a_body() -> bool {
     std::fs::read_to_string("/proc/self/maps")
         .map(|maps| maps.contains("/memfd:pool-runtime-body"))
@@ -75,12 +77,15 @@ fn echo(
     (bytes, text, floats, ints, raw, nested)
 }
 
-/// The length of `data`, whether it came through a mapped body, and a
+/// The length of `data`, whether it is read from a mapped body, and a
 /// checksum of it.
 #[task]
-fn inspect(data: Vec<u8>) -> (u64, bool, u64) {
-    let sum = data.iter().map(|&b| b as u64).sum();
-    (data.len() as u64, maps_a_body(), sum)
+fn inspect(data: &[u8]) -> (u64, bool, u64) {
+    (
+        data.len() as u64,
+        in_a_body_mapping(data.as_ptr()),
+        sum(data),
+    )
 }
 
 /// Aborts (the worker dies) when `die`; else the length of `data`.
@@ -564,6 +569,35 @@ fn bytes_then_killed(len: usize, delay_us: u64) -> Vec<u8> {
     bytes
 }
 
+/// A worker keeps its mapping of a slab for later chunks (the pool
+/// recycles its slabs: mapping 16 MiB costs about what copying it does),
+/// but not under a memory bound, where the mapped pages would count in its
+/// resident memory.
+#[test]
+fn a_worker_keeps_its_mapping_of_a_large_chunk_unless_its_memory_is_bounded() {
+    let _serial = serial();
+    within(60, || {
+        for bounded in [false, true] {
+            let mut builder = Pool::builder().processes(1);
+            if bounded {
+                builder = builder.max_memory_per_child(1 << 40);
+            }
+            let pool = builder.build().expect("a pool starts");
+            assert!(!pool.apply(task!(maps_a_body), ()).expect("runs"));
+            for round in 0..3u8 {
+                let data = vec![round; 1 << 20];
+                let (len, mapped, checksum) =
+                    pool.apply(task!(inspect), (data.clone(),)).expect("runs");
+                assert_eq!((len, mapped, checksum), (1 << 20, true, sum(&data)));
+                let kept = pool.apply(task!(maps_a_body), ()).expect("runs");
+                assert_eq!(kept, !bounded, "bounded {bounded}: the mapping kept");
+            }
+            drop(pool);
+            assert_eq!(body_memfds(), Vec::<String>::new());
+        }
+    });
+}
+
 #[test]
 fn a_worker_that_dies_holding_a_large_argument_fails_only_its_item() {
     let _serial = serial();
@@ -994,7 +1028,7 @@ fn probe_no_pull() {
 
 /// `inspect`, under another name for the probe.
 #[task]
-fn check(data: Vec<u8>) -> (u64, bool, u64) {
+fn check(data: &[u8]) -> (u64, bool, u64) {
     inspect(data)
 }
 

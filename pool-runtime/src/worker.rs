@@ -13,7 +13,7 @@ use pool_core::{ProtocolError, TaskFailure};
 
 use crate::backend::pull;
 use crate::backend::shm::{Progress, now_ns};
-use crate::backend::slab::{Mapped, SlabRef};
+use crate::backend::slab::{MappedBody, Mappings, SlabRef};
 use crate::memory::MemoryBound;
 use crate::sys;
 
@@ -343,6 +343,7 @@ fn serve_hooked<R: Read, W: Write>(
     let mut out = Vec::with_capacity(64 * 1024);
     // Where the next chunk's body is, when it is in shared memory.
     let mut mapped_next: Option<(u32, SlabRef)> = None;
+    let mut mappings = Mappings::new(memory.is_none());
     loop {
         if !more_input(reader) {
             crate::logging::capture::send(writer)?;
@@ -380,7 +381,7 @@ fn serve_hooked<R: Read, W: Write>(
                 before_chunk(writer);
                 // Opened only once claimed: a chunk taken back may have
                 // had its slab reused by the pool already.
-                let slab = match mapped.map(|(pid, slab)| Mapped::open(pid, &slab)) {
+                let slab = match mapped.map(|(pid, slab)| mappings.open(pid, &slab)) {
                     Some(Ok(slab)) => Some(slab),
                     Some(Err(message)) => {
                         // Each item fails with why; the worker goes on.
@@ -394,7 +395,7 @@ fn serve_hooked<R: Read, W: Write>(
                     }
                     None => None,
                 };
-                let body = slab.as_ref().map_or(body, Mapped::bytes);
+                let body = slab.as_ref().map_or(body, MappedBody::bytes);
                 let work = ChunkWork {
                     chunk,
                     task,
