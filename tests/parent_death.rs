@@ -31,22 +31,58 @@ fn probe_parent() {
         drop(Pool::builder().processes(2).build().expect("pool"));
         server = Some(common::wait_for_fork_server(None));
     }
-    let pool = Pool::builder().processes(2).build().expect("pool");
+    let processes = if std::env::var_os("POOL_PROBE_GATE").is_some() {
+        1
+    } else {
+        2
+    };
+    let pool = Pool::builder().processes(processes).build().expect("pool");
     let mut pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
     pids.extend(server.map(|pid| pid.to_string()));
     println!("pids {}", pids.join(" "));
+    if let Some(gate) = std::env::var_os("POOL_PROBE_GATE") {
+        let gate = gate.to_string_lossy().into_owned();
+        let _ = pool.apply(task!(unwatched_large_result), (gate,));
+        return;
+    }
     // Both workers sleep in a task; this never returns before being killed.
     let _ = pool
         .chunksize(1)
         .starmap(task!(common::sleepy), [(1, 60_000), (2, 60_000)]);
 }
 
+/// Drops the parent-death signal (as a task that changes its credentials,
+/// even for a moment, does), writes the id of its thread to `gate.tid`,
+/// waits (a minute at most) for the file `gate`, then returns 64 MiB: a
+/// result the parent reads from this worker's memory, which waits for it.
+#[task]
+fn unwatched_large_result(gate: String) -> Vec<u8> {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    std::fs::write(format!("{gate}.tid"), tid.to_string()).expect("the tid file");
+    let start = Instant::now();
+    while !std::path::Path::new(&gate).exists() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    vec![7; 64 << 20]
+}
+
 /// Starts the parent program; returns it and its workers' pids (and its
-/// fork server's, if `forked`: then the workers are forks).
+/// fork server's, if `forked`: then the workers are forks). With `gate`,
+/// it has one worker, which runs `unwatched_large_result`.
 fn start_parent(own_group: bool, forked: bool) -> (Child, Vec<u32>) {
+    start_parent_gated(own_group, forked, None)
+}
+
+fn start_parent_gated(own_group: bool, forked: bool, gate: Option<&str>) -> (Child, Vec<u32>) {
     let mut cmd = common::probe_command("probe_parent", "POOL_PROBE_PARENT");
     if forked {
         cmd.env("POOL_PROBE_FORKED", "1");
+    }
+    if let Some(gate) = gate {
+        cmd.env("POOL_PROBE_GATE", gate);
     }
     if own_group {
         cmd.process_group(0);
@@ -67,10 +103,11 @@ fn start_parent(own_group: bool, forked: bool) -> (Child, Vec<u32>) {
                 .collect::<Vec<u32>>();
         }
     };
-    assert_eq!(pids.len(), 2 + usize::from(forked));
+    let workers = if gate.is_some() { 1 } else { 2 };
+    assert_eq!(pids.len(), workers + usize::from(forked));
     if forked {
         assert!(
-            pids[..2]
+            pids[..workers]
                 .iter()
                 .all(|&p| common::started_with(p, "POOL_RUNTIME_FORKSERVER")),
             "the workers are forks"
@@ -127,5 +164,69 @@ fn ctrl_c_leaves_no_worker_behind() {
         let status = parent.wait().expect("reap the parent");
         assert!(!status.success());
         wait_all_gone(&pids);
+    }
+}
+
+/// A worker blocked handing over a large result (the parent reads it from
+/// the worker's memory) exits when the parent dies, even after its task
+/// dropped the parent-death signal: it watches for a new parent while it
+/// waits. Here the parent is stopped, so that it never reads, then killed.
+#[test]
+fn a_worker_waiting_to_hand_over_a_large_result_exits_when_the_parent_dies() {
+    let kill_all = |pids: &[u32]| {
+        for &pid in pids {
+            // SAFETY: cleaning up processes this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    };
+    for forked in [false, true] {
+        let dir = std::env::temp_dir().join(format!("pool-gate-{}-{forked}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let gate = dir.to_string_lossy().into_owned();
+        let tid_file = format!("{gate}.tid");
+        let _ = std::fs::remove_file(&tid_file);
+        let (mut parent, pids) = start_parent_gated(false, forked, Some(&gate));
+        let worker = pids[0];
+        // Once the task runs, the parent stops: it reads nothing more.
+        let start = Instant::now();
+        while !std::path::Path::new(&tid_file).exists() && start.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: signalling the program this test started.
+        unsafe { libc::kill(parent.id() as i32, libc::SIGSTOP) };
+        std::fs::write(&dir, b"go").expect("the gate opens");
+        // The worker now builds its result, sends where it is, and waits
+        // on a futex: the thread running the task, not that of a test
+        // harness around it, which waits on one too.
+        let start = Instant::now();
+        let waiting = loop {
+            let wchan = std::fs::read_to_string(&tid_file)
+                .ok()
+                .and_then(|tid| {
+                    let path = format!("/proc/{worker}/task/{}/wchan", tid.trim());
+                    std::fs::read_to_string(path).ok()
+                })
+                .unwrap_or_default();
+            if wchan.contains("futex") {
+                break true;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        parent.kill().expect("SIGKILL the parent");
+        parent.wait().expect("reap the parent");
+        let _ = std::fs::remove_file(&dir);
+        let _ = std::fs::remove_file(&tid_file);
+        if !waiting {
+            kill_all(&pids);
+            panic!("the worker (forked: {forked}) never waited for its result to be read");
+        }
+        if std::panic::catch_unwind(|| wait_all_gone(&pids)).is_err() {
+            kill_all(&pids);
+            panic!("the worker (forked: {forked}) outlived its parent");
+        }
     }
 }

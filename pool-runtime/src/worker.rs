@@ -333,6 +333,7 @@ fn serve_hooked<R: Read, W: Write>(
                 max_frame,
                 pull: flags & wire::HELLO_PULL_RESULTS != 0 && progress.is_some(),
                 seq: 0,
+                parent: std::os::unix::process::parent_id(),
             };
             (results, max_memory.map(MemoryBound::new))
         }
@@ -453,6 +454,9 @@ struct ResultsOut {
     pull: bool,
     /// The last pull's number.
     seq: u32,
+    /// The process this worker serves (the pool's, or its fork server's,
+    /// which dies with it): gone once this process is another's child.
+    parent: u32,
 }
 
 impl ResultsOut {
@@ -482,10 +486,13 @@ impl ResultsOut {
             wire::write_frame(writer, &wire::encode_header(&pull), &[], self.max_frame)?;
             writer.flush()?;
             // Neither `header` nor `body` may change until the pool is done.
-            if progress.wait_pulled(self.seq) {
+            let parent = self.parent;
+            let gone = || std::os::unix::process::parent_id() != parent;
+            if progress.wait_pulled(self.seq, gone) {
                 return Ok(());
             }
-            // The pool could not read this process's memory: never again.
+            // The pool could not read this process's memory (or is gone,
+            // and the write below fails): never again.
             self.pull = false;
         }
         wire::write_frame(writer, &header, body, self.max_frame)

@@ -186,7 +186,7 @@ mod tests {
         assert_eq!(&got[..header.len()], &header[..]);
         assert!(got[header.len()..] == body[..]);
         assert_eq!(got.capacity(), header.len() + body.len());
-        assert!(page.wait_pulled(7));
+        assert!(page.wait_pulled(7, || false));
     }
 
     #[test]
@@ -210,7 +210,7 @@ mod tests {
         });
         let got = resolve(frame, std::process::id(), &page, 1 << 20).expect("a good frame");
         assert!(got.is_none());
-        assert!(!page.wait_pulled(3), "answered as failed");
+        assert!(!page.wait_pulled(3, || false), "answered as failed");
     }
 
     #[test]

@@ -226,11 +226,12 @@ impl Progress {
     }
 
     /// Worker: waits for the pool's answer to pull `seq` ([`Progress::answer_pull`]):
-    /// `true` once the pool has the frame, `false` if it could not read it.
-    pub(crate) fn wait_pulled(&self, seq: u32) -> bool {
+    /// `true` once the pool has the frame, `false` if it could not read it
+    /// or, checked every 100 ms, `gone()` says the pool is gone.
+    pub(crate) fn wait_pulled(&self, seq: u32, gone: impl Fn() -> bool) -> bool {
         let pulled = &self.slot().pulled;
-        // Rechecked now and then: the pool's process is this worker's
-        // parent, and the worker dies with it.
+        // The parent-death signal is not enough: a task that changes its
+        // credentials, even for a moment, loses it.
         let recheck = rustix::time::Timespec {
             tv_sec: 0,
             tv_nsec: 100_000_000,
@@ -243,7 +244,12 @@ impl Progress {
             if now == seq | PULL_FAILED {
                 return false;
             }
-            let _ = futex::wait(pulled, futex::Flags::empty(), now, Some(&recheck));
+            if let Err(rustix::io::Errno::TIMEDOUT) =
+                futex::wait(pulled, futex::Flags::empty(), now, Some(&recheck))
+                && gone()
+            {
+                return false;
+            }
         }
     }
 }
