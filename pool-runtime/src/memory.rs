@@ -110,7 +110,14 @@ mod tests {
         let mut bound = MemoryBound::new(0);
         let resident = bound.resident().expect("/proc/self/statm");
         assert!(resident > 0);
-        assert!(resident <= peak_resident());
+        // The kernel sums its resident counters approximately (per CPU),
+        // and other tests of this binary allocate and free meanwhile: a
+        // few MiB either way.
+        let peak = peak_resident();
+        assert!(
+            resident <= peak + (4 << 20),
+            "{resident} above the peak {peak}"
+        );
         // Everything is above a bound of 0; nothing is above u64::MAX.
         assert!(matches!(
             bound.exceeded(),
