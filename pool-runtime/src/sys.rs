@@ -214,28 +214,3 @@ pub(crate) fn now_ns() -> u64 {
     let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
-
-/// Asks for transparent huge pages for the 2 MiB-aligned part of the
-/// `len` bytes at `ptr` (memory this process writes next, once, such as a
-/// large frame's buffer): with THP in `madvise` mode, as most distributions
-/// ship, a fresh 16 MiB buffer then takes 8 page faults instead of 4096.
-/// Nothing happens for less than 4 MiB, or if the kernel refuses.
-pub(crate) fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    const HUGE: usize = 2 << 20;
-    if len < 2 * HUGE {
-        return;
-    }
-    let start = (ptr as usize).next_multiple_of(HUGE);
-    let end = (ptr as usize + len) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: advice only (which page size backs later faults), on
-        // pages of an allocation this process owns; contents are unchanged.
-        let _ = unsafe {
-            rustix::mm::madvise(
-                start as *mut std::ffi::c_void,
-                end - start,
-                rustix::mm::Advice::LinuxHugepage,
-            )
-        };
-    }
-}

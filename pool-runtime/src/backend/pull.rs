@@ -113,7 +113,6 @@ pub(crate) fn resolve(
 fn read_from(pid: u32, parts: &[(u64, usize)], size: usize) -> std::io::Result<Vec<u8>> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::other("bad pid"))?;
     let mut buf: Vec<u8> = Vec::with_capacity(size);
-    crate::sys::advise_huge_pages(buf.as_mut_ptr(), size);
     let mut done = 0usize;
     while done < size {
         // The remote pieces not read yet.
