@@ -572,7 +572,8 @@ fn bytes_then_killed(len: usize, delay_us: u64) -> Vec<u8> {
 /// A worker keeps its mapping of a slab for later chunks (the pool
 /// recycles its slabs: mapping 16 MiB costs about what copying it does),
 /// but not under a memory bound, where the mapped pages would count in its
-/// resident memory.
+/// resident memory, and not once it is idle (the pool may have freed the
+/// slab meanwhile).
 #[test]
 fn a_worker_keeps_its_mapping_of_a_large_chunk_unless_its_memory_is_bounded() {
     let _serial = serial();
@@ -592,6 +593,17 @@ fn a_worker_keeps_its_mapping_of_a_large_chunk_unless_its_memory_is_bounded() {
                 let kept = pool.apply(task!(maps_a_body), ()).expect("runs");
                 assert_eq!(kept, !bounded, "bounded {bounded}: the mapping kept");
             }
+            // Idle for 100 ms, the worker lets go: asked every 200 ms, it
+            // says so within a few tries (each question is input, so it
+            // never stays idle longer than that).
+            let released = (0..50).any(|_| {
+                std::thread::sleep(Duration::from_millis(200));
+                !pool.apply(task!(maps_a_body), ()).expect("runs")
+            });
+            assert!(
+                released,
+                "bounded {bounded}: an idle worker let go of its mapping"
+            );
             drop(pool);
             assert_eq!(body_memfds(), Vec::<String>::new());
         }

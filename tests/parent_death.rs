@@ -42,7 +42,8 @@ fn probe_parent() {
     println!("pids {}", pids.join(" "));
     if let Some(gate) = std::env::var_os("POOL_PROBE_GATE") {
         let gate = gate.to_string_lossy().into_owned();
-        let _ = pool.apply(task!(unwatched_large_result), (gate,));
+        let alarm = std::env::var_os("POOL_PROBE_ALARM").is_some();
+        let _ = pool.apply(task!(unwatched_large_result), (gate, alarm));
         return;
     }
     // Both workers sleep in a task; this never returns before being killed.
@@ -52,13 +53,35 @@ fn probe_parent() {
 }
 
 /// Drops the parent-death signal (as a task that changes its credentials,
-/// even for a moment, does), writes the id of its thread to `gate.tid`,
-/// waits (a minute at most) for the file `gate`, then returns 64 MiB: a
-/// result the parent reads from this worker's memory, which waits for it.
+/// even for a moment, does), with `alarm` arms a 20 ms interval timer whose
+/// signal interrupts every wait, writes the id of its thread to
+/// `gate.tid`, waits (a minute at most) for the file `gate`, then returns
+/// 64 MiB: a result the parent reads from this worker's memory, which
+/// waits for it.
 #[task]
-fn unwatched_large_result(gate: String) -> Vec<u8> {
+fn unwatched_large_result(gate: String, alarm: bool) -> Vec<u8> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+    if alarm {
+        extern "C" fn tick(_: libc::c_int) {}
+        // SAFETY: a handler that does nothing, installed with SA_RESTART;
+        // then a timer of this process firing every 20 ms.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = tick as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+            let every = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 20_000,
+            };
+            let timer = libc::itimerval {
+                it_interval: every,
+                it_value: every,
+            };
+            libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+        }
+    }
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     std::fs::write(format!("{gate}.tid"), tid.to_string()).expect("the tid file");
@@ -76,13 +99,20 @@ fn start_parent(own_group: bool, forked: bool) -> (Child, Vec<u32>) {
     start_parent_gated(own_group, forked, None)
 }
 
-fn start_parent_gated(own_group: bool, forked: bool, gate: Option<&str>) -> (Child, Vec<u32>) {
+fn start_parent_gated(
+    own_group: bool,
+    forked: bool,
+    gate: Option<(&str, bool)>,
+) -> (Child, Vec<u32>) {
     let mut cmd = common::probe_command("probe_parent", "POOL_PROBE_PARENT");
     if forked {
         cmd.env("POOL_PROBE_FORKED", "1");
     }
-    if let Some(gate) = gate {
+    if let Some((gate, alarm)) = gate {
         cmd.env("POOL_PROBE_GATE", gate);
+        if alarm {
+            cmd.env("POOL_PROBE_ALARM", "1");
+        }
     }
     if own_group {
         cmd.process_group(0);
@@ -169,7 +199,8 @@ fn ctrl_c_leaves_no_worker_behind() {
 
 /// A worker blocked handing over a large result (the parent reads it from
 /// the worker's memory) exits when the parent dies, even after its task
-/// dropped the parent-death signal: it watches for a new parent while it
+/// dropped the parent-death signal, and even with a timer's signal
+/// interrupting its wait every 20 ms: it watches for a new parent while it
 /// waits. Here the parent is stopped, so that it never reads, then killed.
 #[test]
 fn a_worker_waiting_to_hand_over_a_large_result_exits_when_the_parent_dies() {
@@ -179,13 +210,14 @@ fn a_worker_waiting_to_hand_over_a_large_result_exits_when_the_parent_dies() {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     };
-    for forked in [false, true] {
-        let dir = std::env::temp_dir().join(format!("pool-gate-{}-{forked}", std::process::id()));
+    for (forked, alarm) in [(false, false), (true, false), (false, true), (true, true)] {
+        let name = format!("pool-gate-{}-{forked}-{alarm}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
         let _ = std::fs::remove_file(&dir);
         let gate = dir.to_string_lossy().into_owned();
         let tid_file = format!("{gate}.tid");
         let _ = std::fs::remove_file(&tid_file);
-        let (mut parent, pids) = start_parent_gated(false, forked, Some(&gate));
+        let (mut parent, pids) = start_parent_gated(false, forked, Some((&gate, alarm)));
         let worker = pids[0];
         // Once the task runs, the parent stops: it reads nothing more.
         let start = Instant::now();
@@ -222,11 +254,13 @@ fn a_worker_waiting_to_hand_over_a_large_result_exits_when_the_parent_dies() {
         let _ = std::fs::remove_file(&tid_file);
         if !waiting {
             kill_all(&pids);
-            panic!("the worker (forked: {forked}) never waited for its result to be read");
+            panic!(
+                "the worker (forked: {forked}, alarm: {alarm}) never waited for its result to be read"
+            );
         }
         if std::panic::catch_unwind(|| wait_all_gone(&pids)).is_err() {
             kill_all(&pids);
-            panic!("the worker (forked: {forked}) outlived its parent");
+            panic!("the worker (forked: {forked}, alarm: {alarm}) outlived its parent");
         }
     }
 }

@@ -15,6 +15,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::fs::{Mode, OFlags};
@@ -99,12 +100,18 @@ pub(crate) fn recv_fds(channel: impl AsFd, count: usize) -> io::Result<Vec<Owned
 
 /// Whether `fd` has something to read (or has ended) now.
 pub(crate) fn readable(fd: impl AsFd) -> bool {
+    readable_within(fd, Duration::ZERO)
+}
+
+/// Whether `fd` has something to read (or has ended) now or within `wait`
+/// (a signal cuts the wait short: then `false`).
+pub(crate) fn readable_within(fd: impl AsFd, wait: Duration) -> bool {
     let mut polls = [PollFd::new(&fd, PollFlags::IN)];
-    let now = Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let wait = Timespec {
+        tv_sec: wait.as_secs() as i64,
+        tv_nsec: i64::from(wait.subsec_nanos()),
     };
-    rustix::event::poll(&mut polls, Some(&now)).is_ok_and(|ready| ready > 0)
+    rustix::event::poll(&mut polls, Some(&wait)).is_ok_and(|ready| ready > 0)
 }
 
 /// Kills the process of `pidfd` (SIGKILL; nothing happens if it has

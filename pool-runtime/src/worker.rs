@@ -227,8 +227,9 @@ fn serve_process(input: UnixStream, output: UnixStream, progress: Progress) -> !
         std::process::exit(EXIT_PROTOCOL);
     }
     crate::logging::capture::set_sender(Box::new(writer.clone()));
-    let more_input =
-        |r: &BufReader<&UnixStream>| !r.buffer().is_empty() || sys::readable(r.get_ref());
+    let more_input = |r: &BufReader<&UnixStream>, wait: Duration| {
+        !r.buffer().is_empty() || sys::readable_within(r.get_ref(), wait)
+    };
     let served = serve_hooked(
         &mut reader,
         &mut writer,
@@ -258,6 +259,9 @@ fn input_spin() -> Duration {
     if cpus > 1 { INPUT_SPIN } else { Duration::ZERO }
 }
 
+/// How long a worker waits for input before it unmaps the slabs it kept.
+const IDLE_UNMAP: Duration = Duration::from_millis(100);
+
 /// See [`input_spin`]. Measured on 2 CPUs (`bench roundtrip`): an `apply`
 /// round trip from 23 µs to 7.5 µs, chunk size 1 from ~600 k to ~720 k
 /// items/s; longer watches bought nothing more.
@@ -284,15 +288,17 @@ pub(crate) fn serve_with<R: Read, W: Write>(
     progress: Option<&Progress>,
     more_input: impl Fn(&R) -> bool,
 ) -> Result<(), ProtocolError> {
+    let more_input = move |r: &R, _: Duration| more_input(r);
     serve_hooked(reader, writer, progress, more_input, |_| {}, Duration::ZERO)
 }
 
-/// [`serve_with`], calling `before_chunk(writer)` before each chunk runs.
+/// [`serve_with`], calling `before_chunk(writer)` before each chunk runs,
+/// and where `more_input(reader, wait)` may wait that long for a frame.
 fn serve_hooked<R: Read, W: Write>(
     reader: &mut R,
     writer: &mut W,
     progress: Option<&Progress>,
-    more_input: impl Fn(&R) -> bool,
+    more_input: impl Fn(&R, Duration) -> bool,
     before_chunk: impl Fn(&W),
     spin: Duration,
 ) -> Result<(), ProtocolError> {
@@ -346,7 +352,7 @@ fn serve_hooked<R: Read, W: Write>(
     let mut mapped_next: Option<(u32, SlabRef)> = None;
     let mut mappings = Mappings::new(memory.is_none());
     loop {
-        if !more_input(reader) {
+        if !more_input(reader, Duration::ZERO) {
             crate::logging::capture::send(writer)?;
             writer.flush()?;
             // The next frame often follows at once (a caller's next
@@ -356,9 +362,14 @@ fn serve_hooked<R: Read, W: Write>(
             // gets it meanwhile.
             if !spin.is_zero() {
                 let since = std::time::Instant::now();
-                while !more_input(reader) && since.elapsed() < spin {
+                while !more_input(reader, Duration::ZERO) && since.elapsed() < spin {
                     std::thread::yield_now();
                 }
+            }
+            // An idle worker lets go of the slabs it kept mapped: the pool
+            // may have freed them meanwhile.
+            if mappings.holds_any() && !more_input(reader, IDLE_UNMAP) {
+                mappings.clear();
             }
         }
         wire::read_frame(reader, max_frame, &mut frame)?;
@@ -454,8 +465,8 @@ struct ResultsOut {
     pull: bool,
     /// The last pull's number.
     seq: u32,
-    /// The process this worker serves (the pool's, or its fork server's,
-    /// which dies with it): gone once this process is another's child.
+    /// This worker's parent (the pool's process, or its fork server): the
+    /// worker is to die with it.
     parent: u32,
 }
 
@@ -488,12 +499,15 @@ impl ResultsOut {
             // Neither `header` nor `body` may change until the pool is done.
             let parent = self.parent;
             let gone = || std::os::unix::process::parent_id() != parent;
-            if progress.wait_pulled(self.seq, gone) {
-                return Ok(());
+            match progress.wait_pulled(self.seq, gone) {
+                Some(true) => return Ok(()),
+                // The pool could not read this process's memory: never again.
+                Some(false) => self.pull = false,
+                // Its parent died (the pool, or its fork server, which dies
+                // with it): the worker does what the parent-death signal,
+                // which its task may have cleared, would have done.
+                None => std::process::exit(EXIT_PARENT_GONE),
             }
-            // The pool could not read this process's memory (or is gone,
-            // and the write below fails): never again.
-            self.pull = false;
         }
         wire::write_frame(writer, &header, body, self.max_frame)
     }

@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(&got[..header.len()], &header[..]);
         assert!(got[header.len()..] == body[..]);
         assert_eq!(got.capacity(), header.len() + body.len());
-        assert!(page.wait_pulled(7, || false));
+        assert_eq!(page.wait_pulled(7, || false), Some(true));
     }
 
     #[test]
@@ -209,7 +209,11 @@ mod tests {
         });
         let got = resolve(frame, std::process::id(), &page, 1 << 20).expect("a good frame");
         assert!(got.is_none());
-        assert!(!page.wait_pulled(3, || false), "answered as failed");
+        assert_eq!(
+            page.wait_pulled(3, || false),
+            Some(false),
+            "answered as failed"
+        );
     }
 
     #[test]

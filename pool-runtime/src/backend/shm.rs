@@ -226,30 +226,35 @@ impl Progress {
     }
 
     /// Worker: waits for the pool's answer to pull `seq` ([`Progress::answer_pull`]):
-    /// `true` once the pool has the frame, `false` if it could not read it
-    /// or, checked every 100 ms, `gone()` says the pool is gone.
-    pub(crate) fn wait_pulled(&self, seq: u32, gone: impl Fn() -> bool) -> bool {
+    /// `Some(true)` once the pool has the frame, `Some(false)` if it could
+    /// not read it; `None` as soon as `gone()`, asked every 100 ms or so
+    /// (however often signals interrupt the wait), says the pool is gone.
+    pub(crate) fn wait_pulled(&self, seq: u32, gone: impl Fn() -> bool) -> Option<bool> {
+        const RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
         let pulled = &self.slot().pulled;
-        // The parent-death signal is not enough: a task that changes its
-        // credentials, even for a moment, loses it.
-        let recheck = rustix::time::Timespec {
-            tv_sec: 0,
-            tv_nsec: 100_000_000,
-        };
+        let mut checked = std::time::Instant::now();
         loop {
             let now = pulled.load(Ordering::Acquire);
             if now == seq {
-                return true;
+                return Some(true);
             }
             if now == seq | PULL_FAILED {
-                return false;
+                return Some(false);
             }
-            if let Err(rustix::io::Errno::TIMEDOUT) =
-                futex::wait(pulled, futex::Flags::empty(), now, Some(&recheck))
-                && gone()
-            {
-                return false;
+            // The parent-death signal is not enough: a task that changes
+            // its credentials, even for a moment, loses it.
+            if checked.elapsed() >= RECHECK {
+                if gone() {
+                    return None;
+                }
+                checked = std::time::Instant::now();
             }
+            let recheck = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: RECHECK.saturating_sub(checked.elapsed()).as_nanos() as i64,
+            };
+            // Woken by the answer, a signal, a spurious wake-up or the time.
+            let _ = futex::wait(pulled, futex::Flags::empty(), now, Some(&recheck));
         }
     }
 }

@@ -41,10 +41,13 @@ pub(crate) const THRESHOLD: usize = 256 << 10;
 /// The slab's name, as `/proc/<pid>/fd/<n>` shows it (`/memfd:` + name).
 const NAME: &str = "pool-runtime-body";
 const LINK: &[u8] = b"/memfd:pool-runtime-body";
-/// The first page holds [`MAGIC`] and the slab's id; the body starts on
-/// the second (page-aligned, so `f64`s and the like decode aligned).
+/// The first page holds [`MAGIC`], the slab's id and, at [`DROPPED_AT`],
+/// [`DROPPED`] once this process lets go of it; the body starts on the
+/// second page (page-aligned, so `f64`s and the like decode aligned).
 const HEADER: usize = 4096;
 const MAGIC: u64 = u64::from_le_bytes(*b"poolslab");
+const DROPPED_AT: usize = 16;
+const DROPPED: u64 = u64::from_le_bytes(*b"dropped!");
 /// A new slab's capacity, at least; a body encoded straight into a slab
 /// grows it (the memfd is lengthened and remapped) as it needs.
 const INITIAL: usize = 4 << 20;
@@ -222,6 +225,11 @@ impl Slab {
 impl Drop for Slab {
     fn drop(&mut self) {
         LIVE.fetch_sub(1, Ordering::Relaxed);
+        // Workers that keep it mapped let go of it at their next chunk.
+        // SAFETY: the first page is mapped read-write; the word is aligned
+        // and accessed only atomically.
+        let dropped = unsafe { &*self.ptr.as_ptr().add(DROPPED_AT).cast::<AtomicU64>() };
+        dropped.store(DROPPED, Ordering::Release);
         // SAFETY: ptr and mapped came from `mmap` in `create`; no
         // reference into the mapping outlives the slab.
         let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.mapped) };
@@ -491,7 +499,10 @@ pub(crate) struct Mapped {
 /// of 16 MiB and unmapping it costs a worker about as much as copying it
 /// (1.8 ms here). At most [`KEEP`] mappings of [`KEEP_BYTES`] in all are
 /// kept, none under a memory bound (the pages mapped would count in the
-/// worker's resident memory, which `max_memory_per_child` bounds).
+/// worker's resident memory, which `max_memory_per_child` bounds). A kept
+/// mapping holds the slab's memory: it is let go of once the pool has
+/// dropped the slab (checked at each chunk through a slab) and when the
+/// worker is idle (see `worker::IDLE_UNMAP`).
 pub(crate) struct Mappings {
     /// Pool's pid, slab id, mapping; the most recently used last.
     kept: Vec<(u32, u64, Rc<Mapped>)>,
@@ -531,6 +542,7 @@ impl Mappings {
     /// The body `slab` of process `pid` names, mapped now or kept from an
     /// earlier chunk in the same slab. Why it cannot be read, if so.
     pub(crate) fn open(&mut self, pid: u32, slab: &SlabRef) -> Result<MappedBody, String> {
+        self.kept.retain(|(_, _, map)| !map.dropped());
         let len = usize::try_from(slab.len).map_err(|e| e.to_string())?;
         let same = |&(p, id, _): &(u32, u64, Rc<Mapped>)| p == pid && id == slab.id;
         if let Some(at) = self.kept.iter().position(same) {
@@ -551,6 +563,16 @@ impl Mappings {
             }
         }
         Ok(MappedBody { map, len })
+    }
+
+    /// Whether it keeps a mapping.
+    pub(crate) fn holds_any(&self) -> bool {
+        !self.kept.is_empty()
+    }
+
+    /// Lets go of every kept mapping.
+    pub(crate) fn clear(&mut self) {
+        self.kept.clear();
     }
 }
 
@@ -602,6 +624,14 @@ impl Mapped {
             return Err(fail("checking", &"another slab has this number"));
         }
         Ok(map)
+    }
+
+    /// Whether the pool has dropped this slab.
+    fn dropped(&self) -> bool {
+        // SAFETY: the first page is mapped; the word is aligned and
+        // written only atomically.
+        let word = unsafe { &*self.ptr.as_ptr().add(DROPPED_AT).cast::<AtomicU64>() };
+        word.load(Ordering::Acquire) == DROPPED
     }
 }
 
@@ -744,6 +774,36 @@ mod tests {
         );
         drop(kept);
         drop(again);
+        trim();
+    }
+
+    #[test]
+    fn a_kept_mapping_of_a_slab_the_pool_dropped_is_let_go_at_the_next_chunk() {
+        let _serial = serial();
+        let pid = std::process::id();
+        let mut mappings = Mappings::new(true);
+        let first = Body::for_local(vec![1; THRESHOLD]);
+        let slab = first.slab().expect("in a slab");
+        drop(mappings.open(pid, &slab).expect("maps"));
+        drop(first);
+        // Back on the free list: still the pool's, so still kept.
+        let second = Body::for_local(vec![2; THRESHOLD + 1]);
+        let other = second.slab().expect("in a slab");
+        assert_eq!(other.id, slab.id, "the free slab is reused");
+        drop(mappings.open(pid, &other).expect("kept"));
+        assert_eq!(mappings.kept.len(), 1);
+        drop(second);
+        trim();
+        // The pool dropped it: a chunk through a new slab lets it go.
+        let third = Body::for_local(vec![3; THRESHOLD]);
+        let new = third.slab().expect("in a slab");
+        assert_ne!(new.id, slab.id);
+        let mapped = mappings.open(pid, &new).expect("maps");
+        assert_eq!(mapped.bytes(), &vec![3; THRESHOLD][..]);
+        let ids: Vec<u64> = mappings.kept.iter().map(|k| k.1).collect();
+        assert_eq!(ids, vec![new.id], "only the slab the pool still holds");
+        drop(mapped);
+        drop(third);
         trim();
     }
 
