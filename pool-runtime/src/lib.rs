@@ -36,8 +36,12 @@
 //!   into it), which the worker maps through `/proc/<pid>/fd` and decodes in
 //!   place, with no annotation. The pool owns that memory; a worker that
 //!   dies leaves nothing behind, and it is released when the pool shuts
-//!   down. (Linux only, as the whole crate; MPI ranks get the bytes as
-//!   messages.)
+//!   down. Results frames of 256 KiB or more do not cross the socket
+//!   either: the pool's reader copies them once from the worker's memory
+//!   (`process_vm_readv`) while the worker waits, or, where that is
+//!   refused, the worker sends them through the socket
+//!   ([`WorkerStats::pulled_bytes`] counts what was read in place). (Linux
+//!   only, as the whole crate; MPI ranks get the bytes as messages.)
 //! - A panic in a task, or a worker that dies (abort, signal,
 //!   `process::exit`), is an [`Error`] naming the task and the item; the pool
 //!   replaces the worker and goes on.
