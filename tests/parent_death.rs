@@ -43,7 +43,20 @@ fn probe_parent() {
     if let Some(gate) = std::env::var_os("POOL_PROBE_GATE") {
         let gate = gate.to_string_lossy().into_owned();
         let alarm = std::env::var_os("POOL_PROBE_ALARM").is_some();
-        let _ = pool.apply(task!(unwatched_large_result), (gate, alarm));
+        let outcome = pool.apply(task!(unwatched_large_result), (gate.clone(), alarm));
+        // Written where the test reads it: how the call ended, and whether
+        // the pool went on.
+        let first = match outcome {
+            Ok(bytes) if bytes.len() == 64 << 20 => "ok".to_owned(),
+            Ok(bytes) => format!("{} bytes", bytes.len()),
+            Err(Error::WorkerDied { .. }) => "died".to_owned(),
+            Err(other) => format!("{other}"),
+        };
+        let after = (0..3u64).all(|i| pool.apply(task!(common::sleepy), (i, 0)).ok() == Some(i));
+        let _ = std::fs::write(
+            format!("{gate}.outcome"),
+            format!("{first}; went on: {after}"),
+        );
         return;
     }
     // Both workers sleep in a task; this never returns before being killed.
@@ -263,4 +276,49 @@ fn a_worker_waiting_to_hand_over_a_large_result_exits_when_the_parent_dies() {
             panic!("the worker (forked: {forked}, alarm: {alarm}) outlived its parent");
         }
     }
+}
+
+/// A forked worker whose fork server dies while it waits for the pool to
+/// read its large result (the pool stopped meanwhile) exits, as its
+/// parent-death signal would have made it had its task not dropped it;
+/// the pool, once it runs again, reports that item's worker as dead (not a
+/// broken protocol, and no result delivered twice) and goes on.
+#[test]
+fn a_forked_worker_waiting_to_hand_over_a_result_exits_with_its_fork_server() {
+    let name = format!("pool-gate-{}-server", std::process::id());
+    let dir = std::env::temp_dir().join(name);
+    let gate = dir.to_string_lossy().into_owned();
+    let (tid_file, outcome_file) = (format!("{gate}.tid"), format!("{gate}.outcome"));
+    for file in [&gate, &tid_file, &outcome_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    let (mut parent, pids) = start_parent_gated(false, true, Some((&gate, false)));
+    let (worker, server) = (pids[0], pids[1]);
+    let start = Instant::now();
+    while !std::path::Path::new(&tid_file).exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: signalling processes this test started.
+    unsafe {
+        libc::kill(parent.id() as i32, libc::SIGSTOP);
+        libc::kill(server as i32, libc::SIGKILL);
+    }
+    std::fs::write(&dir, b"go").expect("the gate opens");
+    let worker_gone = std::panic::catch_unwind(|| wait_all_gone(&[worker]));
+    // SAFETY: as above.
+    unsafe { libc::kill(parent.id() as i32, libc::SIGCONT) };
+    if worker_gone.is_err() {
+        // SAFETY: cleaning up what this test started.
+        unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+        let _ = parent.kill();
+    }
+    // (Its exit status says nothing: its harness's report goes to a pipe
+    // this test no longer reads.)
+    parent.wait().expect("the parent program ends");
+    let outcome = std::fs::read_to_string(&outcome_file).unwrap_or_default();
+    for file in [&gate, &tid_file, &outcome_file] {
+        let _ = std::fs::remove_file(file);
+    }
+    assert!(worker_gone.is_ok(), "the worker outlived its fork server");
+    assert_eq!(outcome, "died; went on: true");
 }
