@@ -566,3 +566,67 @@ fn timeouts_are_enforced_while_a_replacement_starts() {
         "{results:?}"
     );
 }
+
+/// The thread that terminates the pool, once started.
+type Terminator = std::sync::Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>;
+
+/// An input whose `size_hint`, asked as a call starts, has another thread
+/// terminate the pool and waits until the pool says so: the call then
+/// starts on a pool that is terminating.
+struct TerminatesAtStart {
+    pool: std::sync::Arc<Pool>,
+    terminator: Terminator,
+    items: std::ops::Range<u64>,
+}
+
+impl Iterator for TerminatesAtStart {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        self.items.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let mut terminator = self.terminator.lock().unwrap_or_else(|p| p.into_inner());
+        if terminator.is_none() {
+            let pool = std::sync::Arc::clone(&self.pool);
+            *terminator = Some(std::thread::spawn(move || pool.terminate()));
+            let since = std::time::Instant::now();
+            while !self.pool.is_closed() && since.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.items.size_hint()
+    }
+}
+
+/// An async call submitted while another thread terminates the pool fails
+/// with `Terminated`, whatever part of its input was read: not with an
+/// empty result, nor with `Broken` "an async call had no input" (seen by an
+/// adversarial review when a callback terminated the pool while the main
+/// thread submitted).
+#[test]
+fn an_async_call_submitted_while_the_pool_terminates_fails_with_terminated() {
+    let pool = Pool::builder().processes(1).build().expect("a pool starts");
+    let pool = std::sync::Arc::new(pool);
+    // The result thread exists before, as for a pool that ran async calls.
+    let warm = pool.map_async(task!(double), [1u64]).expect("submitted");
+    assert_eq!(warm.get().expect("runs"), [2]);
+    let terminator = Terminator::default();
+    let input = TerminatesAtStart {
+        pool: std::sync::Arc::clone(&pool),
+        terminator: std::sync::Arc::clone(&terminator),
+        items: 0..5,
+    };
+    let outcome = pool.map_async(task!(double), input).map(|call| call.get());
+    let thread = terminator.lock().unwrap_or_else(|p| p.into_inner()).take();
+    thread
+        .expect("the input started it")
+        .join()
+        .expect("terminate returns");
+    match outcome {
+        Err(Error::Terminated) | Ok(Err(Error::Terminated)) => {}
+        Ok(other) => panic!("the call ended with {other:?}"),
+        Err(other) => panic!("the call could not be submitted: {other:?}"),
+    }
+}

@@ -198,7 +198,13 @@ impl Driver {
             finish,
             _guard: detached.guard,
         };
-        if let Some((_, err)) = detached.local.into_iter().next() {
+        // A call whose input was not all read (the pool terminated while it
+        // was submitted) fails as a whole, even if the items it sent
+        // succeed; and so does one with an item that could not be sent.
+        let failed = detached
+            .stopped
+            .or_else(|| detached.local.into_iter().next().map(|(_, err)| err));
+        if let Some(err) = failed {
             collect.fail(err);
         } else if detached.items == 0 {
             let outcome = finish(Vec::new()).ok_or_else(|| Error::Broken {

@@ -110,6 +110,9 @@ pub(crate) struct Detached {
     pub(crate) items: usize,
     /// Items that failed before being sent (arguments that could not be encoded).
     pub(crate) local: Vec<(usize, Error)>,
+    /// Why the input was not all read (the pool terminated meanwhile): the
+    /// whole call fails with it.
+    pub(crate) stopped: Option<Error>,
 }
 
 pub(crate) struct Run<T: Task, I> {
@@ -275,6 +278,7 @@ where
             guard: self.guard,
             items: self.pulled,
             local: self.local.into(),
+            stopped: self.stopped.take(),
         })
     }
 
