@@ -680,6 +680,40 @@ fn an_imap_of_large_items_dropped_early_leaves_the_pool_working_and_nothing_behi
     });
 }
 
+/// An `imap` of large items encodes at most about 64 MiB of arguments
+/// ahead of its consumer (or one chunk per worker and one more), not the
+/// whole input: a consumer that reads slowly holds a bounded amount of
+/// shared memory, whatever the input's length.
+#[test]
+fn an_imap_of_large_items_reads_about_64_mib_ahead_of_its_consumer() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let pulled = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&pulled);
+        let endless = (0u64..).map(move |i| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            vec![i as u8; 8 << 20]
+        });
+        let mut results = pool.imap(task!(inspect), endless);
+        for i in 0..12u64 {
+            let (len, mapped, sum) = results.next().expect("a result").expect("it runs");
+            assert_eq!((len, mapped, sum), (8 << 20, true, (i % 256) * (8 << 20)));
+        }
+        // 12 consumed, 8 chunks of 8 MiB (64 MiB) ahead, one being encoded.
+        let at_stop = pulled.load(Ordering::Relaxed);
+        assert!(
+            (13..=12 + 8 + 1).contains(&at_stop),
+            "pulled {at_stop} items of 8 MiB after 12 were consumed"
+        );
+        drop(results);
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
 /// A large `Vec<u8>` result alone in its results frame comes back as the
 /// buffer the frame was read into, its bytes moved to the front (no second
 /// allocation: its capacity is the frame's, a few bytes above its length);

@@ -484,10 +484,11 @@ impl<'p> Call<'p> {
     /// chunks per worker; for chunks that take the workers well under 1 ms,
     /// of about 1 ms of their work, at most
     /// [`chunks_in_flight`](crate::PoolBuilder::chunks_in_flight) + 2 chunks
-    /// and 1 MiB of encoded arguments per worker. An endless iterator
-    /// works, and stopping the iteration stops the pulling. Dropping the
-    /// iterator cancels the rest (chunks already sent to a worker still
-    /// run).
+    /// and 1 MiB of encoded arguments per worker; for large items, at most
+    /// about 64 MiB of encoded arguments in all, or one chunk per worker
+    /// and one more if that is more. An endless iterator works, and
+    /// stopping the iteration stops the pulling. Dropping the iterator
+    /// cancels the rest (chunks already sent to a worker still run).
     ///
     /// # Examples
     ///

@@ -24,7 +24,7 @@ const CHUNK_BYTES: usize = 4 << 20;
 const LARGE_ITEM: usize = 1 << 20;
 /// Encoded arguments a call keeps ahead of its workers, at most (beyond
 /// one chunk per worker): large items are not all encoded at once.
-const WINDOW_BYTES: usize = 256 << 20;
+const WINDOW_BYTES: usize = 64 << 20;
 /// The adaptive chunk size aims at chunks of about this duration per worker.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(5);
 /// Chunks per worker an `imap` keeps pulled ahead of its consumer, at least.
