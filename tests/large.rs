@@ -714,6 +714,71 @@ fn an_imap_of_large_items_reads_about_64_mib_ahead_of_its_consumer() {
     });
 }
 
+/// Which threads of this process dropped a [`Traced`] argument.
+static DROPPED_ON: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A byte buffer that records, in the pool's process, the thread that drops
+/// it (in a worker, the record stays in the worker).
+#[derive(Serialize, Deserialize)]
+struct Traced {
+    data: Vec<u8>,
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        DROPPED_ON
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name);
+    }
+}
+
+/// The length of `traced`'s bytes.
+#[task]
+fn traced_len(traced: Traced) -> u64 {
+    traced.data.len() as u64
+}
+
+/// Large arguments (1 MiB or more encoded) are dropped once each, on the
+/// pool's dropper thread, not by the caller: giving their memory back would
+/// hold up the encoding of the next item. Small ones are dropped by the
+/// caller as it encodes them.
+#[test]
+fn large_arguments_are_dropped_once_each_off_the_callers_thread() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(2).build().expect("a pool starts");
+        let dropped = || DROPPED_ON.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let caller = std::thread::current().name().unwrap_or("").to_owned();
+        let small = (0..5u8).map(|i| Traced { data: vec![i; 100] });
+        let out = pool.map(task!(traced_len), small).expect("runs");
+        assert_eq!(out, [100; 5]);
+        assert_eq!(
+            dropped(),
+            vec![caller.clone(); 5],
+            "small: by the caller, in the call"
+        );
+        DROPPED_ON.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let large = (0..6u8).map(|i| Traced {
+            data: vec![i; 2 << 20],
+        });
+        let out = pool.map(task!(traced_len), large).expect("runs");
+        assert_eq!(out, [2 << 20; 6]);
+        while dropped().len() < 6 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            dropped(),
+            vec!["pool-dropper"; 6],
+            "once each, off the caller's thread"
+        );
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
 /// A large `Vec<u8>` result alone in its results frame comes back as the
 /// buffer the frame was read into, its bytes moved to the front (no second
 /// allocation: its capacity is the frame's, a few bytes above its length);

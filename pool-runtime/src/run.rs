@@ -496,6 +496,10 @@ where
         if let Err(err) = submit::<T>(&self.shared, self.guard.job, index, 1, body) {
             self.stopped_by(index, 1, &err);
         }
+        if self.item_bytes >= LARGE_ITEM {
+            // Giving its memory back would hold up the next item.
+            crate::dropper::drop_later(args, self.item_bytes);
+        }
     }
 
     /// Item `index` could not be encoded: it fails, in its place.
