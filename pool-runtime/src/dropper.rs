@@ -5,13 +5,18 @@
 //! allocator gives the pages back to the kernel (1 GiB of `Vec<u8>`s took
 //! the caller ~40% of its time in a call, as much as copying them into
 //! shared memory), and the caller is the serial stage of a call with large
-//! items. So arguments of 1 MiB or more (encoded) go to this module's
-//! thread, which drops them while the caller encodes the next ones.
+//! items. So arguments of 1 MiB or more (encoded) whose drop only frees
+//! memory ([`Task::DROP_FREES_ONLY`](pool_core::Task::DROP_FREES_ONLY):
+//! numbers, strings and vectors of them, as `#[task]` sees the parameter
+//! types) go to this module's thread, which drops them while the caller
+//! encodes the next ones. An argument of a type with a `Drop` of the
+//! user's is never sent here: that `Drop` runs on the caller's thread,
+//! before the call returns, as it always did.
 //!
 //! Bounded: at most [`MAX_PENDING`] bytes wait; beyond, or if the thread
 //! cannot be started, or in a process forked after it started (where it
-//! does not run), the caller drops them itself as before. A `Drop` that
-//! panics there is reported on stderr and changes nothing else.
+//! does not run), the caller drops them itself. Memory not yet given back
+//! when the process exits is the process's to lose.
 
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};

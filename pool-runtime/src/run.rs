@@ -496,8 +496,9 @@ where
         if let Err(err) = submit::<T>(&self.shared, self.guard.job, index, 1, body) {
             self.stopped_by(index, 1, &err);
         }
-        if self.item_bytes >= LARGE_ITEM {
-            // Giving its memory back would hold up the next item.
+        if T::DROP_FREES_ONLY && self.item_bytes >= LARGE_ITEM {
+            // Giving its memory back would hold up the next item; no
+            // `Drop` of the user's runs there (see `dropper`).
             crate::dropper::drop_later(args, self.item_bytes);
         }
     }
