@@ -714,93 +714,6 @@ fn an_imap_of_large_items_reads_about_64_mib_ahead_of_its_consumer() {
     });
 }
 
-/// Which threads of this process dropped a [`Traced`] argument.
-static DROPPED_ON: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// A byte buffer that records, in the pool's process, the thread that drops
-/// it (in a worker, the record stays in the worker).
-#[derive(Serialize, Deserialize)]
-struct Traced {
-    data: Vec<u8>,
-}
-
-impl Drop for Traced {
-    fn drop(&mut self) {
-        let name = std::thread::current().name().unwrap_or("").to_owned();
-        DROPPED_ON
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(name);
-    }
-}
-
-/// The length of `traced`'s bytes.
-#[task]
-fn traced_len(traced: Traced) -> u64 {
-    traced.data.len() as u64
-}
-
-/// Large arguments whose drop only frees memory (a `Vec<u8>` here) are
-/// dropped on the pool's dropper thread, so the caller does not wait for
-/// their pages to go back to the kernel; an argument of a type with a
-/// `Drop` of the user's is dropped once, by the caller, before the call
-/// returns, large or small: no user code runs on the pool's threads, after
-/// the call, or never (at exit).
-#[test]
-fn only_arguments_whose_drop_frees_memory_are_dropped_off_the_callers_thread() {
-    fn frees_only<T: pool_runtime::Task>(_: T) -> bool {
-        T::DROP_FREES_ONLY
-    }
-    assert!(frees_only(task!(inspect)), "&[u8]");
-    assert!(frees_only(task!(die_on)), "Vec<u8>, bool");
-    assert!(frees_only(task!(float_bits)), "Vec<f64>, &[f32]");
-    assert!(
-        frees_only(task!(plain_shapes)),
-        "tuples, arrays, Option, Box, String"
-    );
-    assert!(!frees_only(task!(traced_len)), "a type of the user's");
-    assert!(!frees_only(task!(echo)), "Nested, a struct of the user's");
-    let _serial = serial();
-    within(60, || {
-        let pool = Pool::builder().processes(2).build().expect("a pool starts");
-        let dropped = || DROPPED_ON.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let caller = std::thread::current().name().unwrap_or("").to_owned();
-        for len in [100, 2 << 20] {
-            DROPPED_ON.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            let items = (0..6u8).map(|i| Traced { data: vec![i; len] });
-            let out = pool.map(task!(traced_len), items).expect("runs");
-            assert_eq!(out, [len as u64; 6]);
-            assert_eq!(
-                dropped(),
-                vec![caller.clone(); 6],
-                "{len} bytes: by the caller, in the call"
-            );
-        }
-        drop(pool);
-        assert_eq!(body_memfds(), Vec::<String>::new());
-    });
-}
-
-/// The same, seen from a process of its own: the dropper thread starts
-/// with the first large `Vec<u8>` argument, not before.
-#[test]
-fn the_dropper_thread_starts_with_the_first_large_plain_argument() {
-    let _serial = serial();
-    let out = run_probe("dropper");
-    assert!(out.contains("probe dropper: all correct"), "{out}");
-}
-
-/// Every shape whose drop only frees memory, in one argument list.
-#[task]
-fn plain_shapes(
-    pair: (u32, [f64; 3]),
-    maybe: Option<Box<[u8]>>,
-    text: String,
-    nested: Vec<Vec<i64>>,
-) -> usize {
-    pair.1.len() + maybe.map_or(0, |b| b.len()) + text.len() + nested.len()
-}
-
 /// A large `Vec<u8>` result alone in its results frame comes back as the
 /// buffer the frame was read into, its bytes moved to the front (no second
 /// allocation: its capacity is the frame's, a few bytes above its length);
@@ -1099,9 +1012,6 @@ fn probe_large() {
     if mode == "nopull" {
         return probe_no_pull();
     }
-    if mode == "dropper" {
-        return probe_dropper();
-    }
     let inputs: Vec<Vec<u8>> = (0..120u32)
         .map(|i| vec![i as u8; (300 << 10) + i as usize])
         .collect();
@@ -1141,43 +1051,6 @@ fn probe_large() {
         .expect("a 3 MiB item runs");
     assert_eq!((big.0, big.2), (3 << 20, 3 << 20));
     println!("probe {mode}: all correct");
-}
-
-/// Whether this process has a thread of that name.
-fn has_thread(name: &str) -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| {
-        tasks.flatten().any(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim_end() == name)
-        })
-    })
-}
-
-/// In a process of its own: no dropper thread until a call has large
-/// arguments whose drop only frees memory; small ones and large ones with
-/// a `Drop` of the user's do not start it.
-fn probe_dropper() {
-    let pool = Pool::builder().processes(2).build().expect("a pool starts");
-    let small = pool
-        .starmap(task!(die_on), [(vec![1u8; 1000], false)])
-        .expect("runs");
-    assert_eq!(small, [1000]);
-    let traced = (0..4u8).map(|i| Traced {
-        data: vec![i; 2 << 20],
-    });
-    let out = pool.map(task!(traced_len), traced).expect("runs");
-    assert_eq!(out, [2 << 20; 4]);
-    assert!(
-        !has_thread("pool-dropper"),
-        "started by small or user-typed arguments"
-    );
-    let large = (0..4u8).map(|i| (vec![i; 2 << 20], false));
-    let out = pool.starmap(task!(die_on), large).expect("runs");
-    assert_eq!(out, [2 << 20; 4]);
-    assert!(
-        has_thread("pool-dropper"),
-        "large Vec<u8> arguments: dropped there"
-    );
-    println!("probe dropper: all correct");
 }
 
 /// The pool reads a 1 MiB result from its worker's memory until the worker

@@ -22,14 +22,6 @@ pub trait Task: sealed::Sealed + Copy + Send + Sync + 'static {
     type Args: Serialize + DeserializeOwned + Send + 'static;
     /// The function's return type.
     type Output: Serialize + DeserializeOwned + Send + 'static;
-    /// Whether dropping the arguments only frees memory: every parameter's
-    /// type, as written, is a number, `bool`, `char`, `String` or `str`,
-    /// or a `Vec`, slice, array, `Box`, `Option` or tuple of those. Such
-    /// arguments, when large, are dropped on a thread of the pool's after
-    /// they are encoded; any other type's `Drop` runs on the caller's
-    /// thread, before the call returns.
-    #[doc(hidden)]
-    const DROP_FREES_ONLY: bool = false;
     /// Runs the function on already-decoded arguments.
     fn call(args: Self::Args) -> Self::Output;
     /// Decodes the arguments from `input` and runs the function: what a

@@ -263,7 +263,6 @@ impl<'a> TaskFn<'a> {
 
         let names: Vec<&syn::Ident> = self.params.iter().map(|p| &p.name).collect();
         let owned: Vec<TokenStream> = self.params.iter().map(Param::owned).collect();
-        let drop_frees_only = self.params.iter().all(|p| frees_only(&p.ty));
         let private_path = format!(
             "{}::__private",
             krate.to_token_stream().to_string().replace(' ', "")
@@ -511,7 +510,6 @@ impl<'a> TaskFn<'a> {
             impl #private::Task for #handle_path {
                 const NAME: &'static str = ::core::concat!(::core::module_path!(), "::", #fn_name);
                 const ID: u64 = #private::task_id(<Self as #private::Task>::NAME);
-                const DROP_FREES_ONLY: bool = #drop_frees_only;
                 type Args = #args_ident;
                 #output_decl
                 #[inline]
@@ -533,61 +531,6 @@ impl<'a> TaskFn<'a> {
                 }
             };
         }
-    }
-}
-
-/// Whether dropping a value of type `ty`, as written, only frees memory:
-/// numbers, `bool`, `char`, `String`, `str`, and `Vec`, `Box`, `Option`,
-/// slices, arrays, references and tuples of those (named by their last
-/// path segment; a type of the user's that shadows one of these names is
-/// taken for it).
-fn frees_only(ty: &syn::Type) -> bool {
-    match ty {
-        syn::Type::Reference(r) => frees_only(&r.elem),
-        syn::Type::Slice(s) => frees_only(&s.elem),
-        syn::Type::Array(a) => frees_only(&a.elem),
-        syn::Type::Paren(p) => frees_only(&p.elem),
-        syn::Type::Group(g) => frees_only(&g.elem),
-        syn::Type::Tuple(t) => t.elems.iter().all(frees_only),
-        syn::Type::Path(p) if p.qself.is_none() => {
-            let Some(last) = p.path.segments.last() else {
-                return false;
-            };
-            let name = last.ident.to_string();
-            match &last.arguments {
-                syn::PathArguments::None => matches!(
-                    name.as_str(),
-                    "u8" | "u16"
-                        | "u32"
-                        | "u64"
-                        | "u128"
-                        | "usize"
-                        | "i8"
-                        | "i16"
-                        | "i32"
-                        | "i64"
-                        | "i128"
-                        | "isize"
-                        | "f32"
-                        | "f64"
-                        | "bool"
-                        | "char"
-                        | "str"
-                        | "String"
-                ),
-                syn::PathArguments::AngleBracketed(args)
-                    if matches!(name.as_str(), "Vec" | "Box" | "Option") =>
-                {
-                    args.args.len() == 1
-                        && args.args.iter().all(|a| match a {
-                            syn::GenericArgument::Type(t) => frees_only(t),
-                            _ => false,
-                        })
-                }
-                _ => false,
-            }
-        }
-        _ => false,
     }
 }
 

@@ -36,13 +36,7 @@
 //!   into it), which the worker maps through `/proc/<pid>/fd` and decodes in
 //!   place, with no annotation. The pool owns that memory; a worker that
 //!   dies leaves nothing behind, and it is released when the pool shuts
-//!   down. An argument of 1 MiB or more whose drop only frees memory
-//!   (numbers, strings, and vectors, boxes, options, arrays and tuples of
-//!   them, as the task's parameter types are written) is dropped on a
-//!   thread of the pool's (`pool-dropper`, at most 256 MiB waiting) once
-//!   encoded, so the call does not wait for its memory to go back to the
-//!   kernel; any other argument, with a `Drop` of yours, is dropped by the
-//!   caller within the call. Results frames of 256 KiB or more do not cross the socket
+//!   down. Results frames of 256 KiB or more do not cross the socket
 //!   either: the pool's reader copies them once from the worker's memory
 //!   (`process_vm_readv`) while the worker waits, or, where that is
 //!   refused, the worker sends them through the socket
@@ -460,7 +454,6 @@ mod backend;
 mod builder;
 mod call;
 mod completion;
-mod dropper;
 mod entry;
 mod error;
 mod imap;

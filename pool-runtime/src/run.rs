@@ -496,11 +496,6 @@ where
         if let Err(err) = submit::<T>(&self.shared, self.guard.job, index, 1, body) {
             self.stopped_by(index, 1, &err);
         }
-        if T::DROP_FREES_ONLY && self.item_bytes >= LARGE_ITEM {
-            // Giving its memory back would hold up the next item; no
-            // `Drop` of the user's runs there (see `dropper`).
-            crate::dropper::drop_later(args, self.item_bytes);
-        }
     }
 
     /// Item `index` could not be encoded: it fails, in its place.
