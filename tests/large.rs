@@ -569,11 +569,19 @@ fn bytes_then_killed(len: usize, delay_us: u64) -> Vec<u8> {
     bytes
 }
 
+/// Whether process `pid` maps a chunk body now (seen from outside: asking
+/// the worker would be input, which resets its idle time).
+fn maps_a_body_from_outside(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|maps| maps.contains("/memfd:pool-runtime-body"))
+        .unwrap_or(false)
+}
+
 /// A worker keeps its mapping of a slab for later chunks (the pool
 /// recycles its slabs: mapping 16 MiB costs about what copying it does),
-/// but not under a memory bound, where the mapped pages would count in its
-/// resident memory, and not once it is idle (the pool may have freed the
-/// slab meanwhile).
+/// also across a short idle time (the next call reuses the slabs), but not
+/// under a memory bound, where the mapped pages would count in its
+/// resident memory, and not once it has been idle for long (2 s).
 #[test]
 fn a_worker_keeps_its_mapping_of_a_large_chunk_unless_its_memory_is_bounded() {
     let _serial = serial();
@@ -593,12 +601,19 @@ fn a_worker_keeps_its_mapping_of_a_large_chunk_unless_its_memory_is_bounded() {
                 let kept = pool.apply(task!(maps_a_body), ()).expect("runs");
                 assert_eq!(kept, !bounded, "bounded {bounded}: the mapping kept");
             }
-            // Idle for 100 ms, the worker lets go: asked every 200 ms, it
-            // says so within a few tries (each question is input, so it
-            // never stays idle longer than that).
-            let released = (0..50).any(|_| {
-                std::thread::sleep(Duration::from_millis(200));
-                !pool.apply(task!(maps_a_body), ()).expect("runs")
+            let worker = pool.worker_pids()[0];
+            // Idle for 300 ms (it cannot have been idle for longer): the
+            // slab is the pool's still, the mapping is kept.
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(
+                maps_a_body_from_outside(worker),
+                !bounded,
+                "bounded {bounded}: kept across a short idle time"
+            );
+            // Idle for long, it lets go.
+            let released = (0..1000).any(|_| {
+                std::thread::sleep(Duration::from_millis(20));
+                !maps_a_body_from_outside(worker)
             });
             assert!(
                 released,

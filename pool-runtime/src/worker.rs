@@ -262,8 +262,12 @@ fn input_spin() -> Duration {
     if cpus > 1 { INPUT_SPIN } else { Duration::ZERO }
 }
 
-/// How long a worker waits for input before it unmaps the slabs it kept.
+/// How long a worker waits for input before it first lets go of the slab
+/// mappings it kept whose slab the pool has dropped (then it looks again
+/// after twice as long, and so on).
 const IDLE_UNMAP: Duration = Duration::from_millis(100);
+/// How long a worker without input keeps any slab mapping.
+const IDLE_KEEP: Duration = Duration::from_secs(2);
 
 /// See [`input_spin`]. Measured on 2 CPUs (`bench roundtrip`): an `apply`
 /// round trip from 23 µs to 7.5 µs, chunk size 1 from ~600 k to ~720 k
@@ -369,10 +373,21 @@ fn serve_hooked<R: Read, W: Write>(
                     std::thread::yield_now();
                 }
             }
-            // An idle worker lets go of the slabs it kept mapped: the pool
-            // may have freed them meanwhile.
-            if mappings.holds_any() && !more_input(reader, IDLE_UNMAP) {
-                mappings.clear();
+            // An idle worker keeps its mappings of the slabs the pool still
+            // holds (its next call reuses them, and they cost no memory the
+            // pool does not hold anyway), looking after IDLE_UNMAP, then
+            // twice as long each time, for slabs the pool let go of; after
+            // IDLE_KEEP without input, it lets go of them all.
+            let mut wait = IDLE_UNMAP;
+            let mut idle = Duration::ZERO;
+            while mappings.holds_any() && !more_input(reader, wait) {
+                idle += wait;
+                if idle >= IDLE_KEEP {
+                    mappings.clear();
+                } else {
+                    mappings.prune_dropped();
+                    wait = (wait * 2).min(IDLE_KEEP - idle);
+                }
             }
         }
         wire::read_frame(reader, max_frame, &mut frame)?;

@@ -501,8 +501,9 @@ pub(crate) struct Mapped {
 /// kept, none under a memory bound (the pages mapped would count in the
 /// worker's resident memory, which `max_memory_per_child` bounds). A kept
 /// mapping holds the slab's memory: it is let go of once the pool has
-/// dropped the slab (checked at each chunk through a slab) and when the
-/// worker is idle (see `worker::IDLE_UNMAP`).
+/// dropped the slab (checked at each chunk through a slab, and by an idle
+/// worker after 0.1, 0.3, 0.7 and 1.5 s), and after 2 s without input
+/// (see `worker::IDLE_UNMAP`, `worker::IDLE_KEEP`).
 pub(crate) struct Mappings {
     /// Pool's pid, slab id, mapping; the most recently used last.
     kept: Vec<(u32, u64, Rc<Mapped>)>,
@@ -542,7 +543,7 @@ impl Mappings {
     /// The body `slab` of process `pid` names, mapped now or kept from an
     /// earlier chunk in the same slab. Why it cannot be read, if so.
     pub(crate) fn open(&mut self, pid: u32, slab: &SlabRef) -> Result<MappedBody, String> {
-        self.kept.retain(|(_, _, map)| !map.dropped());
+        self.prune_dropped();
         let len = usize::try_from(slab.len).map_err(|e| e.to_string())?;
         let same = |&(p, id, _): &(u32, u64, Rc<Mapped>)| p == pid && id == slab.id;
         if let Some(at) = self.kept.iter().position(same) {
@@ -563,6 +564,11 @@ impl Mappings {
             }
         }
         Ok(MappedBody { map, len })
+    }
+
+    /// Lets go of the mappings of slabs the pool has dropped.
+    pub(crate) fn prune_dropped(&mut self) {
+        self.kept.retain(|(_, _, map)| !map.dropped());
     }
 
     /// Whether it keeps a mapping.
