@@ -625,6 +625,90 @@ fn a_worker_keeps_its_mapping_of_a_large_chunk_unless_its_memory_is_bounded() {
     });
 }
 
+/// A worker kept busy by small calls lets go of its mapping of a slab as
+/// soon as the pool has dropped it (here: when another pool shuts down,
+/// which empties the free list), before it answers the next call; it does
+/// not wait to be idle.
+#[test]
+fn a_busy_worker_lets_go_of_a_slab_the_pool_dropped_before_its_next_answer() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(1).build().expect("a pool starts");
+        let data = vec![3u8; 1 << 20];
+        let (len, mapped, _) = pool.apply(task!(inspect), (data,)).expect("runs");
+        assert_eq!((len, mapped), (1 << 20, true));
+        let worker = pool.worker_pids()[0];
+        assert!(maps_a_body_from_outside(worker), "the mapping is kept");
+        // Another pool shuts down: the free list, and this slab, go.
+        drop(Pool::builder().processes(1).build().expect("a pool starts"));
+        // Calls back to back (never 100 ms idle): the worker lets go of
+        // it once it runs out of input, not after an idle time. (Its
+        // answer may leave just before: its flusher thread may send it.)
+        let gone = (0..2000).any(|_| {
+            pool.apply(task!(inspect), (vec![1u8; 10],)).expect("runs");
+            !maps_a_body_from_outside(worker)
+        });
+        assert!(gone, "its mapping of the dropped slab is gone while busy");
+        let mapped = pool.apply(task!(maps_a_body), ()).expect("runs");
+        assert!(!mapped, "and stays gone");
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
+/// Installs, in the worker, a handler that does nothing for a timer signal
+/// firing every 10 ms: every wait of the worker is cut short.
+#[task]
+fn tick_every_10_ms() {
+    extern "C" fn tick(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing, then a timer of this process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = tick as extern "C" fn(libc::c_int) as usize;
+        libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+        let every = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 10_000,
+        };
+        let timer = libc::itimerval {
+            it_interval: every,
+            it_value: every,
+        };
+        libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+    }
+}
+
+/// A worker whose task set a fast timer signal keeps its mapping across a
+/// short idle time all the same (its idle time is counted by the clock,
+/// not by the waits a signal cuts short), and lets go of it in the end.
+#[test]
+fn a_timer_signal_in_the_worker_does_not_shorten_how_long_it_keeps_a_mapping() {
+    let _serial = serial();
+    within(60, || {
+        let pool = Pool::builder().processes(1).build().expect("a pool starts");
+        pool.apply(task!(tick_every_10_ms), ()).expect("runs");
+        let data = vec![5u8; 1 << 20];
+        let (len, mapped, checksum) = pool.apply(task!(inspect), (data.clone(),)).expect("runs");
+        assert_eq!((len, mapped, checksum), (1 << 20, true, sum(&data)));
+        let worker = pool.worker_pids()[0];
+        // Idle for 300 ms at most: kept (30 signals later).
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            maps_a_body_from_outside(worker),
+            "kept across 300 ms of signals"
+        );
+        let released = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !maps_a_body_from_outside(worker)
+        });
+        assert!(released, "let go of in the end");
+        let again = pool.apply(task!(inspect), (data.clone(),)).expect("runs");
+        assert_eq!(again, (1 << 20, true, sum(&data)));
+        drop(pool);
+        assert_eq!(body_memfds(), Vec::<String>::new());
+    });
+}
+
 #[test]
 fn a_worker_that_dies_holding_a_large_argument_fails_only_its_item() {
     let _serial = serial();

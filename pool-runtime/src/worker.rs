@@ -264,7 +264,7 @@ fn input_spin() -> Duration {
 
 /// How long a worker waits for input before it first lets go of the slab
 /// mappings it kept whose slab the pool has dropped (then it looks again
-/// after twice as long, and so on).
+/// once it has been idle twice as long, and so on).
 const IDLE_UNMAP: Duration = Duration::from_millis(100);
 /// How long a worker without input keeps any slab mapping.
 const IDLE_KEEP: Duration = Duration::from_secs(2);
@@ -360,6 +360,9 @@ fn serve_hooked<R: Read, W: Write>(
     let mut mappings = Mappings::new(memory.is_none());
     loop {
         if !more_input(reader, Duration::ZERO) {
+            // Out of input, before the results go: a worker kept busy by
+            // small chunks lets go of the slabs the pool has dropped too.
+            mappings.prune_dropped();
             crate::logging::capture::send(writer)?;
             writer.flush()?;
             // The next frame often follows at once (a caller's next
@@ -375,18 +378,20 @@ fn serve_hooked<R: Read, W: Write>(
             }
             // An idle worker keeps its mappings of the slabs the pool still
             // holds (its next call reuses them, and they cost no memory the
-            // pool does not hold anyway), looking after IDLE_UNMAP, then
-            // twice as long each time, for slabs the pool let go of; after
-            // IDLE_KEEP without input, it lets go of them all.
+            // pool does not hold anyway), looking for slabs the pool let go
+            // of after IDLE_UNMAP of idle time, then each time it has been
+            // idle twice as long; after IDLE_KEEP, it lets go of them all.
+            // (Idle time by the clock: a signal cuts a wait short.)
+            let idle_since = std::time::Instant::now();
             let mut wait = IDLE_UNMAP;
-            let mut idle = Duration::ZERO;
             while mappings.holds_any() && !more_input(reader, wait) {
-                idle += wait;
+                let idle = idle_since.elapsed();
                 if idle >= IDLE_KEEP {
                     mappings.clear();
                 } else {
                     mappings.prune_dropped();
-                    wait = (wait * 2).min(IDLE_KEEP - idle);
+                    let next = idle_since + IDLE_UNMAP.max(idle * 2).min(IDLE_KEEP);
+                    wait = next.saturating_duration_since(std::time::Instant::now());
                 }
             }
         }

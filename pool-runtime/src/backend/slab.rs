@@ -501,9 +501,10 @@ pub(crate) struct Mapped {
 /// kept, none under a memory bound (the pages mapped would count in the
 /// worker's resident memory, which `max_memory_per_child` bounds). A kept
 /// mapping holds the slab's memory: it is let go of once the pool has
-/// dropped the slab (checked at each chunk through a slab, and by an idle
-/// worker after 0.1, 0.3, 0.7 and 1.5 s), and after 2 s without input
-/// (see `worker::IDLE_UNMAP`, `worker::IDLE_KEEP`).
+/// dropped the slab (checked at each chunk through a slab, each time the
+/// worker runs out of input, and while it idles after 0.1, 0.2, 0.4, 0.8
+/// and 1.6 s), and after 2 s without input (see `worker::IDLE_UNMAP`,
+/// `worker::IDLE_KEEP`).
 pub(crate) struct Mappings {
     /// Pool's pid, slab id, mapping; the most recently used last.
     kept: Vec<(u32, u64, Rc<Mapped>)>,
