@@ -660,22 +660,7 @@ fn a_busy_worker_lets_go_of_a_slab_the_pool_dropped_before_its_next_answer() {
 /// firing every 10 ms: every wait of the worker is cut short.
 #[task]
 fn tick_every_10_ms() {
-    extern "C" fn tick(_: libc::c_int) {}
-    // SAFETY: a handler that does nothing, then a timer of this process.
-    unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = tick as extern "C" fn(libc::c_int) as usize;
-        libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
-        let every = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 10_000,
-        };
-        let timer = libc::itimerval {
-            it_interval: every,
-            it_value: every,
-        };
-        libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
-    }
+    common::tick_every(10_000, false);
 }
 
 /// A worker whose task set a fast timer signal keeps its mapping across a

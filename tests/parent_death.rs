@@ -76,24 +76,8 @@ fn unwatched_large_result(gate: String, alarm: bool) -> Vec<u8> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
     if alarm {
-        extern "C" fn tick(_: libc::c_int) {}
-        // SAFETY: a handler that does nothing, installed with SA_RESTART;
-        // then a timer of this process firing every 20 ms.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = tick as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
-            let every = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 20_000,
-            };
-            let timer = libc::itimerval {
-                it_interval: every,
-                it_value: every,
-            };
-            libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
-        }
+        // A timer of this process firing every 20 ms, SA_RESTART.
+        common::tick_every(20_000, true);
     }
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };

@@ -9,6 +9,31 @@ pub mod mpi;
 use pool_runtime::Pool;
 use pool_runtime::task;
 
+/// Installs, in this process, a handler that does nothing for `SIGALRM`
+/// (with `SA_RESTART` if `restart`) and a timer firing it every
+/// `every_us` µs: every wait that a signal interrupts is cut short.
+pub fn tick_every(every_us: i64, restart: bool) {
+    extern "C" fn tick(_: libc::c_int) {}
+    // SAFETY: a handler that does nothing, then a timer of this process.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = tick as extern "C" fn(libc::c_int) as usize;
+        if restart {
+            action.sa_flags = libc::SA_RESTART;
+        }
+        libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut());
+        let every = libc::timeval {
+            tv_sec: 0,
+            tv_usec: every_us,
+        };
+        let timer = libc::itimerval {
+            it_interval: every,
+            it_value: every,
+        };
+        libc::setitimer(libc::ITIMER_REAL, &timer, std::ptr::null_mut());
+    }
+}
+
 /// `x` to the power `n`.
 #[task]
 pub fn power(x: u64, n: u32) -> u64 {
