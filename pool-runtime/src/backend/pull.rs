@@ -159,12 +159,31 @@ fn read_from(pid: u32, parts: &[(u64, usize)], size: usize) -> std::io::Result<V
 mod tests {
     use super::*;
 
+    /// A pull of `header` and `body` where they are in this process.
     fn pull_frame(header: &[u8], body: &[u8], seq: u32) -> Vec<u8> {
+        let header_at = header.as_ptr() as u64;
+        pull_at(
+            header_at,
+            header.len(),
+            body.as_ptr() as u64,
+            body.len(),
+            seq,
+        )
+    }
+
+    /// A pull of bytes at these addresses, mapped or not.
+    fn pull_at(
+        header_at: u64,
+        header_len: usize,
+        body_at: u64,
+        body_len: usize,
+        seq: u32,
+    ) -> Vec<u8> {
         wire::encode_header(&FromWorker::Pull {
-            header_at: header.as_ptr() as u64,
-            header_len: header.len() as u32,
-            body_at: body.as_ptr() as u64,
-            body_len: body.len() as u64,
+            header_at,
+            header_len: header_len as u32,
+            body_at,
+            body_len: body_len as u64,
             seq,
         })
     }
@@ -200,13 +219,7 @@ mod tests {
     fn a_pull_that_cannot_be_read_is_answered_as_failed() {
         let page = Progress::create().expect("a page");
         // An address no process maps (the first page).
-        let frame = wire::encode_header(&FromWorker::Pull {
-            header_at: 16,
-            header_len: 8,
-            body_at: 4096,
-            body_len: 300 << 10,
-            seq: 3,
-        });
+        let frame = pull_at(16, 8, 4096, 300 << 10, 3);
         let got = resolve(frame, std::process::id(), &page, 1 << 20).expect("a good frame");
         assert!(got.is_none());
         assert_eq!(
